@@ -1,0 +1,34 @@
+"""Celery settings for Sandrun workers and producers, read from the environment.
+
+Only Celery settings live here (lowercase names, no project imports). The
+reasons for the reliability settings:
+
+* ``task_acks_late`` + ``task_reject_on_worker_lost``: a job whose worker dies
+  mid-run goes back to the queue instead of being lost.
+* ``worker_prefetch_multiplier = 1``: a worker holds one job per free slot, so a
+  long job never sits reserved behind another.
+* JSON only in ``accept_content``: a pickled message is never deserialised.
+* task events and sent events on: Flower can follow every job.
+"""
+
+import os
+
+broker_url = os.environ.get("SANDRUN_BROKER_URL", "redis://127.0.0.1:6379/0")
+result_backend = os.environ.get("SANDRUN_RESULT_BACKEND", broker_url)
+
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+result_accept_content = ["json"]
+
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+
+worker_send_task_events = True
+task_send_sent_event = True
+broker_connection_retry_on_startup = True
+
+broker_transport_options = {
+    "visibility_timeout": int(os.environ.get("SANDRUN_VISIBILITY_TIMEOUT", "7200")),
+}

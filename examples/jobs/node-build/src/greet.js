@@ -1,0 +1,4 @@
+function greet(name) {
+  return `hello, ${name}`;
+}
+module.exports = { greet };

@@ -1,0 +1,114 @@
+"""The one error tree of Sandrun.
+
+Every error the host raises on purpose derives from :class:`SandrunError`, so a
+caller can catch the family with one ``except``. Messages say what is wrong and
+how to fix it; they are meant to be shown to a person as they are.
+
+::
+
+    SandrunError
+    ├── ConfigurationError        bad settings: environment, SANDRUN_PLUGINS, CLI input
+    ├── InvalidJob (ValueError)   a job or manifest that breaks a rule (names field and rule)
+    ├── StorageError              a plugin storage backend failed
+    ├── PluginError               anything about a plugin, named in the message
+    │   ├── PluginNotFound        a name or "module:attr" that resolves to no plugin
+    │   ├── InvalidPlugin         name, version, hook signatures, unknown ``on_*`` methods
+    │   ├── PluginConfigError     configuration rejected by the manifest's model
+    │   ├── DependencyError       missing, conflicting or cyclic dependencies (all listed)
+    │   ├── PluginLoadError       ``on_init`` failed, so the plugin was not loaded
+    │   ├── PluginAlreadyLoaded   a second plugin with a loaded name
+    │   ├── PluginNotLoaded       unload/lookup of a name that is not loaded
+    │   ├── UnloadRefused         another loaded plugin still depends on it
+    │   └── HookCallError         a hook was called the wrong way (async from a loop)
+    └── HookControl               raised by hooks on purpose; never isolated, always propagates
+        ├── SubmissionRejected    ``on_submit`` vetoes a job before it is published
+        └── JobRejected           ``on_execute`` vetoes a job before it runs
+
+Hook isolation: a hook that raises anything other than :class:`HookControl` is
+logged, counted and skipped; the chain goes on. Subclass ``HookControl`` for a
+custom hook's own control flow.
+"""
+
+from __future__ import annotations
+
+
+class SandrunError(Exception):
+    """Base of every error Sandrun raises on purpose."""
+
+
+class ConfigurationError(SandrunError):
+    """A setting (environment variable, CLI option, plugin list) is invalid."""
+
+
+class InvalidJob(SandrunError, ValueError):
+    """A job or job manifest breaks a rule.
+
+    ``problems`` holds one ``(field, rule)`` pair per broken rule, so tools can
+    show them one per line; ``str(error)`` already does.
+    """
+
+    def __init__(self, problems: list[tuple[str, str]], *, source: str = "job") -> None:
+        self.problems = problems
+        lines = "\n".join(f"  {field}: {rule}" for field, rule in problems)
+        super().__init__(f"invalid {source} ({len(problems)} problem(s)):\n{lines}")
+
+
+class StorageError(SandrunError):
+    """A plugin storage backend failed (for example Redis is unreachable)."""
+
+
+class PluginError(SandrunError):
+    """Something is wrong with a plugin; the message names it."""
+
+
+class PluginNotFound(PluginError):
+    """A plugin reference resolves to nothing."""
+
+
+class InvalidPlugin(PluginError):
+    """A plugin breaks the spec: name, version, hook names or signatures."""
+
+
+class PluginConfigError(PluginError):
+    """A plugin's configuration does not validate against its manifest model."""
+
+
+class DependencyError(PluginError):
+    """Plugin dependencies cannot be satisfied; ``problems`` lists every one."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"plugin dependencies cannot be satisfied:\n{lines}")
+
+
+class PluginLoadError(PluginError):
+    """A plugin's ``on_init`` raised, so it was not loaded."""
+
+
+class PluginAlreadyLoaded(PluginError):
+    """A plugin with the same name is already loaded."""
+
+
+class PluginNotLoaded(PluginError):
+    """The named plugin is not loaded."""
+
+
+class UnloadRefused(PluginError):
+    """Unloading would break a loaded plugin that depends on this one."""
+
+
+class HookCallError(PluginError):
+    """A hook was dispatched in a way that cannot work (e.g. async hook, sync call in a loop)."""
+
+
+class HookControl(SandrunError):
+    """Base of control-flow exceptions: raised by hooks on purpose, never isolated."""
+
+
+class SubmissionRejected(HookControl):
+    """Raised by an ``on_submit`` hook to veto a job; the job is not published."""
+
+
+class JobRejected(HookControl):
+    """Raised by an ``on_execute`` hook to veto a job; it is marked rejected and never run."""

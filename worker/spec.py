@@ -1,0 +1,161 @@
+"""The hook specification: what a plugin is and which hooks it may implement.
+
+A plugin is a subclass of :class:`Plugin` that overrides some of its documented
+no-op hook methods. Hooks may be plain methods or ``async def``. A hook that
+returns a value replaces the data for the next plugin in the chain; returning
+``None`` leaves it unchanged. Per-method priority and ``once`` come from the
+:func:`hook` decorator; the class attribute ``priority`` is the default.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from pydantic import BaseModel, ConfigDict, Field
+
+from worker.errors import InvalidPlugin
+
+if TYPE_CHECKING:
+    from worker.builder import JobBuilder
+    from worker.context import (
+        BuildContext,
+        ErrorContext,
+        ExecutionContext,
+        PluginContext,
+        ResultContext,
+        SubmissionContext,
+    )
+    from worker.models import Job, JobResult
+
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
+HOOK_OPTIONS_ATTR = "__sandrun_hook__"
+
+#: Hooks the manager dispatches through chains, with the arguments each takes.
+CHAIN_HOOKS: dict[str, tuple[str, ...]] = {
+    "on_build": ("builder", "context"),
+    "on_submit": ("job", "context"),
+    "on_execute": ("execution", "context"),
+    "on_result": ("result", "context"),
+    "on_error": ("error", "context"),
+}
+#: Hooks the manager calls itself, once per plugin, when it loads and unloads it.
+LIFECYCLE_HOOKS: dict[str, tuple[str, ...]] = {"on_init": ("context",), "on_destroy": ()}
+#: Arguments of every custom hook: the data and the caller's context.
+CUSTOM_HOOK_ARGS = ("data", "context")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True, slots=True)
+class HookOptions:
+    """Per-method dispatch options set by :func:`hook`."""
+
+    priority: int | None = None
+    once: bool = False
+
+
+def hook(*, priority: int | None = None, once: bool = False) -> Callable[[F], F]:
+    """Set the priority (higher runs first) or ``once`` (run a single time) of one hook."""
+
+    def mark(fn: F) -> F:
+        setattr(fn, HOOK_OPTIONS_ATTR, HookOptions(priority, once))
+        return fn
+
+    return mark
+
+
+@dataclass(frozen=True, slots=True)
+class PluginDependency:
+    """Another plugin this one needs: ``PluginDependency("metrics", ">=1.0", optional=True)``."""
+
+    name: str
+    version: str | None = None
+    optional: bool = False
+
+    def __post_init__(self) -> None:
+        if not NAME_PATTERN.match(self.name):
+            raise InvalidPlugin(f"dependency name {self.name!r} is not a valid plugin name")
+        if self.version is not None:
+            try:
+                SpecifierSet(self.version)
+            except InvalidSpecifier as exc:
+                raise InvalidPlugin(
+                    f"dependency {self.name!r}: version {self.version!r} is not a version "
+                    "specifier; write one like '>=2.0' or '>=1.2,<2'") from exc
+
+    @property
+    def specifier(self) -> SpecifierSet:
+        """The version requirement (empty: any version)."""
+        return SpecifierSet(self.version or "")
+
+
+class PluginManifest(BaseModel):
+    """Metadata for discovery and validation; ``configuration`` is a pydantic model class."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+    name: str
+    version: str
+    description: str = ""
+    author: str = ""
+    license: str = ""
+    keywords: list[str] = Field(default_factory=list)
+    dependencies: list[PluginDependency] = Field(default_factory=list)
+    apis: list[str] = Field(default_factory=list)
+    permissions: list[str] = Field(default_factory=list)
+    configuration: type[BaseModel] | None = None
+
+
+class Plugin:
+    """Base class of every plugin. Override the hooks you need; all are no-ops here.
+
+    Class attributes: ``name`` (lowercase), ``version`` (PEP 440), ``priority``
+    (default for all hooks; higher runs first), ``dependencies``, ``manifest``,
+    and ``custom_hooks`` (names of extra hooks this plugin declares for other
+    plugins to implement and the host to call through ``execute_hook``).
+    """
+
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = "0.0.0"
+    priority: ClassVar[int] = 0
+    dependencies: ClassVar[Sequence[PluginDependency]] = ()
+    manifest: ClassVar[PluginManifest | None] = None
+    custom_hooks: ClassVar[Sequence[str]] = ()
+
+    def on_init(self, context: PluginContext) -> Awaitable[None] | None:
+        """Called once when the plugin is loaded in a process (producer client or
+        worker pool process), with its validated config, logger, metrics and storage."""
+        return None
+
+    def on_destroy(self) -> Awaitable[None] | None:
+        """Called once when the plugin is unloaded or its process stops; release resources."""
+        return None
+
+    def on_build(self, builder: JobBuilder[Any], context: BuildContext
+                 ) -> JobBuilder[Any] | Awaitable[JobBuilder[Any] | None] | None:
+        """Called when a client makes a job builder; return a builder with defaults set."""
+        return None
+
+    def on_submit(self, job: Job, context: SubmissionContext) -> Job | Awaitable[Job | None] | None:
+        """Called in the producer before the job is published; return a new Job to replace
+        it, or raise :class:`~worker.errors.SubmissionRejected` to veto it."""
+        return None
+
+    def on_execute(self, execution: Job, context: ExecutionContext) -> Awaitable[None] | None:
+        """Called in the worker pool process just before the job runs; raise
+        :class:`~worker.errors.JobRejected` to stop it (status rejected, never run)."""
+        return None
+
+    def on_result(self, result: JobResult, context: ResultContext
+                  ) -> JobResult | Awaitable[JobResult | None] | None:
+        """Called in the worker before the result is stored; return a new JobResult to
+        change what is stored."""
+        return None
+
+    def on_error(self, error: BaseException, context: ErrorContext
+                 ) -> BaseException | Awaitable[BaseException | None] | None:
+        """Called when an operation failed; return a replacement exception, or None."""
+        return None
