@@ -69,7 +69,7 @@ def print_plan(manager: PluginManager) -> None:
     """Print loaded plugins and, per hook, the handlers in call order."""
     table = Table(title="Loaded plugins")
     for column in ("plugin", "version", "priority", "hooks", "config"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for item in manager.loaded():
         config = item.config.model_dump_json() if item.config is not None else "-"
         table.add_row(item.checked.name, str(item.checked.version), str(item.checked.priority),
@@ -164,3 +164,7 @@ def demo() -> None:
         run_demo(console)
     except SandrunError as exc:
         _fail(exc)
+
+
+if __name__ == "__main__":
+    main()

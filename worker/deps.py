@@ -37,14 +37,30 @@ def _version_problems(batch: Sequence[CheckedPlugin], loaded: Mapping[str, Versi
     return problems
 
 
-def _cycle(edges: Mapping[str, list[str]], start: str) -> list[str]:
-    path, seen = [start], {start}
-    while True:
-        nxt = next(n for n in edges[path[-1]] if n in edges)
-        if nxt in seen:
-            return [*path[path.index(nxt):], nxt]
-        path.append(nxt)
-        seen.add(nxt)
+def _order(names: Sequence[str], edges: Mapping[str, list[str]]
+           ) -> tuple[list[str], list[str] | None]:
+    """Depth-first order (dependencies first, else as given), or the first cycle found."""
+    order: list[str] = []
+    done: set[str] = set()
+
+    def visit(name: str, path: list[str]) -> list[str] | None:
+        if name in done:
+            return None
+        if name in path:
+            return [*path[path.index(name):], name]
+        for dep in edges[name]:
+            cycle = visit(dep, [*path, name])
+            if cycle:
+                return cycle
+        done.add(name)
+        order.append(name)
+        return None
+
+    for name in names:
+        cycle = visit(name, [])
+        if cycle:
+            return order, cycle
+    return order, None
 
 
 def resolve(batch: Sequence[CheckedPlugin], loaded: Mapping[str, Version]) -> list[CheckedPlugin]:
@@ -55,23 +71,15 @@ def resolve(batch: Sequence[CheckedPlugin], loaded: Mapping[str, Version]) -> li
         problems.append(f"plugin {name!r} appears twice in the batch; load each plugin once")
     problems += _version_problems(batch, loaded)
     by_name = {p.name: p for p in batch}
-    pending = {p.name: [d.name for d in p.dependencies if d.name in by_name] for p in batch}
-    required = {p.name: {d.name for d in p.dependencies if not d.optional} for p in batch}
-    order: list[CheckedPlugin] = []
-    while pending:
-        ready = [n for n in by_name if n in pending and not any(d in pending for d in pending[n])]
-        if not ready:
-            relaxed = {n: [d for d in deps if d in required[n]] for n, deps in pending.items()}
-            if relaxed != pending:
-                pending = relaxed  # optional edges only order plugins; drop them to break a cycle
-                continue
-            cycle = _cycle(pending, next(iter(pending)))
-            problems.append("dependency cycle: " + " -> ".join(cycle)
-                            + "; break it by making one of these dependencies optional")
-            break
-        for name in ready:
-            order.append(by_name[name])
-            del pending[name]
+    edges = {p.name: [d.name for d in p.dependencies if d.name in by_name] for p in batch}
+    order, cycle = _order(list(by_name), edges)
+    if cycle:  # optional dependencies only order plugins; drop them to break a cycle
+        required = {p.name: [d.name for d in p.dependencies if d.name in by_name
+                             and not d.optional] for p in batch}
+        order, cycle = _order(list(by_name), required)
+    if cycle:
+        problems.append("dependency cycle: " + " -> ".join(cycle)
+                        + "; break it by making one of these dependencies optional")
     if problems:
         raise DependencyError(problems)
-    return order
+    return [by_name[name] for name in order]

@@ -50,7 +50,13 @@ def _instantiate(obj: Any, where: str) -> Plugin:
     if isinstance(obj, type) and issubclass(obj, Plugin):
         return obj()
     if callable(obj):
-        made = obj()
+        try:
+            made = obj()
+        except Exception as exc:
+            raise PluginNotFound(f"{where} is a factory, but calling it without arguments "
+                                 f"failed ({type(exc).__name__}: {exc}); point the reference "
+                                 "at a plugin class, an instance or a no-argument factory")\
+                from exc
         if isinstance(made, Plugin):
             return made
         raise PluginNotFound(f"{where} is a factory, but it returned {made!r}, not a Plugin")

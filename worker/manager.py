@@ -230,7 +230,7 @@ class PluginManager:
             try:
                 callback(event)
             except Exception as exc:
-                log.error("event_listener_failed", event=event.event, error=repr(exc))
+                log.error("event_listener_failed", plugin_event=event.event, error=repr(exc))
 
     # -- introspection -----------------------------------------------------------------
     def __contains__(self, name: object) -> bool:

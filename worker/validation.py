@@ -59,7 +59,9 @@ def _signature_problem(plugin: Plugin, attr: str, args: tuple[str, ...]) -> str 
         sig.bind(*args)
     except TypeError:
         want = ", ".join(("self", *args))
-        return (f"hook {attr}{sig} does not match the spec {attr}({want}); "
+        have = ", ".join(("self", *(str(p.replace(annotation=p.empty))
+                                    for p in sig.parameters.values())))
+        return (f"hook {attr}({have}) does not match the spec {attr}({want}); "
                 f"accept exactly the arguments ({', '.join(args)})")
     return None
 

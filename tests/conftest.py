@@ -1,0 +1,76 @@
+"""Shared fixtures. Tests that need Redis get a private ``redis-server`` on a unix
+socket in a temporary directory, never the machine's shared one."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import structlog
+
+
+class RedisServer:
+    """A private redis-server process; ``url`` is a ``unix://`` URL."""
+
+    def __init__(self, directory: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not on PATH; install it (Debian: apt-get install "
+                        "redis-server). .ci/run installs it on a fresh machine.")
+        self.socket = directory / "redis.sock"
+        self.process = subprocess.Popen(
+            [binary, "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
+             "--save", "", "--appendonly", "no", "--dir", str(directory)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        self.url = f"unix://{self.socket}"
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if self.client().ping():
+                    break
+            except redis.ConnectionError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    pytest.fail("private redis-server did not start")
+                time.sleep(0.02)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(unix_socket_path=str(self.socket))
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis_server.client()
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture(autouse=True)
+def _reset_structlog() -> Iterator[None]:
+    """The CLI configures structlog for the process; undo it so tests stay independent."""
+    yield
+    structlog.reset_defaults()

@@ -1,0 +1,46 @@
+"""The Celery app imports and carries the settings that keep jobs from being lost."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+
+import pytest
+
+
+def test_app_settings() -> None:
+    import worker
+
+    app = worker.app
+    conf = app.conf
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.accept_content == ["json"] and conf.task_serializer == "json"
+    assert conf.worker_send_task_events and conf.task_send_sent_event
+
+
+def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SANDRUN_BROKER_URL", "redis://example.invalid:1/2")
+    import celeryconfig
+
+    importlib.reload(celeryconfig)
+    try:
+        assert celeryconfig.broker_url == "redis://example.invalid:1/2"
+        assert celeryconfig.result_backend == "redis://example.invalid:1/2"
+    finally:
+        monkeypatch.delenv("SANDRUN_BROKER_URL")
+        importlib.reload(celeryconfig)
+
+
+def test_importing_worker_does_not_import_celery() -> None:
+    code = "import sys, worker; print('celery' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_celery_finds_the_app() -> None:
+    proc = subprocess.run([sys.executable, "-m", "celery", "-A", "worker", "inspect", "--help"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr

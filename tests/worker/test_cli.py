@@ -1,0 +1,70 @@
+"""The sandrun CLI: plugin introspection and the demo, run as a user would."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from worker.cli import main
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args), env=env or {})
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_plugins_list_shows_builtin_and_enabled_state() -> None:
+    code, out, _ = run("plugins", "list", env={"SANDRUN_PLUGINS": '["defaults"]'})
+    assert code == 0 and "defaults" in out and "yes" in out
+
+
+def test_plugins_list_plan() -> None:
+    code, out, _ = run("plugins", "list", "--plan", env={"SANDRUN_PLUGINS": json.dumps(
+        [{"name": "defaults", "config": {"queue": "batch"}}])})
+    assert code == 0 and "Hook plan" in out and "on_submit" in out and "batch" in out
+
+
+def test_plugins_show_with_configured_config() -> None:
+    code, out, _ = run("plugins", "show", "defaults", env={"SANDRUN_PLUGINS": json.dumps(
+        [{"name": "defaults", "config": {"timeout": 60}}])})
+    assert code == 0
+    assert "1.0.0" in out and "on_build" in out and '"timeout":60.0' in out
+
+
+def test_plugins_schema_is_json_schema() -> None:
+    code, out, _ = run("plugins", "schema", "defaults")
+    schema = json.loads(out)
+    assert code == 0 and schema["additionalProperties"] is False
+    assert {"labels", "queue", "timeout"} <= set(schema["properties"])
+
+
+def test_unknown_plugin_is_an_error_on_stderr() -> None:
+    code, out, err = run("plugins", "show", "nope")
+    assert code == 1 and out == "" and "no plugin named 'nope'" in err
+
+
+def test_bad_configuration_exits_2() -> None:
+    code, _, err = run("plugins", "list", env={"SANDRUN_PLUGINS": "[oops"})
+    assert code == 2 and "not valid JSON" in err
+
+
+def test_invalid_plugin_config_is_reported() -> None:
+    code, _, err = run("plugins", "show", "defaults", env={"SANDRUN_PLUGINS": json.dumps(
+        [{"name": "defaults", "config": {"timeout": -1}}])})
+    assert code == 1 and "timeout" in err
+
+
+@pytest.mark.slow
+def test_demo_runs_as_a_console_script() -> None:
+    proc = subprocess.run([sys.executable, "-m", "worker.cli", "demo"], capture_output=True,
+                          text=True, timeout=60, env={"PATH": "/usr/bin:/bin"},
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "Hook plan" in proc.stdout
+    for name in ("python-outputs", "node-build", "shell-pipeline", "r-args", "gpu-training"):
+        assert name in proc.stdout
+    assert "rejected" in proc.stdout and "accepted" in proc.stdout
