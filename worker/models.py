@@ -311,9 +311,14 @@ class JobResult(BaseModel):
 TRUNCATION_MARKER = "\n[sandrun: output truncated, {dropped} more bytes not kept]\n"
 
 
-def cap_text(data: bytes, limit: int) -> tuple[str, bool]:
-    """Decode captured output, keeping at most ``limit`` bytes and marking a cut."""
-    if len(data) <= limit:
+def cap_text(data: bytes, limit: int, dropped: int = 0) -> tuple[str, bool]:
+    """Decode captured output, keeping at most ``limit`` bytes and marking a cut.
+
+    ``dropped`` counts bytes already discarded while capturing, so the marker
+    says how much was lost in total.
+    """
+    if len(data) <= limit and not dropped:
         return data.decode("utf-8", errors="replace"), False
     kept = data[:limit].decode("utf-8", errors="replace")
-    return kept + TRUNCATION_MARKER.format(dropped=len(data) - limit), True
+    lost = len(data) - min(limit, len(data)) + dropped
+    return kept + TRUNCATION_MARKER.format(dropped=lost), True

@@ -1,0 +1,265 @@
+"""The launcher: a forked process that owns one job's process tree.
+
+Why a separate process: a job may fork, call ``setsid`` and leave grandchildren
+behind, which a process-group kill misses. The launcher is forked from the
+worker pool process (no new interpreter, so it costs about a millisecond),
+marks itself a *child subreaper* (``prctl(PR_SET_CHILD_SUBREAPER)``) so every
+orphaned descendant of the job is re-parented to it, starts the job in a new
+session with its resource limits, and when the job ends or its wall-clock
+timeout passes, kills every remaining descendant and reaps them all. If the
+pool process dies, the launcher gets SIGTERM (``PR_SET_PDEATHSIG``) and does
+the same before exiting. It reports the outcome as one JSON line on a pipe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import resource
+import select
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWNET = 0x40000000
+SAMPLE_SECONDS = 0.01
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Resource limits applied in the job process before it execs."""
+
+    memory_bytes: int | None
+    memory_kind: str  # "as" (address space) or "data"
+    cpu_seconds: int
+    file_size_bytes: int
+    open_files: int
+    isolate_network: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchSpec:
+    """What to run, where, with which limits; stdout/stderr are write ends of pipes."""
+
+    argv: Sequence[str]
+    cwd: str
+    env: dict[str, str]
+    limits: Limits
+    stdout_fd: int
+    stderr_fd: int
+    timeout: float
+
+
+@dataclass(slots=True)
+class LaunchReport:
+    """What the launcher saw: exit status, limits hit, usage of the whole tree."""
+
+    exit_code: int | None = None
+    signal: int | None = None
+    timed_out: bool = False
+    cpu_seconds: float = 0.0
+    max_rss_bytes: int = 0
+    wall_seconds: float = 0.0
+    error: str | None = None
+
+
+def prctl(option: int, value: int) -> None:
+    """Call prctl(2); raise OSError on failure."""
+    if _libc.prctl(option, value, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def unshare(flags: int) -> None:
+    """Call unshare(2); raise OSError on failure."""
+    if _libc.unshare(flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def isolate_network() -> None:
+    """Move the calling process into a new, empty network namespace."""
+    try:
+        unshare(CLONE_NEWNET)
+    except PermissionError:
+        unshare(CLONE_NEWUSER | CLONE_NEWNET)
+
+
+def _apply_limits(limits: Limits) -> Callable[[], None]:
+    def preexec() -> None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        if limits.isolate_network:
+            isolate_network()
+        if limits.memory_bytes is not None:
+            kind = resource.RLIMIT_AS if limits.memory_kind == "as" else resource.RLIMIT_DATA
+            resource.setrlimit(kind, (limits.memory_bytes, limits.memory_bytes))
+        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 1))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_size_bytes,) * 2)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limits.open_files,) * 2)
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+    return preexec
+
+
+def _children() -> list[int]:
+    pid = os.getpid()
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            return [int(p) for p in fh.read().split()]
+    except OSError:
+        return []
+
+
+class _Tree:
+    """Reaps and kills the launcher's descendants, adding up their usage."""
+
+    def __init__(self, report: LaunchReport) -> None:
+        self.report = report
+
+    def account(self, usage: resource.struct_rusage) -> None:
+        self.report.cpu_seconds += usage.ru_utime + usage.ru_stime
+        self.report.max_rss_bytes = max(self.report.max_rss_bytes, usage.ru_maxrss * 1024)
+
+    def reap(self, block: bool) -> bool:
+        """Reap one child; False when there are none left."""
+        try:
+            pid, _, usage = os.wait4(-1, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            return False
+        if pid:
+            self.account(usage)
+        return True
+
+    def kill_all(self) -> None:
+        """SIGKILL every descendant until none is left (orphans come to us as they appear)."""
+        while True:
+            for pid in _children():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            if not self.reap(block=True):
+                return
+
+
+def _peak_rss(pid: int) -> int:
+    """VmHWM of a running process in bytes (0 once it has exited)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _wait_main(pid: int, deadline: float) -> tuple[bool, int]:
+    """Wait for the job's main process until ``deadline``, sampling its peak RSS.
+
+    Returns whether it exited in time and the highest VmHWM seen. The sample is
+    taken from the process itself because ``ru_maxrss`` would also count the
+    memory of the forked interpreter before ``exec``.
+    """
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        fd = -1
+    peak = _peak_rss(pid)
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False, peak
+            wait = min(remaining, SAMPLE_SECONDS)
+            if fd >= 0:
+                if select.select([fd], [], [], wait)[0]:
+                    return True, peak
+            elif os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
+                return True, peak
+            else:
+                time.sleep(wait)
+            peak = max(peak, _peak_rss(pid))
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def _run(spec: LaunchSpec, report: LaunchReport) -> None:
+    tree = _Tree(report)
+    parent = os.getppid()
+
+    def on_parent_death(signum: int, frame: object) -> None:
+        tree.kill_all()
+        os._exit(137)
+
+    signal.signal(signal.SIGTERM, on_parent_death)
+    for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD, signal.SIGUSR1, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    prctl(PR_SET_CHILD_SUBREAPER, 1)
+    prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:
+        os._exit(137)
+    started = time.monotonic()
+    try:
+        # The launcher is a freshly forked, single-threaded process: preexec_fn is safe here.
+        proc = subprocess.Popen(
+            list(spec.argv), cwd=spec.cwd, env=spec.env, stdin=subprocess.DEVNULL,
+            stdout=spec.stdout_fd, stderr=spec.stderr_fd, start_new_session=True,
+            preexec_fn=_apply_limits(spec.limits), close_fds=True)  # noqa: PLW1509
+    except OSError as exc:
+        report.error = f"cannot start {spec.argv[0]}: {exc.strerror or exc}"
+        return
+    finished, main_peak = _wait_main(proc.pid, started + spec.timeout)
+    if not finished:
+        report.timed_out = True
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    report.wall_seconds = time.monotonic() - started
+    report.cpu_seconds += usage.ru_utime + usage.ru_stime
+    report.max_rss_bytes = max(report.max_rss_bytes, main_peak)
+    if os.WIFSIGNALED(status):
+        report.signal = os.WTERMSIG(status)
+    else:
+        report.exit_code = os.WEXITSTATUS(status)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    tree.kill_all()
+
+
+def launch(spec: LaunchSpec) -> tuple[int, int]:
+    """Fork the launcher; return its pid and the read end of its report pipe."""
+    report_r, report_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the launcher
+        code = 0
+        try:
+            os.close(report_r)
+            report = LaunchReport()
+            try:
+                _run(spec, report)
+            except Exception as exc:
+                report.error = f"launcher failed: {type(exc).__name__}: {exc}"
+            os.close(spec.stdout_fd)
+            os.close(spec.stderr_fd)
+            os.write(report_w, json.dumps(asdict(report)).encode())
+        except BaseException:
+            code = 70
+        finally:
+            os._exit(code)
+    os.close(report_w)
+    return pid, report_r
+
+
+def parse_report(raw: bytes) -> LaunchReport:
+    """Decode the launcher's report; a launcher that died without one is reported as such."""
+    if not raw:
+        return LaunchReport(error="the launcher died without reporting (killed?)")
+    return LaunchReport(**json.loads(raw))

@@ -1,0 +1,244 @@
+"""The sandboxed executor: runs one Job in a fresh directory with limits.
+
+Steps: make a private temporary directory (mode 0700); write the job's files
+(paths re-checked, nothing followed outside it); build the environment from a
+minimal base plus the job's ``env`` (the worker's own environment, broker URLs
+and ``SANDRUN_*``/``CELERY_*`` variables never reach the job); start the
+interpreter through the launcher (new session, rlimits, subreaper, wall-clock
+kill of the whole tree); capture stdout/stderr up to a cap while it runs;
+collect outputs by the job's globs; classify the outcome; always remove the
+directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import shutil
+import signal
+import stat
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from worker.launcher import LaunchReport, LaunchSpec, Limits, launch, parse_report
+from worker.models import FORBIDDEN_ENV_KEYS, FORBIDDEN_ENV_PREFIXES, Job, cap_text
+from worker.outputs import CollectedOutput, collect_outputs
+
+BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
+DEFAULT_INTERPRETERS = frozenset(
+    {"python3", "python", "bash", "sh", "node", "ruby", "Rscript", "perl"})
+SCRIPT_SUFFIX = {"python3": ".py", "python": ".py", "node": ".js", "bash": ".sh", "sh": ".sh",
+                 "ruby": ".rb", "Rscript": ".R", "perl": ".pl"}
+#: Interpreters that reserve large virtual ranges at start (V8): limit data, not address space.
+DATA_LIMITED = frozenset({"node"})
+GRACE_SECONDS = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxConfig:
+    """Caps and policy of one worker's sandbox."""
+
+    stream_cap_bytes: int = 1 << 20
+    output_file_cap_bytes: int = 10 << 20
+    output_total_cap_bytes: int = 50 << 20
+    file_size_limit_bytes: int = 64 << 20
+    open_files: int = 256
+    interpreters: frozenset[str] = DEFAULT_INTERPRETERS
+    workdir_root: str | None = None
+    network_isolation: bool = False
+
+
+@dataclass(slots=True)
+class SandboxRun:
+    """Everything the executor measured about one run."""
+
+    outcome: str
+    exit_code: int | None = None
+    signal: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    wall_seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    memory_peak_bytes: int = 0
+    outputs: list[CollectedOutput] = field(default_factory=list)
+    outputs_truncated: bool = False
+    isolation: str = "process"
+    error: str | None = None
+
+
+class SandboxError(Exception):
+    """The job cannot be run as given (bad file layout, interpreter not allowed)."""
+
+
+def job_environment(job: Job, workdir: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The job's whole environment: a minimal base, worker-chosen extras, then the job's env."""
+    for key in job.env:
+        if key in FORBIDDEN_ENV_KEYS or key.startswith(FORBIDDEN_ENV_PREFIXES):
+            raise SandboxError(f"environment variable {key!r} may not be set by a job")
+    base = {"PATH": BASE_PATH, "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8",
+            "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1",
+            "SANDRUN_JOB_ID": job.id}
+    return {**base, **(extra or {}), **job.env}
+
+
+def write_files(job: Job, root: Path) -> None:
+    """Write the job's files under ``root``; refuse any path that would leave it."""
+    for rel, item in job.files.items():
+        target = root / rel
+        parent = target.parent
+        parent.mkdir(parents=True, exist_ok=True)
+        if not parent.resolve().is_relative_to(root.resolve()):
+            raise SandboxError(f"file {rel!r} would be written outside the job directory")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        try:
+            fd = os.open(target, flags, 0o755 if item.executable else 0o644)
+        except (FileExistsError, IsADirectoryError, NotADirectoryError) as exc:
+            raise SandboxError(f"file {rel!r} clashes with another file of the job") from exc
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(item.data())
+
+
+def command(job: Job, root: Path, config: SandboxConfig) -> list[str]:
+    """argv for the job: the interpreter (found on the base PATH) and its script."""
+    interpreter = job.interpreter or "python3"
+    if interpreter not in config.interpreters:
+        allowed = ", ".join(sorted(config.interpreters))
+        raise SandboxError(f"interpreter {interpreter!r} is not allowed on this worker "
+                           f"(allowed: {allowed})")
+    path = shutil.which(interpreter, path=BASE_PATH)
+    if path is None:
+        raise SandboxError(f"interpreter {interpreter!r} is not installed on this worker")
+    if job.code is not None:
+        script = f"__sandrun_main__{SCRIPT_SUFFIX.get(interpreter, '')}"
+        (root / script).write_text(job.code, encoding="utf-8")
+    else:
+        script = str(job.entrypoint)
+    return [path, script, *job.args]
+
+
+def _limits(job: Job, config: SandboxConfig) -> Limits:
+    memory = None if job.needs_gpu else job.memory_mb * 1024 * 1024
+    kind = "data" if (job.interpreter in DATA_LIMITED) else "as"
+    return Limits(memory, kind, job.cpu_seconds, config.file_size_limit_bytes,
+                  config.open_files, config.network_isolation)
+
+
+def _pump(streams: dict[int, bytearray], report_fd: int, cap: int, deadline: float
+          ) -> tuple[bytes, dict[int, int], bool]:
+    """Read stdout/stderr (keeping ``cap`` bytes each, counting the rest) and the report.
+
+    Returns the report bytes, the bytes dropped per stream, and whether everything
+    reached end-of-file before ``deadline``.
+    """
+    report = bytearray()
+    dropped = dict.fromkeys(streams, 0)
+    sel = selectors.DefaultSelector()
+    for fd in (*streams, report_fd):
+        os.set_blocking(fd, False)
+        sel.register(fd, selectors.EVENT_READ)
+    open_fds = len(streams) + 1
+    try:
+        while open_fds and time.monotonic() < deadline:
+            for key, _ in sel.select(timeout=max(0.0, deadline - time.monotonic())):
+                fd = int(key.fd)
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    sel.unregister(fd)
+                    open_fds -= 1
+                elif fd == report_fd:
+                    report += chunk
+                else:
+                    room = max(0, cap - len(streams[fd]))
+                    streams[fd] += chunk[:room]
+                    dropped[fd] += len(chunk) - min(room, len(chunk))
+    finally:
+        sel.close()
+    return bytes(report), dropped, open_fds == 0
+
+
+def classify(job: Job, report: LaunchReport, stderr: str) -> str:
+    """Name the outcome: completed, failed, timeout, memory_limit, cpu_limit, signal."""
+    if report.error:
+        return "failed"
+    if report.timed_out:
+        return "timeout"
+    memory_hint = any(s in stderr for s in ("MemoryError", "Cannot allocate memory",
+                                            "std::bad_alloc", "out of memory"))
+    if report.signal in (signal.SIGXCPU, signal.SIGKILL) and \
+            report.cpu_seconds >= job.cpu_seconds - 0.05:
+        return "cpu_limit"
+    if memory_hint and not job.needs_gpu:
+        return "memory_limit"
+    if report.signal is not None:
+        return "signal"
+    return "completed" if report.exit_code == 0 else "failed"
+
+
+def _remove(root: Path) -> None:
+    def fix(func: object, path: str, exc: object) -> None:
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(path), stat.S_IRWXU)
+            os.chmod(path, stat.S_IRWXU)
+        with contextlib.suppress(OSError):
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.unlink(path)
+
+    shutil.rmtree(root, onerror=fix)
+
+
+def _reap_launcher(pid: int, finished: bool) -> None:
+    """Wait for the launcher; one that outlived the grace period is told to kill its tree."""
+    if not finished:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    os.waitpid(pid, 0)
+
+
+def run_in_sandbox(job: Job, config: SandboxConfig | None = None,
+                   extra_env: dict[str, str] | None = None) -> SandboxRun:
+    """Run ``job`` to completion and return what happened; never raises for job faults."""
+    config = config or SandboxConfig()
+    root = Path(tempfile.mkdtemp(prefix="sandrun-job-", dir=config.workdir_root))
+    isolation = "process+network" if config.network_isolation else "process"
+    try:
+        try:
+            write_files(job, root)
+            argv = command(job, root, config)
+            env = job_environment(job, str(root), extra_env)
+        except SandboxError as exc:
+            return SandboxRun(outcome="failed", error=str(exc), isolation=isolation)
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        pid, report_fd = launch(LaunchSpec(argv, str(root), env, _limits(job, config),
+                                           out_w, err_w, job.timeout))
+        os.close(out_w)
+        os.close(err_w)
+        streams = {out_r: bytearray(), err_r: bytearray()}
+        try:
+            raw, dropped, finished = _pump(streams, report_fd, config.stream_cap_bytes,
+                                           time.monotonic() + job.timeout + GRACE_SECONDS)
+        finally:
+            for fd in (out_r, err_r, report_fd):
+                os.close(fd)
+        _reap_launcher(pid, finished)
+        report = parse_report(raw)
+        stdout, out_cut = cap_text(bytes(streams[out_r]), config.stream_cap_bytes, dropped[out_r])
+        stderr, err_cut = cap_text(bytes(streams[err_r]), config.stream_cap_bytes, dropped[err_r])
+        outputs, truncated = collect_outputs(root, job.outputs, config.output_file_cap_bytes,
+                                             config.output_total_cap_bytes)
+        return SandboxRun(
+            outcome=classify(job, report, stderr), exit_code=report.exit_code,
+            signal=report.signal, stdout=stdout, stderr=stderr, stdout_truncated=out_cut,
+            stderr_truncated=err_cut, wall_seconds=report.wall_seconds,
+            cpu_seconds=report.cpu_seconds, memory_peak_bytes=report.max_rss_bytes,
+            outputs=outputs, outputs_truncated=truncated, isolation=isolation,
+            error=report.error)
+    finally:
+        _remove(root)
