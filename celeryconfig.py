@@ -7,14 +7,17 @@ reasons for the reliability settings:
   mid-run goes back to the queue instead of being lost.
 * ``worker_prefetch_multiplier = 1``: a worker holds one job per free slot, so a
   long job never sits reserved behind another.
+* the Redis visibility timeout (``SANDRUN_VISIBILITY_TIMEOUT``) is checked at
+  worker start to exceed the longest job timeout by a margin: a job still
+  running when it expires would be delivered a second time.
 * JSON only in ``accept_content``: a pickled message is never deserialised.
 * task events and sent events on: Flower can follow every job.
 """
 
 import os
 
-broker_url = os.environ.get("SANDRUN_BROKER_URL", "redis://127.0.0.1:6379/0")
-result_backend = os.environ.get("SANDRUN_RESULT_BACKEND", broker_url)
+broker_url = os.environ.get("SANDRUN_BROKER_URL", "")
+result_backend = os.environ.get("SANDRUN_RESULT_BACKEND") or broker_url
 
 task_serializer = "json"
 result_serializer = "json"
@@ -24,6 +27,8 @@ result_accept_content = ["json"]
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
+task_track_started = True
+task_default_queue = os.environ.get("SANDRUN_DEFAULT_QUEUE", "sandrun")
 
 worker_send_task_events = True
 task_send_sent_event = True
@@ -32,3 +37,12 @@ broker_connection_retry_on_startup = True
 broker_transport_options = {
     "visibility_timeout": int(os.environ.get("SANDRUN_VISIBILITY_TIMEOUT", "7200")),
 }
+result_backend_transport_options = dict(broker_transport_options)
+
+if broker_url.startswith("filesystem://"):
+    _folder = os.environ.get("SANDRUN_BROKER_FOLDER", "")
+    broker_transport_options = {
+        "data_folder_in": _folder,
+        "data_folder_out": _folder,
+        "store_processed": False,
+    }

@@ -10,6 +10,9 @@ how to fix it; they are meant to be shown to a person as they are.
     ├── ConfigurationError        bad settings: environment, SANDRUN_PLUGINS, CLI input
     ├── InvalidJob (ValueError)   a job or manifest that breaks a rule (names field and rule)
     ├── StorageError              a plugin storage backend failed
+    ├── BrokerUnavailable         the broker stayed unreachable while publishing
+    ├── WaitTimeout               a job's result did not arrive in time
+    ├── JobFailed                 handed to on_error when a job ends other than completed
     ├── PluginError               anything about a plugin, named in the message
     │   ├── PluginNotFound        a name or "module:attr" that resolves to no plugin
     │   ├── InvalidPlugin         name, version, hook signatures, unknown ``on_*`` methods
@@ -22,6 +25,7 @@ how to fix it; they are meant to be shown to a person as they are.
     │   └── HookCallError         a hook was called the wrong way (async from a loop)
     └── HookControl               raised by hooks on purpose; never isolated, always propagates
         ├── SubmissionRejected    ``on_submit`` vetoes a job before it is published
+        │   └── PaymentRejected   the payment cannot cover the job's worst-case cost
         └── JobRejected           ``on_execute`` vetoes a job before it runs
 
 Hook isolation: a hook that raises anything other than :class:`HookControl` is
@@ -55,6 +59,22 @@ class InvalidJob(SandrunError, ValueError):
 
 class StorageError(SandrunError):
     """A plugin storage backend failed (for example Redis is unreachable)."""
+
+
+class BrokerUnavailable(SandrunError):
+    """Publishing failed because the broker stayed unreachable for the whole retry window."""
+
+
+class WaitTimeout(SandrunError):
+    """A job's result did not arrive within the time the caller was willing to wait."""
+
+
+class JobFailed(SandrunError):
+    """A job ended with a status other than completed; ``result`` holds its JobResult."""
+
+    def __init__(self, message: str, result: object = None) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 class PluginError(SandrunError):
@@ -108,6 +128,10 @@ class HookControl(SandrunError):
 
 class SubmissionRejected(HookControl):
     """Raised by an ``on_submit`` hook to veto a job; the job is not published."""
+
+
+class PaymentRejected(SubmissionRejected):
+    """The job's payment is missing, in the wrong currency, or below its worst-case cost."""
 
 
 class JobRejected(HookControl):

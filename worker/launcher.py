@@ -93,6 +93,19 @@ def isolate_network() -> None:
         unshare(CLONE_NEWUSER | CLONE_NEWNET)
 
 
+def can_isolate_network() -> bool:
+    """Whether this host lets a child process enter a new network namespace."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            isolate_network()
+        except BaseException:
+            os._exit(1)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
 def _apply_limits(limits: Limits) -> Callable[[], None]:
     def preexec() -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, set())

@@ -108,29 +108,42 @@ class PluginManager:
 
     def load_all(self, specs: Sequence[PluginSpec | PluginRef]) -> list[Plugin]:
         """Load several plugins in dependency order; all or none of them end up loaded."""
-        items = [s if isinstance(s, PluginSpec) else PluginSpec(s) for s in specs]
         with self._lock:
-            instances = [resolve_ref(s.ref) for s in items]
-            known = self._known_custom() | {h for p in instances
-                                            for h in getattr(p, "custom_hooks", ())}
-            checked = [check_plugin(p, known) for p in instances]
-            configs = {c.name: check_config(c.name, c.config_model, s.config)
-                       for c, s in zip(checked, items, strict=True)}
-            for item in checked:
-                if item.name in self._plugins:
-                    raise PluginAlreadyLoaded(f"plugin {item.name!r} is already loaded; unload it "
-                                              "first to load it again with other settings")
-            loaded_versions = {n: p.checked.version for n, p in self._plugins.items()}
+            ordered, configs = self._prepare(specs)
             done: list[str] = []
             try:
-                for item in resolve(checked, loaded_versions):
+                for item in ordered:
                     self._start(item, configs[item.name])
                     done.append(item.name)
             except BaseException:
                 for name in reversed(done):
                     self.unload(name)
                 raise
-            return [self._plugins[c.name].checked.plugin for c in checked]
+            return [self._plugins[c.name].checked.plugin for c in ordered]
+
+    def validate(self, specs: Sequence[PluginSpec | PluginRef]) -> list[CheckedPlugin]:
+        """Everything ``load_all`` checks, without calling ``on_init`` or registering hooks.
+
+        A worker's main process uses it at start so a broken plugin set stops the
+        worker before any pool process starts."""
+        with self._lock:
+            return self._prepare(specs)[0]
+
+    def _prepare(self, specs: Sequence[PluginSpec | PluginRef]
+                 ) -> tuple[list[CheckedPlugin], dict[str, Any]]:
+        items = [s if isinstance(s, PluginSpec) else PluginSpec(s) for s in specs]
+        instances = [resolve_ref(s.ref) for s in items]
+        known = self._known_custom() | {h for p in instances
+                                        for h in getattr(p, "custom_hooks", ())}
+        checked = [check_plugin(p, known) for p in instances]
+        configs = {c.name: check_config(c.name, c.config_model, s.config)
+                   for c, s in zip(checked, items, strict=True)}
+        for item in checked:
+            if item.name in self._plugins:
+                raise PluginAlreadyLoaded(f"plugin {item.name!r} is already loaded; unload it "
+                                          "first to load it again with other settings")
+        loaded_versions = {n: p.checked.version for n, p in self._plugins.items()}
+        return resolve(checked, loaded_versions), configs
 
     def _start(self, item: CheckedPlugin, config: Any) -> None:
         context = PluginContext(

@@ -58,6 +58,10 @@ EnvKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127
 LabelKey = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_./-]{0,62}$")]
 Consensus = Literal["none", "low", "medium", "high", "2-of-3", "3-of-5"]
 JobStatus = Literal["completed", "failed", "cancelled", "rejected", "timeout"]
+#: Finer than the status: why a job ended the way it did.
+Outcome = Literal["completed", "failed", "timeout", "memory_limit", "cpu_limit", "signal",
+                  "rejected", "cancelled", "worker_lost", "isolation_unavailable", "unsatisfiable"]
+Isolation = Literal["process", "network"]
 FINAL_STATUSES: frozenset[str] = frozenset(
     {"completed", "failed", "cancelled", "rejected", "timeout"})
 
@@ -168,6 +172,7 @@ class Job(BaseModel):
     labels: dict[LabelKey, Annotated[str, StringConstraints(max_length=256)]] = Field(
         default_factory=dict, max_length=32
     )
+    isolation: Isolation = Field(default="process", description="least isolation accepted")
 
     @field_validator("files", mode="before")
     @classmethod
@@ -248,6 +253,17 @@ class Job(BaseModel):
         return load_manifest(source, files=files)
 
 
+class Execution(BaseModel):
+    """What ``on_execute`` sees: the task about to run and, for ``sandrun.run_job``, its Job."""
+
+    model_config = _FROZEN
+    task: str
+    task_id: str
+    job: Job | None = None
+    task_args: list[Any] = Field(default_factory=list)
+    task_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
 class OutputFile(BaseModel):
     """A file the job produced and the worker collected."""
 
@@ -302,6 +318,11 @@ class JobResult(BaseModel):
     execution: ExecutionInfo | None = None
     attempts: int = Field(default=1, ge=0)
     error: ErrorInfo | None = None
+    outcome: Outcome | None = None
+    signal: int | None = None
+    isolation: str | None = None
+    outputs_truncated: bool = False
+    value: Any = Field(default=None, description="return value of a user task")
 
     def replace(self, **changes: Any) -> JobResult:
         """Return a validated copy with ``changes`` applied (``on_result`` hooks use this)."""

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
         ResultContext,
         SubmissionContext,
     )
-    from worker.models import Job, JobResult
+    from worker.models import Execution, Job, JobResult
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
 HOOK_OPTIONS_ATTR = "__sandrun_hook__"
@@ -144,8 +144,9 @@ class Plugin:
         it, or raise :class:`~worker.errors.SubmissionRejected` to veto it."""
         return None
 
-    def on_execute(self, execution: Job, context: ExecutionContext) -> Awaitable[None] | None:
-        """Called in the worker pool process just before the job runs; raise
+    def on_execute(self, execution: Execution, context: ExecutionContext) -> Awaitable[None] | None:
+        """Called in the worker pool process just before a task runs (``execution.job``
+        is the Job for ``sandrun.run_job``, None for other tasks); raise
         :class:`~worker.errors.JobRejected` to stop it (status rejected, never run)."""
         return None
 

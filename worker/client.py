@@ -1,0 +1,218 @@
+"""The producer API: ``Sandrun`` enqueues jobs, ``JobExecution`` follows one.
+
+::
+
+    with Sandrun.create(plugins=["defaults"]) as client:
+        run = client.job().code("print(1)").timeout(30).submit()
+        result = run.wait(timeout=60)
+
+Submitting runs ``on_build`` (when a builder is made) and ``on_submit`` in this
+process, checks the payment against the pricing table, then publishes to the
+job's queue. Publishing rides out short broker outages with a bounded,
+documented tenacity policy (Celery's own publish retry is off, so the two are
+never stacked) and raises :class:`~worker.errors.BrokerUnavailable` after it.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import kombu.exceptions
+import redis
+import tenacity
+from celery import Celery
+from celery.result import AsyncResult
+
+from worker.builder import JobBuilder
+from worker.context import BuildContext, SubmissionContext
+from worker.errors import BrokerUnavailable, ConfigurationError, SandrunError, WaitTimeout
+from worker.gpu import job_queue
+from worker.loader import PluginRef, PluginSpec, parse_plugin_specs
+from worker.manager import PluginManager
+from worker.models import ErrorInfo, Job, JobResult
+from worker.outputs import OutputStore, output_store_for
+from worker.settings import Settings, load_settings
+from worker.task import RUN_JOB
+
+#: Errors that mean "the broker is not reachable right now".
+TRANSIENT_PUBLISH_ERRORS = (kombu.exceptions.OperationalError, redis.ConnectionError,
+                            ConnectionError, TimeoutError)
+STATE_NAMES = {"PENDING": "queued", "RECEIVED": "queued", "STARTED": "running",
+               "RETRY": "retrying", "REVOKED": "cancelled", "FAILURE": "failed"}
+
+
+def publish_policy(seconds: float) -> tenacity.Retrying:
+    """``publish``: retry transient broker errors with exponential backoff (0.1 s doubling
+    to 1 s) for at most ``seconds`` (SANDRUN_PUBLISH_RETRY_SECONDS, default 10)."""
+    return tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(TRANSIENT_PUBLISH_ERRORS),
+        wait=tenacity.wait_exponential(multiplier=0.1, max=1.0),
+        stop=tenacity.stop_after_delay(seconds), reraise=True)
+
+
+class JobExecution:
+    """A handle on one submitted job."""
+
+    def __init__(self, job_id: str, app: Celery, outputs: OutputStore) -> None:
+        self.id = job_id
+        self._app = app
+        self._outputs = outputs
+
+    def __repr__(self) -> str:
+        return f"JobExecution({self.id!r})"
+
+    def _async(self) -> AsyncResult[Any]:
+        return AsyncResult(self.id, app=self._app)
+
+    def status(self) -> str:
+        """queued, running, retrying, or the final JobResult status."""
+        meta = self._app.backend.get_task_meta(self.id)
+        if meta["status"] == "SUCCESS":
+            return str(JobResult.model_validate(meta["result"]).status)
+        state = str(meta["status"])
+        return STATE_NAMES.get(state, state.lower())
+
+    def result(self) -> JobResult | None:
+        """The result if the job has finished, else None (never blocks)."""
+        meta = self._app.backend.get_task_meta(self.id)
+        return self._to_result(meta["status"], meta["result"])
+
+    def _to_result(self, state: str, value: Any) -> JobResult | None:
+        if state == "SUCCESS":
+            return JobResult.model_validate(value)
+        if state == "REVOKED":
+            return JobResult(id=self.id, status="cancelled", outcome="cancelled")
+        if state == "FAILURE":
+            exc = value if isinstance(value, BaseException) else Exception(str(value))
+            return JobResult(id=self.id, status="failed", outcome="failed",
+                             error=ErrorInfo(type=type(exc).__name__, message=str(exc)))
+        return None
+
+    def wait(self, timeout: float | None = None, poll: float = 0.05) -> JobResult:
+        """Block until the job finishes; raise WaitTimeout after ``timeout`` seconds."""
+        handle = self._async()
+        try:
+            handle.get(timeout=timeout, propagate=False, interval=poll)
+        except TimeoutError as exc:
+            raise WaitTimeout(f"job {self.id} did not finish within {timeout}s (status: "
+                              f"{self.status()}); wait longer or check the workers") from exc
+        result = self._to_result(handle.state, handle.result)
+        if result is None:
+            raise SandrunError(f"job {self.id} ended in unexpected state {handle.state}")
+        return result
+
+    def logs(self) -> tuple[str, str]:
+        """(stdout, stderr) of a finished job; empty while it runs."""
+        result = self.result()
+        return (result.stdout, result.stderr) if result else ("", "")
+
+    def cancel(self) -> None:
+        """Revoke the job; a running one is terminated (its whole process tree with it)."""
+        self._app.control.revoke(self.id, terminate=True, signal="SIGTERM")
+
+    def download(self, path: str, dest: str | Path) -> Path:
+        """Write output ``path`` of the finished job to ``dest`` (a file or a directory)."""
+        data = self._outputs.get(self.id, path)
+        if data is None:
+            raise SandrunError(f"job {self.id} has no output {path!r} (finished? expired? "
+                               "see result().outputs)")
+        target = Path(dest)
+        if target.is_dir():
+            target = target / Path(path).name
+        target.write_bytes(data)
+        return target
+
+
+class Sandrun:
+    """The producer client: owns a PluginManager (``on_init`` here) and a Celery app."""
+
+    def __init__(self, app: Celery, manager: PluginManager, settings: Settings) -> None:
+        self.app = app
+        self.manager = manager
+        self.settings = settings
+        self.producer = f"{socket.gethostname()}:{id(self):x}"
+        self._outputs = output_store_for(str(app.conf.result_backend))
+
+    @classmethod
+    def create(cls, *, plugins: Sequence[PluginSpec | PluginRef] | None = None,
+               broker_url: str | None = None, result_backend: str | None = None,
+               settings: Settings | None = None) -> Sandrun:
+        """A client for ``broker_url`` (default: the environment, or the embedded broker)
+        with ``plugins`` (default: ``SANDRUN_PLUGINS``)."""
+        from worker.app import make_app
+
+        settings = settings or load_settings()
+        manager = PluginManager()
+        specs = parse_plugin_specs(settings.plugins) if plugins is None else list(plugins)
+        manager.load_all(specs)
+        return cls(make_app(broker_url, result_backend), manager, settings)
+
+    def use(self, plugin: PluginRef, config: Any = None) -> Sandrun:
+        """Load one more plugin into this client; returns the client for chaining."""
+        self.manager.load(plugin, config)
+        return self
+
+    def job(self) -> JobBuilder[JobExecution]:
+        """A fluent builder whose ``submit()`` submits through this client."""
+        builder: JobBuilder[JobExecution] = JobBuilder(submit=self.submit)
+        return self.manager.execute_hook("on_build", builder,  # type: ignore[no-any-return]
+                                         BuildContext(client=self.producer))
+
+    def submit(self, job: Job) -> JobExecution:
+        """Run ``on_submit``, check the payment, publish; return a handle on the job."""
+        started = time.perf_counter()
+        if self.settings.pricing is not None:
+            self.settings.pricing.check_payment(job)
+        queue = job_queue(job, self.settings.default_queue)
+        ctx = SubmissionContext(producer=self.producer, queue=queue, job_id=job.id)
+        job = self.manager.execute_hook("on_submit", job, ctx)
+        if self.settings.pricing is not None:
+            self.settings.pricing.check_payment(job)
+        queue = job_queue(job, self.settings.default_queue)
+        options: dict[str, Any] = {"task_id": job.id, "queue": queue, "retry": False,
+                                   "headers": dict(ctx.headers)}
+        if job.scheduled_time is not None:
+            options["eta"] = self._eta(job.scheduled_time)
+        payload = job.model_dump(mode="json", exclude_defaults=True)
+        try:
+            for attempt in publish_policy(self.settings.publish_retry_seconds):
+                with attempt:
+                    self.app.send_task(RUN_JOB, args=[payload], **options)
+        except TRANSIENT_PUBLISH_ERRORS as exc:
+            raise BrokerUnavailable(
+                f"cannot publish job {job.id}: the broker stayed unreachable for "
+                f"{self.settings.publish_retry_seconds:g}s ({exc}); check SANDRUN_BROKER_URL "
+                "and that the broker is running") from exc
+        ctx.duration = time.perf_counter() - started
+        return JobExecution(job.id, self.app, self._outputs)
+
+    def _eta(self, when: datetime) -> datetime:
+        horizon = int(self.app.conf.broker_transport_options.get("visibility_timeout", 3600))
+        if (when - datetime.now(UTC)).total_seconds() > horizon:
+            raise ConfigurationError(
+                f"scheduled_time {when.isoformat()} is further out than the broker visibility "
+                f"timeout ({horizon}s); the job could run twice. Load the scheduling plugin, "
+                "which holds far-future jobs until they are due")
+        return when
+
+    def execution(self, job_id: str) -> JobExecution:
+        """A handle on a job submitted earlier (by id)."""
+        return JobExecution(job_id, self.app, self._outputs)
+
+    def close(self) -> None:
+        """Unload plugins (``on_destroy``) and release broker connections."""
+        self.manager.close()
+        self.app.close()
+
+    def __enter__(self) -> Sandrun:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

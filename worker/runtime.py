@@ -1,0 +1,148 @@
+"""Per-process state of a worker pool process (or a producer): plugins, Redis, sandbox.
+
+One :class:`Runtime` per process, created when the pool process starts
+(``worker_process_init``) or lazily at its first task (solo and thread pools),
+and closed when the process stops. It owns the process's PluginManager, whose
+plugins get Redis-backed storage so the whole fleet shares their state.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from worker.embedded import redis_url
+from worker.errors import ConfigurationError
+from worker.gpu import GPUDevice, detect_gpus
+from worker.launcher import can_isolate_network
+from worker.loader import parse_plugin_specs
+from worker.manager import PluginManager
+from worker.outputs import OutputStore, output_store_for
+from worker.sandbox import DEFAULT_INTERPRETERS, SandboxConfig
+from worker.settings import Settings, load_settings
+from worker.storage import MemoryStorageBackend, RedisStorageBackend, StorageBackend
+
+ATTEMPT_TTL_SECONDS = 7 * 24 * 3600
+
+
+def is_redis(url: str) -> bool:
+    """True for URLs served by Redis (``redis://``, ``rediss://``, ``redis+socket://``, ``unix://``)."""
+    return url.startswith(("redis://", "rediss://", "redis+socket://", "unix://"))
+
+
+class Attempts:
+    """How many times each job was delivered to a worker, kept in Redis (or memory).
+
+    Kept outside the message because a job that kills its worker process is
+    redelivered with the very same message; only an outside counter notices.
+    """
+
+    def __init__(self, client: redis.Redis[bytes] | None) -> None:
+        self._client = client
+        self._local: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def begin(self, job_id: str) -> int:
+        """Count one more delivery of ``job_id``; return the attempt number (1 first)."""
+        if self._client is None:
+            with self._lock:
+                self._local[job_id] = self._local.get(job_id, 0) + 1
+                return self._local[job_id]
+        key = f"sandrun:attempts:{job_id}"
+        pipe = self._client.pipeline()
+        pipe.incr(key)
+        pipe.expire(key, ATTEMPT_TTL_SECONDS)
+        return int(pipe.execute()[0])
+
+    def finish(self, job_id: str) -> None:
+        """Forget the count once the job has a final result."""
+        if self._client is None:
+            with self._lock:
+                self._local.pop(job_id, None)
+        else:
+            self._client.delete(f"sandrun:attempts:{job_id}")
+
+
+@dataclass
+class Runtime:
+    """What a process needs to run jobs and dispatch hooks."""
+
+    settings: Settings
+    manager: PluginManager
+    attempts: Attempts
+    outputs: OutputStore
+    sandbox: SandboxConfig
+    gpus: list[GPUDevice]
+    node_id: str
+    redis: redis.Redis[bytes] | None
+
+    @property
+    def lock_dir(self) -> Path:
+        """Where GPU lock files live (one directory per host)."""
+        return self.settings.state_dir / "gpu-locks"
+
+
+def build_runtime(settings: Settings | None = None, *, load_plugins: bool = True) -> Runtime:
+    """Create the runtime from settings and load the configured plugins (``on_init``)."""
+    settings = settings or load_settings()
+    broker = os.environ.get("SANDRUN_BROKER_URL", settings.broker_url or "")
+    backend = os.environ.get("SANDRUN_RESULT_BACKEND") or settings.result_backend or broker
+    client = redis.Redis.from_url(redis_url(backend)) if is_redis(backend) else None
+    storage: StorageBackend = RedisStorageBackend(client) if client else MemoryStorageBackend()
+    manager = PluginManager(storage=storage)
+    if load_plugins:
+        manager.load_all(parse_plugin_specs(settings.plugins))
+    if settings.network_isolation and not can_isolate_network():
+        raise ConfigurationError("SANDRUN_NETWORK_ISOLATION is on, but this host refuses new "
+                                 "network namespaces (unshare CLONE_NEWNET); run the worker "
+                                 "with CAP_SYS_ADMIN or enable unprivileged user namespaces")
+    sandbox = SandboxConfig(
+        stream_cap_bytes=settings.stream_cap_bytes,
+        output_file_cap_bytes=settings.output_file_cap_bytes,
+        output_total_cap_bytes=settings.output_total_cap_bytes,
+        interpreters=frozenset(settings.interpreters or DEFAULT_INTERPRETERS),
+        network_isolation=settings.network_isolation)
+    return Runtime(settings, manager, Attempts(client), output_store_for(backend), sandbox,
+                   detect_gpus(settings.gpus), socket.gethostname(), client)
+
+
+class _ProcessRuntime:
+    """The runtime of this process, rebuilt in a forked child."""
+
+    def __init__(self) -> None:
+        self.runtime: Runtime | None = None
+        self.pid = 0
+        self.lock = threading.Lock()
+
+
+_this = _ProcessRuntime()
+
+
+def start() -> Runtime:
+    """Create this process's runtime (called when a pool process starts)."""
+    with _this.lock:
+        if _this.runtime is None or _this.pid != os.getpid():
+            _this.runtime = build_runtime()
+            _this.pid = os.getpid()
+        return _this.runtime
+
+
+def current() -> Runtime:
+    """This process's runtime, created on first use (a forked child builds its own)."""
+    rt = _this.runtime
+    if rt is not None and _this.pid == os.getpid():
+        return rt
+    return start()
+
+
+def stop() -> None:
+    """Close this process's runtime: ``on_destroy`` for every plugin."""
+    with _this.lock:
+        if _this.runtime is not None and _this.pid == os.getpid():
+            _this.runtime.manager.close()
+        _this.runtime = None

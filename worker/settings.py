@@ -1,0 +1,71 @@
+"""Sandrun's own settings (not Celery's), read from ``SANDRUN_*`` environment variables.
+
+Celery settings live in ``celeryconfig.py``; these are what the producer client
+and the worker runtime need on top: plugins, attempts, queues, GPUs, pricing and
+sandbox caps. Complex values are JSON, e.g.
+``SANDRUN_GPUS='[{"type": "a100", "count": 2}]'``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker.errors import ConfigurationError
+from worker.gpu import GPUConfig
+from worker.models import MAX_TIMEOUT_SECONDS
+from worker.pricing import Pricing
+
+#: The visibility timeout must exceed the longest job by at least this much.
+VISIBILITY_MARGIN_SECONDS = 600
+
+
+def default_state_dir() -> Path:
+    """``$XDG_STATE_HOME/sandrun`` or ``~/.local/state/sandrun``."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "sandrun"
+
+
+class Settings(BaseSettings):
+    """Everything ``SANDRUN_*`` configures besides Celery itself."""
+
+    model_config = SettingsConfigDict(env_prefix="SANDRUN_", extra="ignore")
+    broker_url: str | None = None
+    result_backend: str | None = None
+    plugins: str | None = Field(default=None, description="JSON list of plugin specs")
+    state_dir: Path = Field(default_factory=default_state_dir)
+    embedded: str = Field(default="auto", pattern="^(auto|redis|filesystem)$")
+    default_queue: str = "sandrun"
+    max_attempts: int = Field(default=3, ge=1, description="deliveries before a job is failed")
+    visibility_timeout: int = 7200
+    gpus: list[GPUConfig] | None = None
+    pricing: Pricing | None = None
+    publish_retry_seconds: float = Field(default=10.0, ge=0)
+    stream_cap_bytes: int = Field(default=1 << 20, ge=1024)
+    output_file_cap_bytes: int = Field(default=10 << 20, ge=0)
+    output_total_cap_bytes: int = Field(default=50 << 20, ge=0)
+    network_isolation: bool = False
+    interpreters: list[str] | None = None
+
+
+def load_settings() -> Settings:
+    """Read the settings; a bad value is a ConfigurationError naming the variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        lines = [f"  SANDRUN_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}"
+                 for e in exc.errors()]
+        raise ConfigurationError("invalid Sandrun settings:\n" + "\n".join(lines)) from None
+
+
+def check_visibility_timeout(visibility_timeout: int) -> None:
+    """Refuse a visibility timeout that a long job could outlive (it would run twice)."""
+    need = MAX_TIMEOUT_SECONDS + VISIBILITY_MARGIN_SECONDS
+    if visibility_timeout < need:
+        raise ConfigurationError(
+            f"the broker visibility timeout is {visibility_timeout}s, but a job may run for "
+            f"{MAX_TIMEOUT_SECONDS}s: an unacknowledged job would be delivered again while it "
+            f"still runs. Set SANDRUN_VISIBILITY_TIMEOUT to at least {need}.")
