@@ -37,6 +37,10 @@ class JobBuilder(Generic[T]):
     def _with(self, **changes: Any) -> JobBuilder[T]:
         return JobBuilder({**self._fields, **changes}, self._submit)
 
+    def with_fields(self, fields: Mapping[str, Any]) -> JobBuilder[T]:
+        """Set many fields at once (e.g. those of a manifest), replacing earlier values."""
+        return JobBuilder({**self._fields, **fields}, self._submit)
+
     @property
     def fields(self) -> Mapping[str, Any]:
         """The fields set so far (read-only)."""

@@ -1,68 +1,157 @@
-"""``sandrun demo``: load plugins, show the hook plan, push the example jobs through
-the producer-side hooks (``on_build``, ``on_submit``) and show what came out.
+"""``sandrun demo``: the README's first command, end to end on this machine.
 
-The plugins are ``SANDRUN_PLUGINS`` when set, otherwise the built-in ``defaults``
-plugin and the example ``quota`` plugin from ``examples/plugins``.
+Starts the broker (the embedded default when ``SANDRUN_BROKER_URL`` is unset)
+and ``--workers`` Celery worker processes, submits every example job in
+``examples/jobs`` through a client with the demo plugins, shows progress and a
+table of results, downloads one output, and shuts everything down. It exits
+non-zero when a job did not end the way the example is meant to end.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 
-from worker.builder import JobBuilder
-from worker.cli import configured_specs, print_plan
-from worker.context import BuildContext, SubmissionContext
+from worker.cli.plugins import print_plan
+from worker.client import JobExecution, Sandrun
+from worker.embedded import embedded_running, ensure_broker_configured, stop_redis
 from worker.errors import ConfigurationError, SubmissionRejected
-from worker.loader import PluginSpec
-from worker.manager import PluginManager
 from worker.manifest import manifest_fields
-from worker.models import Job
+from worker.models import Job, JobResult
+from worker.settings import load_settings
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 DEMO_PLUGINS = [
-    PluginSpec("defaults", {"labels": {"team": "demo"}, "timeout": 120}),
-    PluginSpec("quota:QuotaPlugin", {"max_memory_mb": 1024}),
+    {"name": "defaults", "config": {"labels": {"team": "demo"}}},
+    {"name": "quota:QuotaPlugin", "config": {"max_memory_mb": 1024}},
 ]
+#: How each example is meant to end (outcome); the others complete.
+EXPECTED = {"fails": "failed", "times-out": "timeout", "memory-hog": "memory_limit",
+            "gpu-training": "rejected at submit"}
 
 
-def submit_example(manager: PluginManager, job_dir: Path) -> tuple[Job, str]:
-    """Build a job from ``job_dir`` through on_build and on_submit; return it and its fate."""
-    builder: JobBuilder[None] = JobBuilder(manifest_fields(job_dir))
-    builder = manager.execute_hook("on_build", builder, BuildContext(client="demo"))
-    job = builder.build()
-    try:
-        job = manager.execute_hook("on_submit", job, SubmissionContext(producer="demo",
-                                                                       job_id=job.id))
-    except SubmissionRejected as exc:
-        return job, f"rejected: {exc}"
-    return job, "accepted"
+def _start_workers(count: int, logs: Path) -> list[subprocess.Popen[bytes]]:
+    procs = []
+    for i in range(1, count + 1):
+        log = open(logs / f"demo-worker-{i}.log", "wb")  # noqa: SIM115 (closed with the process)
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker", "worker", "-c", "1",
+             "-n", f"demo{i}@%h", "--without-mingle", "--without-gossip", "-l", "warning"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+    return procs
 
 
-def run_demo(console: Console) -> None:
-    """Run the demo end to end, printing to ``console``."""
+def _stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _skip_reason(job: Job) -> str | None:
+    if job.interpreter and shutil.which(job.interpreter) is None:
+        return f"skipped: {job.interpreter} is not installed"
+    return None
+
+
+def _submit_all(client: Sandrun) -> dict[str, JobExecution | str]:
+    runs: dict[str, JobExecution | str] = {}
+    for job_dir in sorted(p for p in (EXAMPLES / "jobs").iterdir() if p.is_dir()):
+        builder = client.job().with_fields(manifest_fields(job_dir))
+        reason = _skip_reason(builder.build())
+        if reason:
+            runs[job_dir.name] = reason
+            continue
+        try:
+            runs[job_dir.name] = builder.submit()
+        except SubmissionRejected as exc:
+            runs[job_dir.name] = f"rejected at submit: {exc}"
+    return runs
+
+
+def _table(outcomes: dict[str, JobResult | str]) -> Table:
+    table = Table(title="Example jobs")
+    for column in ("job", "status", "outcome", "exit", "time", "peak MB", "stdout (last line)",
+                   "outputs"):
+        table.add_column(column, overflow="fold")
+    for name, res in outcomes.items():
+        if isinstance(res, str):
+            table.add_row(name, "-", res, "", "", "", "", "")
+            continue
+        last = (res.stdout.strip().splitlines() or [""])[-1][:40]
+        table.add_row(name, res.status, res.outcome or "", str(res.exit_code or ""),
+                      f"{res.execution_time or 0:.2f}s",
+                      f"{(res.memory_peak_bytes or 0) / 2**20:.0f}", last,
+                      str(len(res.outputs)))
+    return table
+
+
+def _as_expected(name: str, res: JobResult | str) -> bool:
+    want = EXPECTED.get(name, "completed")
+    if isinstance(res, str):
+        return res.startswith(want) or res.startswith("skipped")
+    return res.outcome == want
+
+
+def _wait(runs: dict[str, JobExecution | str], console: Console) -> dict[str, JobResult | str]:
+    outcomes: dict[str, JobResult | str] = {}
+    with Progress(console=console, transient=True) as progress:
+        bar = progress.add_task("running example jobs", total=len(runs))
+        for name, run in runs.items():
+            outcomes[name] = run if isinstance(run, str) else run.wait(timeout=180)
+            progress.advance(bar)
+    return outcomes
+
+
+def run_demo(console: Console, workers: int = 2) -> int:
+    """Run the demo; return the process exit code."""
     if not (EXAMPLES / "jobs").is_dir():
         raise ConfigurationError(f"{EXAMPLES / 'jobs'} not found; run the demo from a source "
                                  "checkout of sandrun")
-    sys.path.insert(0, str(EXAMPLES / "plugins"))
-    manager = PluginManager()
-    manager.load_all(configured_specs() or DEMO_PLUGINS)
-    print_plan(manager)
-    table = Table(title="Example jobs through on_build -> on_submit")
-    for column in ("job", "interpreter", "timeout", "memory", "labels", "outcome"):
-        table.add_column(column)
-    for job_dir in sorted(p for p in (EXAMPLES / "jobs").iterdir() if p.is_dir()):
-        job, outcome = submit_example(manager, job_dir)
-        table.add_row(job_dir.name, job.interpreter, f"{job.timeout:g}s", f"{job.memory_mb} MB",
-                      ", ".join(f"{k}={v}" for k, v in job.labels.items()) or "-", outcome)
-    console.print(table)
-    if "quota" in manager:
-        storage = manager.storage.for_plugin("quota")
-        counts = {key: storage.get(key) for key in storage.keys("accepted:*")}
-        console.print(f"quota plugin storage: {counts}")
-    console.print("Jobs were built and vetted by the producer-side hooks only; "
-                  "nothing was executed.")
-    manager.close()
+    settings = load_settings()
+    os.environ.setdefault("SANDRUN_PLUGINS", json.dumps(DEMO_PLUGINS))
+    plugin_path = str(EXAMPLES / "plugins")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [plugin_path,
+                                                             os.environ.get("PYTHONPATH")]))
+    sys.path.insert(0, plugin_path)
+    own_broker = "SANDRUN_BROKER_URL" not in os.environ and not embedded_running(
+        settings.state_dir)
+    ensure_broker_configured()
+    console.print(f"broker: {os.environ['SANDRUN_BROKER_URL']}", highlight=False)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    procs = _start_workers(workers, settings.state_dir)
+    try:
+        with Sandrun.create() as client:
+            print_plan(client.manager)
+            outcomes = _wait(_submit_all(client), console)
+            console.print(_table(outcomes))
+            report = outcomes.get("python-outputs")
+            if isinstance(report, JobResult) and report.status == "completed":
+                data = client.execution(report.id).download("report.txt", settings.state_dir)
+                console.print(f"downloaded report.txt: {data.read_text().strip()}",
+                              highlight=False)
+    finally:
+        _stop_workers(procs)
+        if own_broker:
+            stop_redis(settings.state_dir)
+    wrong = [name for name, res in outcomes.items() if not _as_expected(name, res)]
+    if wrong:
+        console.print(f"[red]unexpected outcome for {', '.join(wrong)}[/]; worker logs are in "
+                      f"{settings.state_dir}")
+        return 1
+    console.print("every example ended as intended; workers stopped.")
+    return 0

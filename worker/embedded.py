@@ -54,6 +54,11 @@ def _alive(sock: Path) -> bool:
         return False
 
 
+def embedded_running(state: Path) -> bool:
+    """Whether the embedded redis-server of ``state`` answers."""
+    return _alive(_socket(state))
+
+
 def start_redis(state: Path, binary: str) -> Path:
     """Start (or reuse) the private redis-server of ``state``; return its socket."""
     sock = _socket(state)

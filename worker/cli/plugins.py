@@ -1,51 +1,21 @@
-"""The ``sandrun`` command line.
-
-``sandrun plugins list|show|schema`` inspects plugins (installed entry points and
-the configured ``SANDRUN_PLUGINS``); ``sandrun demo`` runs the demo. Exit codes:
-0 success, 1 a job or plugin problem, 2 bad usage or configuration.
-"""
+"""``sandrun plugins list|show|schema``: installed entry points and ``SANDRUN_PLUGINS``."""
 
 from __future__ import annotations
 
 import json
-import os
-import sys
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
-from worker.errors import ConfigurationError, SandrunError
-from worker.loader import PluginSpec, available_entry_points, parse_plugin_specs, resolve_ref
-from worker.logs import configure_logging
+from worker.cli.common import configured_specs, console, fail
+from worker.errors import SandrunError
+from worker.loader import available_entry_points, resolve_ref
 from worker.manager import PluginManager
 from worker.validation import CheckedPlugin, check_config, check_plugin
 
-console = Console()
-err_console = Console(stderr=True)
-
-
-def configured_specs() -> list[PluginSpec]:
-    """The plugins named by ``SANDRUN_PLUGINS``."""
-    return parse_plugin_specs(os.environ.get("SANDRUN_PLUGINS"))
-
-
-def _fail(exc: SandrunError) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-    sys.exit(2 if isinstance(exc, ConfigurationError) else 1)
-
 
 @click.group()
-@click.version_option(package_name="sandrun")
-@click.option("--log-level", default="warning", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
-def main(log_level: str) -> None:
-    """Sandrun: run untrusted compute jobs on a plugin-driven Celery fleet."""
-    configure_logging(log_level)
-
-
-@main.group()
 def plugins() -> None:
     """Inspect installed and configured plugins."""
 
@@ -106,7 +76,7 @@ def plugins_list(plan: bool) -> None:
             print_plan(manager)
             manager.close()
     except SandrunError as exc:
-        _fail(exc)
+        fail(exc)
 
 
 @plugins.command("show")
@@ -116,7 +86,7 @@ def plugins_show(name: str) -> None:
     try:
         checked, config = _checked(name)
     except SandrunError as exc:
-        _fail(exc)
+        fail(exc)
         return
     manifest = checked.plugin.manifest
     rows = [("name", checked.name), ("version", str(checked.version)),
@@ -146,25 +116,10 @@ def plugins_schema(name: str) -> None:
     try:
         checked = check_plugin(resolve_ref(name), _all_custom_hooks())
     except SandrunError as exc:
-        _fail(exc)
+        fail(exc)
         return
     model = checked.config_model
     schema = (model.model_json_schema() if model is not None else
               {"title": f"{checked.name} takes no configuration", "type": "object",
                "properties": {}, "additionalProperties": False})
     click.echo(json.dumps(schema, indent=2))
-
-
-@main.command()
-def demo() -> None:
-    """Run the demo: load plugins, show the hook plan, submit the example jobs."""
-    from worker.demo import run_demo
-
-    try:
-        run_demo(console)
-    except SandrunError as exc:
-        _fail(exc)
-
-
-if __name__ == "__main__":
-    main()

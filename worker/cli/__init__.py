@@ -1,0 +1,31 @@
+"""The ``sandrun`` command line.
+
+Commands: ``submit``, ``status``, ``result``, ``logs``, ``cancel``, ``download``
+(jobs); ``worker``, ``broker``, ``demo`` (operations); ``plugins`` (introspection).
+Exit codes are the same everywhere: 0 success, 1 a job did not complete or a
+plugin problem, 2 bad usage or configuration, 3 broker unreachable, 4 timed out
+waiting.
+"""
+
+from __future__ import annotations
+
+import click
+
+from worker.cli.jobs import cancel, download, logs, result, status, submit
+from worker.cli.ops import broker, demo, worker_command
+from worker.cli.plugins import plugins
+from worker.logs import configure_logging
+
+
+@click.group()
+@click.version_option(package_name="sandrun")
+@click.option("--log-level", default="warning", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def main(log_level: str) -> None:
+    """Sandrun: run untrusted compute jobs on a plugin-driven Celery fleet."""
+    configure_logging(log_level)
+
+
+for command in (submit, status, result, logs, cancel, download, worker_command, broker, demo,
+                plugins):
+    main.add_command(command)

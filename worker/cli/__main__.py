@@ -1,0 +1,5 @@
+"""``python -m worker.cli`` runs the ``sandrun`` command."""
+
+from worker.cli import main
+
+main()

@@ -1,0 +1,46 @@
+"""What every ``sandrun`` command shares: consoles, exit codes, error printing."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import NoReturn
+
+from rich.console import Console
+
+from worker.errors import (
+    BrokerUnavailable,
+    ConfigurationError,
+    InvalidJob,
+    SandrunError,
+    WaitTimeout,
+)
+from worker.loader import PluginSpec, parse_plugin_specs
+
+console = Console()
+err_console = Console(stderr=True)
+
+#: Exit codes, the same for every command.
+EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_BROKER, EXIT_TIMEOUT = 0, 1, 2, 3, 4
+
+
+def configured_specs() -> list[PluginSpec]:
+    """The plugins named by ``SANDRUN_PLUGINS``."""
+    return parse_plugin_specs(os.environ.get("SANDRUN_PLUGINS"))
+
+
+def exit_code(exc: SandrunError) -> int:
+    """The exit code for an error: 2 usage/config, 3 broker, 4 timeout, 1 otherwise."""
+    if isinstance(exc, ConfigurationError | InvalidJob):
+        return EXIT_USAGE
+    if isinstance(exc, BrokerUnavailable):
+        return EXIT_BROKER
+    if isinstance(exc, WaitTimeout):
+        return EXIT_TIMEOUT
+    return EXIT_JOB_FAILED
+
+
+def fail(exc: SandrunError) -> NoReturn:
+    """Print ``error: ...`` on stderr and exit with the code that fits the error."""
+    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+    sys.exit(exit_code(exc))

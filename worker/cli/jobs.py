@@ -1,0 +1,154 @@
+"""``sandrun submit|status|result|logs|cancel|download``: producing and following jobs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+from rich.progress import Progress
+
+from worker.cli.common import EXIT_JOB_FAILED, EXIT_OK, console, fail
+from worker.client import JobExecution, Sandrun
+from worker.errors import SandrunError
+from worker.manifest import manifest_fields
+from worker.models import JobResult
+
+
+@contextmanager
+def client() -> Iterator[Sandrun]:
+    """A client from the environment; errors become clean exits."""
+    try:
+        with Sandrun.create() as made:
+            yield made
+    except SandrunError as exc:
+        fail(exc)
+
+
+def print_result(res: JobResult, as_json: bool) -> None:
+    """One result: JSON alone on stdout, or a short human summary."""
+    if as_json:
+        click.echo(res.model_dump_json())
+        return
+    detail = f"exit {res.exit_code}" if res.exit_code is not None else (res.outcome or "")
+    console.print(f"{res.id}  [bold]{res.status}[/]  {detail}  "
+                  f"{res.execution_time or 0:.2f}s", highlight=False)
+    if res.error:
+        console.print(f"  {res.error.type}: {res.error.message}", highlight=False)
+
+
+def wait_all(runs: list[JobExecution], timeout: float | None, quiet: bool) -> list[JobResult]:
+    """Wait for every run, with a progress bar when there are several and output is for people."""
+    if quiet or len(runs) == 1:
+        return [run.wait(timeout) for run in runs]
+    results = []
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("waiting for jobs", total=len(runs))
+        for run in runs:
+            results.append(run.wait(timeout))
+            progress.advance(task)
+    return results
+
+
+@click.command()
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.option("--code", help="Inline code to run instead of a job directory.")
+@click.option("--interpreter", default=None, help="Interpreter for --code (default python3).")
+@click.option("--arg", "args", multiple=True, help="Argument for --code (repeatable).")
+@click.option("--timeout", type=float, default=None, help="Job timeout in seconds.")
+@click.option("--wait", is_flag=True, help="Wait for the results.")
+@click.option("--wait-timeout", type=float, default=None, help="Give up waiting after N s.")
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON only.")
+def submit(*, paths: tuple[Path, ...], code: str | None, interpreter: str | None,
+            args: tuple[str, ...], timeout: float | None, wait: bool,
+            wait_timeout: float | None, as_json: bool) -> None:
+    """Submit job directories (holding job.json), job.json files, or --code."""
+    if bool(paths) == bool(code):
+        raise click.UsageError("give job PATHs or --code, not both and not neither")
+    with client() as sandrun:
+        try:
+            builders = []
+            if code is not None:
+                builder = sandrun.job().code(code).args(list(args))
+                builders.append(builder.interpreter(interpreter) if interpreter else builder)
+            builders += [sandrun.job().with_fields(manifest_fields(p)) for p in paths]
+            if timeout is not None:
+                builders = [b.timeout(timeout) for b in builders]
+            runs = [b.submit() for b in builders]
+            if not wait:
+                for run in runs:
+                    click.echo(json.dumps({"id": run.id, "status": "queued"}) if as_json
+                               else run.id)
+                return
+            results = wait_all(runs, wait_timeout, as_json)
+        except SandrunError as exc:
+            fail(exc)
+        except ValueError as exc:  # pydantic validation of builder fields
+            fail(SandrunError(str(exc)))
+    for res in results:
+        print_result(res, as_json)
+    sys.exit(EXIT_OK if all(r.status == "completed" for r in results) else EXIT_JOB_FAILED)
+
+
+@click.command()
+@click.argument("job_id")
+def status(job_id: str) -> None:
+    """Print a job's status (queued, running, retrying, or its final status)."""
+    with client() as sandrun:
+        click.echo(sandrun.execution(job_id).status())
+
+
+@click.command()
+@click.argument("job_id")
+@click.option("--wait", "wait_for", type=float, default=None, help="Wait up to N s for it.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JobResult as JSON only.")
+def result(job_id: str, wait_for: float | None, as_json: bool) -> None:
+    """Print a finished job's result (exit 1 if it did not complete)."""
+    with client() as sandrun:
+        run = sandrun.execution(job_id)
+        try:
+            res = run.wait(wait_for) if wait_for is not None else run.result()
+        except SandrunError as exc:
+            fail(exc)
+        if res is None:
+            fail(SandrunError(f"job {job_id} has no result yet (status: {run.status()}); "
+                              "use --wait N to wait for it"))
+    print_result(res, as_json)
+    sys.exit(EXIT_OK if res.status == "completed" else EXIT_JOB_FAILED)
+
+
+@click.command()
+@click.argument("job_id")
+def logs(job_id: str) -> None:
+    """Print a finished job's stdout (and its stderr on stderr)."""
+    with client() as sandrun:
+        out, err = sandrun.execution(job_id).logs()
+    click.echo(out, nl=False)
+    click.echo(err, nl=False, err=True)
+
+
+@click.command()
+@click.argument("job_id")
+def cancel(job_id: str) -> None:
+    """Cancel a job: a queued one never runs, a running one is terminated."""
+    with client() as sandrun:
+        sandrun.execution(job_id).cancel()
+    click.echo(f"cancel requested for {job_id}")
+
+
+@click.command()
+@click.argument("job_id")
+@click.argument("path")
+@click.option("--dest", type=click.Path(path_type=Path), default=Path("."),
+              show_default=True, help="File or directory to write to.")
+def download(job_id: str, path: str, dest: Path) -> None:
+    """Download one output file of a finished job."""
+    with client() as sandrun:
+        try:
+            written = sandrun.execution(job_id).download(path, dest)
+        except SandrunError as exc:
+            fail(exc)
+    click.echo(str(written))

@@ -1,0 +1,93 @@
+"""``sandrun worker|broker|demo``: running the fleet."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from worker.cli.common import EXIT_OK, console, fail
+from worker.embedded import ensure_broker_configured, stop_redis
+from worker.errors import SandrunError
+from worker.gpu import detect_gpus, worker_queues
+from worker.loader import parse_plugin_specs
+from worker.manager import PluginManager
+from worker.settings import check_visibility_timeout, load_settings
+
+
+def worker_argv(concurrency: int | None, queues: list[str], hostname: str | None,
+                loglevel: str, pool: str | None) -> list[str]:
+    """The ``celery worker`` command line a Sandrun worker runs."""
+    argv = [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", ",".join(queues),
+            "-l", loglevel]
+    if concurrency:
+        argv += ["-c", str(concurrency)]
+    if hostname:
+        argv += ["-n", hostname]
+    if pool:
+        argv += ["-P", pool]
+    return argv
+
+
+@click.command("worker")
+@click.option("-c", "--concurrency", type=int, default=None, help="Pool processes (default: CPUs).")
+@click.option("-Q", "--queues", default=None, help="Comma-separated base queues.")
+@click.option("-n", "--hostname", default=None, help="Node name, e.g. gpu1@%h.")
+@click.option("-l", "--loglevel", default="info", show_default=True)
+@click.option("-P", "--pool", default=None, help="Celery pool (default prefork).")
+def worker_command(concurrency: int | None, queues: str | None, hostname: str | None,
+                   loglevel: str, pool: str | None) -> None:
+    """Start a Celery worker with the configured plugins, consuming GPU queues only
+    when this host has GPUs (nvidia-smi or SANDRUN_GPUS)."""
+    try:
+        settings = load_settings()
+        ensure_broker_configured()
+        if os.environ["SANDRUN_BROKER_URL"].startswith(("redis", "rediss")):
+            check_visibility_timeout(settings.visibility_timeout)
+        PluginManager().validate(parse_plugin_specs(settings.plugins))
+    except SandrunError as exc:
+        fail(exc)
+    base = [q.strip() for q in (queues or settings.default_queue).split(",") if q.strip()]
+    gpus = detect_gpus(settings.gpus)
+    all_queues = worker_queues(base, gpus)
+    console.print(f"sandrun worker: queues {', '.join(all_queues)}; GPUs "
+                  f"{', '.join(f'{g.index}:{g.type}' for g in gpus) or 'none'}", highlight=False)
+    argv = worker_argv(concurrency, all_queues, hostname, loglevel, pool)
+    os.execv(argv[0], argv)
+
+
+@click.group()
+def broker() -> None:
+    """Manage the embedded default broker (used when SANDRUN_BROKER_URL is unset)."""
+
+
+@broker.command("stop")
+def broker_stop() -> None:
+    """Stop the embedded redis-server of the state directory."""
+    settings = load_settings()
+    stopped = stop_redis(settings.state_dir)
+    click.echo("stopped" if stopped else "no embedded broker was running")
+
+
+@broker.command("url")
+def broker_url() -> None:
+    """Print the broker URL this machine's Sandrun processes use (starting the embedded one)."""
+    try:
+        ensure_broker_configured()
+    except SandrunError as exc:
+        fail(exc)
+    click.echo(os.environ["SANDRUN_BROKER_URL"])
+
+
+@click.command()
+@click.option("--workers", default=2, show_default=True, help="Worker processes to start.")
+def demo(workers: int) -> None:
+    """Start a broker and workers, run the example jobs, show the results, shut down."""
+    from worker.demo import run_demo
+
+    try:
+        code = run_demo(console, workers)
+    except SandrunError as exc:
+        fail(exc)
+    sys.exit(code or EXIT_OK)
