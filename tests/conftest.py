@@ -3,8 +3,10 @@ socket in a temporary directory, never the machine's shared one."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +14,12 @@ from pathlib import Path
 import pytest
 import redis
 import structlog
+
+# The test process never starts an embedded broker: importing worker.app with no
+# broker configured would. Tests that exercise the embedded default run subprocesses.
+os.environ["SANDRUN_STATE_DIR"] = tempfile.mkdtemp(prefix="sandrun-test-state-")
+os.environ.setdefault("SANDRUN_BROKER_URL", "memory://")
+os.environ.setdefault("SANDRUN_RESULT_BACKEND", "cache+memory://")
 
 
 class RedisServer:

@@ -83,20 +83,23 @@ def _submit_all(client: Sandrun) -> dict[str, JobExecution | str]:
     return runs
 
 
+def _describe(res: JobResult) -> str:
+    if res.outcome == "failed" and res.exit_code is not None:
+        return f"failed (exit {res.exit_code})"
+    return res.status if res.outcome == res.status else f"{res.status}: {res.outcome}"
+
+
 def _table(outcomes: dict[str, JobResult | str]) -> Table:
     table = Table(title="Example jobs")
-    for column in ("job", "status", "outcome", "exit", "time", "peak MB", "stdout (last line)",
-                   "outputs"):
+    for column in ("job", "result", "time", "peak MB", "outputs", "last line of stdout"):
         table.add_column(column, overflow="fold")
     for name, res in outcomes.items():
         if isinstance(res, str):
-            table.add_row(name, "-", res, "", "", "", "", "")
+            table.add_row(name, res, "", "", "", "")
             continue
-        last = (res.stdout.strip().splitlines() or [""])[-1][:40]
-        table.add_row(name, res.status, res.outcome or "", str(res.exit_code or ""),
-                      f"{res.execution_time or 0:.2f}s",
-                      f"{(res.memory_peak_bytes or 0) / 2**20:.0f}", last,
-                      str(len(res.outputs)))
+        peak = f"{res.memory_peak_bytes / 2**20:.0f}" if res.memory_peak_bytes else "-"
+        table.add_row(name, _describe(res), f"{res.execution_time or 0:.2f}s", peak,
+                      str(len(res.outputs)), (res.stdout.strip().splitlines() or [""])[-1])
     return table
 
 

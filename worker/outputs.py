@@ -44,9 +44,14 @@ def _walk(root: Path, start: Path) -> list[Path]:
     return found
 
 
-def collect_outputs(root: Path, patterns: list[str], file_cap: int, total_cap: int
-                    ) -> tuple[list[CollectedOutput], bool]:
-    """Files under ``root`` matching ``patterns``; True as second value if a cap cut some."""
+def collect_outputs(root: Path, patterns: list[str], file_cap: int, total_cap: int,
+                    inputs: dict[str, str] | None = None) -> tuple[list[CollectedOutput], bool]:
+    """Files under ``root`` matching ``patterns``; True as second value if a cap cut some.
+
+    ``inputs`` maps the job's own files to their sha256: an input the job left
+    unchanged is not an output.
+    """
+    inputs = inputs or {}
     seen: dict[str, Path] = {}
     for pattern in patterns:
         for match in sorted(root.glob(pattern.rstrip("/") or "*")):
@@ -64,9 +69,12 @@ def collect_outputs(root: Path, patterns: list[str], file_cap: int, total_cap: i
             truncated = True
             continue
         data = path.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        if inputs.get(rel) == digest:
+            continue
         total += len(data)
-        collected.append(CollectedOutput(
-            OutputFile(path=rel, size=len(data), sha256=hashlib.sha256(data).hexdigest()), data))
+        collected.append(CollectedOutput(OutputFile(path=rel, size=len(data), sha256=digest),
+                                         data))
     return collected, truncated
 
 
@@ -119,9 +127,25 @@ class FileOutputStore(OutputStore):
         return target.read_bytes() if target.is_file() else None
 
 
+class MemoryOutputStore(OutputStore):
+    """Outputs kept in this process only (result backends that are neither Redis nor files)."""
+
+    def __init__(self) -> None:
+        self._data: dict[tuple[str, str], bytes] = {}
+
+    def put(self, job_id: str, outputs: list[CollectedOutput]) -> None:
+        for output in outputs:
+            self._data[(job_id, output.info.path)] = output.data
+
+    def get(self, job_id: str, path: str) -> bytes | None:
+        return self._data.get((job_id, path))
+
+
 def output_store_for(result_backend: str) -> OutputStore:
-    """The store that fits a result backend URL (``redis://``, ``unix://``, ``file://``)."""
+    """The store that fits a result backend URL (Redis, ``file://``, else this process)."""
     if result_backend.startswith("file://"):
         return FileOutputStore(Path(result_backend.removeprefix("file://")) / "outputs")
-    return RedisOutputStore(redis.Redis.from_url(result_backend.replace("redis+socket://",
-                                                                        "unix://")))
+    if result_backend.startswith(("redis://", "rediss://", "redis+socket://", "unix://")):
+        return RedisOutputStore(redis.Redis.from_url(
+            result_backend.replace("redis+socket://", "unix://", 1)))
+    return MemoryOutputStore()

@@ -13,6 +13,7 @@ directory.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import selectors
 import shutil
@@ -64,7 +65,7 @@ class SandboxRun:
     stderr_truncated: bool = False
     wall_seconds: float = 0.0
     cpu_seconds: float = 0.0
-    memory_peak_bytes: int = 0
+    memory_peak_bytes: int | None = None
     outputs: list[CollectedOutput] = field(default_factory=list)
     outputs_truncated: bool = False
     isolation: str = "process"
@@ -231,13 +232,15 @@ def run_in_sandbox(job: Job, config: SandboxConfig | None = None,
         report = parse_report(raw)
         stdout, out_cut = cap_text(bytes(streams[out_r]), config.stream_cap_bytes, dropped[out_r])
         stderr, err_cut = cap_text(bytes(streams[err_r]), config.stream_cap_bytes, dropped[err_r])
+        inputs = {path: hashlib.sha256(item.data()).hexdigest()
+                  for path, item in job.files.items()}
         outputs, truncated = collect_outputs(root, job.outputs, config.output_file_cap_bytes,
-                                             config.output_total_cap_bytes)
+                                             config.output_total_cap_bytes, inputs)
         return SandboxRun(
             outcome=classify(job, report, stderr), exit_code=report.exit_code,
             signal=report.signal, stdout=stdout, stderr=stderr, stdout_truncated=out_cut,
             stderr_truncated=err_cut, wall_seconds=report.wall_seconds,
-            cpu_seconds=report.cpu_seconds, memory_peak_bytes=report.max_rss_bytes,
+            cpu_seconds=report.cpu_seconds, memory_peak_bytes=report.max_rss_bytes or None,
             outputs=outputs, outputs_truncated=truncated, isolation=isolation,
             error=report.error)
     finally:

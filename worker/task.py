@@ -21,16 +21,19 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import structlog
 from celery import Task
 from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded, Terminated
+from pydantic import ValidationError
 
 from worker import runtime
 from worker.context import ErrorContext, ExecutionContext, ResultContext
-from worker.errors import JobFailed, JobRejected
+from worker.errors import InvalidJob, JobFailed, JobRejected
 from worker.models import ErrorInfo, Execution, Job, JobResult
 
 RUN_JOB = "sandrun.run_job"
 CELERY_CONTROL = (Ignore, Reject, Retry, SoftTimeLimitExceeded, Terminated)
+log = structlog.get_logger("sandrun.task")
 
 
 def error_info(exc: BaseException) -> ErrorInfo:
@@ -52,9 +55,27 @@ class SandrunTask(Task[Any, Any]):
         meta = self.backend.get_task_meta(task_id)
         return meta["result"] if meta.get("status") == "SUCCESS" else None
 
+    def _invalid(self, exc: Exception) -> dict[str, Any]:
+        """A ``sandrun.run_job`` message whose payload is not a valid Job: rejected."""
+        rt = runtime.current()
+        task_id = str(self.request.id)
+        if isinstance(exc, ValidationError):
+            problems = [(".".join(map(str, e["loc"])) or "job", e["msg"]) for e in exc.errors()]
+            error: Exception = InvalidJob(problems, source=f"job payload of task {task_id}")
+        else:
+            error = InvalidJob([("job", f"missing or malformed argument ({exc!r})")])
+        log.error("job_payload_invalid", task_id=task_id, error=str(error))
+        rt.manager.execute_hook("on_error", error, ErrorContext(operation="parse",
+                                                                task_id=task_id))
+        return JobResult(id=task_id, status="rejected", outcome="rejected",
+                         error=error_info(error)).model_dump(mode="json")
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         rt = runtime.current()
-        execution = self._execution(args, kwargs)
+        try:
+            execution = self._execution(args, kwargs)
+        except (ValidationError, KeyError, IndexError, TypeError) as exc:
+            return self._invalid(exc)
         job = execution.job
         task_id = str(self.request.id)
         delivery = self.request.delivery_info or {}
@@ -113,6 +134,9 @@ class SandrunTask(Task[Any, Any]):
             if replaced is not failure and isinstance(replaced, BaseException):
                 result = result.replace(error=error_info(replaced).model_dump())
         rt.attempts.finish(ctx.task_id)
-        if execution.job is None:
-            return result.value
-        return result.model_dump(mode="json")
+        if execution.job is not None:
+            return result.model_dump(mode="json")
+        if result.status != "completed":  # a user task: Celery must record a failure
+            error = result.error or ErrorInfo(type="JobFailed", message=result.status)
+            raise JobFailed(f"{error.type}: {error.message}", result)
+        return result.value

@@ -1,0 +1,112 @@
+"""Real worker processes for integration tests: a private redis-server per module and
+``celery worker`` subprocesses (prefork) that are always stopped, even on failure."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import RedisServer
+
+ROOT = Path(__file__).resolve().parents[2]
+RECORDING = "tests.support.recording:RecordingPlugin"
+
+
+class Worker:
+    """One ``celery worker`` process; ``stop`` ends it and its pool, whatever happened."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self._fh = open(log, "wb")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=self._fh,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while " ready." not in self.output():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"worker did not become ready:\n{self.output()[-3000:]}")
+            time.sleep(0.05)
+
+    def pool_pids(self) -> list[int]:
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)],
+                             capture_output=True, text=True, check=False).stdout
+        return [int(p) for p in out.split()]
+
+    def stop(self, timeout: float = 20) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self._fh.close()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("broker"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def worker_env(broker: RedisServer, state: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SANDRUN_", "CELERY_"))}
+    env.update({"SANDRUN_BROKER_URL": broker_url(broker), "SANDRUN_STATE_DIR": str(state),
+                "PYTHONPATH": str(ROOT)})
+    env.update(extra)
+    return env
+
+
+def broker_url(broker: RedisServer) -> str:
+    return f"redis+socket://{broker.socket}"
+
+
+WorkerFactory = Callable[..., Worker]
+
+
+@pytest.fixture(scope="module")
+def start_worker(broker: RedisServer, tmp_path_factory: pytest.TempPathFactory
+                 ) -> Iterator[WorkerFactory]:
+    """Start workers against the module's broker; all are stopped at module end."""
+    started: list[Worker] = []
+    state = tmp_path_factory.mktemp("state")
+
+    def start(*, concurrency: int = 2, name: str = "w1", queues: str = "sandrun",
+              include: str = "tests.support.tasks", cli: bool = False, ready: bool = True,
+              **env: str) -> Worker:
+        if cli:
+            argv = [sys.executable, "-m", "worker.cli", "worker", "-c", str(concurrency),
+                    "-n", f"{name}@%h", "-Q", queues]
+        else:
+            argv = [sys.executable, "-m", "celery", "-A", "worker", "worker", "-c",
+                    str(concurrency), "-n", f"{name}@%h", "-Q", queues, "--include", include,
+                    "--without-mingle", "--without-gossip", "-l", "info"]
+        log = state / f"{name}-{len(started)}.log"
+        worker = Worker(argv, worker_env(broker, state, **env), log)
+        started.append(worker)
+        if ready:
+            worker.wait_ready()
+        return worker
+
+    try:
+        yield start
+    finally:
+        for worker in started:
+            worker.stop()
