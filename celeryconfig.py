@@ -37,7 +37,13 @@ broker_connection_retry_on_startup = True
 broker_transport_options = {
     "visibility_timeout": int(os.environ.get("SANDRUN_VISIBILITY_TIMEOUT", "7200")),
 }
-result_backend_transport_options = dict(broker_transport_options)
+# Reconnecting to the result store is bounded (about 2 s) so a producer facing a dead
+# broker fails within its own publish retry window instead of Celery's 20 s default.
+result_backend_transport_options = {
+    **broker_transport_options,
+    "retry_policy": {"max_retries": 4, "interval_start": 0, "interval_step": 0.25,
+                     "interval_max": 0.5},
+}
 
 if broker_url.startswith("filesystem://"):
     _folder = os.environ.get("SANDRUN_BROKER_FOLDER", "")

@@ -43,15 +43,25 @@ from worker.task import RUN_JOB
 #: Errors that mean "the broker is not reachable right now".
 TRANSIENT_PUBLISH_ERRORS = (kombu.exceptions.OperationalError, redis.ConnectionError,
                             ConnectionError, TimeoutError)
+WAIT_SLICE = 1.0
 STATE_NAMES = {"PENDING": "queued", "RECEIVED": "queued", "STARTED": "running",
                "RETRY": "retrying", "REVOKED": "cancelled", "FAILURE": "failed"}
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether a publish error means "the broker is not reachable right now".
+
+    Celery's Redis result consumer reports its own lost connection as a
+    RuntimeError about the result store; that is transient too."""
+    return isinstance(exc, TRANSIENT_PUBLISH_ERRORS) or (
+        isinstance(exc, RuntimeError) and "result store" in str(exc))
 
 
 def publish_policy(seconds: float) -> tenacity.Retrying:
     """``publish``: retry transient broker errors with exponential backoff (0.1 s doubling
     to 1 s) for at most ``seconds`` (SANDRUN_PUBLISH_RETRY_SECONDS, default 10)."""
     return tenacity.Retrying(
-        retry=tenacity.retry_if_exception_type(TRANSIENT_PUBLISH_ERRORS),
+        retry=tenacity.retry_if_exception(transient),
         wait=tenacity.wait_exponential(multiplier=0.1, max=1.0),
         stop=tenacity.stop_after_delay(seconds), reraise=True)
 
@@ -95,17 +105,27 @@ class JobExecution:
         return None
 
     def wait(self, timeout: float | None = None, poll: float = 0.05) -> JobResult:
-        """Block until the job finishes; raise WaitTimeout after ``timeout`` seconds."""
-        handle = self._async()
-        try:
-            handle.get(timeout=timeout, propagate=False, interval=poll)
-        except TimeoutError as exc:
-            raise WaitTimeout(f"job {self.id} did not finish within {timeout}s (status: "
-                              f"{self.status()}); wait longer or check the workers") from exc
-        result = self._to_result(handle.state, handle.result)
-        if result is None:
-            raise SandrunError(f"job {self.id} ended in unexpected state {handle.state}")
-        return result
+        """Block until the job finishes; raise WaitTimeout after ``timeout`` seconds.
+
+        Results arrive through the backend's push channel; every second the stored
+        state is also read directly, so a subscription lost in a broker outage
+        cannot make the wait hang."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = WAIT_SLICE if deadline is None else min(WAIT_SLICE,
+                                                                 deadline - time.monotonic())
+            if remaining <= 0:
+                raise WaitTimeout(f"job {self.id} did not finish within {timeout}s (status: "
+                                  f"{self.status()}); wait longer or check the workers")
+            handle = self._async()
+            try:
+                handle.get(timeout=remaining, propagate=False, interval=poll)
+            except TimeoutError:
+                result = self.result()
+            else:
+                result = self._to_result(handle.state, handle.result)
+            if result is not None:
+                return result
 
     def logs(self) -> tuple[str, str]:
         """(stdout, stderr) of a finished job; empty while it runs."""
@@ -184,7 +204,9 @@ class Sandrun:
             for attempt in publish_policy(self.settings.publish_retry_seconds):
                 with attempt:
                     self.app.send_task(RUN_JOB, args=[payload], **options)
-        except TRANSIENT_PUBLISH_ERRORS as exc:
+        except (*TRANSIENT_PUBLISH_ERRORS, RuntimeError) as exc:
+            if not transient(exc):
+                raise
             raise BrokerUnavailable(
                 f"cannot publish job {job.id}: the broker stayed unreachable for "
                 f"{self.settings.publish_retry_seconds:g}s ({exc}); check SANDRUN_BROKER_URL "

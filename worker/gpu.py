@@ -47,9 +47,13 @@ class GPUDevice:
 
 
 def gpu_type_name(product: str) -> str:
-    """A short type from a product name: 'NVIDIA A100-SXM4-40GB' -> 'a100'."""
-    name = _VENDOR_WORDS.sub("", product).strip().split("-")[0]
-    return re.sub(r"[^a-z0-9]", "", name.lower()) or "gpu"
+    """A short type from a product name: 'NVIDIA A100-SXM4-40GB' -> 'a100',
+    'NVIDIA GeForce RTX 3090' -> 'rtx3090'."""
+    words = _VENDOR_WORDS.sub("", product).strip().split("-")[0].lower().split()
+    if not words:
+        return "gpu"
+    name = words[0] + words[1] if words[0].isalpha() and len(words) > 1 else words[0]
+    return re.sub(r"[^a-z0-9]", "", name) or "gpu"
 
 
 def detect_gpus(configured: Sequence[GPUConfig] | None) -> list[GPUDevice]:
