@@ -27,6 +27,7 @@ import kombu.exceptions
 import redis
 import tenacity
 from celery import Celery
+from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 
 from worker.builder import JobBuilder
@@ -120,7 +121,7 @@ class JobExecution:
             handle = self._async()
             try:
                 handle.get(timeout=remaining, propagate=False, interval=poll)
-            except TimeoutError:
+            except (TimeoutError, CeleryTimeoutError):
                 result = self.result()
             else:
                 result = self._to_result(handle.state, handle.result)
