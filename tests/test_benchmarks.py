@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -20,3 +22,13 @@ def test_hooks_benchmark_prints_ratios_for_each_size() -> None:
     assert [(r[0], r[1]) for r in rows] == [
         (shape, n) for shape in ("observe", "transform") for n in ("1", "5", "20")]
     assert all(float(r[4]) > 0 for r in rows)
+
+
+@pytest.mark.slow
+def test_sandbox_benchmark_prints_overhead_and_latency() -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sandbox.py"), "--quick"],
+                          capture_output=True, text=True, timeout=180, check=False, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "run_in_sandbox" in proc.stdout and "difference" in proc.stdout
+    assert "round trip sandrun print(1) job: p50" in proc.stdout
+    assert "round trip bare Celery no-op:    p50" in proc.stdout

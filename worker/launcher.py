@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import json
 import os
 import resource
 import select
+import shutil
 import signal
 import subprocess
 import time
@@ -104,6 +106,23 @@ def can_isolate_network() -> bool:
         os._exit(0)
     _, status = os.waitpid(pid, 0)
     return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+PRLIMIT = shutil.which("prlimit", path="/usr/bin:/bin:/usr/sbin:/sbin")
+
+
+def _prlimit_argv(limits: Limits, argv: Sequence[str]) -> list[str]:
+    """``argv`` behind util-linux ``prlimit``, which sets the limits and execs it.
+
+    Cheaper than a ``preexec_fn`` (about 1 ms against 4): without one,
+    subprocess can use vfork instead of copying the worker's address space."""
+    assert PRLIMIT is not None
+    args = [PRLIMIT, f"--cpu={limits.cpu_seconds}:{limits.cpu_seconds + 1}",
+            f"--fsize={limits.file_size_bytes}", f"--nofile={limits.open_files}", "--core=0"]
+    if limits.memory_bytes is not None:
+        kind = "as" if limits.memory_kind == "as" else "data"
+        args.append(f"--{kind}={limits.memory_bytes}")
+    return [*args, "--", *argv]
 
 
 def _apply_limits(limits: Limits) -> Callable[[], None]:
@@ -221,11 +240,15 @@ def _run(spec: LaunchSpec, report: LaunchReport) -> None:
         os._exit(137)
     started = time.monotonic()
     try:
+        if PRLIMIT and not spec.limits.isolate_network:
+            argv, preexec = _prlimit_argv(spec.limits, spec.argv), None
+        else:
+            argv, preexec = list(spec.argv), _apply_limits(spec.limits)
         # The launcher is a freshly forked, single-threaded process: preexec_fn is safe here.
         proc = subprocess.Popen(
-            list(spec.argv), cwd=spec.cwd, env=spec.env, stdin=subprocess.DEVNULL,
+            argv, cwd=spec.cwd, env=spec.env, stdin=subprocess.DEVNULL,
             stdout=spec.stdout_fd, stderr=spec.stderr_fd, start_new_session=True,
-            preexec_fn=_apply_limits(spec.limits), close_fds=True)  # noqa: PLW1509
+            preexec_fn=preexec, close_fds=True)  # noqa: PLW1509
     except OSError as exc:
         report.error = f"cannot start {spec.argv[0]}: {exc.strerror or exc}"
         return
@@ -249,11 +272,13 @@ def _run(spec: LaunchSpec, report: LaunchReport) -> None:
 
 def launch(spec: LaunchSpec) -> tuple[int, int]:
     """Fork the launcher; return its pid and the read end of its report pipe."""
+    _reap_finished_launchers()
     report_r, report_w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the launcher
         code = 0
         try:
+            gc.disable()  # a collection would touch, and so copy, the whole inherited heap
             os.close(report_r)
             report = LaunchReport()
             try:
@@ -263,12 +288,38 @@ def launch(spec: LaunchSpec) -> tuple[int, int]:
             os.close(spec.stdout_fd)
             os.close(spec.stderr_fd)
             os.write(report_w, json.dumps(asdict(report)).encode())
+            # Close before exiting: the kernel tears down the address space before it
+            # closes descriptors, and the worker should not wait for that to see EOF.
+            os.close(report_w)
         except BaseException:
             code = 70
         finally:
             os._exit(code)
     os.close(report_w)
     return pid, report_r
+
+
+_exiting: list[int] = []
+
+
+def release(pid: int, *, wait: bool = False) -> None:
+    """Reap a launcher that has reported; one still tearing down is reaped later."""
+    try:
+        done, _ = os.waitpid(pid, 0 if wait else os.WNOHANG)
+    except ChildProcessError:  # already reaped by someone else
+        return
+    if not done:
+        _exiting.append(pid)
+
+
+def _reap_finished_launchers() -> None:
+    for pid in list(_exiting):
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done = pid
+        if done:
+            _exiting.remove(pid)
 
 
 def parse_report(raw: bytes) -> LaunchReport:

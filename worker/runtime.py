@@ -47,17 +47,21 @@ class Attempts:
         self._local: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def begin(self, job_id: str) -> int:
-        """Count one more delivery of ``job_id``; return the attempt number (1 first)."""
+    def begin(self, job_id: str, result_key: str | None = None) -> tuple[int, bytes | None]:
+        """Count one more delivery of ``job_id``; return the attempt number (1 first) and,
+        in the same round trip, the raw value at ``result_key`` (a stored result)."""
         if self._client is None:
             with self._lock:
                 self._local[job_id] = self._local.get(job_id, 0) + 1
-                return self._local[job_id]
+                return self._local[job_id], None
         key = f"sandrun:attempts:{job_id}"
-        pipe = self._client.pipeline()
+        pipe = self._client.pipeline(transaction=False)
         pipe.incr(key)
         pipe.expire(key, ATTEMPT_TTL_SECONDS)
-        return int(pipe.execute()[0])
+        if result_key is not None:
+            pipe.get(result_key)
+        replies = pipe.execute()
+        return int(replies[0]), (replies[2] if result_key is not None else None)
 
     def finish(self, job_id: str) -> None:
         """Forget the count once the job has a final result."""

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worker.launcher import LaunchReport, LaunchSpec, Limits, launch, parse_report
+from worker.launcher import LaunchReport, LaunchSpec, Limits, launch, parse_report, release
 from worker.models import FORBIDDEN_ENV_KEYS, FORBIDDEN_ENV_PREFIXES, Job, cap_text
 from worker.outputs import CollectedOutput, collect_outputs
 
@@ -195,11 +195,11 @@ def _remove(root: Path) -> None:
 
 
 def _reap_launcher(pid: int, finished: bool) -> None:
-    """Wait for the launcher; one that outlived the grace period is told to kill its tree."""
+    """Reap the launcher; one that outlived the grace period is told to kill its tree."""
     if not finished:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-    os.waitpid(pid, 0)
+    release(pid, wait=not finished)
 
 
 def run_in_sandbox(job: Job, config: SandboxConfig | None = None,

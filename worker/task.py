@@ -32,6 +32,7 @@ from worker.errors import InvalidJob, JobFailed, JobRejected
 from worker.models import ErrorInfo, Execution, Job, JobResult
 
 RUN_JOB = "sandrun.run_job"
+EXECUTION_ATTR = "sandrun_execution"
 CELERY_CONTROL = (Ignore, Reject, Retry, SoftTimeLimitExceeded, Terminated)
 log = structlog.get_logger("sandrun.task")
 
@@ -51,9 +52,17 @@ class SandrunTask(Task[Any, Any]):
                          task_args=[] if job else list(args),
                          task_kwargs={} if job else dict(kwargs))
 
-    def _stored(self, task_id: str) -> Any:
-        meta = self.backend.get_task_meta(task_id)
-        return meta["result"] if meta.get("status") == "SUCCESS" else None
+    def _begin(self, rt: runtime.Runtime, task_id: str) -> tuple[int, Any]:
+        """Count this delivery and fetch a stored final result, in one round trip
+        when results live in the same Redis as the counter."""
+        key_for = getattr(self.backend, "get_key_for_task", None)
+        key = key_for(task_id).decode() if rt.redis is not None and key_for else None
+        attempt, raw = rt.attempts.begin(task_id, key)
+        if key is None:
+            meta = self.backend.get_task_meta(task_id)
+        else:
+            meta = self.backend.decode_result(raw) if raw else {}
+        return attempt, meta.get("result") if meta.get("status") == "SUCCESS" else None
 
     def _invalid(self, exc: Exception) -> dict[str, Any]:
         """A ``sandrun.run_job`` message whose payload is not a valid Job: rejected."""
@@ -79,11 +88,10 @@ class SandrunTask(Task[Any, Any]):
         job = execution.job
         task_id = str(self.request.id)
         delivery = self.request.delivery_info or {}
+        attempt, stored = self._begin(rt, task_id)
         ctx = ExecutionContext(node_id=str(self.request.hostname or rt.node_id),
-                               pool_id=str(os.getpid()), task_id=task_id,
-                               attempt=rt.attempts.begin(task_id),
+                               pool_id=str(os.getpid()), task_id=task_id, attempt=attempt,
                                queue=delivery.get("routing_key"), job_id=job.id if job else None)
-        stored = self._stored(task_id)
         if stored is not None:
             return stored
         if ctx.attempt > rt.settings.max_attempts:
@@ -99,6 +107,7 @@ class SandrunTask(Task[Any, Any]):
             result = JobResult(id=job.id if job else task_id, status="rejected",
                                outcome="rejected", attempts=ctx.attempt, error=error_info(exc))
             return self._finish(result, execution, ctx, ran=False)
+        setattr(self.request, EXECUTION_ATTR, execution)  # the body reuses the parsed Job
         try:
             value = self.run(*args, **kwargs)
         except CELERY_CONTROL:

@@ -11,7 +11,7 @@ from worker.gpu import allocate, suitable
 from worker.models import ErrorInfo, ExecutionInfo, Job, JobResult
 from worker.runtime import Runtime, current
 from worker.sandbox import run_in_sandbox
-from worker.task import RUN_JOB
+from worker.task import EXECUTION_ATTR, RUN_JOB
 
 STATUS_BY_OUTCOME = {"completed": "completed", "timeout": "timeout"}
 
@@ -60,5 +60,6 @@ def execute_job(job: Job, rt: Runtime, queue: str | None = None,
 def run_job(self: Any, job: dict[str, Any]) -> JobResult:
     """Run a job (its JSON form) in the sandbox; the base class stores the result."""
     delivery = self.request.delivery_info or {}
-    return execute_job(Job.model_validate(job), current(), delivery.get("routing_key"),
-                       self.request.hostname)
+    execution = getattr(self.request, EXECUTION_ATTR, None)
+    parsed = execution.job if execution is not None else Job.model_validate(job)
+    return execute_job(parsed, current(), delivery.get("routing_key"), self.request.hostname)

@@ -10,9 +10,8 @@ import pytest
 
 
 def test_app_settings() -> None:
-    import worker
+    from worker.app import app
 
-    app = worker.app
     conf = app.conf
     assert conf.task_acks_late and conf.task_reject_on_worker_lost
     assert conf.worker_prefetch_multiplier == 1
@@ -22,6 +21,7 @@ def test_app_settings() -> None:
 
 def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SANDRUN_BROKER_URL", "redis://example.invalid:1/2")
+    monkeypatch.delenv("SANDRUN_RESULT_BACKEND")
     import celeryconfig
 
     importlib.reload(celeryconfig)
@@ -29,7 +29,7 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
         assert celeryconfig.broker_url == "redis://example.invalid:1/2"
         assert celeryconfig.result_backend == "redis://example.invalid:1/2"
     finally:
-        monkeypatch.delenv("SANDRUN_BROKER_URL")
+        monkeypatch.undo()
         importlib.reload(celeryconfig)
 
 
@@ -44,3 +44,15 @@ def test_celery_finds_the_app() -> None:
     proc = subprocess.run([sys.executable, "-m", "celery", "-A", "worker", "inspect", "--help"],
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_user_tasks_get_the_sandrun_base_class() -> None:
+    from worker.app import app
+    from worker.task import SandrunTask
+
+    @app.task(name="tests.unit.noop")
+    def noop() -> None:
+        return None
+
+    assert isinstance(noop, SandrunTask)
+    assert isinstance(app.tasks["sandrun.run_job"], SandrunTask)

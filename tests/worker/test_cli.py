@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
-import pytest
 from click.testing import CliRunner
 
 from worker.cli import main
@@ -56,15 +53,3 @@ def test_invalid_plugin_config_is_reported() -> None:
     code, _, err = run("plugins", "show", "defaults", env={"SANDRUN_PLUGINS": json.dumps(
         [{"name": "defaults", "config": {"timeout": -1}}])})
     assert code == 1 and "timeout" in err
-
-
-@pytest.mark.slow
-def test_demo_runs_as_a_console_script() -> None:
-    proc = subprocess.run([sys.executable, "-m", "worker.cli", "demo"], capture_output=True,
-                          text=True, timeout=60, env={"PATH": "/usr/bin:/bin"},
-                          check=False)
-    assert proc.returncode == 0, proc.stderr
-    assert "Hook plan" in proc.stdout
-    for name in ("python-outputs", "node-build", "shell-pipeline", "r-args", "gpu-training"):
-        assert name in proc.stdout
-    assert "rejected" in proc.stdout and "accepted" in proc.stdout

@@ -20,7 +20,8 @@ from worker.models import Job
 
 @pytest.mark.parametrize(("product", "short"), [
     ("NVIDIA A100-SXM4-40GB", "a100"), ("Tesla T4", "t4"),
-    ("NVIDIA GeForce RTX 3090", "rtx3090"), ("NVIDIA H100 80GB HBM3", "h100"), ("Quadro RTX 8000", "rtx8000"),
+    ("NVIDIA GeForce RTX 3090", "rtx3090"), ("NVIDIA H100 80GB HBM3", "h100"),
+    ("Quadro RTX 8000", "rtx8000"),
 ])
 def test_type_names(product: str, short: str) -> None:
     assert gpu_type_name(product) == short
@@ -68,9 +69,8 @@ def test_allocation_is_exclusive_across_processes(tmp_path: Path) -> None:
     devices = [GPUDevice(0, "t4"), GPUDevice(1, "t4")]
     with allocate(devices, 1, tmp_path, 5) as mine:
         assert set(mine).isdisjoint(held)
-    with pytest.raises(TimeoutError, match="no 2 free GPU"):
-        with allocate(devices, 2, tmp_path, 0.2):
-            pass
+    with pytest.raises(TimeoutError, match="no 2 free GPU"), allocate(devices, 2, tmp_path, 0.2):
+        pass
     queue.put("release")
     holder.join(10)
     with allocate(devices, 2, tmp_path, 5) as both:

@@ -1,7 +1,6 @@
 """Starts a detached helper (new session) and then works for longer than its timeout;
 the worker kills both when the 2 s timeout passes."""
 
-import os
 import subprocess
 import time
 
