@@ -148,3 +148,14 @@ def test_attempt_counter_is_cleared_after_completion(client: Sandrun,
     run.wait(timeout=30)
     assert redis.Redis(unix_socket_path=str(broker.socket)).get(
         f"sandrun:attempts:{run.id}") is None
+
+
+def test_on_destroy_runs_in_each_pool_process_at_shutdown(start_worker: WorkerFactory,
+                                                          broker: RedisServer) -> None:
+    other = start_worker(name="short-lived", concurrency=2, queues="short",
+                         SANDRUN_PLUGINS=json.dumps([RECORDING]))
+    pids = sorted(other.pool_pids())
+    assert len(pids) == 2
+    assert other.stop() == 0
+    destroyed = sorted(e["pid"] for e in events(broker) if e["hook"] == "on_destroy")
+    assert destroyed == pids
