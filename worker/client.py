@@ -32,6 +32,7 @@ from celery.result import AsyncResult
 
 from worker.builder import JobBuilder
 from worker.context import BuildContext, SubmissionContext
+from worker.deadletter import dead_letter_store_for
 from worker.errors import BrokerUnavailable, ConfigurationError, SandrunError, WaitTimeout
 from worker.gpu import job_queue
 from worker.loader import PluginRef, PluginSpec, parse_plugin_specs
@@ -39,7 +40,7 @@ from worker.manager import PluginManager
 from worker.models import ErrorInfo, Job, JobResult
 from worker.outputs import OutputStore, output_store_for
 from worker.settings import Settings, load_settings
-from worker.task import RUN_JOB
+from worker.task import RUN_JOB, SUBMITTED_HEADER
 
 #: Errors that mean "the broker is not reachable right now".
 TRANSIENT_PUBLISH_ERRORS = (kombu.exceptions.OperationalError, redis.ConnectionError,
@@ -169,10 +170,11 @@ class Sandrun:
         from worker.app import make_app
 
         settings = settings or load_settings()
-        manager = PluginManager()
+        app = make_app(broker_url, result_backend)
+        manager = PluginManager(dead_letters=dead_letter_store_for(str(app.conf.result_backend)))
         specs = parse_plugin_specs(settings.plugins) if plugins is None else list(plugins)
         manager.load_all(specs)
-        return cls(make_app(broker_url, result_backend), manager, settings)
+        return cls(app, manager, settings)
 
     def use(self, plugin: PluginRef, config: Any = None) -> Sandrun:
         """Load one more plugin into this client; returns the client for chaining."""
@@ -196,8 +198,9 @@ class Sandrun:
         if self.settings.pricing is not None:
             self.settings.pricing.check_payment(job)
         queue = job_queue(job, self.settings.default_queue)
+        headers = {**ctx.headers, SUBMITTED_HEADER: f"{time.time():.6f}"}
         options: dict[str, Any] = {"task_id": job.id, "queue": queue, "retry": False,
-                                   "headers": dict(ctx.headers)}
+                                   "headers": headers}
         if job.scheduled_time is not None:
             options["eta"] = self._eta(job.scheduled_time)
         payload = job.model_dump(mode="json", exclude_defaults=True)

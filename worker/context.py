@@ -13,10 +13,14 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from structlog.typing import FilteringBoundLogger
 
     from worker.collector import MetricsCollector
-    from worker.models import Job
+    from worker.deadletter import DeadLetterStore
+    from worker.dispatch import HookTimer
+    from worker.models import Execution, Job
     from worker.storage import PluginStorage
 
 
@@ -26,13 +30,29 @@ def _now() -> datetime:
 
 @dataclass(slots=True)
 class PluginContext:
-    """Given to ``on_init``: the plugin's validated config and its own tools."""
+    """Given to ``on_init``: the plugin's validated config and its own tools.
+
+    ``dead_letters`` is where jobs that will not run again go (None in a process
+    without a store); ``install_metrics`` replaces the collector the host and
+    later plugins use; ``time_hooks`` asks for every hook's duration."""
 
     name: str
     config: Any
     logger: FilteringBoundLogger
     metrics: MetricsCollector
     storage: PluginStorage
+    dead_letters: DeadLetterStore | None = None
+    install_metrics: Callable[[MetricsCollector], None] | None = None
+    time_hooks: Callable[[HookTimer | None], None] | None = None
+
+
+@dataclass(slots=True)
+class WorkerContext:
+    """Given to ``on_worker_start``/``on_worker_stop`` in a worker's main process."""
+
+    hostname: str
+    pid: int
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -67,6 +87,8 @@ class ExecutionContext:
     attempt: int = 1
     queue: str | None = None
     started_at: datetime = field(default_factory=_now)
+    submitted_at: datetime | None = None
+    deliveries: int = 1
     metadata: dict[str, Any] = field(default_factory=dict)
     job_id: str | None = None
 
@@ -95,6 +117,7 @@ class ErrorContext:
     attempt: int = 1
     job: Job | None = None
     task_id: str | None = None
+    execution: Execution | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     job_id: str | None = None
 

@@ -26,6 +26,8 @@ how to fix it; they are meant to be shown to a person as they are.
     └── HookControl               raised by hooks on purpose; never isolated, always propagates
         ├── SubmissionRejected    ``on_submit`` vetoes a job before it is published
         │   └── PaymentRejected   the payment cannot cover the job's worst-case cost
+        ├── RetryRequested        ``on_error`` asks for the task to run again after a delay
+        ├── StartupRefused        ``on_worker_start`` stops a worker from starting
         └── JobRejected           ``on_execute`` vetoes a job before it runs
 
 Hook isolation: a hook that raises anything other than :class:`HookControl` is
@@ -128,6 +130,19 @@ class HookControl(SandrunError):
 
 class SubmissionRejected(HookControl):
     """Raised by an ``on_submit`` hook to veto a job; the job is not published."""
+
+
+class RetryRequested(HookControl):
+    """Raised by an ``on_error`` hook: re-publish the task after ``countdown`` seconds
+    (a Celery ``Task.retry``; no worker slot sleeps)."""
+
+    def __init__(self, countdown: float, reason: str = "") -> None:
+        super().__init__(reason or f"retry in {countdown:g}s")
+        self.countdown = countdown
+
+
+class StartupRefused(HookControl):
+    """Raised by ``on_worker_start``: the worker must not start (the message says why)."""
 
 
 class PaymentRejected(SubmissionRejected):

@@ -21,8 +21,9 @@ import structlog
 from worker import dispatch
 from worker.collector import InMemoryMetrics, MetricsCollector
 from worker.context import PluginContext
+from worker.deadletter import DeadLetterStore
 from worker.deps import resolve
-from worker.dispatch import HookImpl, HookRegistry
+from worker.dispatch import HookImpl, HookRegistry, HookTimer
 from worker.errors import (
     ConfigurationError,
     HookCallError,
@@ -80,9 +81,12 @@ class PluginManager:
     """Loads, orders and calls plugins. Thread-safe for dispatch; load/unload take a lock."""
 
     def __init__(self, *, storage: StorageBackend | None = None,
-                 metrics: MetricsCollector | None = None) -> None:
+                 metrics: MetricsCollector | None = None,
+                 dead_letters: DeadLetterStore | None = None) -> None:
         self.storage = storage or MemoryStorageBackend()
         self.metrics: MetricsCollector = metrics or InMemoryMetrics()
+        self.dead_letters = dead_letters
+        self.hook_timer: HookTimer | None = None
         self.hook_errors: Counter[tuple[str, str]] = Counter()
         self._registry = HookRegistry()
         self._plugins: dict[str, LoadedPlugin] = {}
@@ -149,7 +153,8 @@ class PluginManager:
         context = PluginContext(
             name=item.name, config=config, metrics=self.metrics,
             logger=structlog.get_logger("sandrun.plugin").bind(plugin=item.name),
-            storage=self.storage.for_plugin(item.name))
+            storage=self.storage.for_plugin(item.name), dead_letters=self.dead_letters,
+            install_metrics=self.install_metrics, time_hooks=self.time_hooks)
         try:
             _call_lifecycle(item.name, item.plugin.on_init, context)
         except Exception as exc:
@@ -166,6 +171,17 @@ class PluginManager:
         self._plugins[item.name] = LoadedPlugin(item, config, context)
         log.debug("plugin_loaded", plugin=item.name, version=str(item.version))
         self._emit(PluginEvent("plugin_loaded", item.name))
+
+    def install_metrics(self, collector: MetricsCollector) -> None:
+        """Make ``collector`` the one the manager, its dead-letter store and every plugin
+        loaded from now on use (the metrics plugin installs a Prometheus one)."""
+        self.metrics = collector
+        if self.dead_letters is not None:
+            self.dead_letters.metrics = collector
+
+    def time_hooks(self, timer: HookTimer | None) -> None:
+        """Report each hook handler's duration to ``timer`` (None: stop timing)."""
+        self.hook_timer = timer
 
     def unload(self, name: str) -> None:
         """Call ``on_destroy`` and unregister; refused while a loaded plugin requires it."""
@@ -199,6 +215,9 @@ class PluginManager:
         if chain is None:
             self._check_hook_name(name)
             return data
+        if self.hook_timer is not None:
+            return dispatch.call_chain_timed(chain, data, context, self._hook_failed,
+                                             self._registry.discard, timer=self.hook_timer)
         return dispatch.call_chain(chain, data, context, self._hook_failed,
                                    self._registry.discard)
 

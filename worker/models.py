@@ -141,6 +141,38 @@ class Payment(BaseModel):
         return Decimal(self.amount)
 
 
+class RetryPolicy(BaseModel):
+    """When and how often a failed job is tried again (the retry plugin's options).
+
+    ``retry_if`` entries: an int is an exit code, an outcome name (``timeout``,
+    ``memory_limit``, ...) matches the job's outcome, ``"module:callable"`` is a
+    predicate ``(error, context) -> bool``, anything else an exception type name.
+    Empty means every retryable failure.
+    """
+
+    model_config = _FROZEN
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    backoff: Literal["fixed", "linear", "exponential"] = "exponential"
+    base_delay: float = Field(default=1.0, ge=0)
+    max_delay: float = Field(default=30.0, ge=0)
+    retry_if: list[str | int] = Field(default_factory=list)
+    jitter: bool | None = Field(default=None, description="full jitter; default on for "
+                                                         "exponential backoff")
+
+    def delay(self, n: int) -> float:
+        """Delay before retry ``n`` (0 for the first retry), before jitter."""
+        if self.backoff == "fixed":
+            return self.base_delay
+        if self.backoff == "linear":
+            return self.base_delay * (n + 1)
+        return float(min(self.base_delay * 2**n, self.max_delay))
+
+    @property
+    def jittered(self) -> bool:
+        """Whether delays get full jitter."""
+        return self.backoff == "exponential" if self.jitter is None else self.jitter
+
+
 class Job(BaseModel):
     """A unit of work: inline ``code`` or an ``entrypoint`` among ``files``, plus limits.
 
@@ -173,6 +205,7 @@ class Job(BaseModel):
         default_factory=dict, max_length=32
     )
     isolation: Isolation = Field(default="process", description="least isolation accepted")
+    retry: RetryPolicy | None = Field(default=None, description="overrides the retry plugin")
 
     @field_validator("files", mode="before")
     @classmethod
@@ -262,6 +295,23 @@ class Execution(BaseModel):
     job: Job | None = None
     task_args: list[Any] = Field(default_factory=list)
     task_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class WorkerInfo(BaseModel):
+    """A running worker as ``sandrun workers`` shows it; ``on_worker_start`` hooks may add
+    ``extra`` entries (the metrics plugin adds ``metrics_url``)."""
+
+    model_config = _FROZEN
+    hostname: str
+    pid: int
+    queues: list[str] = Field(default_factory=list)
+    concurrency: int | None = None
+    pool: str | None = None
+    extra: dict[str, str] = Field(default_factory=dict)
+
+    def replace(self, **changes: Any) -> WorkerInfo:
+        """A validated copy with ``changes`` applied."""
+        return WorkerInfo.model_validate({**self.model_dump(), **changes})
 
 
 class OutputFile(BaseModel):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import redis
 
+from worker.deadletter import dead_letter_store_for
 from worker.embedded import redis_url
 from worker.errors import ConfigurationError
 from worker.gpu import GPUDevice, detect_gpus
@@ -98,7 +99,7 @@ def build_runtime(settings: Settings | None = None, *, load_plugins: bool = True
     backend = os.environ.get("SANDRUN_RESULT_BACKEND") or settings.result_backend or broker
     client = redis.Redis.from_url(redis_url(backend)) if is_redis(backend) else None
     storage: StorageBackend = RedisStorageBackend(client) if client else MemoryStorageBackend()
-    manager = PluginManager(storage=storage)
+    manager = PluginManager(storage=storage, dead_letters=dead_letter_store_for(backend))
     if load_plugins:
         manager.load_all(parse_plugin_specs(settings.plugins))
     if settings.network_isolation and not can_isolate_network():

@@ -28,8 +28,9 @@ if TYPE_CHECKING:
         PluginContext,
         ResultContext,
         SubmissionContext,
+        WorkerContext,
     )
-    from worker.models import Execution, Job, JobResult
+    from worker.models import Execution, Job, JobResult, WorkerInfo
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
 HOOK_OPTIONS_ATTR = "__sandrun_hook__"
@@ -41,6 +42,8 @@ CHAIN_HOOKS: dict[str, tuple[str, ...]] = {
     "on_execute": ("execution", "context"),
     "on_result": ("result", "context"),
     "on_error": ("error", "context"),
+    "on_worker_start": ("worker", "context"),
+    "on_worker_stop": ("worker", "context"),
 }
 #: Hooks the manager calls itself, once per plugin, when it loads and unloads it.
 LIFECYCLE_HOOKS: dict[str, tuple[str, ...]] = {"on_init": ("context",), "on_destroy": ()}
@@ -158,5 +161,17 @@ class Plugin:
 
     def on_error(self, error: BaseException, context: ErrorContext
                  ) -> BaseException | Awaitable[BaseException | None] | None:
-        """Called when an operation failed; return a replacement exception, or None."""
+        """Called when an operation failed; return a replacement exception, or None, or
+        raise :class:`~worker.errors.RetryRequested` to run the task again later."""
+        return None
+
+    def on_worker_start(self, worker: WorkerInfo, context: WorkerContext
+                        ) -> WorkerInfo | Awaitable[WorkerInfo | None] | None:
+        """Called in a worker's main process before its pool starts (prepare shared
+        resources, start an exporter); return a WorkerInfo with ``extra`` entries to
+        advertise, or raise :class:`~worker.errors.StartupRefused` to stop the worker."""
+        return None
+
+    def on_worker_stop(self, worker: WorkerInfo, context: WorkerContext) -> None:
+        """Called in a worker's main process when it shuts down."""
         return None

@@ -1,25 +1,29 @@
 """The task base class of the Sandrun Celery app: where worker-side hooks run.
 
 Every task of the app (``sandrun.run_job`` and users' own ``@app.task``
-functions) runs through :meth:`SandrunTask.__call__`, which dispatches, in the
-pool process that runs the task:
+functions) runs through :meth:`SandrunTask.__call__`, which, in the pool process
+that runs the task:
 
-1. the attempt counter (a delivery past ``SANDRUN_MAX_ATTEMPTS`` is failed, not run);
-2. idempotent completion (a task id that already has a stored result is not run again);
+1. counts this delivery of this attempt (a job that killed its worker process
+   ``SANDRUN_MAX_ATTEMPTS`` times is failed, not run again) and, in the same
+   round trip, looks for a stored final result (a redelivered finished task is
+   not run again);
+2. binds job_id, task_id, attempt, queue and node to the log context;
 3. ``on_execute`` (``JobRejected`` stops the task: status rejected, never run);
-4. the task body; an exception goes through ``on_error`` and is re-raised
-   (replaced if a hook returned a replacement);
-5. ``on_result``, whose return value is what gets stored; a job that did not
-   complete also goes through ``on_error`` as :class:`~worker.errors.JobFailed`.
+4. the task body; an exception goes through ``on_error``;
+5. a job that did not complete goes through ``on_error`` as
+   :class:`~worker.errors.JobFailed`; ``on_result`` then decides what is stored.
 
-Celery signals cannot change a result or stop a task, so these hooks are here;
-process start/stop hooks are bridged in :mod:`worker.signals`.
+``on_error`` may raise :class:`~worker.errors.RetryRequested`: the task is
+re-published with ``Task.retry(countdown=...)``, so no worker slot sleeps; the
+attempt number travels with the message (Celery's ``retries``).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, NoReturn
 
 import structlog
 from celery import Task
@@ -28,11 +32,12 @@ from pydantic import ValidationError
 
 from worker import runtime
 from worker.context import ErrorContext, ExecutionContext, ResultContext
-from worker.errors import InvalidJob, JobFailed, JobRejected
+from worker.errors import InvalidJob, JobFailed, JobRejected, RetryRequested
 from worker.models import ErrorInfo, Execution, Job, JobResult
 
 RUN_JOB = "sandrun.run_job"
 EXECUTION_ATTR = "sandrun_execution"
+SUBMITTED_HEADER = "sandrun_submitted_at"
 CELERY_CONTROL = (Ignore, Reject, Retry, SoftTimeLimitExceeded, Terminated)
 log = structlog.get_logger("sandrun.task")
 
@@ -52,17 +57,23 @@ class SandrunTask(Task[Any, Any]):
                          task_args=[] if job else list(args),
                          task_kwargs={} if job else dict(kwargs))
 
-    def _begin(self, rt: runtime.Runtime, task_id: str) -> tuple[int, Any]:
-        """Count this delivery and fetch a stored final result, in one round trip
-        when results live in the same Redis as the counter."""
+    def _context(self, rt: runtime.Runtime, execution: Execution) -> tuple[ExecutionContext, Any]:
+        """The execution context, and a stored final result if there is one."""
+        task_id = str(self.request.id)
+        attempt = int(self.request.retries or 0) + 1
         key_for = getattr(self.backend, "get_key_for_task", None)
         key = key_for(task_id).decode() if rt.redis is not None and key_for else None
-        attempt, raw = rt.attempts.begin(task_id, key)
-        if key is None:
-            meta = self.backend.get_task_meta(task_id)
-        else:
-            meta = self.backend.decode_result(raw) if raw else {}
-        return attempt, meta.get("result") if meta.get("status") == "SUCCESS" else None
+        deliveries, raw = rt.attempts.begin(f"{task_id}:{attempt}", key)
+        meta = self.backend.get_task_meta(task_id) if key is None else (
+            self.backend.decode_result(raw) if raw else {})
+        submitted = getattr(self.request, SUBMITTED_HEADER, None)
+        ctx = ExecutionContext(
+            node_id=str(self.request.hostname or rt.node_id), pool_id=str(os.getpid()),
+            task_id=task_id, attempt=attempt, deliveries=deliveries,
+            queue=(self.request.delivery_info or {}).get("routing_key"),
+            submitted_at=datetime.fromtimestamp(float(submitted), UTC) if submitted else None,
+            job_id=execution.job.id if execution.job else None)
+        return ctx, meta.get("result") if meta.get("status") == "SUCCESS" else None
 
     def _invalid(self, exc: Exception) -> dict[str, Any]:
         """A ``sandrun.run_job`` message whose payload is not a valid Job: rejected."""
@@ -85,67 +96,85 @@ class SandrunTask(Task[Any, Any]):
             execution = self._execution(args, kwargs)
         except (ValidationError, KeyError, IndexError, TypeError) as exc:
             return self._invalid(exc)
-        job = execution.job
-        task_id = str(self.request.id)
-        delivery = self.request.delivery_info or {}
-        attempt, stored = self._begin(rt, task_id)
-        ctx = ExecutionContext(node_id=str(self.request.hostname or rt.node_id),
-                               pool_id=str(os.getpid()), task_id=task_id, attempt=attempt,
-                               queue=delivery.get("routing_key"), job_id=job.id if job else None)
+        ctx, stored = self._context(rt, execution)
         if stored is not None:
             return stored
-        if ctx.attempt > rt.settings.max_attempts:
-            result = JobResult(id=job.id if job else task_id, status="failed",
-                               outcome="worker_lost", attempts=ctx.attempt - 1,
-                               error=ErrorInfo(type="WorkerLost", message=(
-                                   f"the task was delivered {ctx.attempt - 1} times and its "
-                                   "worker process died each time; not running it again")))
-            return self._finish(result, execution, ctx, ran=False)
+        structlog.contextvars.bind_contextvars(
+            job_id=ctx.job_id or ctx.task_id, task_id=ctx.task_id, attempt=ctx.attempt,
+            queue=ctx.queue, node=ctx.node_id)
+        try:
+            return self._run(rt, execution, ctx, args, kwargs)
+        finally:
+            structlog.contextvars.unbind_contextvars("job_id", "task_id", "attempt", "queue",
+                                                     "node")
+
+    def _run(self, rt: runtime.Runtime, execution: Execution, ctx: ExecutionContext,
+             args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        result_id = execution.job.id if execution.job else ctx.task_id
+        if ctx.deliveries > rt.settings.max_attempts:
+            result = JobResult(id=result_id, status="failed", outcome="worker_lost",
+                               attempts=ctx.attempt, error=ErrorInfo(type="WorkerLost", message=(
+                                   f"attempt {ctx.attempt} was delivered "
+                                   f"{ctx.deliveries - 1} times and its worker process died "
+                                   "each time; not running it again")))
+            return self._finish(result, execution, ctx)
         try:
             rt.manager.execute_hook("on_execute", execution, ctx)
         except JobRejected as exc:
-            result = JobResult(id=job.id if job else task_id, status="rejected",
-                               outcome="rejected", attempts=ctx.attempt, error=error_info(exc))
-            return self._finish(result, execution, ctx, ran=False)
+            result = JobResult(id=result_id, status="rejected", outcome="rejected",
+                               attempts=ctx.attempt, error=error_info(exc))
+            return self._finish(result, execution, ctx)
         setattr(self.request, EXECUTION_ATTR, execution)  # the body reuses the parsed Job
         try:
             value = self.run(*args, **kwargs)
         except CELERY_CONTROL:
             raise
         except Exception as exc:
-            replaced = rt.manager.execute_hook(
-                "on_error", exc, ErrorContext(operation="execute", attempt=ctx.attempt, job=job,
-                                              task_id=task_id))
-            rt.attempts.finish(task_id)
-            if replaced is not exc and isinstance(replaced, BaseException):
-                raise replaced from exc
-            raise
+            self._failed(exc, execution, ctx)
         if isinstance(value, JobResult):
             result = value.replace(attempts=ctx.attempt)
         else:
-            result = JobResult(id=task_id, status="completed", outcome="completed",
+            result = JobResult(id=ctx.task_id, status="completed", outcome="completed",
                                attempts=ctx.attempt, value=value)
-        return self._finish(result, execution, ctx, ran=True)
+        return self._finish(result, execution, ctx)
 
-    def _finish(self, result: JobResult, execution: Execution, ctx: ExecutionContext,
-                *, ran: bool) -> Any:
+    def _on_error(self, error: BaseException, execution: Execution,
+                  ctx: ExecutionContext) -> BaseException:
+        """Dispatch ``on_error``; a RetryRequested re-publishes the task (never returns)."""
         rt = runtime.current()
-        result = rt.manager.execute_hook(
-            "on_result", result, ResultContext(node_id=ctx.node_id, task_id=ctx.task_id,
-                                               attempt=ctx.attempt, job=execution.job,
-                                               metadata={"ran": ran}))
-        if result.status != "completed" and execution.job is not None:
+        err_ctx = ErrorContext(operation="execute", attempt=ctx.attempt, job=execution.job,
+                               task_id=ctx.task_id, execution=execution)
+        try:
+            replaced = rt.manager.execute_hook("on_error", error, err_ctx)
+        except RetryRequested as retry:
+            rt.attempts.finish(f"{ctx.task_id}:{ctx.attempt}")
+            raise self.retry(exc=JobFailed(str(error)), countdown=retry.countdown,
+                             max_retries=None) from error
+        return replaced if isinstance(replaced, BaseException) else error
+
+    def _failed(self, exc: Exception, execution: Execution, ctx: ExecutionContext) -> NoReturn:
+        """The task body raised: on_error, then re-raise (replaced if a hook said so)."""
+        replaced = self._on_error(exc, execution, ctx)
+        runtime.current().attempts.finish(f"{ctx.task_id}:{ctx.attempt}")
+        if replaced is not exc:
+            raise replaced from exc
+        raise exc
+
+    def _finish(self, result: JobResult, execution: Execution, ctx: ExecutionContext) -> Any:
+        rt = runtime.current()
+        if result.status not in {"completed", "rejected"}:
             failure = JobFailed(f"job {result.id} ended {result.status}"
                                 f" ({result.outcome or 'no detail'})", result)
-            replaced = rt.manager.execute_hook(
-                "on_error", failure, ErrorContext(operation="execute", attempt=ctx.attempt,
-                                                  job=execution.job, task_id=ctx.task_id))
-            if replaced is not failure and isinstance(replaced, BaseException):
+            replaced = self._on_error(failure, execution, ctx)
+            if replaced is not failure:
                 result = result.replace(error=error_info(replaced).model_dump())
-        rt.attempts.finish(ctx.task_id)
+        result = rt.manager.execute_hook(
+            "on_result", result, ResultContext(node_id=ctx.node_id, task_id=ctx.task_id,
+                                               attempt=ctx.attempt, job=execution.job))
+        rt.attempts.finish(f"{ctx.task_id}:{ctx.attempt}")
         if execution.job is not None:
             return result.model_dump(mode="json")
         if result.status != "completed":  # a user task: Celery must record a failure
             error = result.error or ErrorInfo(type="JobFailed", message=result.status)
-            raise JobFailed(f"{error.type}: {error.message}", result)
+            raise JobFailed(f"{error.type}: {error.message}")
         return result.value
