@@ -23,6 +23,7 @@ from worker.gpu import GPUDevice, detect_gpus
 from worker.launcher import can_isolate_network
 from worker.loader import parse_plugin_specs
 from worker.manager import PluginManager
+from worker.models import WorkerInfo
 from worker.outputs import OutputStore, output_store_for
 from worker.sandbox import DEFAULT_INTERPRETERS, SandboxConfig
 from worker.settings import Settings, load_settings
@@ -85,6 +86,7 @@ class Runtime:
     gpus: list[GPUDevice]
     node_id: str
     redis: redis.Redis[bytes] | None
+    worker: WorkerInfo | None = None
 
     @property
     def lock_dir(self) -> Path:
@@ -135,6 +137,11 @@ def start() -> Runtime:
             _this.runtime = build_runtime()
             _this.pid = os.getpid()
         return _this.runtime
+
+
+def active() -> Runtime | None:
+    """This process's runtime if it has one (never creates it)."""
+    return _this.runtime if _this.pid == os.getpid() else None
 
 
 def current() -> Runtime:

@@ -1,29 +1,32 @@
-"""The bridge between Celery's moments and plugin lifecycle hooks.
+"""The bridge between Celery's moments and plugin hooks.
 
 This is the only module of :mod:`worker` that talks to ``celery.signals``.
 
+* :class:`StartupChecks`, a worker bootstep, runs in the main process before any
+  pool process starts: it refuses settings that would lose or duplicate jobs
+  (a visibility timeout shorter than the longest job) and broken plugin sets,
+  loads the plugins in the main process, dispatches ``on_worker_start`` (which
+  may refuse the start) and advertises the worker.
 * ``worker_process_init`` (each prefork pool process): build the process runtime,
   which loads the plugins and calls their ``on_init``.
-* ``worker_process_shutdown`` / ``worker_shutdown`` (pool process / solo worker):
-  ``on_destroy`` for every plugin.
-* A worker bootstep, :class:`StartupChecks`, runs in the main process before any
-  pool process starts and refuses to start a worker whose settings would lose or
-  duplicate jobs (a visibility timeout shorter than the longest job) or whose
-  plugin set is broken.
+* ``worker_process_shutdown`` (pool process): ``on_destroy`` for every plugin.
+* ``worker_shutdown`` (main process): ``on_worker_stop``, withdraw the worker,
+  ``on_destroy``.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from celery import bootsteps
 from celery.signals import worker_process_init, worker_process_shutdown, worker_shutdown
 
-from worker import runtime
+from worker import registry, runtime
 from worker.app import app
-from worker.loader import parse_plugin_specs
-from worker.manager import PluginManager
-from worker.settings import check_visibility_timeout, load_settings
+from worker.context import WorkerContext
+from worker.models import WorkerInfo
+from worker.settings import check_visibility_timeout
 
 
 class StartupChecks(bootsteps.Step):
@@ -31,11 +34,19 @@ class StartupChecks(bootsteps.Step):
 
     def __init__(self, parent: Any, **options: Any) -> None:
         super().__init__(parent, **options)
-        settings = load_settings()
         conf = parent.app.conf
         if str(conf.broker_url).startswith(("redis", "rediss", "redis+socket")):
             check_visibility_timeout(int(conf.broker_transport_options["visibility_timeout"]))
-        PluginManager().validate(parse_plugin_specs(settings.plugins))
+        rt = runtime.start()
+        info = WorkerInfo(hostname=str(parent.hostname), pid=os.getpid(),
+                          queues=sorted(parent.app.amqp.queues.consume_from or {}),
+                          concurrency=parent.concurrency,
+                          pool=getattr(parent.pool_cls, "__module__", None))
+        info = rt.manager.execute_hook("on_worker_start", info,
+                                       WorkerContext(hostname=info.hostname, pid=info.pid))
+        rt.worker = info
+        if rt.redis is not None:
+            registry.register(rt.redis, info)
 
 
 app.steps["worker"].add(StartupChecks)
@@ -53,4 +64,10 @@ def _process_stopping(**_: Any) -> None:
 
 @worker_shutdown.connect
 def _worker_stopping(**_: Any) -> None:
+    rt = runtime.active()
+    if rt is not None and rt.worker is not None:
+        rt.manager.execute_hook("on_worker_stop", rt.worker,
+                                WorkerContext(hostname=rt.worker.hostname, pid=os.getpid()))
+        if rt.redis is not None:
+            registry.unregister(rt.redis, rt.worker.hostname)
     runtime.stop()

@@ -1,7 +1,8 @@
 """The ``sandrun`` command line.
 
 Commands: ``submit``, ``status``, ``result``, ``logs``, ``cancel``, ``download``
-(jobs); ``worker``, ``broker``, ``demo`` (operations); ``plugins`` (introspection).
+(jobs); ``worker``, ``workers``, ``dead``, ``broker``, ``demo`` (operations);
+``plugins`` (introspection).
 Exit codes are the same everywhere: 0 success, 1 a job did not complete or a
 plugin problem, 2 bad usage or configuration, 3 broker unreachable, 4 timed out
 waiting.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import click
 
+from worker.cli.fleet import dead, workers
 from worker.cli.jobs import cancel, download, logs, result, status, submit
 from worker.cli.ops import broker, demo, worker_command
 from worker.cli.plugins import plugins
@@ -27,5 +29,5 @@ def main(log_level: str) -> None:
 
 
 for command in (submit, status, result, logs, cancel, download, worker_command, broker, demo,
-                plugins):
+                plugins, workers, dead):
     main.add_command(command)

@@ -1,0 +1,174 @@
+"""The ``retry`` plugin: failed jobs run again later, then go to the dead-letter store.
+
+Options (the seed's, plus jitter): ``max_attempts`` (3), ``backoff`` fixed | linear
+| exponential (exponential), ``base_delay`` (1 s), ``max_delay`` (30 s),
+``retry_if`` (exception type names, job outcomes such as ``timeout`` or
+``memory_limit``, exit codes, or a ``"module:callable"`` predicate),
+``on_retry`` (a callable, or ``"module:callable"`` in configuration) and
+``jitter`` (full jitter, default on for exponential backoff). A job may carry
+its own ``retry`` policy, which wins for that job.
+
+How it maps onto Celery: ``on_error`` raises ``RetryRequested(countdown)`` and
+the task base class calls ``Task.retry(countdown=...)``: the job is re-published
+with its attempt number, and no worker slot sleeps through the delay. Delay
+before retry ``n`` (0-based): fixed ``base``; linear ``base x (n+1)``;
+exponential ``min(base x 2^n, max)``; then, with jitter, a uniform draw in
+``[0, delay)``. When attempts run out, or a job keeps killing its worker, the
+last ``on_error`` puts it in the dead-letter store with its whole history.
+It runs last among ``on_error`` hooks, so the others still see every failure.
+"""
+
+from __future__ import annotations
+
+import importlib
+import random as random_module
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ConfigDict
+
+from worker import BasePlugin, ErrorContext, JobResult, PluginContext, PluginManifest
+from worker.context import ResultContext
+from worker.deadletter import DeadLetter
+from worker.errors import InvalidJob, JobRejected, PaymentRejected, RetryRequested
+from worker.models import RetryPolicy
+
+NEVER_RETRIED = (JobRejected, InvalidJob, PaymentRejected)
+FINAL_OUTCOMES = frozenset({"rejected", "cancelled", "unsatisfiable", "isolation_unavailable"})
+OUTCOMES = frozenset({"failed", "timeout", "memory_limit", "cpu_limit", "signal",
+                      "worker_lost"})
+HISTORY_TTL = 7 * 24 * 3600
+
+
+class RetryConfig(RetryPolicy):
+    """The plugin's configuration: a default retry policy plus dead-lettering."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    on_retry: str | None = None
+    dead_letter: bool = True
+
+
+def load_callable(ref: str) -> Callable[..., Any]:
+    """Import ``"module:callable"``."""
+    module, _, attr = ref.partition(":")
+    target: Any = importlib.import_module(module)
+    for part in attr.split("."):
+        target = getattr(target, part)
+    if not callable(target):
+        raise TypeError(f"{ref!r} is not callable")
+    return target  # type: ignore[no-any-return]
+
+
+class RetryPlugin(BasePlugin):
+    """Turns failures into delayed Celery retries, then dead letters."""
+
+    name = "retry"
+    version = "1.0.0"
+    priority = -1000
+    manifest = PluginManifest(
+        name="retry", version="1.0.0", author="Sandrun", license="Apache-2.0",
+        description="Retry failed jobs with backoff; dead-letter them when attempts run out",
+        keywords=["retry", "backoff", "dead-letter"], apis=["on_error", "on_result"],
+        configuration=RetryConfig)
+
+    def __init__(self, options: RetryConfig | None = None, *,
+                 on_retry: Callable[[int, BaseException], None] | None = None,
+                 random: Callable[[], float] = random_module.random) -> None:
+        self._options = options
+        self._on_retry = on_retry
+        self.random = random
+        self.options = options or RetryConfig()
+
+    def on_init(self, context: PluginContext) -> None:
+        super().on_init(context)
+        self.options = self._options or context.config or RetryConfig()
+        if self._on_retry is None and self.options.on_retry:
+            self._on_retry = load_callable(self.options.on_retry)
+        self.dead_letters = context.dead_letters
+
+    def retryable(self, error: BaseException, context: ErrorContext, policy: RetryPolicy) -> bool:
+        """Whether ``error`` may be retried under ``policy``."""
+        result = getattr(error, "result", None)
+        if isinstance(error, NEVER_RETRIED):
+            return False
+        if isinstance(result, JobResult) and (result.status in FINAL_OUTCOMES or
+                                              result.outcome in FINAL_OUTCOMES | {"worker_lost"}):
+            return False
+        return not policy.retry_if or any(self._matches(rule, error, result, context)
+                                           for rule in policy.retry_if)
+
+    def _matches(self, rule: str | int, error: BaseException, result: Any,
+                 context: ErrorContext) -> bool:
+        if isinstance(rule, int):
+            return isinstance(result, JobResult) and result.exit_code == rule
+        if rule in OUTCOMES:
+            return isinstance(result, JobResult) and result.outcome == rule
+        if ":" in rule:
+            return bool(load_callable(rule)(error, context))
+        return rule in {cls.__name__ for cls in type(error).__mro__}
+
+    def on_error(self, error: BaseException, context: ErrorContext) -> None:
+        if context.operation != "execute" or context.task_id is None:
+            return
+        policy = context.job.retry if context.job and context.job.retry else self.options
+        history = self._remember(error, context)
+        result = getattr(error, "result", None)
+        if isinstance(result, JobResult) and result.outcome == "worker_lost":
+            self._bury(error, context, history, "it kept killing its worker process")
+            return
+        if not self.retryable(error, context, policy):
+            return
+        if context.attempt >= policy.max_attempts:
+            self._bury(error, context, history, f"gave up after {context.attempt} attempt(s)")
+            return
+        delay = policy.delay(context.attempt - 1)
+        if policy.jittered:
+            delay *= self.random()
+        if self._on_retry is not None:
+            self._on_retry(context.attempt + 1, error)
+        self.logger.info("job_retry_scheduled", next_attempt=context.attempt + 1,
+                         countdown=round(delay, 3), error_type=type(error).__name__)
+        raise RetryRequested(delay, f"attempt {context.attempt} failed: {error}")
+
+    def on_result(self, result: JobResult, context: ResultContext) -> None:
+        if result.status == "completed" and self.storage is not None and result.attempts > 1:
+            self.storage.delete(f"history:{context.task_id}")
+
+    def _remember(self, error: BaseException, context: ErrorContext) -> list[dict[str, Any]]:
+        result = getattr(error, "result", None)
+        entry = {"attempt": context.attempt, "error_type": type(error).__name__,
+                 "message": str(error), "at": datetime.now(UTC).isoformat(),
+                 "outcome": result.outcome if isinstance(result, JobResult) else None,
+                 "exit_code": result.exit_code if isinstance(result, JobResult) else None}
+        if self.storage is None:
+            return [entry]
+        key = f"history:{context.task_id}"
+        history: list[dict[str, Any]] = [*self.storage.get(key, []), entry]
+        self.storage.set(key, history, ttl=HISTORY_TTL)
+        return history
+
+    def _bury(self, error: BaseException, context: ErrorContext,
+              history: list[dict[str, Any]], why: str) -> None:
+        if not self.options.dead_letter or self.dead_letters is None:
+            return
+        execution = context.execution
+        job = context.job
+        self.dead_letters.add(DeadLetter(
+            id=job.id if job else str(context.task_id), source="retry",
+            task=execution.task if execution else "sandrun.run_job",
+            reason=f"{why}: {type(error).__name__}: {error}",
+            job=job.model_dump(mode="json") if job else None,
+            task_args=execution.task_args if execution else [],
+            task_kwargs=execution.task_kwargs if execution else {}, attempts=history))
+        self.logger.warning("job_dead_lettered", attempts=len(history), reason=why)
+        if self.storage is not None:
+            self.storage.delete(f"history:{context.task_id}")
+
+
+def retry_plugin(*, on_retry: Callable[[int, BaseException], None] | None = None,
+                 random: Callable[[], float] = random_module.random,
+                 **options: Any) -> RetryPlugin:
+    """``retry_plugin(max_attempts=5, backoff="linear", base_delay=2, retry_if=["timeout"])``."""
+    return RetryPlugin(RetryConfig(**options) if options else None, on_retry=on_retry,
+                       random=random)

@@ -1,0 +1,115 @@
+"""``sandrun workers`` and ``sandrun dead list|show|replay``: watching the fleet."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+import redis
+from rich.table import Table
+
+from worker import registry
+from worker.cli.common import EXIT_JOB_FAILED, console, fail
+from worker.cli.jobs import client
+from worker.client import Sandrun
+from worker.deadletter import DeadLetter, dead_letter_store_for
+from worker.embedded import redis_url
+from worker.errors import ConfigurationError, SandrunError
+from worker.models import Job
+from worker.runtime import is_redis
+
+
+@click.command()
+@click.option("--timeout", default=2.0, show_default=True, help="Seconds to wait for replies.")
+def workers(timeout: float) -> None:
+    """List live workers: queues, concurrency and metrics URL."""
+    with client() as sandrun:
+        backend = str(sandrun.app.conf.result_backend)
+        if not is_redis(backend):
+            fail(ConfigurationError("listing workers needs a Redis broker; the embedded "
+                                    "filesystem transport cannot reach workers"))
+        replies = sandrun.app.control.ping(timeout=timeout) or []
+        alive = {name for reply in replies for name in reply}
+        known = registry.advertised(redis.Redis.from_url(redis_url(backend)))
+    table = Table(title=f"{len(alive)} live worker(s)")
+    for column in ("worker", "queues", "concurrency", "metrics"):
+        table.add_column(column, overflow="fold")
+    for name in sorted(alive):
+        info = known.get(name)
+        table.add_row(name, ", ".join(info.queues) if info else "?",
+                      str(info.concurrency) if info else "?",
+                      (info.extra.get("metrics_url", "-") if info else "-"))
+    console.print(table)
+
+
+@click.group()
+def dead() -> None:
+    """Jobs that will not be tried again (dead letters)."""
+
+
+@dead.command("list")
+@click.option("--limit", default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON letter per line.")
+def dead_list(limit: int, as_json: bool) -> None:
+    """Newest dead letters first."""
+    with client() as sandrun:
+        letters = dead_letter_store_for(str(sandrun.app.conf.result_backend)).list(limit)
+    if as_json:
+        for letter in letters:
+            click.echo(letter.model_dump_json())
+        return
+    table = Table(title=f"{len(letters)} dead letter(s)")
+    for column in ("id", "task", "attempts", "source", "reason", "dead at"):
+        table.add_column(column, overflow="fold")
+    for letter in letters:
+        table.add_row(letter.id, letter.task, str(len(letter.attempts)), letter.source,
+                      letter.reason, letter.dead_at.isoformat(timespec="seconds"))
+    console.print(table)
+
+
+@dead.command("show")
+@click.argument("letter_id")
+def dead_show(letter_id: str) -> None:
+    """One dead letter with its whole attempt history, as JSON."""
+    with client() as sandrun:
+        letter = dead_letter_store_for(str(sandrun.app.conf.result_backend)).get(letter_id)
+    if letter is None:
+        fail(SandrunError(f"no dead letter {letter_id!r} (expired, replayed, or never dead)"))
+    click.echo(json.dumps(letter.model_dump(mode="json"), indent=2))
+
+
+def replay_letter(sandrun: Sandrun, letter: DeadLetter) -> str:
+    """Publish a dead job again under its own id (its old result is forgotten first)."""
+    sandrun.app.backend.forget(letter.id)
+    if letter.job is not None:
+        return sandrun.submit(Job.model_validate(letter.job)).id
+    handle = sandrun.app.send_task(letter.task, args=letter.task_args, kwargs=letter.task_kwargs,
+                                   task_id=letter.id)
+    return str(handle.id)
+
+
+@dead.command("replay")
+@click.argument("letter_id", required=False)
+@click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter.")
+def dead_replay(letter_id: str | None, replay_all: bool) -> None:
+    """Submit dead jobs again; each replayed letter is removed from the store."""
+    if bool(letter_id) == replay_all:
+        raise click.UsageError("give a dead letter ID or --all")
+    failures = 0
+    with client() as sandrun:
+        store = dead_letter_store_for(str(sandrun.app.conf.result_backend))
+        letters = store.list(10_000) if replay_all else [store.get(str(letter_id))]
+        if letters == [None]:
+            fail(SandrunError(f"no dead letter {letter_id!r}"))
+        for letter in letters:
+            assert letter is not None
+            try:
+                new_id = replay_letter(sandrun, letter)
+            except SandrunError as exc:
+                failures += 1
+                console.print(f"[red]{letter.id}: not replayed: {exc}[/]", highlight=False)
+                continue
+            store.remove(letter.id)
+            click.echo(f"replayed {letter.id} as {new_id}")
+    sys.exit(EXIT_JOB_FAILED if failures else 0)

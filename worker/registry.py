@@ -1,0 +1,37 @@
+"""Where live workers advertise themselves, for ``sandrun workers``.
+
+A worker's main process writes its :class:`~worker.models.WorkerInfo` (queues,
+concurrency, and what plugins added, such as the metrics URL) under
+``sandrun:workers:<hostname>`` when it starts and removes it when it stops.
+A worker killed with SIGKILL leaves its entry behind, so listings keep only the
+workers that answer a ping.
+"""
+
+from __future__ import annotations
+
+import redis
+
+from worker.models import WorkerInfo
+
+PREFIX = "sandrun:workers:"
+
+
+def register(client: redis.Redis[bytes], info: WorkerInfo) -> None:
+    """Advertise a starting worker."""
+    client.set(PREFIX + info.hostname, info.model_dump_json())
+
+
+def unregister(client: redis.Redis[bytes], hostname: str) -> None:
+    """Withdraw a stopping worker."""
+    client.delete(PREFIX + hostname)
+
+
+def advertised(client: redis.Redis[bytes]) -> dict[str, WorkerInfo]:
+    """Every advertised worker by hostname (some may be dead: check with a ping)."""
+    found = {}
+    for key in client.scan_iter(match=PREFIX + "*"):
+        raw = client.get(key)
+        if raw is not None:
+            info = WorkerInfo.model_validate_json(raw)
+            found[info.hostname] = info
+    return found
