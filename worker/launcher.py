@@ -312,6 +312,11 @@ def release(pid: int, *, wait: bool = False) -> None:
         _exiting.append(pid)
 
 
+def reap_finished_launchers() -> None:
+    """Reap launchers that finished tearing down since they reported."""
+    _reap_finished_launchers()
+
+
 def _reap_finished_launchers() -> None:
     for pid in list(_exiting):
         try:

@@ -24,7 +24,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worker.launcher import LaunchReport, LaunchSpec, Limits, launch, parse_report, release
+from worker.launcher import (
+    LaunchReport,
+    LaunchSpec,
+    Limits,
+    launch,
+    parse_report,
+    reap_finished_launchers,
+    release,
+)
 from worker.models import FORBIDDEN_ENV_KEYS, FORBIDDEN_ENV_PREFIXES, Job, cap_text
 from worker.outputs import CollectedOutput, collect_outputs
 
@@ -245,3 +253,4 @@ def run_in_sandbox(job: Job, config: SandboxConfig | None = None,
             error=report.error)
     finally:
         _remove(root)
+        reap_finished_launchers()
