@@ -55,7 +55,7 @@ class BasePlugin(Plugin):
     def logger(self) -> FilteringBoundLogger:
         """The context's logger, or a logger bound with the plugin name before ``on_init``."""
         if self._logger is None:
-            self._logger = structlog.get_logger("sandrun.plugin").bind(plugin=self.name)
+            self._logger = structlog.get_logger("sandrun.plugin", plugin=self.name)
         return self._logger
 
     def log(self, level: str, event: str, **data: Any) -> None:

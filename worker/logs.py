@@ -1,26 +1,94 @@
-"""The one module that configures structlog for a Sandrun process.
+"""The one module that configures structlog (and stdlib logging) for a Sandrun process.
 
-Called by the CLI at start and, later, by the logging plugin with its options.
-Events are snake_case names with key/value fields.
+The CLI calls :func:`configure_logging` for people at a terminal; the logging
+plugin calls it with its options in every process that hosts plugins. Celery's
+own records go through the same processors (structlog's ``ProcessorFormatter``
+on the root logger), so a worker's whole output is in one format. Events are
+snake_case names with key/value fields; while a task runs, job_id, task_id,
+attempt, queue and node are bound through contextvars by the task base class.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
+from collections.abc import Sequence
+from typing import Literal
 
 import structlog
+from structlog.typing import Processor
+
+Format = Literal["json", "text", "structured", "console"]
+HANDLER_NAME = "sandrun"
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
+          "warning": logging.WARNING, "error": logging.ERROR, "critical": logging.CRITICAL}
 
 
-def configure_logging(level: str = "warning") -> None:
-    """Render events for a terminal, dropping those below ``level``."""
+def _renderer(fmt: Format) -> Processor:
+    if fmt == "json":
+        return structlog.processors.JSONRenderer()
+    if fmt == "text":
+        return structlog.processors.LogfmtRenderer(key_order=["timestamp", "level", "event"])
+    return structlog.dev.ConsoleRenderer(colors=fmt == "console" and sys.stderr.isatty())
+
+
+def _handler(output: str) -> logging.Handler:
+    if output == "stderr":  # the real stream: Celery may have replaced sys.stderr
+        return logging.StreamHandler(sys.__stderr__)
+    if output == "stdout":
+        return logging.StreamHandler(sys.__stdout__)
+    return logging.FileHandler(output, encoding="utf-8")
+
+
+class _State:
+    plugin_configured = False
+
+
+def plugin_configured() -> bool:
+    """Whether a plugin (not the CLI default) configured logging in this process; the
+    worker then keeps Celery from replacing that configuration with its own."""
+    return _State.plugin_configured
+
+
+def configure_logging(level: str = "warning", fmt: Format = "console",
+                      outputs: Sequence[str] = ("stderr",), include_context: bool = True,
+                      *, by_plugin: bool = False) -> None:
+    """Send structlog events and stdlib records (Celery's too) to ``outputs`` in ``fmt``.
+
+    Replaces the root logger's handlers, so calling it again (in a forked pool
+    process, after Celery set up its own logging) leaves one configuration.
+    """
+    numeric = LEVELS[level.lower()]
+    shared: list[Processor] = [
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+        structlog.processors.format_exc_info,
+    ]
+    if include_context:
+        shared.insert(0, structlog.contextvars.merge_contextvars)
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso"),
-            structlog.dev.ConsoleRenderer(),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]),
-        cache_logger_on_first_use=False,
-    )
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        cache_logger_on_first_use=False)
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    _renderer(fmt)])
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    for output in outputs:
+        handler = _handler(output)
+        handler.set_name(HANDLER_NAME)
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+    root.setLevel(numeric)
+    logging.captureWarnings(True)
+    _State.plugin_configured = _State.plugin_configured or by_plugin
+    for name in ("celery", "celery.task", "celery.redirected", "kombu", "billiard"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True

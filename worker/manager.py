@@ -152,7 +152,7 @@ class PluginManager:
     def _start(self, item: CheckedPlugin, config: Any) -> None:
         context = PluginContext(
             name=item.name, config=config, metrics=self.metrics,
-            logger=structlog.get_logger("sandrun.plugin").bind(plugin=item.name),
+            logger=structlog.get_logger("sandrun.plugin", plugin=item.name),
             storage=self.storage.for_plugin(item.name), dead_letters=self.dead_letters,
             install_metrics=self.install_metrics, time_hooks=self.time_hooks)
         try:

@@ -2,6 +2,9 @@
 
 This is the only module of :mod:`worker` that talks to ``celery.signals``.
 
+* ``celeryd_init`` (main process, before anything else of the worker): load the
+  plugins there, so a logging plugin configures logging before Celery's first
+  output; Celery is then kept from replacing that configuration.
 * :class:`StartupChecks`, a worker bootstep, runs in the main process before any
   pool process starts: it refuses settings that would lose or duplicate jobs
   (a visibility timeout shorter than the longest job) and broken plugin sets,
@@ -19,14 +22,23 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import structlog
 from celery import bootsteps
-from celery.signals import worker_process_init, worker_process_shutdown, worker_shutdown
+from celery.signals import (
+    celeryd_init,
+    setup_logging,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutdown,
+)
 
-from worker import registry, runtime
+from worker import logs, registry, runtime
 from worker.app import app
 from worker.context import WorkerContext
 from worker.models import WorkerInfo
 from worker.settings import check_visibility_timeout
+
+log = structlog.get_logger("sandrun.worker")
 
 
 class StartupChecks(bootsteps.Step):
@@ -47,9 +59,22 @@ class StartupChecks(bootsteps.Step):
         rt.worker = info
         if rt.redis is not None:
             registry.register(rt.redis, info)
+        log.info("worker_starting", queues=info.queues, concurrency=info.concurrency,
+                 gpus=[f"{g.index}:{g.type}" for g in rt.gpus], **info.extra)
 
 
 app.steps["worker"].add(StartupChecks)
+
+
+def _keep_sandrun_logging(**_: Any) -> None:
+    """Connected only when a plugin configured logging: Celery then skips its own setup."""
+
+
+@celeryd_init.connect
+def _worker_initialising(**_: Any) -> None:
+    runtime.start()
+    if logs.plugin_configured():
+        setup_logging.connect(_keep_sandrun_logging)
 
 
 @worker_process_init.connect

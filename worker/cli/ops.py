@@ -19,8 +19,8 @@ from worker.settings import check_visibility_timeout, load_settings
 def worker_argv(concurrency: int | None, queues: list[str], hostname: str | None,
                 loglevel: str, pool: str | None) -> list[str]:
     """The ``celery worker`` command line a Sandrun worker runs."""
-    argv = [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", ",".join(queues),
-            "-l", loglevel]
+    argv = [sys.executable, "-m", "celery", "-q", "-A", "worker", "worker", "-Q",
+            ",".join(queues), "-l", loglevel]
     if concurrency:
         argv += ["-c", str(concurrency)]
     if hostname:
@@ -51,8 +51,7 @@ def worker_command(concurrency: int | None, queues: str | None, hostname: str | 
     base = [q.strip() for q in (queues or settings.default_queue).split(",") if q.strip()]
     gpus = detect_gpus(settings.gpus)
     all_queues = worker_queues(base, gpus)
-    console.print(f"sandrun worker: queues {', '.join(all_queues)}; GPUs "
-                  f"{', '.join(f'{g.index}:{g.type}' for g in gpus) or 'none'}", highlight=False)
+    os.environ["SANDRUN_WORKER_GPUS"] = ",".join(f"{g.index}:{g.type}" for g in gpus)
     argv = worker_argv(concurrency, all_queues, hostname, loglevel, pool)
     os.execv(argv[0], argv)
 
