@@ -129,8 +129,9 @@ class Plugin:
     custom_hooks: ClassVar[Sequence[str]] = ()
 
     def on_init(self, context: PluginContext) -> Awaitable[None] | None:
-        """Called once when the plugin is loaded in a process (producer client or
-        worker pool process), with its validated config, logger, metrics and storage."""
+        """Called once when the plugin is loaded in a process (producer client, worker
+        main process, each worker pool process), with its validated config, logger,
+        metrics and storage."""
         return None
 
     def on_destroy(self) -> Awaitable[None] | None:

@@ -50,7 +50,7 @@ def test_each_hook_fires_once_in_the_right_process_and_order(
     assert mine[0]["pid"] == mine[1]["pid"] != local[0]["pid"]
     assert mine[0]["pid"] in worker.pool_pids()
     inits = [e["pid"] for e in events(broker) if e["hook"] == "on_init"]
-    assert sorted(inits) == sorted(worker.pool_pids())
+    assert sorted(inits) == sorted([worker.proc.pid, *worker.pool_pids()])
 
 
 def test_on_result_changes_what_is_stored(client: Sandrun) -> None:
