@@ -51,11 +51,14 @@ def executor_overhead(rounds: int) -> None:
           f"difference {b - a:+5.1f} ms   (medians of {rounds})")
 
 
-def start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def start(argv: list[str], env: dict[str, str], log: Path,
+          ready_in: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start a worker and wait for its ready line (in ``ready_in`` when it logs to a file)."""
     proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=open(log, "wb"),  # noqa: SIM115
                             stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 30
-    while " ready." not in log.read_text(errors="replace"):
+    watched = ready_in or log
+    while not watched.exists() or " ready." not in watched.read_text(errors="replace"):
         if proc.poll() is not None or time.monotonic() > deadline:
             raise SystemExit(f"worker did not start:\n{log.read_text()[-2000:]}")
         time.sleep(0.05)

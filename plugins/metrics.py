@@ -115,9 +115,13 @@ class PrometheusCollector:
 
     def __init__(self, config: MetricsConfig) -> None:
         self.config = config
-        self._pid = -1
         self._made: dict[str, Any] = {}
         self.registry = CollectorRegistry()
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        """In a forked child: metrics must be made again (in multiprocess mode)."""
+        self._made, self.registry = {}, CollectorRegistry()
 
     def enabled(self, name: str) -> bool:
         short = name.removeprefix(self.config.prefix).removeprefix("sandrun_")
@@ -125,15 +129,16 @@ class PrometheusCollector:
 
     def _make(self, kind: str, name: str, doc: str, labelnames: Sequence[str],
               **extra: Any) -> Any:
-        if os.getpid() != self._pid:
-            self._pid, self._made, self.registry = os.getpid(), {}, CollectorRegistry()
-        if not self.enabled(name):
-            return _Off()
-        if name not in self._made:
-            names = [*self.config.labels, *labelnames]
-            metric = KINDS[kind](name, doc or name, names, registry=self.registry, **extra)
-            self._made[name] = _Bound(metric, self.config.labels, bool(names))
-        return self._made[name]
+        made = self._made.get(name)
+        if made is None:
+            if not self.enabled(name):
+                made = _Off()
+            else:
+                names = [*self.config.labels, *labelnames]
+                metric = KINDS[kind](name, doc or name, names, registry=self.registry, **extra)
+                made = _Bound(metric, self.config.labels, bool(names))
+            self._made[name] = made
+        return made
 
     def counter(self, name: str, documentation: str = "", labelnames: Sequence[str] = ()) -> Any:
         return self._make("counter", name, documentation, labelnames)
@@ -184,6 +189,8 @@ class MetricsPlugin(BasePlugin):
         super().on_init(context)
         self.options = self._options or context.config or MetricsConfig()
         self.collector = PrometheusCollector(self.options)
+        self._hook_timers: dict[tuple[str, str], Any] = {}
+        os.register_at_fork(after_in_child=self._hook_timers.clear)
         if context.install_metrics is not None:
             context.install_metrics(self.collector)
         if context.time_hooks is not None:
@@ -193,9 +200,13 @@ class MetricsPlugin(BasePlugin):
         return self.options.prefix + short
 
     def _time_hook(self, impl: HookImpl, seconds: float) -> None:
-        self.collector.histogram(self._name("plugin_hook_duration_seconds"), "Hook latency",
-                                 ("plugin", "hook")).labels(plugin=impl.plugin,
-                                                            hook=impl.hook).observe(seconds)
+        child = self._hook_timers.get((impl.plugin, impl.hook))
+        if child is None:
+            child = self.collector.histogram(
+                self._name("plugin_hook_duration_seconds"), "Hook latency",
+                ("plugin", "hook")).labels(plugin=impl.plugin, hook=impl.hook)
+            self._hook_timers[(impl.plugin, impl.hook)] = child
+        child.observe(seconds)
 
     @hook(priority=-500)
     def on_submit(self, job: Job, context: SubmissionContext) -> None:

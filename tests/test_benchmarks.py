@@ -32,3 +32,12 @@ def test_sandbox_benchmark_prints_overhead_and_latency() -> None:
     assert "run_in_sandbox" in proc.stdout and "difference" in proc.stdout
     assert "round trip sandrun print(1) job: p50" in proc.stdout
     assert "round trip bare Celery no-op:    p50" in proc.stdout
+
+
+@pytest.mark.slow
+def test_overhead_benchmark_prints_ratio_and_latency() -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "overhead.py"), "--quick"],
+                          capture_output=True, text=True, timeout=300, check=False, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "median ratio" in proc.stdout
+    assert "latency sandrun + 3 plugins:" in proc.stdout

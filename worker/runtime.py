@@ -49,29 +49,36 @@ class Attempts:
         self._local: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def begin(self, job_id: str, result_key: str | None = None) -> tuple[int, bytes | None]:
-        """Count one more delivery of ``job_id``; return the attempt number (1 first) and,
-        in the same round trip, the raw value at ``result_key`` (a stored result)."""
+    def begin(self, key: str, result_key: str | None = None, *, redelivered: bool = True
+              ) -> tuple[int, bytes | None]:
+        """Count this delivery of attempt ``key``; return the delivery number (1 first)
+        and, in the same round trip, the raw value at ``result_key`` (a stored result).
+
+        A first delivery is not counted: only a message the broker marks as
+        redelivered can be part of a crash loop, so the common path costs no write.
+        """
         if self._client is None:
             with self._lock:
-                self._local[job_id] = self._local.get(job_id, 0) + 1
-                return self._local[job_id], None
-        key = f"sandrun:attempts:{job_id}"
+                self._local[key] = self._local.get(key, 0) + 1
+                return self._local[key], None
         pipe = self._client.pipeline(transaction=False)
-        pipe.incr(key)
-        pipe.expire(key, ATTEMPT_TTL_SECONDS)
+        if redelivered:
+            pipe.incr(f"sandrun:attempts:{key}")
+            pipe.expire(f"sandrun:attempts:{key}", ATTEMPT_TTL_SECONDS)
         if result_key is not None:
             pipe.get(result_key)
-        replies = pipe.execute()
-        return int(replies[0]), (replies[2] if result_key is not None else None)
+        replies = pipe.execute() if len(pipe) else []
+        count = int(replies[0]) + 1 if redelivered else 1
+        return count, (replies[-1] if result_key is not None else None)
 
-    def finish(self, job_id: str) -> None:
-        """Forget the count once the job has a final result."""
+    def finish(self, key: str, deliveries: int = 2) -> None:
+        """Forget the count once the attempt has ended (nothing to forget for a first
+        delivery)."""
         if self._client is None:
             with self._lock:
-                self._local.pop(job_id, None)
-        else:
-            self._client.delete(f"sandrun:attempts:{job_id}")
+                self._local.pop(key, None)
+        elif deliveries > 1:
+            self._client.delete(f"sandrun:attempts:{key}")
 
 
 @dataclass

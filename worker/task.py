@@ -61,16 +61,18 @@ class SandrunTask(Task[Any, Any]):
         """The execution context, and a stored final result if there is one."""
         task_id = str(self.request.id)
         attempt = int(self.request.retries or 0) + 1
+        delivery = self.request.delivery_info or {}
         key_for = getattr(self.backend, "get_key_for_task", None)
         key = key_for(task_id).decode() if rt.redis is not None and key_for else None
-        deliveries, raw = rt.attempts.begin(f"{task_id}:{attempt}", key)
+        deliveries, raw = rt.attempts.begin(f"{task_id}:{attempt}", key,
+                                            redelivered=bool(delivery.get("redelivered")))
         meta = self.backend.get_task_meta(task_id) if key is None else (
             self.backend.decode_result(raw) if raw else {})
         submitted = getattr(self.request, SUBMITTED_HEADER, None)
         ctx = ExecutionContext(
             node_id=str(self.request.hostname or rt.node_id), pool_id=str(os.getpid()),
             task_id=task_id, attempt=attempt, deliveries=deliveries,
-            queue=(self.request.delivery_info or {}).get("routing_key"),
+            queue=delivery.get("routing_key"),
             submitted_at=datetime.fromtimestamp(float(submitted), UTC) if submitted else None,
             job_id=execution.job.id if execution.job else None)
         return ctx, meta.get("result") if meta.get("status") == "SUCCESS" else None
@@ -147,7 +149,7 @@ class SandrunTask(Task[Any, Any]):
         try:
             replaced = rt.manager.execute_hook("on_error", error, err_ctx)
         except RetryRequested as retry:
-            rt.attempts.finish(f"{ctx.task_id}:{ctx.attempt}")
+            rt.attempts.finish(f"{ctx.task_id}:{ctx.attempt}", ctx.deliveries)
             raise self.retry(exc=JobFailed(str(error)), countdown=retry.countdown,
                              max_retries=None) from error
         return replaced if isinstance(replaced, BaseException) else error
@@ -155,7 +157,7 @@ class SandrunTask(Task[Any, Any]):
     def _failed(self, exc: Exception, execution: Execution, ctx: ExecutionContext) -> NoReturn:
         """The task body raised: on_error, then re-raise (replaced if a hook said so)."""
         replaced = self._on_error(exc, execution, ctx)
-        runtime.current().attempts.finish(f"{ctx.task_id}:{ctx.attempt}")
+        runtime.current().attempts.finish(f"{ctx.task_id}:{ctx.attempt}", ctx.deliveries)
         if replaced is not exc:
             raise replaced from exc
         raise exc
@@ -171,7 +173,7 @@ class SandrunTask(Task[Any, Any]):
         result = rt.manager.execute_hook(
             "on_result", result, ResultContext(node_id=ctx.node_id, task_id=ctx.task_id,
                                                attempt=ctx.attempt, job=execution.job))
-        rt.attempts.finish(f"{ctx.task_id}:{ctx.attempt}")
+        rt.attempts.finish(f"{ctx.task_id}:{ctx.attempt}", ctx.deliveries)
         if execution.job is not None:
             return result.model_dump(mode="json")
         if result.status != "completed":  # a user task: Celery must record a failure
