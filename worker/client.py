@@ -23,9 +23,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import kombu.exceptions
-import redis
-import tenacity
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
@@ -39,33 +36,13 @@ from worker.loader import PluginRef, PluginSpec, parse_plugin_specs
 from worker.manager import PluginManager
 from worker.models import ErrorInfo, Job, JobResult
 from worker.outputs import OutputStore, output_store_for
+from worker.policies import TRANSIENT_PUBLISH_ERRORS, publish_policy, transient_publish_error
 from worker.settings import Settings, load_settings
 from worker.task import RUN_JOB, SUBMITTED_HEADER
 
-#: Errors that mean "the broker is not reachable right now".
-TRANSIENT_PUBLISH_ERRORS = (kombu.exceptions.OperationalError, redis.ConnectionError,
-                            ConnectionError, TimeoutError)
 WAIT_SLICE = 1.0
 STATE_NAMES = {"PENDING": "queued", "RECEIVED": "queued", "STARTED": "running",
                "RETRY": "retrying", "REVOKED": "cancelled", "FAILURE": "failed"}
-
-
-def transient(exc: BaseException) -> bool:
-    """Whether a publish error means "the broker is not reachable right now".
-
-    Celery's Redis result consumer reports its own lost connection as a
-    RuntimeError about the result store; that is transient too."""
-    return isinstance(exc, TRANSIENT_PUBLISH_ERRORS) or (
-        isinstance(exc, RuntimeError) and "result store" in str(exc))
-
-
-def publish_policy(seconds: float) -> tenacity.Retrying:
-    """``publish``: retry transient broker errors with exponential backoff (0.1 s doubling
-    to 1 s) for at most ``seconds`` (SANDRUN_PUBLISH_RETRY_SECONDS, default 10)."""
-    return tenacity.Retrying(
-        retry=tenacity.retry_if_exception(transient),
-        wait=tenacity.wait_exponential(multiplier=0.1, max=1.0),
-        stop=tenacity.stop_after_delay(seconds), reraise=True)
 
 
 class JobExecution:
@@ -209,7 +186,7 @@ class Sandrun:
                 with attempt:
                     self.app.send_task(RUN_JOB, args=[payload], **options)
         except (*TRANSIENT_PUBLISH_ERRORS, RuntimeError) as exc:
-            if not transient(exc):
+            if not transient_publish_error(exc):
                 raise
             raise BrokerUnavailable(
                 f"cannot publish job {job.id}: the broker stayed unreachable for "

@@ -23,6 +23,7 @@ from typing import Any
 import redis
 
 from worker.errors import StorageError
+from worker.policies import storage_policy
 
 KEY_PREFIX = "sandrun:plugin:"
 
@@ -141,7 +142,7 @@ class RedisStorage(PluginStorage):
 
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
         try:
-            return fn()
+            return storage_policy()(fn)
         except redis.RedisError as exc:
             raise StorageError(f"plugin storage {what} failed on Redis ({exc}); check that "
                                "Redis is reachable at the configured URL") from exc
@@ -161,7 +162,7 @@ class RedisStorage(PluginStorage):
 
     def incr(self, key: str, amount: int = 1) -> int:
         try:
-            return int(self._client.incrby(self.prefix + key, amount))
+            return int(storage_policy()(self._client.incrby, self.prefix + key, amount))
         except redis.ResponseError as exc:
             raise StorageError(f"cannot incr key {key!r}: it does not hold an integer") from exc
         except redis.RedisError as exc:
