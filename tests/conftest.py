@@ -3,6 +3,7 @@ socket in a temporary directory, never the machine's shared one."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -60,13 +61,20 @@ class RedisServer:
                 self.process.wait()
 
 
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
+@contextlib.contextmanager
+def private_redis(directory: Path) -> Iterator[RedisServer]:
+    """A private redis-server for the duration of the block, stopped even on failure."""
+    server = RedisServer(directory)
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    with private_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
 
 
 @pytest.fixture

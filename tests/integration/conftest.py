@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import RedisServer
+from tests.conftest import RedisServer, private_redis
 
 ROOT = Path(__file__).resolve().parents[2]
 RECORDING = "tests.support.recording:RecordingPlugin"
@@ -59,11 +59,8 @@ class Worker:
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("broker"))
-    try:
+    with private_redis(tmp_path_factory.mktemp("broker")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def worker_env(broker: RedisServer, state: Path, **extra: str) -> dict[str, str]:
