@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.sandbox import percentiles, start, stop  # noqa: E402
+from worker.launcher import dying_with_parent  # noqa: E402
 
 
 def throughput(send: Callable[[], object], n: int) -> float:
@@ -57,9 +58,9 @@ def main() -> None:
         del os.environ[name]  # this benchmark configures both apps itself
     with tempfile.TemporaryDirectory(prefix="sandrun-overhead-") as tmp_dir:
         tmp = Path(tmp_dir)
-        redis = subprocess.Popen(["redis-server", "--port", "0", "--unixsocket",
-                                  str(tmp / "r.sock"), "--save", "", "--appendonly", "no"],
-                                 stdout=subprocess.DEVNULL)
+        redis = subprocess.Popen(dying_with_parent(
+            ["redis-server", "--port", "0", "--unixsocket", str(tmp / "r.sock"), "--save", "",
+             "--appendonly", "no"]), stdout=subprocess.DEVNULL)
         url = f"redis+socket://{tmp / 'r.sock'}"
         plugins = [{"name": "retry"}, {"name": "metrics", "config": {"port": 0}},
                    {"name": "logging", "config": {"format": "json",

@@ -27,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from worker.launcher import dying_with_parent  # noqa: E402
 from worker.logs import configure_logging  # noqa: E402
 from worker.models import Job  # noqa: E402
 from worker.sandbox import BASE_PATH, run_in_sandbox  # noqa: E402
@@ -54,7 +55,8 @@ def executor_overhead(rounds: int) -> None:
 def start(argv: list[str], env: dict[str, str], log: Path,
           ready_in: Path | None = None) -> subprocess.Popen[bytes]:
     """Start a worker and wait for its ready line (in ``ready_in`` when it logs to a file)."""
-    proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=open(log, "wb"),  # noqa: SIM115
+    proc = subprocess.Popen(dying_with_parent(argv), env=env, cwd=ROOT,
+                            stdout=open(log, "wb"),  # noqa: SIM115
                             stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 30
     watched = ready_in or log
@@ -84,9 +86,9 @@ def percentiles(samples: list[float]) -> str:
 def latency(count: int, tmp: Path) -> None:
     from worker.client import Sandrun
 
-    redis = subprocess.Popen(["redis-server", "--port", "0", "--unixsocket",
-                              str(tmp / "r.sock"), "--save", "", "--appendonly", "no"],
-                             stdout=subprocess.DEVNULL)
+    redis = subprocess.Popen(dying_with_parent(
+        ["redis-server", "--port", "0", "--unixsocket", str(tmp / "r.sock"), "--save", "",
+         "--appendonly", "no"]), stdout=subprocess.DEVNULL)
     url = f"redis+socket://{tmp / 'r.sock'}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SANDRUN_")}
     env.update(SANDRUN_BROKER_URL=url, SANDRUN_STATE_DIR=str(tmp), BARE_BROKER_URL=url,

@@ -16,6 +16,8 @@ import pytest
 import redis
 import structlog
 
+from worker.launcher import dying_with_parent
+
 # The test process never starts an embedded broker: importing worker.app with no
 # broker configured would. Tests that exercise the embedded default run subprocesses.
 os.environ["SANDRUN_STATE_DIR"] = tempfile.mkdtemp(prefix="sandrun-test-state-")
@@ -26,16 +28,18 @@ os.environ.setdefault("SANDRUN_RESULT_BACKEND", "cache+memory://")
 class RedisServer:
     """A private redis-server process; ``url`` is a ``unix://`` URL."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, die_with_parent: bool = True) -> None:
+        """``die_with_parent=False`` when started from a short-lived thread: the kernel's
+        parent-death signal follows the starting thread, not the process."""
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is not on PATH; install it (Debian: apt-get install "
                         "redis-server). .ci/run installs it on a fresh machine.")
         self.socket = directory / "redis.sock"
-        self.process = subprocess.Popen(
-            [binary, "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
-             "--save", "", "--appendonly", "no", "--dir", str(directory)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        argv = [binary, "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm",
+                "700", "--save", "", "--appendonly", "no", "--dir", str(directory)]
+        self.process = subprocess.Popen(dying_with_parent(argv) if die_with_parent else argv,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         self.url = f"unix://{self.socket}"
         deadline = time.monotonic() + 10
         while True:

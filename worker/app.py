@@ -8,24 +8,7 @@ the app, users' own included, uses :class:`worker.task.SandrunTask`.
 
 from __future__ import annotations
 
-from celery import Celery
-
-from worker.embedded import ensure_broker_configured
-
-
-def make_app(broker_url: str | None = None, result_backend: str | None = None) -> Celery:
-    """A Sandrun Celery app; explicit URLs override the environment's."""
-    if not broker_url:
-        ensure_broker_configured()
-    celery_app = Celery("sandrun", task_cls="worker.task:SandrunTask")
-    celery_app.config_from_object("celeryconfig")
-    if broker_url:
-        celery_app.conf.update(broker_url=broker_url,
-                               result_backend=result_backend or broker_url)
-    elif result_backend:
-        celery_app.conf.update(result_backend=result_backend)
-    return celery_app
-
+from worker.appfactory import make_app
 
 app = make_app()
 

@@ -27,6 +27,7 @@ from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 
+from worker.appfactory import make_app
 from worker.builder import JobBuilder
 from worker.context import BuildContext, SubmissionContext
 from worker.deadletter import dead_letter_store_for
@@ -144,8 +145,6 @@ class Sandrun:
                settings: Settings | None = None) -> Sandrun:
         """A client for ``broker_url`` (default: the environment, or the embedded broker)
         with ``plugins`` (default: ``SANDRUN_PLUGINS``)."""
-        from worker.app import make_app
-
         settings = settings or load_settings()
         app = make_app(broker_url, result_backend)
         manager = PluginManager(dead_letters=dead_letter_store_for(str(app.conf.result_backend)))

@@ -25,6 +25,7 @@ from worker.cli.plugins import print_plan
 from worker.client import JobExecution, Sandrun
 from worker.embedded import embedded_running, ensure_broker_configured, stop_redis
 from worker.errors import ConfigurationError, SubmissionRejected
+from worker.launcher import dying_with_parent
 from worker.manifest import manifest_fields
 from worker.models import Job, JobResult
 from worker.settings import load_settings
@@ -43,9 +44,9 @@ def _start_workers(count: int, logs: Path) -> list[subprocess.Popen[bytes]]:
     procs = []
     for i in range(1, count + 1):
         log = open(logs / f"demo-worker-{i}.log", "wb")  # noqa: SIM115 (closed with the process)
-        procs.append(subprocess.Popen(
+        procs.append(subprocess.Popen(dying_with_parent(
             [sys.executable, "-m", "celery", "-A", "worker", "worker", "-c", "1",
-             "-n", f"demo{i}@%h", "--without-mingle", "--without-gossip", "-l", "warning"],
+             "-n", f"demo{i}@%h", "--without-mingle", "--without-gossip", "-l", "warning"]),
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
     return procs
 

@@ -109,6 +109,15 @@ def can_isolate_network() -> bool:
 
 
 PRLIMIT = shutil.which("prlimit", path="/usr/bin:/bin:/usr/sbin:/sbin")
+SETPRIV = shutil.which("setpriv", path="/usr/bin:/bin:/usr/sbin:/sbin")
+
+
+def dying_with_parent(argv: Sequence[str]) -> list[str]:
+    """``argv`` run so that it gets SIGTERM when the process that starts it dies
+    (util-linux ``setpriv --pdeathsig``; unchanged where setpriv is missing). Used for
+    helper processes (private redis-servers, demo workers) that must not outlive
+    their starter even when it is killed."""
+    return [SETPRIV, "--pdeathsig", "TERM", "--", *argv] if SETPRIV else list(argv)
 
 
 def _prlimit_argv(limits: Limits, argv: Sequence[str]) -> list[str]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import RedisServer, private_redis
+from worker.launcher import dying_with_parent
 
 ROOT = Path(__file__).resolve().parents[2]
 RECORDING = "tests.support.recording:RecordingPlugin"
@@ -26,7 +27,7 @@ class Worker:
     def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
         self.log = log
         self._fh = open(log, "wb")  # noqa: SIM115 (closed in stop)
-        self.proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=self._fh,
+        self.proc = subprocess.Popen(dying_with_parent(argv), env=env, cwd=ROOT, stdout=self._fh,
                                      stderr=subprocess.STDOUT, start_new_session=True)
 
     def output(self) -> str:

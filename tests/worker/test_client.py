@@ -32,7 +32,8 @@ def test_unreachable_broker_is_a_clear_error_within_the_retry_window(tmp_path: P
 
 def test_publish_rides_out_a_short_outage(tmp_path: Path) -> None:
     servers: list[RedisServer] = []
-    starter = threading.Timer(0.5, lambda: servers.append(RedisServer(tmp_path)))
+    starter = threading.Timer(0.5, lambda: servers.append(
+        RedisServer(tmp_path, die_with_parent=False)))
     starter.start()
     client = Sandrun.create(broker_url=f"redis+socket://{tmp_path}/redis.sock", plugins=[],
                             settings=Settings(publish_retry_seconds=10))
