@@ -4,10 +4,10 @@ Every task of the app (``sandrun.run_job`` and users' own ``@app.task``
 functions) runs through :meth:`SandrunTask.__call__`, which, in the pool process
 that runs the task:
 
-1. counts this delivery of this attempt (a job that killed its worker process
-   ``SANDRUN_MAX_ATTEMPTS`` times is failed, not run again) and, in the same
-   round trip, looks for a stored final result (a redelivered finished task is
-   not run again);
+1. for a redelivered message, counts this delivery of this attempt (a task
+   that killed its worker process ``SANDRUN_MAX_ATTEMPTS`` times is failed, not
+   run again); for a job or a redelivered message, looks for a stored final
+   result in the same round trip (a finished job is not run again);
 2. binds job_id, task_id, attempt, queue and node to the log context;
 3. ``on_execute`` (``JobRejected`` stops the task: status rejected, never run);
 4. the task body; an exception goes through ``on_error``;
@@ -62,12 +62,17 @@ class SandrunTask(Task[Any, Any]):
         task_id = str(self.request.id)
         attempt = int(self.request.retries or 0) + 1
         delivery = self.request.delivery_info or {}
-        key_for = getattr(self.backend, "get_key_for_task", None)
-        key = key_for(task_id).decode() if rt.redis is not None and key_for else None
-        deliveries, raw = rt.attempts.begin(f"{task_id}:{attempt}", key,
-                                            redelivered=bool(delivery.get("redelivered")))
-        meta = self.backend.get_task_meta(task_id) if key is None else (
-            self.backend.decode_result(raw) if raw else {})
+        redelivered = bool(delivery.get("redelivered"))
+        meta: dict[str, Any] = {}
+        if execution.job is not None or redelivered:  # a job id, or a possible crash loop
+            key_for = getattr(self.backend, "get_key_for_task", None)
+            key = key_for(task_id).decode() if rt.redis is not None and key_for else None
+            deliveries, raw = rt.attempts.begin(f"{task_id}:{attempt}", key,
+                                                redelivered=redelivered)
+            meta = self.backend.get_task_meta(task_id) if key is None else (
+                self.backend.decode_result(raw) if raw else {})
+        else:
+            deliveries = 1
         submitted = getattr(self.request, SUBMITTED_HEADER, None)
         ctx = ExecutionContext(
             node_id=str(self.request.hostname or rt.node_id), pool_id=str(os.getpid()),
