@@ -49,6 +49,30 @@ class Settings(BaseSettings):
     output_total_cap_bytes: int = Field(default=50 << 20, ge=0)
     network_isolation: bool = False
     interpreters: list[str] | None = None
+    heartbeat_file: Path | None = Field(default=None, description="default: <state_dir>/"
+                                        "health/<worker name>.heartbeat")
+    ready_file: Path | None = Field(default=None, description="default: <state_dir>/health/"
+                                    "<worker name>.ready")
+    heartbeat_interval: float = Field(default=5.0, gt=0)
+
+
+def health_file(settings: Settings, kind: str, hostname: str | None = None) -> Path:
+    """Where a worker keeps its ``heartbeat`` or ``ready`` file.
+
+    The configured path, else one per worker name under the state directory; with
+    no name given, the only such file there (a host running several workers must
+    configure the paths or name one)."""
+    configured = settings.heartbeat_file if kind == "heartbeat" else settings.ready_file
+    if configured is not None:
+        return configured
+    folder = settings.state_dir / "health"
+    if hostname is not None:
+        return folder / f"{hostname}.{kind}"
+    found = sorted(folder.glob(f"*.{kind}"))
+    if len(found) > 1:
+        raise ConfigurationError(f"{len(found)} workers keep {kind} files in {folder}; set "
+                                 f"SANDRUN_{kind.upper()}_FILE to the one to check")
+    return found[0] if found else folder / f"<none>.{kind}"
 
 
 def load_settings() -> Settings:

@@ -10,6 +10,8 @@ This is the only module of :mod:`worker` that talks to ``celery.signals``.
   (a visibility timeout shorter than the longest job) and broken plugin sets,
   loads the plugins in the main process, dispatches ``on_worker_start`` (which
   may refuse the start) and advertises the worker.
+* :class:`~worker.health.HealthFiles`, a consumer bootstep: heartbeat and readiness
+  files for orchestrators.
 * ``worker_process_init`` (each prefork pool process): build the process runtime,
   which loads the plugins and calls their ``on_init``.
 * ``worker_process_shutdown`` (pool process): ``on_destroy`` for every plugin.
@@ -35,6 +37,7 @@ from celery.signals import (
 from worker import logs, registry, runtime
 from worker.app import app
 from worker.context import WorkerContext
+from worker.health import HealthFiles
 from worker.models import WorkerInfo
 from worker.settings import check_visibility_timeout
 
@@ -64,6 +67,7 @@ class StartupChecks(bootsteps.Step):
 
 
 app.steps["worker"].add(StartupChecks)
+app.steps["consumer"].add(HealthFiles)
 
 
 def _keep_sandrun_logging(**_: Any) -> None:

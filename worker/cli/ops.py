@@ -11,9 +11,10 @@ from worker.cli.common import EXIT_OK, console, fail
 from worker.embedded import ensure_broker_configured, stop_redis
 from worker.errors import SandrunError
 from worker.gpu import detect_gpus, worker_queues
+from worker.health import age
 from worker.loader import parse_plugin_specs
 from worker.manager import PluginManager
-from worker.settings import check_visibility_timeout, load_settings
+from worker.settings import check_visibility_timeout, health_file, load_settings
 
 
 def worker_argv(concurrency: int | None, queues: list[str], hostname: str | None,
@@ -54,6 +55,39 @@ def worker_command(concurrency: int | None, queues: str | None, hostname: str | 
     os.environ["SANDRUN_WORKER_GPUS"] = ",".join(f"{g.index}:{g.type}" for g in gpus)
     argv = worker_argv(concurrency, all_queues, hostname, loglevel, pool)
     os.execv(argv[0], argv)
+
+
+@click.group()
+def probe() -> None:
+    """Health probes for orchestrators (exit 0 healthy, 1 not)."""
+
+
+@probe.command("live")
+@click.option("--max-age", default=30.0, show_default=True,
+              help="Seconds since the last heartbeat after which the worker is dead.")
+def probe_live(max_age: float) -> None:
+    """Healthy while the worker's heartbeat file is fresh."""
+    try:
+        seconds = age(health_file(load_settings(), "heartbeat"))
+    except SandrunError as exc:
+        fail(exc)
+    if seconds is None or seconds > max_age:
+        click.echo("no heartbeat" if seconds is None else f"heartbeat {seconds:.0f}s old")
+        sys.exit(1)
+    click.echo(f"alive (heartbeat {seconds:.1f}s ago)")
+
+
+@probe.command("ready")
+def probe_ready() -> None:
+    """Healthy once the worker is connected and consuming."""
+    try:
+        ready = age(health_file(load_settings(), "ready"))
+    except SandrunError as exc:
+        fail(exc)
+    if ready is None:
+        click.echo("not ready")
+        sys.exit(1)
+    click.echo("ready")
 
 
 @click.group()
