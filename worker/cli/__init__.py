@@ -14,7 +14,7 @@ import click
 
 from worker.cli.fleet import dead, workers
 from worker.cli.jobs import cancel, download, logs, result, status, submit
-from worker.cli.ops import broker, demo, probe, worker_command
+from worker.cli.ops import broker, demo, flower_command, probe, worker_command
 from worker.cli.plugins import plugins
 from worker.logs import configure_logging
 
@@ -29,5 +29,5 @@ def main(log_level: str) -> None:
 
 
 for command in (submit, status, result, logs, cancel, download, worker_command, broker, demo,
-                plugins, workers, dead, probe):
+                plugins, workers, dead, probe, flower_command):
     main.add_command(command)

@@ -9,7 +9,7 @@ import click
 
 from worker.cli.common import EXIT_OK, console, fail
 from worker.embedded import ensure_broker_configured, stop_redis
-from worker.errors import SandrunError
+from worker.errors import ConfigurationError, SandrunError
 from worker.gpu import detect_gpus, worker_queues
 from worker.health import age
 from worker.loader import parse_plugin_specs
@@ -54,6 +54,26 @@ def worker_command(concurrency: int | None, queues: str | None, hostname: str | 
     all_queues = worker_queues(base, gpus)
     os.environ["SANDRUN_WORKER_GPUS"] = ",".join(f"{g.index}:{g.type}" for g in gpus)
     argv = worker_argv(concurrency, all_queues, hostname, loglevel, pool)
+    os.execv(argv[0], argv)
+
+
+@click.command("flower")
+@click.option("--port", default=5555, show_default=True)
+@click.option("--address", default="0.0.0.0", show_default=True)
+def flower_command(port: int, address: str) -> None:
+    """Start Flower on the configured broker; refuses to start without FLOWER_BASIC_AUTH
+    (``user:password``, comma-separated for several), so it is never open."""
+    credentials = os.environ.get("FLOWER_BASIC_AUTH", "")
+    if not credentials or any(":" not in pair for pair in credentials.split(",")):
+        fail(ConfigurationError("set FLOWER_BASIC_AUTH=user:password (comma-separated for "
+                                "several users); Flower can revoke jobs, so it is never "
+                                "served without authentication"))
+    try:
+        ensure_broker_configured()
+    except SandrunError as exc:
+        fail(exc)
+    argv = [sys.executable, "-m", "celery", "-A", "worker", "flower", f"--port={port}",
+            f"--address={address}"]
     os.execv(argv[0], argv)
 
 

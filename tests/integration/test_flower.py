@@ -1,0 +1,71 @@
+"""Flower against a private Redis: jobs show up in its API, behind basic auth."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import RedisServer
+from tests.integration.conftest import ROOT, Worker, WorkerFactory, broker_url, worker_env
+from tests.integration.test_metrics import free_port
+from worker.client import Sandrun
+
+pytestmark = pytest.mark.slow
+
+
+def get(url: str, auth: str | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url)
+    if auth:
+        request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, b""
+    except urllib.error.URLError:
+        return 0, b""  # not listening yet
+
+
+def test_flower_lists_jobs_with_basic_auth_and_401_without(
+        start_worker: WorkerFactory, broker: RedisServer, tmp_path: Path) -> None:
+    refused = subprocess.run([sys.executable, "-m", "worker.cli", "flower"], cwd=ROOT,
+                             env=worker_env(broker, tmp_path), capture_output=True, text=True,
+                             timeout=60, check=False)
+    assert refused.returncode == 2 and "FLOWER_BASIC_AUTH" in refused.stderr
+    start_worker(name="watched", concurrency=1)
+    port = free_port()
+    env = worker_env(broker, tmp_path, FLOWER_BASIC_AUTH="ops:s3cret")
+    flower = Worker([sys.executable, "-m", "worker.cli", "flower", "--port", str(port),
+                     "--address", "127.0.0.1"], env, tmp_path / "flower.log")
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while get(f"{base}/healthcheck")[0] != 200:
+            assert time.monotonic() < deadline, flower.output()[-2000:]
+            time.sleep(0.2)
+        time.sleep(1.0)  # Flower subscribes to events after it starts serving
+        with Sandrun.create(broker_url=broker_url(broker), plugins=[]) as client:
+            ids = [client.job().code(f"print({n})").submit().id for n in range(3)]
+            for job_id in ids:
+                client.execution(job_id).wait(timeout=30)
+        assert get(f"{base}/api/tasks")[0] == 401
+        assert get(f"{base}/api/tasks", "ops:wrong")[0] == 401
+        deadline = time.monotonic() + 20
+        while True:
+            status, body = get(f"{base}/api/tasks", "ops:s3cret")
+            tasks = json.loads(body) if status == 200 else {}
+            if all(tasks.get(i, {}).get("state") == "SUCCESS" for i in ids):
+                break
+            assert time.monotonic() < deadline, (status, tasks)
+            time.sleep(0.3)
+        assert {tasks[i]["name"] for i in ids} == {"sandrun.run_job"}
+    finally:
+        flower.stop()
