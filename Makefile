@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/hooks.py
 	$(BIN)/python benchmarks/sandbox.py
 	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/scaling.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

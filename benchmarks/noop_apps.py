@@ -22,3 +22,11 @@ def bare_noop() -> None:
 @ours.task(name="bench.noop", shared=False)
 def ours_noop() -> None:
     """Does nothing, through SandrunTask and the loaded plugins."""
+
+
+@ours.task(name="bench.sleep", shared=False)
+def ours_sleep(seconds: float) -> None:
+    """An I/O-bound task: waits without using the CPU (for the scaling benchmark)."""
+    import time
+
+    time.sleep(seconds)

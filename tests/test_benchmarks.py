@@ -41,3 +41,13 @@ def test_overhead_benchmark_prints_ratio_and_latency() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "median ratio" in proc.stdout
     assert "latency sandrun + 3 plugins:" in proc.stdout
+
+
+@pytest.mark.slow
+def test_scaling_benchmark_prints_efficiency_tables() -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scaling.py"), "--quick"],
+                          capture_output=True, text=True, timeout=300, check=False, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("efficiency") == 2
+    rows = [line.split() for line in proc.stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert [r[0] for r in rows] == ["1", "2", "1", "2"] and all(float(r[4]) > 0 for r in rows)
