@@ -57,6 +57,7 @@ from worker.models import Execution, WorkerInfo
 from worker.settings import load_settings
 
 BUCKETS = (1, 5, 10, 30, 60, 300, 600, 1800, 3600)
+WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 900, 3600)
 KINDS = {"counter": prometheus_client.Counter, "gauge": prometheus_client.Gauge,
          "histogram": prometheus_client.Histogram}
 
@@ -225,8 +226,8 @@ class MetricsPlugin(BasePlugin):
             self.collector.counter(self._name("job_retries_total"), "Retried attempts").inc()
         elif context.submitted_at is not None and context.deliveries == 1:
             wait = context.started_at.timestamp() - context.submitted_at.timestamp()
-            self.collector.histogram(self._name("job_queue_wait_seconds"),
-                                     "Publish to start").observe(max(0.0, wait))
+            self.collector.histogram(self._name("job_queue_wait_seconds"), "Publish to start",
+                                     (), WAIT_BUCKETS).observe(max(0.0, wait))
 
     def _done(self, task_id: str | None) -> None:
         if task_id in self._running:

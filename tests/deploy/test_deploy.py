@@ -1,0 +1,141 @@
+"""Deploy files checked by real validators (promtool, kubernetes-validate, the compose
+spec schema) and against what the code actually exports and runs."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+BIN = Path(sys.executable).parent
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    binary = shutil.which("promtool")
+    if binary is None:
+        pytest.fail("promtool is not on PATH; install Debian's 'prometheus' package "
+                    "(.ci/run does this on a fresh machine)")
+    return subprocess.run([binary, *args], capture_output=True, text=True, timeout=60,
+                          check=False)
+
+
+def exported_names() -> set[str]:
+    """Every metric name the metrics plugin and the host create (default prefix)."""
+    source = (ROOT / "plugins" / "metrics.py").read_text()
+    names = {f"sandrun_{n}" for n in re.findall(r'_name\("([a-z_]+)"\)', source)}
+    return names | {"sandrun_plugin_hook_errors_total", "sandrun_dead_letter_total"}
+
+
+def used_names(expr: str) -> set[str]:
+    found = set(re.findall(r"\bsandrun_[a-z_]+", expr))
+    return {re.sub(r"_(bucket|sum|count)$", "", n) for n in found}
+
+
+@pytest.mark.parametrize("config", ["prometheus.yml", "prometheus-k8s.yml"])
+def test_prometheus_configs_pass_promtool(config: str) -> None:
+    proc = promtool("check", "config", str(DEPLOY / "prometheus" / config))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_alert_rules_pass_promtool_and_use_exported_metrics() -> None:
+    proc = promtool("check", "rules", str(DEPLOY / "prometheus" / "alerts.yml"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    alerts = {r["alert"]: r["expr"] for g in rules["groups"] for r in g["rules"]}
+    assert set(alerts) == {"SandrunBacklogGrowing", "SandrunFailureRatioHigh",
+                           "SandrunDeadLetters", "SandrunWorkerDown"}
+    for expr in alerts.values():
+        assert used_names(expr) <= exported_names(), expr
+
+
+def test_dashboard_queries_are_valid_promql_on_exported_metrics(tmp_path: Path) -> None:
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "sandrun.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    titles = " ".join(p["title"].lower() for p in dashboard["panels"])
+    for topic in ("throughput", "failure", "retries", "dead letters", "queue wait",
+                  "in progress", "hook latency"):
+        assert topic in titles
+    rules = {"groups": [{"name": "dashboard", "rules": [
+        {"record": f"dashboard:panel{i}", "expr": e} for i, e in enumerate(exprs)]}]}
+    path = tmp_path / "dashboard-rules.yml"
+    path.write_text(yaml.safe_dump(rules))
+    proc = promtool("check", "rules", str(path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for expr in exprs:
+        assert used_names(expr) <= exported_names(), expr
+    datasource = yaml.safe_load(
+        (DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    assert datasource["datasources"][0]["uid"] == dashboard["panels"][0]["datasource"]["uid"]
+
+
+def test_kubernetes_manifests_pass_the_schema_validator() -> None:
+    manifests = sorted(str(p) for p in (DEPLOY / "k8s").glob("*.yaml"))
+    proc = subprocess.run([str(BIN / "kubernetes-validate"), "--strict", *manifests],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for resource in ("deployment/sandrun-worker", "service/sandrun-worker-metrics",
+                     "deployment/sandrun-flower", "service/sandrun-flower"):
+        assert f"passed for resource {resource}" in proc.stdout
+
+
+def load_all(name: str) -> list[dict[str, object]]:
+    return list(yaml.safe_load_all((DEPLOY / "k8s" / name).read_text()))
+
+
+def test_worker_deployment_probes_grace_and_keda_target() -> None:
+    deployment = load_all("worker.yaml")[0]
+    pod = deployment["spec"]["template"]["spec"]  # type: ignore[index]
+    container = pod["containers"][0]
+    assert container["livenessProbe"]["exec"]["command"][:3] == ["sandrun", "probe", "live"]
+    assert container["readinessProbe"]["exec"]["command"] == ["sandrun", "probe", "ready"]
+    assert pod["terminationGracePeriodSeconds"] > 3600 and pod["securityContext"]["runAsNonRoot"]
+    # KEDA's CRDs have no schema in the validator: check what ties them to the rest.
+    scaled, auth = load_all("keda.yaml")
+    assert scaled["kind"] == "ScaledObject" and auth["kind"] == "TriggerAuthentication"
+    spec = scaled["spec"]  # type: ignore[index]
+    assert spec["scaleTargetRef"]["name"] == deployment["metadata"]["name"]  # type: ignore[index]
+    trigger = spec["triggers"][0]
+    assert trigger["type"] == "redis" and trigger["metadata"]["listName"] == "sandrun"
+    assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]  # type: ignore[index]
+
+
+def test_compose_file_passes_the_compose_spec_schema() -> None:
+    proc = subprocess.run([str(BIN / "check-jsonschema"), "--builtin-schema",
+                           "vendor.compose-spec", str(DEPLOY / "compose.yaml")],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    services = compose["services"]
+    assert set(services) == {"redis", "worker", "flower", "prometheus", "grafana"}
+    assert "--appendonly" in services["redis"]["command"]
+    assert "--requirepass" in services["redis"]["command"]
+    assert int(services["worker"]["stop_grace_period"].rstrip("s")) > 3600
+    scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    assert scrape["scrape_configs"][0]["dns_sd_configs"][0]["names"] == ["worker"]
+
+
+def test_dockerfile_runs_the_worker_as_a_non_root_user() -> None:
+    lines = [x.strip() for x in (DEPLOY / "Dockerfile").read_text().splitlines()]
+    user = [x for x in lines if x.startswith("USER ")]
+    assert user and user[-1] != "USER root"
+    assert 'ENTRYPOINT ["sandrun", "worker"]' in lines
+    assert lines[0].startswith("#") and any(x.startswith("FROM python:3.11-slim") for x in lines)
+
+
+def test_procfile_commands_exist() -> None:
+    entries = dict(line.split(":", 1) for line in (ROOT / "Procfile").read_text().splitlines())
+    assert {"worker", "flower"} <= set(entries)
+    for command in entries.values():
+        argv = command.split()
+        assert argv[0] == "sandrun"
+        proc = subprocess.run([str(BIN / "sandrun"), argv[1], "--help"], capture_output=True,
+                              text=True, timeout=60, check=False)
+        assert proc.returncode == 0, proc.stderr
