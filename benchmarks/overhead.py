@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,8 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.sandbox import percentiles, start, stop  # noqa: E402
-from worker.launcher import dying_with_parent  # noqa: E402
+from benchmarks.sandbox import bench_broker, percentiles, start, stop  # noqa: E402
 
 
 def throughput(send: Callable[[], object], n: int) -> float:
@@ -58,58 +56,53 @@ def main() -> None:
         del os.environ[name]  # this benchmark configures both apps itself
     with tempfile.TemporaryDirectory(prefix="sandrun-overhead-") as tmp_dir:
         tmp = Path(tmp_dir)
-        redis = subprocess.Popen(dying_with_parent(
-            ["redis-server", "--port", "0", "--unixsocket", str(tmp / "r.sock"), "--save", "",
-             "--appendonly", "no"]), stdout=subprocess.DEVNULL)
-        url = f"redis+socket://{tmp / 'r.sock'}"
-        plugins = [{"name": "retry"}, {"name": "metrics", "config": {"port": 0}},
-                   {"name": "logging", "config": {"format": "json",
-                                                  "outputs": [str(tmp / "worker.jsonl")]}}]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SANDRUN_")}
-        env.update(SANDRUN_BROKER_URL=url, SANDRUN_STATE_DIR=str(tmp), BARE_BROKER_URL=url,
-                   PYTHONPATH=str(ROOT))
-        os.environ.update(SANDRUN_BROKER_URL=url, BARE_BROKER_URL=url)
-        common = ["-c", str(opts.concurrency), "--without-mingle", "--without-gossip",
-                  "-l", "info"]
-        workers = []
-        try:
-            time.sleep(0.3)
-            workers.append(start([sys.executable, "-m", "celery", "-A",
-                                  "benchmarks.noop_apps:bare", "worker", "-Q", "bare", *common],
-                                 env, tmp / "bare.log"))
-            ours_env = {**env, "SANDRUN_PLUGINS": json.dumps(plugins)}
-            workers.append(start([sys.executable, "-m", "celery", "-A",
-                                  "benchmarks.noop_apps:ours", "worker", "-Q", "ours", *common],
-                                 ours_env, tmp / "ours.log", ready_in=tmp / "worker.jsonl"))
-            from benchmarks.noop_apps import bare, ours
+        with bench_broker(tmp) as (_, env):
+            compare(tmp, env, opts.concurrency, rounds=rounds, per_round=per_round,
+                    singles=singles)
 
-            def send_bare() -> object:
-                return bare.send_task("bench.noop", queue="bare")
 
-            def send_ours() -> object:
-                return ours.send_task("bench.noop", queue="ours")
+def compare(tmp: Path, env: dict[str, str], concurrency: int, *, rounds: int, per_round: int,
+            singles: int) -> None:
+    """Start both workers, alternate throughput rounds, then measure single-job latency."""
+    plugins = [{"name": "retry"}, {"name": "metrics", "config": {"port": 0}},
+               {"name": "logging", "config": {"format": "json",
+                                              "outputs": [str(tmp / "worker.jsonl")]}}]
+    common = ["-c", str(concurrency), "--without-mingle", "--without-gossip", "-l", "info"]
+    workers = []
+    try:
+        workers.append(start([sys.executable, "-m", "celery", "-A",
+                              "benchmarks.noop_apps:bare", "worker", "-Q", "bare", *common],
+                             env, tmp / "bare.log"))
+        ours_env = {**env, "SANDRUN_PLUGINS": json.dumps(plugins)}
+        workers.append(start([sys.executable, "-m", "celery", "-A",
+                              "benchmarks.noop_apps:ours", "worker", "-Q", "ours", *common],
+                             ours_env, tmp / "ours.log", ready_in=tmp / "worker.jsonl"))
+        os.environ["SANDRUN_BROKER_URL"] = env["SANDRUN_BROKER_URL"]
+        from benchmarks.noop_apps import bare, ours
 
-            for send in (send_bare, send_ours):
-                throughput(send, 20)
-            ratios = []
-            print(f"{'round':>5} {'bare jobs/s':>12} {'sandrun jobs/s':>15} {'ratio':>6}")
-            for i in range(rounds):
-                a, b = throughput(send_bare, per_round), throughput(send_ours, per_round)
-                ratios.append(b / a)
-                print(f"{i + 1:>5} {a:>12.0f} {b:>15.0f} {b / a:>6.2f}")
-            print(f"median ratio {statistics.median(ratios):.2f} over {rounds} rounds of "
-                  f"{per_round} jobs, concurrency {opts.concurrency}")
-            lat_bare, lat_ours = latency(send_bare, singles), latency(send_ours, singles)
-            print(f"latency bare Celery no-op:       {percentiles(lat_bare)}")
-            print(f"latency sandrun + 3 plugins:     {percentiles(lat_ours)}   "
-                  f"(p50 {1000 * (statistics.median(lat_ours) - statistics.median(lat_bare)):+.2f}"
-                  " ms)")
-        finally:
-            for proc in workers:
-                stop(proc)
-            redis.terminate()
-            redis.wait()
+        def send_bare() -> object:
+            return bare.send_task("bench.noop", queue="bare")
 
+        def send_ours() -> object:
+            return ours.send_task("bench.noop", queue="ours")
+
+        for send in (send_bare, send_ours):
+            throughput(send, 20)
+        ratios = []
+        print(f"{'round':>5} {'bare jobs/s':>12} {'sandrun jobs/s':>15} {'ratio':>6}")
+        for i in range(rounds):
+            a, b = throughput(send_bare, per_round), throughput(send_ours, per_round)
+            ratios.append(b / a)
+            print(f"{i + 1:>5} {a:>12.0f} {b:>15.0f} {b / a:>6.2f}")
+        print(f"median ratio {statistics.median(ratios):.2f} over {rounds} rounds of "
+              f"{per_round} jobs, concurrency {concurrency}")
+        lat_bare, lat_ours = latency(send_bare, singles), latency(send_ours, singles)
+        print(f"latency bare Celery no-op:       {percentiles(lat_bare)}")
+        extra = 1000 * (statistics.median(lat_ours) - statistics.median(lat_bare))
+        print(f"latency sandrun + 3 plugins:     {percentiles(lat_ours)}   (p50 {extra:+.2f} ms)")
+    finally:
+        for proc in workers:
+            stop(proc)
 
 if __name__ == "__main__":
     main()

@@ -13,6 +13,7 @@ Run: ``.venv/bin/python benchmarks/sandbox.py`` (``--quick`` for a short run).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -21,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,45 +84,60 @@ def percentiles(samples: list[float]) -> str:
     return f"p50 {p50:6.1f} ms   p99 {p99:6.1f} ms"
 
 
-def latency(count: int, tmp: Path) -> None:
-    from worker.client import Sandrun
-
+@contextlib.contextmanager
+def bench_broker(tmp: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """A private redis-server in ``tmp``: yields its URL and the environment for workers
+    (no ``SANDRUN_*`` from the caller's environment), and stops it afterwards."""
+    sock = tmp / "r.sock"
     redis = subprocess.Popen(dying_with_parent(
-        ["redis-server", "--port", "0", "--unixsocket", str(tmp / "r.sock"), "--save", "",
+        ["redis-server", "--port", "0", "--unixsocket", str(sock), "--save", "",
          "--appendonly", "no"]), stdout=subprocess.DEVNULL)
-    url = f"redis+socket://{tmp / 'r.sock'}"
+    url = f"redis+socket://{sock}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SANDRUN_")}
     env.update(SANDRUN_BROKER_URL=url, SANDRUN_STATE_DIR=str(tmp), BARE_BROKER_URL=url,
                PYTHONPATH=str(ROOT))
     os.environ["BARE_BROKER_URL"] = url
-    common = ["-c", "1", "--without-mingle", "--without-gossip", "-l", "info"]
-    ours = bare = None
     try:
-        time.sleep(0.3)
-        ours = start([sys.executable, "-m", "celery", "-A", "worker", "worker", *common],
-                     env, tmp / "ours.log")
-        bare = start([sys.executable, "-m", "celery", "-A", "benchmarks.bare_app", "worker",
-                      "-Q", "bare", *common], env, tmp / "bare.log")
-        from benchmarks.bare_app import app as bare_app
-
-        with Sandrun.create(broker_url=url, plugins=[]) as client:
-            for _ in range(5):
-                client.job().code("print(1)").submit().wait(30)
-                bare_app.send_task("bare.noop", queue="bare").get(timeout=30)
-            sandrun_s, bare_s = [], []
-            for _ in range(count):
-                sandrun_s.append(timed(lambda: client.job().code("print(1)").submit()
-                                       .wait(30)))
-                bare_s.append(timed(lambda: bare_app.send_task("bare.noop", queue="bare")
-                                    .get(timeout=30)))
-        print(f"round trip sandrun print(1) job: {percentiles(sandrun_s)}   (n={count})")
-        print(f"round trip bare Celery no-op:    {percentiles(bare_s)}   (n={count})")
+        deadline = time.monotonic() + 10
+        while not sock.exists():
+            if redis.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("the private redis-server did not start")
+            time.sleep(0.02)
+        yield url, env
     finally:
-        for proc in (ours, bare):
-            if proc is not None:
-                stop(proc)
         redis.terminate()
         redis.wait()
+
+
+def latency(count: int, tmp: Path) -> None:
+    from worker.client import Sandrun
+
+    common = ["-c", "1", "--without-mingle", "--without-gossip", "-l", "info"]
+    ours = bare = None
+    with bench_broker(tmp) as (url, env):
+        try:
+            ours = start([sys.executable, "-m", "celery", "-A", "worker", "worker", *common],
+                         env, tmp / "ours.log")
+            bare = start([sys.executable, "-m", "celery", "-A", "benchmarks.bare_app", "worker",
+                          "-Q", "bare", *common], env, tmp / "bare.log")
+            from benchmarks.bare_app import app as bare_app
+
+            with Sandrun.create(broker_url=url, plugins=[]) as client:
+                for _ in range(5):
+                    client.job().code("print(1)").submit().wait(30)
+                    bare_app.send_task("bare.noop", queue="bare").get(timeout=30)
+                sandrun_s, bare_s = [], []
+                for _ in range(count):
+                    sandrun_s.append(timed(lambda: client.job().code("print(1)").submit()
+                                           .wait(30)))
+                    bare_s.append(timed(lambda: bare_app.send_task("bare.noop", queue="bare")
+                                        .get(timeout=30)))
+            print(f"round trip sandrun print(1) job: {percentiles(sandrun_s)}   (n={count})")
+            print(f"round trip bare Celery no-op:    {percentiles(bare_s)}   (n={count})")
+        finally:
+            for proc in (ours, bare):
+                if proc is not None:
+                    stop(proc)
 
 
 def main() -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,8 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.sandbox import start, stop  # noqa: E402
-from worker.launcher import dying_with_parent  # noqa: E402
+from benchmarks.sandbox import bench_broker, start, stop  # noqa: E402
 
 
 def run_batch(submit: Callable[[], Callable[[], object]], count: int) -> float:
@@ -77,22 +75,9 @@ def main() -> None:
         del os.environ[name]
     with tempfile.TemporaryDirectory(prefix="sandrun-scaling-") as tmp_dir:
         tmp = Path(tmp_dir)
-        redis = subprocess.Popen(dying_with_parent(
-            ["redis-server", "--port", "0", "--unixsocket", str(tmp / "r.sock"), "--save", "",
-             "--appendonly", "no"]), stdout=subprocess.DEVNULL)
-        url = f"redis+socket://{tmp / 'r.sock'}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SANDRUN_")}
-        env.update(SANDRUN_BROKER_URL=url, SANDRUN_STATE_DIR=str(tmp), BARE_BROKER_URL=url,
-                   PYTHONPATH=str(ROOT))
-        os.environ.update(BARE_BROKER_URL=url)
-        try:
-            time.sleep(0.3)
+        with bench_broker(tmp) as (url, env):
             for kind in ("sandbox", "task"):
                 measure(kind, url, env, tmp, counts=counts, jobs=jobs)
-        finally:
-            redis.terminate()
-            redis.wait()
-
 
 if __name__ == "__main__":
     main()
