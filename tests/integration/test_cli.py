@@ -107,10 +107,12 @@ def test_cancel_from_the_cli(embedded: dict[str, str]) -> None:
     assert json.loads(proc.stdout)["status"] == "cancelled"
 
 
-def test_demo_runs_on_a_machine_with_no_broker_configured(tmp_path: Path) -> None:
-    env = clean_env(tmp_path / "s")
+@pytest.mark.parametrize("mode", ["auto", "filesystem"])
+def test_demo_runs_on_a_machine_with_no_broker_configured(tmp_path: Path, mode: str) -> None:
+    env = clean_env(tmp_path / "s", SANDRUN_EMBEDDED=mode)
     proc = sandrun(env, "demo", timeout=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "every example ended as intended" in proc.stdout
     assert "downloaded report.txt: regions=3" in proc.stdout
     assert not (tmp_path / "s" / "redis.sock").exists()
+    assert ("ONE host only" in proc.stderr) == (mode == "filesystem")
