@@ -33,6 +33,8 @@ task_default_queue = os.environ.get("SANDRUN_DEFAULT_QUEUE", "sandrun")
 worker_send_task_events = True
 task_send_sent_event = True
 broker_connection_retry_on_startup = True
+# Messages the worker cannot run (undecodable, pickle, unknown task) are dead-lettered.
+worker_consumer = "worker.consumer:SandrunConsumer"
 
 broker_transport_options = {
     "visibility_timeout": int(os.environ.get("SANDRUN_VISIBILITY_TIMEOUT", "7200")),

@@ -36,6 +36,8 @@ class DeadLetter(BaseModel):
     task_kwargs: dict[str, Any] = Field(default_factory=dict)
     attempts: list[dict[str, Any]] = Field(default_factory=list)
     dead_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    raw: str | None = Field(default=None, description="start of an undecodable message")
+    content_type: str | None = None
 
 
 class DeadLetterStore(ABC):

@@ -29,13 +29,13 @@ from worker.models import (
     DEFAULT_MEMORY_MB,
     DEFAULT_TIMEOUT_SECONDS,
     MAX_CPU_SECONDS,
+    MAX_JOB_BYTES,
     MAX_MEMORY_MB,
     MAX_TIMEOUT_SECONDS,
     Job,
 )
 
 MANIFEST_NAME = "job.json"
-MAX_JOB_BYTES = 16 * 1024 * 1024
 SKIPPED_DIRS = frozenset({".git", "__pycache__", "node_modules", ".venv"})
 
 

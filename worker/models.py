@@ -31,6 +31,7 @@ MAX_CPU_SECONDS = 3600
 DEFAULT_TIMEOUT_SECONDS = 300
 DEFAULT_MEMORY_MB = 512
 DEFAULT_CPU_SECONDS = 10
+MAX_JOB_BYTES = 16 * 1024 * 1024
 
 #: Interpreter inferred from an entrypoint's extension when none is given.
 INTERPRETERS_BY_EXTENSION = {
@@ -255,6 +256,15 @@ class Job(BaseModel):
             elif data.get("code") is not None:
                 data = {**data, "interpreter": "python3"}
         return data
+
+    @model_validator(mode="after")
+    def _size(self) -> Self:
+        size = len(self.code or "") + sum(len(f.content) for f in self.files.values())
+        if size > MAX_JOB_BYTES:
+            raise ValueError(f"the job's code and files take {size} bytes, over the "
+                             f"{MAX_JOB_BYTES // 2**20} MiB a message may carry; ship large "
+                             "inputs separately")
+        return self
 
     @model_validator(mode="after")
     def _what_to_run(self) -> Self:

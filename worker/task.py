@@ -21,6 +21,7 @@ attempt number travels with the message (Celery's ``retries``).
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import UTC, datetime
 from typing import Any, NoReturn
@@ -32,12 +33,14 @@ from pydantic import ValidationError
 
 from worker import runtime
 from worker.context import ErrorContext, ExecutionContext, ResultContext
+from worker.deadletter import DeadLetter
 from worker.errors import InvalidJob, JobFailed, JobRejected, RetryRequested
 from worker.models import ErrorInfo, Execution, Job, JobResult
 
 RUN_JOB = "sandrun.run_job"
 EXECUTION_ATTR = "sandrun_execution"
 SUBMITTED_HEADER = "sandrun_submitted_at"
+RAW_LIMIT = 64 * 1024
 CELERY_CONTROL = (Ignore, Reject, Retry, SoftTimeLimitExceeded, Terminated)
 log = structlog.get_logger("sandrun.task")
 
@@ -94,6 +97,10 @@ class SandrunTask(Task[Any, Any]):
         log.error("job_payload_invalid", task_id=task_id, error=str(error))
         rt.manager.execute_hook("on_error", error, ErrorContext(operation="parse",
                                                                 task_id=task_id))
+        if rt.manager.dead_letters is not None:
+            rt.manager.dead_letters.add(DeadLetter(
+                id=task_id, task=self.name, reason=str(error), source="broker",
+                raw=json.dumps(self.request.args, default=str)[:RAW_LIMIT]))
         return JobResult(id=task_id, status="rejected", outcome="rejected",
                          error=error_info(error)).model_dump(mode="json")
 

@@ -81,6 +81,10 @@ def dead_show(letter_id: str) -> None:
 
 def replay_letter(sandrun: Sandrun, letter: DeadLetter) -> str:
     """Publish a dead job again under its own id (its old result is forgotten first)."""
+    if letter.source == "broker":
+        raise SandrunError("it is a message the worker could not decode or did not know; "
+                           "fix the producer and send it again (its raw body is in "
+                           "'sandrun dead show')")
     sandrun.app.backend.forget(letter.id)
     if letter.job is not None:
         return sandrun.submit(Job.model_validate(letter.job)).id
