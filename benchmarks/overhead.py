@@ -77,7 +77,6 @@ def compare(tmp: Path, env: dict[str, str], concurrency: int, *, rounds: int, pe
         workers.append(start([sys.executable, "-m", "celery", "-A",
                               "benchmarks.noop_apps:ours", "worker", "-Q", "ours", *common],
                              ours_env, tmp / "ours.log", ready_in=tmp / "worker.jsonl"))
-        os.environ["SANDRUN_BROKER_URL"] = env["SANDRUN_BROKER_URL"]
         from benchmarks.noop_apps import bare, ours
 
         def send_bare() -> object:

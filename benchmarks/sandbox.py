@@ -4,8 +4,8 @@
    plain ``subprocess.run`` of the same interpreter and code, alternating in
    this process: medians and the difference.
 2. Submit-to-result latency of that job through a private ``redis-server`` and
-   one idle ``celery worker`` (prefork, concurrency 1): p50 and p99, next to a
-   bare Celery app's no-op round trip on the same Redis.
+   one idle ``celery worker`` (prefork, concurrency 1): p50 and p99, next to the
+   no-op round trip of the bare Celery app in ``benchmarks/noop_apps.py``.
 
 Run: ``.venv/bin/python benchmarks/sandbox.py`` (``--quick`` for a short run).
 """
@@ -96,7 +96,7 @@ def bench_broker(tmp: Path) -> Iterator[tuple[str, dict[str, str]]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SANDRUN_")}
     env.update(SANDRUN_BROKER_URL=url, SANDRUN_STATE_DIR=str(tmp), BARE_BROKER_URL=url,
                PYTHONPATH=str(ROOT))
-    os.environ["BARE_BROKER_URL"] = url
+    os.environ.update(BARE_BROKER_URL=url, SANDRUN_BROKER_URL=url)
     try:
         deadline = time.monotonic() + 10
         while not sock.exists():
@@ -118,19 +118,19 @@ def latency(count: int, tmp: Path) -> None:
         try:
             ours = start([sys.executable, "-m", "celery", "-A", "worker", "worker", *common],
                          env, tmp / "ours.log")
-            bare = start([sys.executable, "-m", "celery", "-A", "benchmarks.bare_app", "worker",
-                          "-Q", "bare", *common], env, tmp / "bare.log")
-            from benchmarks.bare_app import app as bare_app
+            bare = start([sys.executable, "-m", "celery", "-A", "benchmarks.noop_apps:bare",
+                          "worker", "-Q", "bare", *common], env, tmp / "bare.log")
+            from benchmarks.noop_apps import bare as bare_app
 
             with Sandrun.create(broker_url=url, plugins=[]) as client:
                 for _ in range(5):
                     client.job().code("print(1)").submit().wait(30)
-                    bare_app.send_task("bare.noop", queue="bare").get(timeout=30)
+                    bare_app.send_task("bench.noop", queue="bare").get(timeout=30)
                 sandrun_s, bare_s = [], []
                 for _ in range(count):
                     sandrun_s.append(timed(lambda: client.job().code("print(1)").submit()
                                            .wait(30)))
-                    bare_s.append(timed(lambda: bare_app.send_task("bare.noop", queue="bare")
+                    bare_s.append(timed(lambda: bare_app.send_task("bench.noop", queue="bare")
                                         .get(timeout=30)))
             print(f"round trip sandrun print(1) job: {percentiles(sandrun_s)}   (n={count})")
             print(f"round trip bare Celery no-op:    {percentiles(bare_s)}   (n={count})")

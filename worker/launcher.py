@@ -281,7 +281,7 @@ def _run(spec: LaunchSpec, report: LaunchReport) -> None:
 
 def launch(spec: LaunchSpec) -> tuple[int, int]:
     """Fork the launcher; return its pid and the read end of its report pipe."""
-    _reap_finished_launchers()
+    reap_finished_launchers()
     report_r, report_w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the launcher
@@ -323,10 +323,6 @@ def release(pid: int, *, wait: bool = False) -> None:
 
 def reap_finished_launchers() -> None:
     """Reap launchers that finished tearing down since they reported."""
-    _reap_finished_launchers()
-
-
-def _reap_finished_launchers() -> None:
     for pid in list(_exiting):
         try:
             done, _ = os.waitpid(pid, os.WNOHANG)
