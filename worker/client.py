@@ -29,7 +29,7 @@ from celery.result import AsyncResult
 
 from worker.appfactory import make_app
 from worker.builder import JobBuilder
-from worker.context import BuildContext, SubmissionContext
+from worker.context import BuildContext, Publication, SubmissionContext
 from worker.deadletter import dead_letter_store_for
 from worker.errors import BrokerUnavailable, ConfigurationError, SandrunError, WaitTimeout
 from worker.gpu import job_queue
@@ -174,34 +174,44 @@ class Sandrun:
         if self.settings.pricing is not None:
             self.settings.pricing.check_payment(job)
         queue = job_queue(job, self.settings.default_queue)
-        headers = {**ctx.headers, SUBMITTED_HEADER: f"{time.time():.6f}"}
-        options: dict[str, Any] = {"task_id": job.id, "queue": queue, "retry": False,
-                                   "headers": headers}
-        if job.scheduled_time is not None:
-            options["eta"] = self._eta(job.scheduled_time)
-        payload = job.model_dump(mode="json", exclude_defaults=True)
+        publication = Publication(
+            task=RUN_JOB, task_id=job.id, queue=queue,
+            args=[job.model_dump(mode="json", exclude_defaults=True)],
+            eta=job.scheduled_time, headers={**ctx.headers,
+                                             SUBMITTED_HEADER: f"{time.time():.6f}"})
+        for finalize in ctx.finalizers:
+            finalize(publication)
+        (publication.publish or self.publish)(publication)
+        ctx.duration = time.perf_counter() - started
+        return JobExecution(job.id, self.app, self._outputs)
+
+    def publish(self, publication: Publication) -> None:
+        """Send one message to the broker as it is (no hooks), riding out short outages.
+
+        The scheduling plugin uses this to release jobs it held; anything else should
+        submit through :meth:`submit`."""
+        if publication.eta is not None:
+            self._check_eta(publication.eta)
         try:
             for attempt in publish_policy(self.settings.publish_retry_seconds):
                 with attempt:
-                    self.app.send_task(RUN_JOB, args=[payload], **options)
+                    self.app.send_task(publication.task, args=publication.args,
+                                       kwargs=publication.kwargs, **publication.options())
         except (*TRANSIENT_PUBLISH_ERRORS, RuntimeError) as exc:
             if not transient_publish_error(exc):
                 raise
             raise BrokerUnavailable(
-                f"cannot publish job {job.id}: the broker stayed unreachable for "
+                f"cannot publish job {publication.task_id}: the broker stayed unreachable for "
                 f"{self.settings.publish_retry_seconds:g}s ({exc}); check SANDRUN_BROKER_URL "
                 "and that the broker is running") from exc
-        ctx.duration = time.perf_counter() - started
-        return JobExecution(job.id, self.app, self._outputs)
 
-    def _eta(self, when: datetime) -> datetime:
+    def _check_eta(self, when: datetime) -> None:
         horizon = int(self.app.conf.broker_transport_options.get("visibility_timeout", 3600))
         if (when - datetime.now(UTC)).total_seconds() > horizon:
             raise ConfigurationError(
                 f"scheduled_time {when.isoformat()} is further out than the broker visibility "
                 f"timeout ({horizon}s); the job could run twice. Load the scheduling plugin, "
                 "which holds far-future jobs until they are due")
-        return when
 
     def execution(self, job_id: str) -> JobExecution:
         """A handle on a job submitted earlier (by id)."""

@@ -65,8 +65,41 @@ class BuildContext:
 
 
 @dataclass(slots=True)
+class Publication:
+    """The Celery message a client is about to publish, after every ``on_submit`` hook.
+
+    ``on_submit`` hooks that must see the final message (a signer needs the body,
+    queue and ETA exactly as sent) register a finalizer on
+    :attr:`SubmissionContext.finalizers`; the client calls them in registration
+    order (hook priority order) and then ``publish`` (its own publish step, unless
+    a finalizer replaced it, e.g. to hold a far-future job until it is due)."""
+
+    task: str
+    task_id: str
+    queue: str
+    args: list[Any]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    eta: datetime | None = None
+    priority: int | None = None
+    headers: dict[str, Any] = field(default_factory=dict)
+    publish: Callable[[Publication], None] | None = None
+
+    def options(self) -> dict[str, Any]:
+        """The keyword arguments of ``Celery.send_task`` for this message."""
+        options: dict[str, Any] = {"task_id": self.task_id, "queue": self.queue,
+                                   "headers": dict(self.headers), "retry": False}
+        if self.eta is not None:
+            options["eta"] = self.eta
+        if self.priority is not None:
+            options["priority"] = self.priority
+        return options
+
+
+@dataclass(slots=True)
 class SubmissionContext:
-    """Given to ``on_submit`` in the producer, before the job is published."""
+    """Given to ``on_submit`` in the producer, before the job is published.
+
+    ``finalizers`` run on the final :class:`Publication` just before it is sent."""
 
     submitted_at: datetime = field(default_factory=_now)
     producer: str = ""
@@ -75,6 +108,7 @@ class SubmissionContext:
     duration: float | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     job_id: str | None = None
+    finalizers: list[Callable[[Publication], None]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
