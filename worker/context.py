@@ -113,7 +113,11 @@ class SubmissionContext:
 
 @dataclass(slots=True)
 class ExecutionContext:
-    """Given to ``on_execute`` in the worker pool process that is about to run the job."""
+    """Given to ``on_execute`` in the worker pool process that is about to run the job.
+
+    ``headers`` (the message's custom headers), ``args``/``kwargs`` (its body as
+    received), ``eta`` and ``redelivered`` describe the message itself, for plugins
+    that check it (authentication)."""
 
     node_id: str
     pool_id: str
@@ -125,6 +129,11 @@ class ExecutionContext:
     deliveries: int = 1
     metadata: dict[str, Any] = field(default_factory=dict)
     job_id: str | None = None
+    headers: dict[str, Any] = field(default_factory=dict)
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    eta: str | None = None
+    redelivered: bool = False
 
 
 @dataclass(slots=True)

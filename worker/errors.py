@@ -25,9 +25,11 @@ how to fix it; they are meant to be shown to a person as they are.
     │   └── HookCallError         a hook was called the wrong way (async from a loop)
     └── HookControl               raised by hooks on purpose; never isolated, always propagates
         ├── SubmissionRejected    ``on_submit`` vetoes a job before it is published
-        │   └── PaymentRejected   the payment cannot cover the job's worst-case cost
+        │   ├── PaymentRejected   the payment cannot cover the job's worst-case cost
+        │   └── QueueFull         the target queue is at its configured size (backpressure)
         ├── RetryRequested        ``on_error`` asks for the task to run again after a delay
         ├── StartupRefused        ``on_worker_start`` stops a worker from starting
+        ├── JobDeferred           ``on_execute`` puts the job back for later (no attempt used)
         └── JobRejected           ``on_execute`` vetoes a job before it runs
 
 Hook isolation: a hook that raises anything other than :class:`HookControl` is
@@ -151,3 +153,17 @@ class PaymentRejected(SubmissionRejected):
 
 class JobRejected(HookControl):
     """Raised by an ``on_execute`` hook to veto a job; it is marked rejected and never run."""
+
+
+class QueueFull(SubmissionRejected):
+    """The job's queue already holds as many jobs as the scheduling plugin allows."""
+
+
+class JobDeferred(HookControl):
+    """Raised by an ``on_execute`` hook: not now. The same message (same attempt,
+    headers, queue and priority) is published again ``countdown`` seconds later and
+    this delivery ends without running, so no worker slot waits."""
+
+    def __init__(self, countdown: float, reason: str = "") -> None:
+        super().__init__(reason or f"deferred for {countdown:g}s")
+        self.countdown = countdown

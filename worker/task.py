@@ -9,7 +9,9 @@ that runs the task:
    run again); for a job or a redelivered message, looks for a stored final
    result in the same round trip (a finished job is not run again);
 2. binds job_id, task_id, attempt, queue and node to the log context;
-3. ``on_execute`` (``JobRejected`` stops the task: status rejected, never run);
+3. ``on_execute`` (``JobRejected`` stops the task: status rejected, never run;
+   ``JobDeferred`` publishes the same message again after a countdown, same
+   attempt, and ends this delivery);
 4. the task body; an exception goes through ``on_error``;
 5. a job that did not complete goes through ``on_error`` as
    :class:`~worker.errors.JobFailed`; ``on_result`` then decides what is stored.
@@ -34,7 +36,7 @@ from pydantic import ValidationError
 from worker import runtime
 from worker.context import ErrorContext, ExecutionContext, ResultContext
 from worker.deadletter import DeadLetter
-from worker.errors import InvalidJob, JobFailed, JobRejected, RetryRequested
+from worker.errors import InvalidJob, JobDeferred, JobFailed, JobRejected, RetryRequested
 from worker.models import ErrorInfo, Execution, Job, JobResult
 
 RUN_JOB = "sandrun.run_job"
@@ -82,7 +84,11 @@ class SandrunTask(Task[Any, Any]):
             task_id=task_id, attempt=attempt, deliveries=deliveries,
             queue=delivery.get("routing_key"),
             submitted_at=datetime.fromtimestamp(float(submitted), UTC) if submitted else None,
-            job_id=execution.job.id if execution.job else None)
+            job_id=execution.job.id if execution.job else None,
+            headers=dict(self.request.headers or {}), args=list(self.request.args or ()),
+            kwargs=dict(self.request.kwargs or {}),
+            eta=str(self.request.eta) if self.request.eta else None,
+            redelivered=redelivered)
         return ctx, meta.get("result") if meta.get("status") == "SUCCESS" else None
 
     def _invalid(self, exc: Exception) -> dict[str, Any]:
@@ -138,6 +144,8 @@ class SandrunTask(Task[Any, Any]):
             result = JobResult(id=result_id, status="rejected", outcome="rejected",
                                attempts=ctx.attempt, error=error_info(exc))
             return self._finish(result, execution, ctx)
+        except JobDeferred as exc:
+            self._defer(exc, ctx)
         setattr(self.request, EXECUTION_ATTR, execution)  # the body reuses the parsed Job
         try:
             value = self.run(*args, **kwargs)
@@ -151,6 +159,13 @@ class SandrunTask(Task[Any, Any]):
             result = JobResult(id=ctx.task_id, status="completed", outcome="completed",
                                attempts=ctx.attempt, value=value)
         return self._finish(result, execution, ctx)
+
+    def _defer(self, deferred: JobDeferred, ctx: ExecutionContext) -> NoReturn:
+        """Publish this same message again later and end this delivery without running."""
+        runtime.current().attempts.finish(f"{ctx.task_id}:{ctx.attempt}", ctx.deliveries)
+        log.info("job_deferred", countdown=deferred.countdown, reason=str(deferred))
+        self.signature_from_request(countdown=deferred.countdown).apply_async()
+        raise Ignore()
 
     def _on_error(self, error: BaseException, execution: Execution,
                   ctx: ExecutionContext) -> BaseException:
