@@ -57,8 +57,11 @@ class PluginStorage(ABC):
         """Remove a key; True if it existed."""
 
     @abstractmethod
-    def incr(self, key: str, amount: int = 1) -> int:
-        """Atomically add ``amount`` to an integer (missing counts as 0); return the new value."""
+    def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
+        """Atomically add ``amount`` to an integer (missing counts as 0); return the new value.
+
+        With ``ttl``, a key this call creates expires after that many seconds (a key
+        that exists keeps its expiry): counters of one-time events such as nonces."""
 
     @abstractmethod
     def keys(self, pattern: str = "*") -> list[str]:
@@ -106,13 +109,15 @@ class MemoryStorage(PluginStorage):
         with self._lock:
             return self._live(key) is not None and self._data.pop(key, None) is not None
 
-    def incr(self, key: str, amount: int = 1) -> int:
+    def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
+        _check_ttl(ttl)
         with self._lock:
             raw = self._live(key)
             current = 0 if raw is None else json.loads(raw)
             if not isinstance(current, int) or isinstance(current, bool):
                 raise StorageError(f"cannot incr key {key!r}: it holds {current!r}, not an integer")
-            expires = self._data[key][1] if raw is not None else None
+            expires = self._data[key][1] if raw is not None else \
+                None if ttl is None else self._clock() + ttl
             self._data[key] = (str(current + amount), expires)
             return current + amount
 
@@ -160,13 +165,23 @@ class RedisStorage(PluginStorage):
     def delete(self, key: str) -> bool:
         return bool(self._call("delete", lambda: self._client.delete(self.prefix + key)))
 
-    def incr(self, key: str, amount: int = 1) -> int:
+    def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
+        _check_ttl(ttl)
         try:
-            return int(storage_policy()(self._client.incrby, self.prefix + key, amount))
+            if ttl is None:
+                return int(storage_policy()(self._client.incrby, self.prefix + key, amount))
+            return int(storage_policy()(self._incr_expiring, self.prefix + key, amount, ttl))
         except redis.ResponseError as exc:
             raise StorageError(f"cannot incr key {key!r}: it does not hold an integer") from exc
         except redis.RedisError as exc:
             raise StorageError(f"plugin storage incr failed on Redis ({exc})") from exc
+
+    def _incr_expiring(self, key: str, amount: int, ttl: float) -> int:
+        """Create the counter with its expiry if absent, then add: one atomic round trip."""
+        pipe = self._client.pipeline(transaction=True)
+        pipe.set(key, 0, nx=True, px=max(1, int(ttl * 1000)))
+        pipe.incrby(key, amount)
+        return int(pipe.execute()[1])
 
     def keys(self, pattern: str = "*") -> list[str]:
         def scan() -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 from worker.app import app
 
@@ -20,3 +21,12 @@ def die() -> None:
 @app.task(name="tests.boom")
 def boom() -> None:
     raise ValueError("boom from a user task")
+
+
+@app.task(name="tests.touch")
+def touch(path: str, line: str, seconds: float = 0) -> str:
+    """Append ``line`` to ``path`` after ``seconds``: a side effect a test can count."""
+    time.sleep(seconds)
+    with open(path, "a") as fh:
+        fh.write(line + "\n")
+    return line

@@ -1,0 +1,265 @@
+"""The ``auth`` plugin: producers sign every job; workers run only what verifies.
+
+Anyone who can write to the broker could otherwise enqueue jobs. Producer side
+(``on_submit``, last of all hooks): make sure a valid token exists (refreshed
+when within ``refresh_threshold`` seconds of expiry, and in the background when
+``auto_refresh`` is on), then sign the final message (body, task, id, queue,
+ETA) into the ``sandrun_auth`` header (see :mod:`plugins.auth_signing`).
+
+Worker side (``on_execute``, before other plugins see the job): verify it
+against the keyring (several active keys at once, for rotation), reject a
+nonce seen before (plugin storage, Redis on a fleet, kept until the signature
+expires), and reject anything else with the reason: the job never runs, its
+status is ``rejected``, it is logged (``job_auth_rejected``), counted in
+``sandrun_auth_rejected_total{reason}`` and dead-lettered (source ``auth``).
+``queues`` limits the requirement to some queues; by default every task of the
+app needs a signature.
+
+What it does not give: availability. Whoever can write to the broker can still
+delete queued jobs, or send a message under a queued job's id that is rejected
+first and whose stored ``rejected`` result then answers for that id; it can never
+make anything unsigned, changed or replayed run.
+
+A message may legitimately arrive twice with one nonce: a retry (the next
+attempt, after the previous one was seen) or a redelivery after a worker died
+(flagged by the broker; the task's delivery cap bounds it). Anything else with a
+used nonce is a replay. A replay of a finished job never runs either way: the
+task base class returns the stored result first.
+
+Configuration by name (``SANDRUN_PLUGINS``): ``keys`` ({key id: secret}) and/or
+``keys_file`` (JSON, re-read when it changes) on workers; ``provider``
+({"type": "static", "token", "key_id"} or {"type": "hmac", "key_id", "secret",
+"ttl"}) and ``token_storage`` ("memory", "file:<path>", "redis") on producers.
+In code: ``auth_plugin(provider=HMACProvider("k1", secret), ...)``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from plugins.auth_signing import AUTH_HEADER, AuthFailure, Keyring, Message, sign, verify
+from plugins.auth_tokens import (
+    AuthProvider,
+    AuthToken,
+    Clock,
+    FileTokenStorage,
+    HMACProvider,
+    MemoryTokenStorage,
+    RedisTokenStorage,
+    StaticTokenProvider,
+    TokenStorage,
+)
+from worker import BasePlugin, PluginContext, PluginManifest
+from worker.context import ExecutionContext, Publication, SubmissionContext, WorkerContext
+from worker.deadletter import DeadLetter
+from worker.errors import ConfigurationError, JobRejected, StartupRefused
+from worker.models import Execution, Job, WorkerInfo
+from worker.settings import load_settings
+from worker.spec import hook
+
+RAW_LIMIT = 64 * 1024
+REFRESH_POLL = 1.0  # seconds; the refresher re-reads the clock at least this often
+
+
+class ProviderConfig(BaseModel):
+    """A provider built from configuration (wallets are configured in code)."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["static", "hmac"]
+    key_id: str = Field(min_length=1)
+    token: SecretStr | None = None
+    secret: SecretStr | None = None
+    ttl: float = Field(default=900, gt=0)
+
+    def build(self, clock: Clock) -> AuthProvider:
+        """The provider this configuration describes."""
+        if self.type == "static":
+            if self.token is None:
+                raise ConfigurationError("auth provider 'static' needs a 'token'")
+            return StaticTokenProvider(self.token.get_secret_value(), self.key_id)
+        if self.secret is None:
+            raise ConfigurationError("auth provider 'hmac' needs a 'secret'")
+        return HMACProvider(self.key_id, self.secret.get_secret_value(), self.ttl, clock)
+
+
+class AuthConfig(BaseModel):
+    """Options of the auth plugin (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+    provider: ProviderConfig | None = None
+    token_storage: str = "memory"
+    refresh_threshold: float = Field(default=300, ge=0)
+    auto_refresh: bool = True
+    keys: dict[str, SecretStr] = Field(default_factory=dict)
+    keys_file: Path | None = None
+    queues: list[str] | None = Field(default=None, description="None: every task")
+    signature_ttl: float = Field(default=86400, gt=0, description="seconds after the ETA")
+    leeway: float = Field(default=5, ge=0, description="allowed clock skew, seconds")
+
+
+def token_storage_for(spec: str, clock: Clock) -> TokenStorage:
+    """``memory``, ``file:<path>`` or ``redis`` (the broker's Redis)."""
+    if spec == "memory":
+        return MemoryTokenStorage()
+    if spec.startswith("file:") and len(spec) > 5:
+        return FileTokenStorage(spec[5:])
+    if spec == "redis":
+        url = load_settings().broker_url or ""
+        if not url.startswith(("redis://", "rediss://", "unix://", "redis+socket://")):
+            raise ConfigurationError("token_storage 'redis' needs SANDRUN_BROKER_URL to be a "
+                                     "Redis URL; use 'memory' or 'file:<path>' otherwise")
+        return RedisTokenStorage(url.replace("redis+socket://", "unix://"), clock=clock)
+    raise ConfigurationError(f"unknown token_storage {spec!r}; use 'memory', 'file:<path>' or "
+                             "'redis'")
+
+
+class AuthPlugin(BasePlugin):
+    """Signs jobs in producers and verifies them in workers."""
+
+    name = "auth"
+    version = "1.0.0"
+    manifest = PluginManifest(
+        name="auth", version="1.0.0", author="Sandrun", license="Apache-2.0",
+        description="Sign jobs at submit; run only jobs whose signature verifies",
+        keywords=["auth", "jwt", "signature"], apis=["on_submit", "on_execute"],
+        configuration=AuthConfig)
+
+    def __init__(self, options: AuthConfig | None = None, *,
+                 provider: AuthProvider | None = None, token_storage: TokenStorage | None = None,
+                 clock: Clock = time.time) -> None:
+        self._options = options
+        self.options = options or AuthConfig()
+        self.provider, self.tokens, self.clock = provider, token_storage, clock
+        self.keyring = Keyring({})
+        self.dead_letters: Any = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._refresher: threading.Thread | None = None
+
+    def on_init(self, context: PluginContext) -> None:
+        super().on_init(context)
+        self.options = self._options or context.config or AuthConfig()
+        self.dead_letters = context.dead_letters
+        if self.provider is None and self.options.provider is not None:
+            self.provider = self.options.provider.build(self.clock)
+        if self.tokens is None:
+            self.tokens = token_storage_for(self.options.token_storage, self.clock)
+        self.keyring = Keyring({k: v.get_secret_value() for k, v in self.options.keys.items()},
+                               self.options.keys_file)
+
+    # -- producer -------------------------------------------------------------------
+
+    def current_token(self) -> AuthToken:
+        """A token that is not within ``refresh_threshold`` of expiry (refreshed if it was)."""
+        if self.provider is None or self.tokens is None:
+            raise ConfigurationError("the auth plugin signs jobs only with a provider; configure "
+                                     "'provider' or pass provider=... to auth_plugin()")
+        with self._lock:
+            token = self.tokens.get_token()
+            if token is None or self._due(token):
+                token = self.provider.authenticate()
+                self.tokens.store_token(token)
+                self.logger.info("auth_token_refreshed", key_id=token.key_id,
+                                 expires_at=token.expires_at)
+            return token
+
+    def _due(self, token: AuthToken) -> bool:
+        return token.expires_at is not None and \
+            self.clock() >= token.expires_at - self.options.refresh_threshold
+
+    @hook(priority=-2000)
+    def on_submit(self, job: Job, context: SubmissionContext) -> None:
+        self.current_token()
+        if self.options.auto_refresh and self._refresher is None:
+            self._refresher = threading.Thread(target=self._refresh_loop, daemon=True,
+                                               name="sandrun-auth-refresh")
+            self._refresher.start()
+        context.finalizers.append(self.sign)
+
+    def sign(self, publication: Publication) -> None:
+        """Put the signature of ``publication`` in its headers (also for hand-sent tasks)."""
+        assert self.provider is not None  # current_token() checked it
+        key = self.provider.signing_key(self.current_token())
+        publication.headers[AUTH_HEADER] = sign(publication, key, now=self.clock(),
+                                                ttl=self.options.signature_ttl)
+
+    def _refresh_loop(self) -> None:
+        """Refresh the token shortly before it is due, until ``on_destroy``."""
+        while not self._stop.is_set():
+            try:
+                token = self.current_token()
+            except Exception as exc:  # a provider outage: log, try again soon
+                self.logger.warning("auth_token_refresh_failed", error=str(exc))
+                self._stop.wait(5)
+                continue
+            if token.expires_at is None:
+                return
+            due = token.expires_at - self.options.refresh_threshold - self.clock()
+            self._stop.wait(min(max(due, 0.05), REFRESH_POLL))
+
+    def on_destroy(self) -> None:
+        self._stop.set()
+
+    # -- worker ---------------------------------------------------------------------
+
+    @hook(priority=1000)
+    def on_worker_start(self, worker: WorkerInfo, context: WorkerContext) -> None:
+        if not self.keyring.key_ids():
+            raise StartupRefused("the auth plugin has no keys to verify jobs with; set "
+                                 "'keys' or 'keys_file' in its configuration")
+
+    @hook(priority=1000)
+    def on_execute(self, execution: Execution, context: ExecutionContext) -> None:
+        if self.options.queues is not None and context.queue not in self.options.queues:
+            return
+        message = Message(execution.task, context.task_id, context.queue, context.args,
+                          context.kwargs)
+        try:
+            claims = verify(context.headers.get(AUTH_HEADER), message, self.keyring,
+                            now=self.clock(), leeway=self.options.leeway)
+            self._claim_nonce(claims, context)
+        except AuthFailure as failure:
+            self._reject(failure, execution, context)
+        if self.metrics is not None:
+            self.metrics.counter("sandrun_auth_verified_total", "Jobs whose signature verified"
+                                 ).inc()
+
+    def _claim_nonce(self, claims: dict[str, Any], context: ExecutionContext) -> None:
+        if self.storage is None:
+            return
+        nonce, attempt = claims["jti"], context.attempt
+        ttl = max(1.0, float(claims["exp"]) + self.options.leeway - self.clock())
+        seen = self.storage.incr(f"nonce:{nonce}:{attempt}", ttl=ttl)
+        if seen > 1 and not context.redelivered:
+            raise AuthFailure("replayed", f"nonce {nonce} was already used by attempt {attempt}")
+        if attempt > 1 and self.storage.get(f"nonce:{nonce}:{attempt - 1}") is None:
+            raise AuthFailure("replayed", f"attempt {attempt} follows no attempt seen before")
+
+    def _reject(self, failure: AuthFailure, execution: Execution,
+                context: ExecutionContext) -> None:
+        self.logger.warning("job_auth_rejected", reason=failure.reason, detail=failure.detail,
+                            task=execution.task)
+        if self.metrics is not None:
+            self.metrics.counter("sandrun_auth_rejected_total", "Jobs refused by the auth "
+                                 "plugin", ("reason",)).labels(reason=failure.reason).inc()
+        if self.dead_letters is not None:
+            self.dead_letters.add(DeadLetter(
+                id=context.task_id, task=execution.task, source="auth",
+                job=execution.job.model_dump(mode="json") if execution.job else None,
+                reason=f"authentication failed: {failure}",
+                raw=json.dumps({"args": context.args, "kwargs": context.kwargs},
+                               default=str)[:RAW_LIMIT]))
+        raise JobRejected(f"authentication failed: {failure}") from None
+
+
+def auth_plugin(provider: AuthProvider | None = None, token_storage: TokenStorage | None = None,
+                *, clock: Clock = time.time, **options: Any) -> AuthPlugin:
+    """``auth_plugin(provider=HMACProvider("k1", secret), refresh_threshold=300)``."""
+    return AuthPlugin(AuthConfig(**options) if options else None, provider=provider,
+                      token_storage=token_storage, clock=clock)

@@ -1,0 +1,188 @@
+"""Job signatures of the ``auth`` plugin: JWS (via PyJWT) over a canonical message.
+
+A producer signs each message it publishes; the header ``sandrun_auth`` holds a
+compact JWS whose protected header names the key (``kid``) and whose claims are::
+
+    iat, exp, jti (a random nonce), task, jid (task id), queue,
+    eta (ISO time or null), body (SHA-256 of the canonical JSON of args and kwargs)
+
+plus ``tok`` for wallet keys (the issuer's token naming the wallet address).
+Canonical JSON: sorted keys, no spaces, UTF-8, exactly as the worker receives
+the body after decoding. A worker checks, in this order: a signature is there, the
+key id is in its keyring, the signature is valid, it has not expired, the message
+matches the claims (task, id, queue, body), it does not run before its signed ETA,
+and (wallet keys) the token was valid when the job was signed. The nonce check
+lives with the plugin, which has the storage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+from plugins.auth_tokens import MIN_SECRET, WALLET_PREFIX, SigningKey, b64url, public_key_of
+from worker.context import Publication
+from worker.errors import ConfigurationError
+
+AUTH_HEADER = "sandrun_auth"
+CHECKED = ("task", "jid", "queue", "body")
+
+
+class AuthFailure(Exception):
+    """Why a message failed verification: a short ``reason`` (a metric label) and detail."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def body_digest(args: list[Any], kwargs: dict[str, Any]) -> str:
+    """SHA-256 (base64url) of the canonical JSON of a task's arguments."""
+    canonical = json.dumps({"args": list(args), "kwargs": dict(kwargs)}, sort_keys=True,
+                           separators=(",", ":"), ensure_ascii=False)
+    return b64url(hashlib.sha256(canonical.encode()).digest())
+
+
+def sign(publication: Publication, key: SigningKey, *, now: float, ttl: float) -> str:
+    """The JWS for ``publication``; valid for ``ttl`` seconds after its ETA (or now)."""
+    start = max(now, publication.eta.timestamp()) if publication.eta else now
+    claims = {**key.claims, "iat": int(now), "exp": start + ttl, "jti": secrets.token_urlsafe(16),
+              "task": publication.task, "jid": publication.task_id, "queue": publication.queue,
+              "eta": publication.eta.isoformat() if publication.eta else None,
+              "body": body_digest(publication.args, publication.kwargs)}
+    return jwt.encode(claims, key.key, algorithm=key.algorithm, headers={"kid": key.key_id})
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """What a worker received, as the verifier compares it with the claims."""
+
+    task: str
+    task_id: str
+    queue: str | None
+    args: list[Any]
+    kwargs: dict[str, Any]
+
+
+class Keyring:
+    """HMAC keys by key id: from configuration, and from a JSON file re-read when it
+    changes (add a key, move producers to it, then remove the old one: rotation)."""
+
+    def __init__(self, keys: dict[str, str], path: Path | None = None) -> None:
+        short = sorted(kid for kid, secret in keys.items() if len(secret) < MIN_SECRET)
+        if short:
+            raise ConfigurationError(f"auth keys {', '.join(short)} are shorter than {MIN_SECRET} "
+                                     "characters; generate keys with `sandrun auth new-key`")
+        self._static = {kid: secret.encode() for kid, secret in keys.items()}
+        self.path = path
+        self._loaded: tuple[float, dict[str, bytes]] = (-1.0, {})
+
+    def _from_file(self) -> dict[str, bytes]:
+        if self.path is None:
+            return {}
+        mtime = self.path.stat().st_mtime
+        if mtime != self._loaded[0]:
+            try:
+                raw = json.loads(self.path.read_text())
+            except json.JSONDecodeError as exc:
+                raise ConfigurationError(f"auth keys file {self.path} is not JSON ({exc}); "
+                                         'write {"key-id": "secret", ...}') from exc
+            if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
+                raise ConfigurationError(f'auth keys file {self.path} must hold {{"key-id": '
+                                         '"secret", ...}')
+            self._loaded = (mtime, {str(k): v.encode() for k, v in raw.items()})
+        return self._loaded[1]
+
+    def get(self, key_id: str) -> bytes | None:
+        """The secret of ``key_id``, or None when it is not (or no longer) active."""
+        return {**self._static, **self._from_file()}.get(key_id)
+
+    def key_ids(self) -> list[str]:
+        """Every active key id."""
+        return sorted({**self._static, **self._from_file()})
+
+
+def _decode(token: str, key: Any, algorithm: str) -> dict[str, Any]:
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token, key, algorithms=[algorithm],
+            options={"verify_exp": False, "verify_iat": False, "verify_nbf": False,
+                     "require": ["iat", "exp"]})
+    except jwt.InvalidSignatureError as exc:
+        raise AuthFailure("bad_signature", "the signature does not match the message "
+                          "(forged, or signed with another key)") from exc
+    except jwt.InvalidTokenError as exc:
+        raise AuthFailure("malformed", f"the signature cannot be read ({exc})") from exc
+    return claims
+
+
+def _verification_key(header: dict[str, Any], keyring: Keyring) -> tuple[Any, str]:
+    kid = str(header.get("kid") or "")
+    if kid.startswith(WALLET_PREFIX):
+        try:
+            return public_key_of(kid[len(WALLET_PREFIX):]), "EdDSA"
+        except ValueError as exc:
+            raise AuthFailure("unknown_key", f"key id {kid!r} is not a wallet address") from exc
+    secret = keyring.get(kid)
+    if secret is None:
+        raise AuthFailure("unknown_key", f"key id {kid!r} is not in this worker's keyring "
+                          f"(active: {', '.join(keyring.key_ids()) or 'none'})")
+    return secret, "HS256"
+
+
+def _check_wallet_token(claims: dict[str, Any], kid: str, keyring: Keyring) -> None:
+    token = claims.get("tok")
+    if not isinstance(token, str):
+        raise AuthFailure("bad_token", "a wallet signature must carry its issuer's token")
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.InvalidTokenError as exc:
+        raise AuthFailure("bad_token", f"the wallet token cannot be read ({exc})") from exc
+    issuer_key = keyring.get(str(header.get("kid") or ""))
+    if issuer_key is None:
+        raise AuthFailure("unknown_key", f"wallet token issuer {header.get('kid')!r} is not "
+                          "in this worker's keyring")
+    granted = _decode(token, issuer_key, "HS256")
+    if f"{WALLET_PREFIX}{granted.get('sub')}" != kid:
+        raise AuthFailure("bad_token", "the wallet token was issued to another address")
+    if not granted["iat"] - 5 <= claims["iat"] <= granted["exp"]:
+        raise AuthFailure("bad_token", "the job was signed outside its wallet token's lifetime")
+
+
+def verify(token: str | None, message: Message, keyring: Keyring, *, now: float,
+           leeway: float) -> dict[str, Any]:
+    """The claims of a valid signature for ``message``; AuthFailure otherwise."""
+    if not token:
+        raise AuthFailure("unsigned", f"the message has no {AUTH_HEADER} header; submit "
+                          "through a client that loads the auth plugin")
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.InvalidTokenError as exc:
+        raise AuthFailure("malformed", f"the {AUTH_HEADER} header is not a JWS ({exc})") from exc
+    key, algorithm = _verification_key(header, keyring)
+    claims = _decode(token, key, algorithm)
+    if not isinstance(claims.get("jti"), str) or not claims["jti"]:
+        raise AuthFailure("malformed", "the signature carries no nonce (jti)")
+    if now > float(claims["exp"]) + leeway:
+        raise AuthFailure("expired", f"the signature expired {now - float(claims['exp']):.0f}s "
+                          "ago; sign closer to the run or raise signature_ttl")
+    actual = {"task": message.task, "jid": message.task_id, "queue": message.queue,
+              "body": body_digest(message.args, message.kwargs)}
+    changed = [name for name in CHECKED if claims.get(name) != actual[name]]
+    if changed:
+        raise AuthFailure("tampered", f"the message differs from what was signed in: "
+                          f"{', '.join(changed)}")
+    eta = claims.get("eta")
+    if eta and now + leeway < datetime.fromisoformat(eta).timestamp():
+        raise AuthFailure("tampered", f"the job was signed to run at {eta}, not before")
+    if algorithm == "EdDSA":
+        _check_wallet_token(claims, str(header["kid"]), keyring)
+    return claims

@@ -1,0 +1,169 @@
+"""Authentication with a real worker: every forged variant is rejected and never runs.
+
+The side effect is a line a user task (``tests.touch``) appends to a file: a
+rejected message must never write it. Sandbox jobs check the ``run_job`` path and
+key rotation through the keys file the worker re-reads.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from celery.result import AsyncResult
+
+from plugins.auth import AuthPlugin, auth_plugin
+from plugins.auth_tokens import HMACProvider
+from tests.conftest import RedisServer
+from tests.integration.conftest import Worker, WorkerFactory, broker_url
+from worker.client import Sandrun
+from worker.context import Publication
+from worker.deadletter import dead_letter_store_for
+
+pytestmark = pytest.mark.slow
+
+K1 = "integration-key-one-0123456789abcdef"
+K2 = "integration-key-two-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def keys_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("auth") / "keys.json"
+    path.write_text(json.dumps({"k1": K1, "k2": K2}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def worker(start_worker: WorkerFactory, keys_file: Path) -> Worker:
+    plugins = [{"name": "auth", "config": {"keys_file": str(keys_file)}}]
+    return start_worker(concurrency=2, SANDRUN_PLUGINS=json.dumps(plugins))
+
+
+def producer(key_id: str = "k1", secret: str = K1, **options: object) -> AuthPlugin:
+    return auth_plugin(HMACProvider(key_id, secret), auto_refresh=False, **options)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def make_client(broker: RedisServer, worker: Worker) -> Iterator[type[Sandrun]]:
+    made: list[Sandrun] = []
+
+    def create(*plugins: AuthPlugin) -> Sandrun:
+        client = Sandrun.create(broker_url=broker_url(broker), plugins=list(plugins))
+        made.append(client)
+        return client
+
+    yield create  # type: ignore[misc]
+    for client in made:
+        client.close()
+
+
+def touch(side_effects: Path, line: str, seconds: float = 0) -> Publication:
+    return Publication(task="tests.touch", task_id=str(uuid.uuid4()), queue="sandrun",
+                       args=[str(side_effects), line, seconds])
+
+
+def outcome(client: Sandrun, task_id: str) -> tuple[str, str]:
+    handle = AsyncResult(task_id, app=client.app)
+    handle.get(timeout=30, propagate=False)
+    return handle.state, str(handle.result)
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def test_signed_jobs_run_with_either_active_key(make_client: type[Sandrun]) -> None:
+    for plugin in (producer("k1", K1), producer("k2", K2)):
+        client = make_client(plugin)  # type: ignore[call-arg]
+        result = client.job().code("print('signed')").submit().wait(timeout=30)
+        assert (result.status, result.stdout) == ("completed", "signed\n")
+
+
+def test_unsigned_job_is_rejected_and_dead_lettered(make_client: type[Sandrun],
+                                                    worker: Worker) -> None:
+    client = make_client()  # type: ignore[call-arg]
+    run = client.job().code("print('never')").submit()
+    result = run.wait(timeout=30)
+    assert (result.status, result.stdout) == ("rejected", "")
+    assert result.error is not None and "unsigned" in result.error.message
+    letter = dead_letter_store_for(str(client.app.conf.result_backend)).get(run.id)
+    assert letter is not None and letter.source == "auth"
+    assert "job_auth_rejected" in worker.output()
+
+
+def forge(variant: str, side_effects: Path, line: str) -> tuple[AuthPlugin, Publication]:
+    """A producer and a message that is wrong in the way ``variant`` says."""
+    if variant == "forged":
+        return producer("k1", "an-attacker-guess-0123456789abcdefgh"), touch(side_effects, line)
+    if variant == "unknown_key":
+        return producer("k9", K1), touch(side_effects, line)
+    if variant == "expired":
+        return (auth_plugin(HMACProvider("k1", K1, clock=lambda: time.time() - 120),
+                            clock=lambda: time.time() - 120, auto_refresh=False,
+                            signature_ttl=60), touch(side_effects, line))
+    return producer(), touch(side_effects, line)
+
+
+@pytest.mark.parametrize("variant", ["unsigned", "forged", "tampered", "expired",
+                                     "unknown_key"])
+def test_forged_variants_never_run(make_client: type[Sandrun], tmp_path: Path,
+                                   variant: str) -> None:
+    side_effects = tmp_path / "side-effects"
+    plugin, publication = forge(variant, side_effects, "forged")
+    client = make_client(plugin)  # type: ignore[call-arg]
+    if variant != "unsigned":
+        plugin.sign(publication)
+    if variant == "tampered":
+        publication.args[1] = "tampered"
+    client.publish(publication)
+    state, error = outcome(client, publication.task_id)
+    assert state == "FAILURE" and "authentication failed" in error
+    expected = "bad_signature" if variant == "forged" else variant
+    assert expected in error
+    genuine = touch(side_effects, "genuine")
+    plugin_ok = producer()
+    make_client(plugin_ok).publish(  # type: ignore[call-arg]
+        (plugin_ok.sign(genuine), genuine)[1])
+    assert outcome(client, genuine.task_id)[0] == "SUCCESS"
+    assert lines(side_effects) == ["genuine"]
+
+
+def test_replays_never_run_twice(make_client: type[Sandrun], tmp_path: Path) -> None:
+    side_effects = tmp_path / "side-effects"
+    plugin = producer()
+    client = make_client(plugin)  # type: ignore[call-arg]
+    running = touch(side_effects, "slow", seconds=1.5)
+    plugin.sign(running)
+    client.publish(running)
+    client.publish(running)  # replayed while the first runs: caught by its nonce
+    finished = touch(side_effects, "fast")
+    plugin.sign(finished)
+    client.publish(finished)
+    assert outcome(client, finished.task_id)[0] == "SUCCESS"
+    client.publish(finished)  # replayed after it finished: the stored result answers
+    sentinels = [touch(tmp_path / "sentinels", f"s{n}") for n in range(2)]
+    for sentinel in sentinels:  # published after the replay, so consumed after it
+        plugin.sign(sentinel)
+        client.publish(sentinel)
+    for sentinel in sentinels:
+        assert outcome(client, sentinel.task_id)[0] == "SUCCESS"
+    deadline = time.monotonic() + 30
+    while AsyncResult(running.task_id, app=client.app).state != "SUCCESS":
+        assert time.monotonic() < deadline, "the genuine slow task never stored its result"
+        time.sleep(0.05)
+    assert sorted(lines(side_effects)) == ["fast", "slow"]
+
+
+def test_rotation_retires_a_removed_key(make_client: type[Sandrun], keys_file: Path) -> None:
+    old, new = make_client(producer("k1", K1)), make_client(producer("k2", K2))  # type: ignore[call-arg]
+    keys_file.write_text(json.dumps({"k2": K2}))
+    try:
+        assert old.job().code("print(1)").submit().wait(timeout=30).status == "rejected"
+        assert new.job().code("print(2)").submit().wait(timeout=30).status == "completed"
+    finally:
+        keys_file.write_text(json.dumps({"k1": K1, "k2": K2}))
+
