@@ -36,13 +36,23 @@ broker_connection_retry_on_startup = True
 # Messages the worker cannot run (undecodable, pickle, unknown task) are dead-lettered.
 worker_consumer = "worker.consumer:SandrunConsumer"
 
+_visibility = {"visibility_timeout": int(os.environ.get("SANDRUN_VISIBILITY_TIMEOUT", "7200"))}
+# Priorities on Redis: kombu keeps one list per priority step and serves LOWER numbers
+# first (0 before 9); the scheduling plugin publishes Job.priority 9 (most urgent) as 0.
+# A message without a priority goes to step 0. ``sep`` is kombu's own default, stated
+# because the scheduling plugin reads these list names to measure a queue's depth.
+# queue_order_strategy stays round_robin: kombu's BRPOP already lists every queue's
+# step 0 before any step 1, and "priority" would pin the queue order, so a GPU host's
+# plain queue would always win over its GPU queues at the same priority.
 broker_transport_options = {
-    "visibility_timeout": int(os.environ.get("SANDRUN_VISIBILITY_TIMEOUT", "7200")),
+    **_visibility,
+    "priority_steps": list(range(10)),
+    "sep": "\x06\x16",
 }
 # Reconnecting to the result store is bounded (about 2 s) so a producer facing a dead
 # broker fails within its own publish retry window instead of Celery's 20 s default.
 result_backend_transport_options = {
-    **broker_transport_options,
+    **_visibility,
     "retry_policy": {"max_retries": 4, "interval_start": 0, "interval_step": 0.25,
                      "interval_max": 0.5},
 }
