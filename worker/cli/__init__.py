@@ -1,7 +1,7 @@
 """The ``sandrun`` command line.
 
 Commands: ``submit``, ``status``, ``result``, ``logs``, ``cancel``, ``download``
-(jobs); ``worker``, ``workers``, ``dead``, ``broker``, ``demo`` (operations);
+(jobs); ``worker``, ``beat``, ``workers``, ``dead``, ``broker``, ``demo`` (operations);
 ``plugins`` (introspection); ``auth`` (credentials).
 Exit codes are the same everywhere: 0 success, 1 a job did not complete or a
 plugin problem, 2 bad usage or configuration, 3 broker unreachable, 4 timed out
@@ -15,7 +15,7 @@ import click
 from worker.cli.auth import auth
 from worker.cli.fleet import dead, workers
 from worker.cli.jobs import cancel, download, logs, result, status, submit
-from worker.cli.ops import broker, demo, flower_command, probe, worker_command
+from worker.cli.ops import beat_command, broker, demo, flower_command, probe, worker_command
 from worker.cli.plugins import plugins
 from worker.logs import configure_logging
 
@@ -30,5 +30,5 @@ def main(log_level: str) -> None:
 
 
 for command in (submit, status, result, logs, cancel, download, worker_command, broker, demo,
-                plugins, workers, dead, probe, flower_command, auth):
+                plugins, workers, dead, probe, flower_command, beat_command, auth):
     main.add_command(command)
