@@ -7,6 +7,15 @@ dispatch takes no lock. The loop is deliberately one small function per flavour
 (sync and async): each handler gets ``(data, context)``; a non-None return
 replaces ``data``; an exception other than the propagated kinds is handed to
 ``on_error`` and the chain goes on.
+
+Timeouts: a handler with ``timeout`` > 0 that runs longer is abandoned with a
+:class:`~worker.errors.HookTimeout`, handed to ``on_error`` like any fault, and the
+chain goes on with ``data`` unchanged. Python cannot stop a running function, so
+a timed sync handler runs on one of its plugin's threads (:mod:`worker.hookthreads`)
+while the caller waits at most ``timeout``; an abandoned thread keeps running the
+handler until it returns. Async handlers are cancelled instead (``asyncio.timeout``);
+one that blocks its event loop without awaiting cannot be. Handlers without a
+timeout run inline, at no extra cost.
 """
 
 from __future__ import annotations
@@ -20,12 +29,15 @@ from dataclasses import dataclass
 from types import CoroutineType
 from typing import Any
 
-from worker.errors import HookCallError, HookControl
+from worker.errors import HookCallError, HookControl, HookTimeout
+from worker.hookthreads import HookThreads
+from worker.validation import CheckedPlugin
 
 
 @dataclass(frozen=True, slots=True, eq=False)
 class HookImpl:
-    """One plugin's implementation of one hook."""
+    """One plugin's implementation of one hook; ``timeout`` 0 means no limit, else
+    ``threads`` runs its sync calls."""
 
     plugin: str
     hook: str
@@ -34,6 +46,28 @@ class HookImpl:
     once: bool
     is_async: bool
     order: int
+    timeout: float = 0.0
+    threads: HookThreads | None = None
+
+
+def implementations(item: CheckedPlugin, order: int, default_timeout: float) -> list[HookImpl]:
+    """One plugin's handlers, ready to register. A handler's timeout is its
+    ``@hook(timeout=...)``, else the plugin's ``hook_timeout``, else ``default_timeout``;
+    the timed ones share one HookThreads for the plugin."""
+    plugin_default = item.plugin.hook_timeout
+    default = default_timeout if plugin_default is None else plugin_default
+    threads = None
+    impls = []
+    for hook_name, options in item.hooks.items():
+        fn = getattr(item.plugin, hook_name)
+        priority = item.priority if options.priority is None else options.priority
+        timeout = float(default if options.timeout is None else options.timeout)
+        if timeout and threads is None:
+            threads = HookThreads(item.name)
+        impls.append(HookImpl(item.name, hook_name, fn, priority, options.once,
+                              inspect.iscoroutinefunction(fn), order, timeout,
+                              threads if timeout else None))
+    return impls
 
 
 ErrorHandler = Callable[[HookImpl, Exception, Any, Any], None]
@@ -56,15 +90,18 @@ class HookRegistry:
                 chain = (*self.chains.get(impl.hook, ()), impl)
                 self.chains[impl.hook] = tuple(sorted(chain, key=lambda i: (-i.priority, i.order)))
 
-    def remove(self, predicate: Callable[[HookImpl], bool]) -> None:
-        """Unregister every implementation for which ``predicate`` is true."""
+    def remove(self, predicate: Callable[[HookImpl], bool]) -> list[HookImpl]:
+        """Unregister every implementation for which ``predicate`` is true; return them."""
+        removed: list[HookImpl] = []
         with self._lock:
             for name, chain in list(self.chains.items()):
                 kept = tuple(i for i in chain if not predicate(i))
+                removed.extend(i for i in chain if predicate(i))
                 if kept:
                     self.chains[name] = kept
                 else:
                     del self.chains[name]
+        return removed
 
     def discard(self, impl: HookImpl) -> None:
         """Unregister one implementation (a ``once`` hook that has run)."""
@@ -97,6 +134,36 @@ def run_sync(awaitable: Awaitable[Any], what: str) -> Any:
     return runner.run(_await(awaitable))
 
 
+def _describe(impl: HookImpl) -> str:
+    return f"hook {impl.hook} of plugin {impl.plugin!r}"
+
+
+async def _within(awaitable: Awaitable[Any], impl: HookImpl) -> Any:
+    """Await an async handler's result, cancelled after ``impl.timeout`` (HookTimeout)."""
+    scope = asyncio.timeout(impl.timeout)
+    try:
+        async with scope:
+            return await awaitable
+    except TimeoutError:
+        if scope.expired():
+            raise HookTimeout(impl.plugin, impl.hook, impl.timeout) from None
+        raise
+
+
+def _call_timed(impl: HookImpl, data: Any, context: Any) -> Any:
+    """Call a handler that has a timeout, from synchronous code."""
+    if impl.is_async:
+        return run_sync(_within(impl.function(data, context), impl), _describe(impl))
+    if impl.threads is None:
+        raise HookCallError(f"{_describe(impl)} has a timeout but no HookThreads to run on")
+    return impl.threads.call(impl.hook, impl.timeout, lambda: _call_inline(impl, data, context))
+
+
+def _call_inline(impl: HookImpl, data: Any, context: Any) -> Any:
+    result = impl.function(data, context)
+    return run_sync(result, _describe(impl)) if inspect.isawaitable(result) else result
+
+
 def call_chain(chain: Chain, data: Any, context: Any, on_error: ErrorHandler,
                discard: Callable[[HookImpl], None]) -> Any:
     """Run ``chain`` synchronously; async handlers are driven to completion."""
@@ -104,9 +171,12 @@ def call_chain(chain: Chain, data: Any, context: Any, on_error: ErrorHandler,
         if impl.once:
             discard(impl)
         try:
-            result = impl.function(data, context)
-            if impl.is_async or type(result) is CoroutineType:
-                result = run_sync(result, f"hook {impl.hook} of plugin {impl.plugin!r}")
+            if impl.timeout:
+                result = _call_timed(impl, data, context)
+            else:
+                result = impl.function(data, context)
+                if impl.is_async or type(result) is CoroutineType:
+                    result = run_sync(result, f"hook {impl.hook} of plugin {impl.plugin!r}")
         except PROPAGATE:
             raise
         except Exception as exc:
@@ -128,9 +198,12 @@ def call_chain_timed(chain: Chain, data: Any, context: Any, on_error: ErrorHandl
             discard(impl)
         started = time.perf_counter()
         try:
-            result = impl.function(data, context)
-            if impl.is_async or type(result) is CoroutineType:
-                result = run_sync(result, f"hook {impl.hook} of plugin {impl.plugin!r}")
+            if impl.timeout:
+                result = _call_timed(impl, data, context)
+            else:
+                result = impl.function(data, context)
+                if impl.is_async or type(result) is CoroutineType:
+                    result = run_sync(result, f"hook {impl.hook} of plugin {impl.plugin!r}")
         except PROPAGATE:
             timer(impl, time.perf_counter() - started)
             raise
@@ -151,9 +224,14 @@ async def acall_chain(chain: Chain, data: Any, context: Any, on_error: ErrorHand
         if impl.once:
             discard(impl)
         try:
-            result = impl.function(data, context)
-            if inspect.isawaitable(result):
-                result = await result
+            if not impl.timeout:
+                result = impl.function(data, context)
+                if inspect.isawaitable(result):
+                    result = await result
+            elif impl.is_async:
+                result = await _within(impl.function(data, context), impl)
+            else:
+                result = await asyncio.to_thread(_call_timed, impl, data, context)
         except PROPAGATE:
             raise
         except Exception as exc:

@@ -22,7 +22,8 @@ how to fix it; they are meant to be shown to a person as they are.
     │   ├── PluginAlreadyLoaded   a second plugin with a loaded name
     │   ├── PluginNotLoaded       unload/lookup of a name that is not loaded
     │   ├── UnloadRefused         another loaded plugin still depends on it
-    │   └── HookCallError         a hook was called the wrong way (async from a loop)
+    │   ├── HookCallError         a hook was called the wrong way (async from a loop)
+    │   └── HookTimeout           a hook ran past its timeout and was abandoned
     └── HookControl               raised by hooks on purpose; never isolated, always propagates
         ├── SubmissionRejected    ``on_submit`` vetoes a job before it is published
         │   ├── PaymentRejected   the payment cannot cover the job's worst-case cost
@@ -33,7 +34,8 @@ how to fix it; they are meant to be shown to a person as they are.
         └── JobRejected           ``on_execute`` vetoes a job before it runs
 
 Hook isolation: a hook that raises anything other than :class:`HookControl` is
-logged, counted and skipped; the chain goes on. Subclass ``HookControl`` for a
+logged, counted and skipped; the chain goes on. So is one that times out
+(:class:`HookTimeout`, counted with ``kind="timeout"``). Subclass ``HookControl`` for a
 custom hook's own control flow.
 """
 
@@ -124,6 +126,26 @@ class UnloadRefused(PluginError):
 
 class HookCallError(PluginError):
     """A hook was dispatched in a way that cannot work (e.g. async hook, sync call in a loop)."""
+
+
+class HookTimeout(PluginError):
+    """A hook call ran longer than its timeout: the chain went on without it.
+
+    Handed to the manager's hook isolation (never raised to the host), which logs
+    and counts it as a ``timeout`` fault of ``plugin`` and ``hook``. ``hung`` is
+    set when the call was refused outright because earlier calls of the plugin
+    are still running past their timeout."""
+
+    def __init__(self, plugin: str, hook: str, timeout: float, hung: int = 0) -> None:
+        self.plugin, self.hook, self.timeout, self.hung = plugin, hook, timeout, hung
+        if hung:
+            what = (f"was not called: {hung} earlier calls of plugin {plugin!r} are still "
+                    f"running past their timeout ({timeout:g}s)")
+        else:
+            what = f"did not finish within {timeout:g}s and was abandoned"
+        super().__init__(f"hook {hook} of plugin {plugin!r} {what}; the chain went on with "
+                         "the data unchanged (a plugin that needs longer sets hook_timeout, "
+                         "or @hook(timeout=...); the default is SANDRUN_HOOK_TIMEOUT)")
 
 
 class HookControl(SandrunError):

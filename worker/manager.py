@@ -4,6 +4,7 @@ Where it runs: the producer client owns one; each worker pool process owns one.
 ``load``/``load_all`` validate (spec, config, dependencies) before calling
 ``on_init``, so a broken plugin set fails at start-up with one readable error.
 ``execute_hook`` is the single dispatch entry point for every chain hook.
+A call past its timeout is counted like a raising one, with ``kind="timeout"``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from worker.dispatch import HookImpl, HookRegistry, HookTimer
 from worker.errors import (
     ConfigurationError,
     HookCallError,
+    HookTimeout,
     PluginAlreadyLoaded,
     PluginLoadError,
     PluginNotLoaded,
@@ -69,6 +71,7 @@ class PlanEntry:
     priority: int
     once: bool
     is_async: bool
+    timeout: float = 0.0
 
 
 def _call_lifecycle(plugin: str, fn: Callable[..., Any], *args: Any) -> None:
@@ -78,16 +81,26 @@ def _call_lifecycle(plugin: str, fn: Callable[..., Any], *args: Any) -> None:
 
 
 class PluginManager:
-    """Loads, orders and calls plugins. Thread-safe for dispatch; load/unload take a lock."""
+    """Loads, orders and calls plugins. Thread-safe for dispatch; load/unload take a lock.
+
+    ``hook_timeout``: seconds before a hook call is abandoned, for plugins that set
+    none (0, the default here: no limit; runtime and client pass SANDRUN_HOOK_TIMEOUT).
+    ``hook_errors`` counts every fault per (plugin, hook), ``hook_timeouts`` timeouts."""
 
     def __init__(self, *, storage: StorageBackend | None = None,
                  metrics: MetricsCollector | None = None,
-                 dead_letters: DeadLetterStore | None = None) -> None:
+                 dead_letters: DeadLetterStore | None = None,
+                 hook_timeout: float = 0.0) -> None:
+        if not hook_timeout >= 0:
+            raise ConfigurationError(f"hook_timeout is {hook_timeout!r}; use seconds >= 0 "
+                                     "(0: no limit)")
         self.storage = storage or MemoryStorageBackend()
         self.metrics: MetricsCollector = metrics or InMemoryMetrics()
         self.dead_letters = dead_letters
+        self.hook_timeout = hook_timeout
         self.hook_timer: HookTimer | None = None
         self.hook_errors: Counter[tuple[str, str]] = Counter()
+        self.hook_timeouts: Counter[tuple[str, str]] = Counter()
         self._registry = HookRegistry()
         self._plugins: dict[str, LoadedPlugin] = {}
         self._declared: set[str] = set()
@@ -160,14 +173,7 @@ class PluginManager:
         except Exception as exc:
             raise PluginLoadError(f"plugin {item.name!r} failed in on_init: "
                                   f"{type(exc).__name__}: {exc}") from exc
-        order = next(self._order)
-        impls = []
-        for hook_name, options in item.hooks.items():
-            fn = getattr(item.plugin, hook_name)
-            priority = item.priority if options.priority is None else options.priority
-            impls.append(HookImpl(item.name, hook_name, fn, priority, options.once,
-                                  inspect.iscoroutinefunction(fn), order))
-        self._registry.add(impls)
+        self._registry.add(dispatch.implementations(item, next(self._order), self.hook_timeout))
         self._plugins[item.name] = LoadedPlugin(item, config, context)
         log.debug("plugin_loaded", plugin=item.name, version=str(item.version))
         self._emit(PluginEvent("plugin_loaded", item.name))
@@ -195,7 +201,9 @@ class PluginManager:
                 raise UnloadRefused(f"cannot unload {name!r}: {', '.join(dependents)} depend(s) "
                                     "on it; unload those first")
             loaded = self._plugins.pop(name)
-            self._registry.remove(lambda impl: impl.plugin == name)
+            for threads in {i.threads for i in self._registry.remove(
+                    lambda impl: impl.plugin == name) if i.threads is not None}:
+                threads.close()  # its idle timed-hook threads exit
             try:
                 _call_lifecycle(name, loaded.checked.plugin.on_destroy)
             except Exception as exc:
@@ -240,12 +248,20 @@ class PluginManager:
                                 "(declare_hooks) or by a loaded plugin (custom_hooks)")
 
     def _hook_failed(self, impl: HookImpl, exc: Exception, data: Any, context: Any) -> None:
+        """A handler raised or timed out: log, count (per plugin, hook and kind), notify."""
         job_id = getattr(context, "job_id", None) or getattr(data, "id", None)
+        where = {"plugin": impl.plugin, "hook": impl.hook}
         self.hook_errors[(impl.plugin, impl.hook)] += 1
-        log.error("hook_failed", plugin=impl.plugin, hook=impl.hook, job_id=job_id,
-                  error_type=type(exc).__name__, error=str(exc), exc_info=exc)
-        self.metrics.counter("sandrun_plugin_hook_errors_total", "Hook calls that raised",
-                             ("plugin", "hook")).labels(plugin=impl.plugin, hook=impl.hook).inc()
+        if isinstance(exc, HookTimeout):
+            self.hook_timeouts[(impl.plugin, impl.hook)] += 1
+            log.error("hook_timed_out", **where, job_id=job_id, timeout=exc.timeout,
+                      hung_calls=exc.hung, error=str(exc))
+        else:
+            log.error("hook_failed", **where, job_id=job_id, error_type=type(exc).__name__,
+                      error=str(exc), exc_info=exc)
+        self.metrics.counter("sandrun_plugin_hook_errors_total", "Hook calls that raised "
+                             "(kind=error) or timed out (kind=timeout)", (*where, "kind")).labels(
+            **where, kind="timeout" if isinstance(exc, HookTimeout) else "error").inc()
         self._emit(PluginEvent("hook_error", impl.plugin, impl.hook, exc,
                                None if job_id is None else str(job_id)))
 
@@ -281,5 +297,6 @@ class PluginManager:
 
     def hook_plan(self) -> dict[str, list[PlanEntry]]:
         """Per hook, the handlers in the order they will be called."""
-        return {name: [PlanEntry(i.plugin, i.priority, i.once, i.is_async) for i in chain]
+        return {name: [PlanEntry(i.plugin, i.priority, i.once, i.is_async, i.timeout)
+                       for i in chain]
                 for name, chain in sorted(self._registry.chains.items())}

@@ -3,8 +3,9 @@
 A plugin is a subclass of :class:`Plugin` that overrides some of its documented
 no-op hook methods. Hooks may be plain methods or ``async def``. A hook that
 returns a value replaces the data for the next plugin in the chain; returning
-``None`` leaves it unchanged. Per-method priority and ``once`` come from the
-:func:`hook` decorator; the class attribute ``priority`` is the default.
+``None`` leaves it unchanged. Per-method priority, ``once`` and ``timeout`` come
+from the :func:`hook` decorator; the class attributes ``priority`` and
+``hook_timeout`` are the plugin's defaults.
 """
 
 from __future__ import annotations
@@ -59,13 +60,17 @@ class HookOptions:
 
     priority: int | None = None
     once: bool = False
+    timeout: float | None = None
 
 
-def hook(*, priority: int | None = None, once: bool = False) -> Callable[[F], F]:
-    """Set the priority (higher runs first) or ``once`` (run a single time) of one hook."""
+def hook(*, priority: int | None = None, once: bool = False,
+         timeout: float | None = None) -> Callable[[F], F]:
+    """Set the priority (higher runs first), ``once`` (run a single time) or ``timeout``
+    (seconds before a call is abandoned, 0: no limit; default: the plugin's
+    ``hook_timeout``, else ``SANDRUN_HOOK_TIMEOUT``) of one hook."""
 
     def mark(fn: F) -> F:
-        setattr(fn, HOOK_OPTIONS_ATTR, HookOptions(priority, once))
+        setattr(fn, HOOK_OPTIONS_ATTR, HookOptions(priority, once, timeout))
         return fn
 
     return mark
@@ -116,14 +121,17 @@ class Plugin:
     """Base class of every plugin. Override the hooks you need; all are no-ops here.
 
     Class attributes: ``name`` (lowercase), ``version`` (PEP 440), ``priority``
-    (default for all hooks; higher runs first), ``dependencies``, ``manifest``,
-    and ``custom_hooks`` (names of extra hooks this plugin declares for other
-    plugins to implement and the host to call through ``execute_hook``).
+    (default for all hooks; higher runs first), ``hook_timeout`` (seconds any of
+    its hook calls may run before it is abandoned; None: the host's
+    ``SANDRUN_HOOK_TIMEOUT``, 0: no limit), ``dependencies``, ``manifest``, and
+    ``custom_hooks`` (names of extra hooks this plugin declares for other plugins
+    to implement and the host to call through ``execute_hook``).
     """
 
     name: ClassVar[str] = ""
     version: ClassVar[str] = "0.0.0"
     priority: ClassVar[int] = 0
+    hook_timeout: ClassVar[float | None] = None
     dependencies: ClassVar[Sequence[PluginDependency]] = ()
     manifest: ClassVar[PluginManifest | None] = None
     custom_hooks: ClassVar[Sequence[str]] = ()

@@ -8,6 +8,7 @@ the bad signature, so an author fixes them all in one pass.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -130,6 +131,15 @@ def _hooks(plugin: Plugin, custom: Collection[str], problems: list[str]) -> dict
     return hooks
 
 
+def _timeout_problems(plugin: Plugin, hooks: Mapping[str, HookOptions]) -> list[str]:
+    values = [("hook_timeout", plugin.hook_timeout),
+              *((f"@hook(timeout=...) of {name}", o.timeout) for name, o in hooks.items())]
+    return [f"{where} is {value!r}; use a number of seconds >= 0 (0: no limit)"
+            for where, value in values if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float)
+                or not math.isfinite(value) or value < 0)]
+
+
 def check_plugin(plugin: Plugin, known_custom_hooks: Collection[str] = ()) -> CheckedPlugin:
     """Validate ``plugin`` against the spec; raise one InvalidPlugin listing every problem."""
     if not isinstance(plugin, Plugin):
@@ -149,6 +159,7 @@ def check_plugin(plugin: Plugin, known_custom_hooks: Collection[str] = ()) -> Ch
     deps = _dependencies(plugin, problems)
     custom = _custom_hooks(plugin, problems)
     hooks = _hooks(plugin, {*known_custom_hooks, *custom}, problems)
+    problems.extend(_timeout_problems(plugin, hooks))
     if problems:
         raise InvalidPlugin(f"plugin {name!r} ({type(plugin).__qualname__}) is invalid:\n"
                             + "\n".join(f"  - {p}" for p in problems))

@@ -108,7 +108,7 @@ def test_host_counters_and_hook_latency_go_to_prometheus(tmp_path: object) -> No
     manager.load(Slow)
     manager.execute_hook("on_submit", Job(code="1"), SubmissionContext())
     assert value(plugin, "sandrun_plugin_hook_errors_total", plugin="slow",
-                 hook="on_submit") == 1
+                 hook="on_submit", kind="error") == 1
     assert value(plugin, "sandrun_plugin_hook_duration_seconds_count", plugin="slow",
                  hook="on_submit") == 1
     store.add(DeadLetter(id="j", task="t", reason="r", source="retry"))

@@ -107,7 +107,7 @@ def test_raising_hook_is_isolated_logged_counted_and_reported() -> None:
     assert manager.execute_hook("on_submit", job, ctx).args == ["after"]
     assert manager.hook_errors[("broken", "on_submit")] == 1
     assert metrics.value("sandrun_plugin_hook_errors_total", plugin="broken",
-                         hook="on_submit") == 1
+                         hook="on_submit", kind="error") == 1
     assert len(events) == 1
     event = events[0]
     assert (event.plugin, event.hook, event.job_id) == ("broken", "on_submit", job.id)
