@@ -47,6 +47,7 @@ class LoggingPlugin(BasePlugin):
     name = "logging"
     version = "1.0.0"
     priority = 50
+    hook_timeout = 0  # bounded hooks: run inline, no timeout thread (see worker.dispatch)
     manifest = PluginManifest(
         name="logging", version="1.0.0", author="Sandrun", license="Apache-2.0",
         description="Structured logs (structlog) for workers and producers",

@@ -9,7 +9,8 @@ other plugins'), ``jobs_completed_total{status,gpu_type}``,
 ``jobs_in_progress``, ``job_retries_total``, ``job_queue_wait_seconds``, and,
 through the collector it installs for the host, ``dead_letter_total{source}``,
 ``plugin_hook_duration_seconds{plugin,hook}`` and
-``plugin_hook_errors_total{plugin,hook}``. Labels never hold job ids, users or
+``plugin_hook_errors_total{plugin,hook,kind}`` (kind ``error``: raised,
+``timeout``: abandoned past its hook timeout). Labels never hold job ids, users or
 code. ``enabled_metrics`` globs select metrics; ``labels`` are added to all.
 
 Per worker, one endpoint: ``on_worker_start`` (main process, before the pool
@@ -175,6 +176,7 @@ class MetricsPlugin(BasePlugin):
 
     name = "metrics"
     version = "1.0.0"
+    hook_timeout = 0  # bounded hooks: run inline, no timeout thread (see worker.dispatch)
     manifest = PluginManifest(
         name="metrics", version="1.0.0", author="Sandrun", license="Apache-2.0",
         description="Prometheus metrics for jobs and plugins, one endpoint per worker",

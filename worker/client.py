@@ -147,7 +147,8 @@ class Sandrun:
         with ``plugins`` (default: ``SANDRUN_PLUGINS``)."""
         settings = settings or load_settings()
         app = make_app(broker_url, result_backend)
-        manager = PluginManager(dead_letters=dead_letter_store_for(str(app.conf.result_backend)))
+        manager = PluginManager(dead_letters=dead_letter_store_for(str(app.conf.result_backend)),
+                                hook_timeout=settings.hook_timeout)
         specs = parse_plugin_specs(settings.plugins) if plugins is None else list(plugins)
         manager.load_all(specs)
         return cls(app, manager, settings)

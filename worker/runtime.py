@@ -108,7 +108,8 @@ def build_runtime(settings: Settings | None = None, *, load_plugins: bool = True
     backend = os.environ.get("SANDRUN_RESULT_BACKEND") or settings.result_backend or broker
     client = redis.Redis.from_url(redis_url(backend)) if is_redis(backend) else None
     storage: StorageBackend = RedisStorageBackend(client) if client else MemoryStorageBackend()
-    manager = PluginManager(storage=storage, dead_letters=dead_letter_store_for(backend))
+    manager = PluginManager(storage=storage, dead_letters=dead_letter_store_for(backend),
+                            hook_timeout=settings.hook_timeout)
     if load_plugins:
         manager.load_all(parse_plugin_specs(settings.plugins))
     if settings.network_isolation and not can_isolate_network():

@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     ready_file: Path | None = Field(default=None, description="default: <state_dir>/health/"
                                     "<worker name>.ready")
     heartbeat_interval: float = Field(default=5.0, gt=0)
+    hook_timeout: float = Field(default=30.0, ge=0, allow_inf_nan=False, description=(
+        "seconds a plugin hook call may run before it is abandoned and counted as a "
+        "timeout, for plugins that set no hook_timeout of their own; 0: no limit"))
 
 
 def health_file(settings: Settings, kind: str, hostname: str | None = None) -> Path:
