@@ -35,8 +35,9 @@ Exactly once: a held or fair job is claimed by one Lua script (so concurrent
 beats never take the same job), published, then forgotten. If the publisher
 dies between publishing and forgetting (a few microseconds), the claim is put
 back after ``claim_timeout`` s and the job published a second time; the worker
-then skips it if the first run already stored its result, otherwise it can run
-twice. Nothing is ever lost: a claim is only dropped after its publish returned.
+then skips it if the first run already stored its result (and the ``auth``
+plugin refuses it as a replay), otherwise it can run twice. Nothing is ever
+lost: a claim is only dropped after its publish returned.
 """
 
 from __future__ import annotations
