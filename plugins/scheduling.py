@@ -108,6 +108,10 @@ class SchedulingPlugin(BasePlugin):
     name = "scheduling"
     version = "1.0.0"
     custom_hooks = (BEAT_HOOK,)
+    # Run inline, no timeout thread: the hooks make bounded Redis calls, publish under the
+    # publish retry policy, and on_submit waits up to block_timeout on purpose (a hook
+    # timeout abandoning that wait would publish into a full queue).
+    hook_timeout = 0
     manifest = PluginManifest(
         name="scheduling", version="1.0.0", author="Sandrun", license="Apache-2.0",
         description="Priorities, scheduled jobs, concurrency caps, backpressure, fair queues",

@@ -91,11 +91,22 @@ def test_loads_by_name_with_defaults_and_validates_its_config() -> None:
 
 
 def test_its_hooks_run_where_signing_and_verification_need_them() -> None:
-    manager = PluginManager()
+    manager = PluginManager(hook_timeout=0.1)
     manager.load(SchedulingPlugin())
     plan = manager.hook_plan()
     assert [(e.plugin, e.priority) for e in plan["on_execute"]] == [("scheduling", 2000)]
     assert plan["on_submit"][0].priority > -2000 and "on_beat" in plan
+    assert {e.timeout for entries in plan.values() for e in entries} == {0}  # inline
+
+
+def test_a_blocking_submit_outlasts_the_hosts_hook_timeout(url: str,
+                                                           redis_client: redis.Redis) -> None:
+    manager = PluginManager(hook_timeout=0.1)
+    manager.load(make(url, queue_size=1, queue_full_policy="block", block_timeout=0.3))
+    redis_client.lpush("sandrun", "m1")
+    with pytest.raises(QueueFull):
+        manager.execute_hook("on_submit", Job(code="1"), SubmissionContext())
+    manager.close()
 
 
 # -- priorities -----------------------------------------------------------------------
