@@ -93,7 +93,7 @@ def _beat_manager() -> PluginManager:
     settings = load_settings()
     url = os.environ["SANDRUN_BROKER_URL"]
     storage = RedisStorageBackend.from_url(redis_url(url)) if url.startswith("redis") else None
-    manager = PluginManager(storage=storage)
+    manager = PluginManager(storage=storage, hook_timeout=settings.hook_timeout)
     manager.load_all(parse_plugin_specs(settings.plugins))
     if BEAT_HOOK not in manager.hook_plan():
         manager.close()
