@@ -46,7 +46,7 @@ import functools
 import random
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -271,14 +271,15 @@ class SchedulingPlugin(BasePlugin):
         job, limit = execution.job, self.options.max_concurrent
         if job is None:
             return
-        if self.options.strategy == "fair":
-            self._queues[context.task_id] = context.queue
-        if limit is None:
-            return
-        scope = self.scope(job, context.queue)
-        if self.semaphore.acquire(scope, context.task_id, limit, self.options.lease_ttl):
+        if limit is not None:
+            scope = self.scope(job, context.queue)
+            if not self.semaphore.acquire(scope, context.task_id, limit, self.options.lease_ttl):
+                self._defer(scope, limit)
             self.leases.add(context.task_id, scope, job.timeout)
-            return
+        if self.options.strategy == "fair":  # on_result moves this queue's next fair job
+            self._queues[context.task_id] = context.queue
+
+    def _defer(self, scope: str, limit: int) -> NoReturn:
         countdown = self.options.defer_seconds * (1 + random.random() / 2)
         self._count("jobs_deferred", "Jobs put back because max_concurrent was reached")
         self.logger.info("job_deferred_over_cap", scope=scope, max_concurrent=limit,
@@ -288,13 +289,14 @@ class SchedulingPlugin(BasePlugin):
 
     def on_result(self, result: JobResult, context: ResultContext) -> None:
         self.leases.release(context.task_id)
+        queue = self._queues.pop(context.task_id, None)
         if self.options.strategy == "fair" and context.job is not None:
-            queue = self._queues.pop(context.task_id, None)
             self.pump(queue or job_queue(context.job, self.settings.default_queue))
 
     def on_error(self, error: BaseException, context: ErrorContext) -> None:
         if context.operation == "execute" and context.task_id is not None:
             self.leases.release(context.task_id)
+            self._queues.pop(context.task_id, None)  # a retry never reaches on_result
 
     def on_destroy(self) -> None:
         self.leases.close()
