@@ -58,12 +58,19 @@ from plugins.auth_tokens import (
 from worker import BasePlugin, PluginContext, PluginManifest
 from worker.context import ExecutionContext, Publication, SubmissionContext, WorkerContext
 from worker.deadletter import DeadLetter
-from worker.errors import ConfigurationError, JobRejected, StartupRefused
+from worker.errors import (
+    ConfigurationError,
+    JobDeferred,
+    JobRejected,
+    StartupRefused,
+    StorageError,
+)
 from worker.models import Execution, Job, WorkerInfo
 from worker.settings import load_settings
 from worker.spec import hook
 
 RAW_LIMIT = 64 * 1024
+STORAGE_RETRY_SECONDS = 5.0
 REFRESH_POLL = 1.0  # seconds; the refresher re-reads the clock at least this often
 
 
@@ -124,6 +131,7 @@ class AuthPlugin(BasePlugin):
 
     name = "auth"
     version = "1.0.0"
+    hook_timeout = 0.0  # a verification cut short must never let a job through: run inline
     manifest = PluginManifest(
         name="auth", version="1.0.0", author="Sandrun", license="Apache-2.0",
         description="Sign jobs at submit; run only jobs whose signature verifies",
@@ -226,6 +234,13 @@ class AuthPlugin(BasePlugin):
             self._claim_nonce(claims, context)
         except AuthFailure as failure:
             self._reject(failure, execution, context)
+        except StorageError as exc:  # the nonce store is down: try again, never run unchecked
+            self.logger.warning("job_auth_deferred", error=str(exc))
+            raise JobDeferred(STORAGE_RETRY_SECONDS, f"cannot check the nonce now ({exc})") \
+                from None
+        except Exception as exc:  # fail closed: an isolated hook error would let it run
+            self._reject(AuthFailure("verification_error", f"{type(exc).__name__}: {exc}"),
+                         execution, context)
         if self.metrics is not None:
             self.metrics.counter("sandrun_auth_verified_total", "Jobs whose signature verified"
                                  ).inc()

@@ -7,6 +7,7 @@ import json
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from plugins.auth import AuthConfig, AuthPlugin, auth_plugin
-from plugins.auth_signing import AUTH_HEADER, Keyring, Message, verify
+from plugins.auth_signing import AUTH_HEADER, AuthFailure, Keyring, Message, verify
 from plugins.auth_tokens import (
     AuthenticationFailed,
     AuthToken,
@@ -33,7 +34,7 @@ from plugins.auth_tokens import (
 from tests.conftest import RedisServer, private_redis
 from worker.context import ExecutionContext, Publication, SubmissionContext, WorkerContext
 from worker.deadletter import FileDeadLetterStore
-from worker.errors import ConfigurationError, JobRejected, StartupRefused
+from worker.errors import ConfigurationError, JobDeferred, JobRejected, StartupRefused, StorageError
 from worker.manager import PluginManager
 from worker.models import Execution, Job, WorkerInfo
 
@@ -383,3 +384,37 @@ def test_verify_is_independent_of_dict_order(producer: AuthPlugin) -> None:
     assert claims["jid"] == publication.task_id
     assert datetime.fromtimestamp(claims["exp"], UTC) - datetime.fromtimestamp(
         claims["iat"], UTC) <= timedelta(days=1, seconds=1)
+
+
+def test_verification_fails_closed(producer: AuthPlugin, worker: Any,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug or an outage inside verification must never let a job run unchecked."""
+    manager, _, plugin = worker
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise KeyError("surprise")
+
+    monkeypatch.setattr(plugin, "_claim_nonce", broken)
+    rejected(manager, signed(producer, job_publication()), "verification_error")
+
+    def outage(*args: Any, **kwargs: Any) -> None:
+        raise StorageError("redis is down")
+
+    monkeypatch.setattr(plugin, "_claim_nonce", outage)
+    with pytest.raises(JobDeferred, match="cannot check the nonce"):
+        run(manager, signed(producer, job_publication()))
+
+
+def test_auth_hooks_are_never_timed_out(producer: AuthPlugin, clock: Clock) -> None:
+    """A timed-out hook is skipped; for verification, skipping would mean running."""
+    manager = PluginManager(hook_timeout=0.01)
+    plugin = AuthPlugin(clock=clock)
+    manager.load(plugin, AuthConfig.model_validate({"keys": {"k1": S1}}))
+
+    def slow_replay_check(*args: Any, **kwargs: Any) -> None:
+        time.sleep(0.1)
+        raise AuthFailure("replayed", "seen before")
+
+    plugin._claim_nonce = slow_replay_check  # type: ignore[method-assign]
+    with pytest.raises(JobRejected, match="replayed"):
+        run(manager, signed(producer, job_publication()))
