@@ -102,9 +102,11 @@ def test_worker_deployment_probes_grace_and_keda_target() -> None:
     assert scaled["kind"] == "ScaledObject" and auth["kind"] == "TriggerAuthentication"
     spec = scaled["spec"]  # type: ignore[index]
     assert spec["scaleTargetRef"]["name"] == deployment["metadata"]["name"]  # type: ignore[index]
-    trigger = spec["triggers"][0]
-    assert trigger["type"] == "redis" and trigger["metadata"]["listName"] == "sandrun"
-    assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]  # type: ignore[index]
+    lanes = ["sandrun", *(f"sandrun\x06\x16{n}" for n in range(1, 10))]  # kombu's priority lists
+    assert [t["metadata"]["listName"] for t in spec["triggers"]] == lanes
+    for trigger in spec["triggers"]:
+        assert trigger["type"] == "redis"
+        assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]  # type: ignore[index]
 
 
 def test_compose_file_passes_the_compose_spec_schema() -> None:
