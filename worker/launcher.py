@@ -9,12 +9,16 @@ session with its resource limits, and when the job ends or its wall-clock
 timeout passes, kills every remaining descendant and reaps them all. If the
 pool process dies, the launcher gets SIGTERM (``PR_SET_PDEATHSIG``) and does
 the same before exiting. It reports the outcome as one JSON line on a pipe.
+
+The job process is confined (``worker.isolation``: job user, user namespace and
+process limit, Landlock, network namespace) and limited (``setrlimit``) between
+fork and exec. The launcher itself is not dumpable, so a job running as the
+same user cannot read its memory (a copy of the worker's) or its environment.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 import json
 import os
@@ -27,12 +31,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
+from worker.isolation import PR_SET_DUMPABLE, Confinement, enter, prctl
+
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
-CLONE_NEWUSER = 0x10000000
-CLONE_NEWNET = 0x40000000
 SAMPLE_SECONDS = 0.01
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +47,6 @@ class Limits:
     cpu_seconds: int
     file_size_bytes: int
     open_files: int
-    isolate_network: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,7 @@ class LaunchSpec:
     stdout_fd: int
     stderr_fd: int
     timeout: float
+    confinement: Confinement
 
 
 @dataclass(slots=True)
@@ -70,45 +73,10 @@ class LaunchReport:
     cpu_seconds: float = 0.0
     max_rss_bytes: int = 0
     wall_seconds: float = 0.0
+    strays: int = 0  # descendants still alive when the job ended, killed by the launcher
     error: str | None = None
 
 
-def prctl(option: int, value: int) -> None:
-    """Call prctl(2); raise OSError on failure."""
-    if _libc.prctl(option, value, 0, 0, 0) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-def unshare(flags: int) -> None:
-    """Call unshare(2); raise OSError on failure."""
-    if _libc.unshare(flags) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-def isolate_network() -> None:
-    """Move the calling process into a new, empty network namespace."""
-    try:
-        unshare(CLONE_NEWNET)
-    except PermissionError:
-        unshare(CLONE_NEWUSER | CLONE_NEWNET)
-
-
-def can_isolate_network() -> bool:
-    """Whether this host lets a child process enter a new network namespace."""
-    pid = os.fork()
-    if pid == 0:
-        try:
-            isolate_network()
-        except BaseException:
-            os._exit(1)
-        os._exit(0)
-    _, status = os.waitpid(pid, 0)
-    return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
-
-
-PRLIMIT = shutil.which("prlimit", path="/usr/bin:/bin:/usr/sbin:/sbin")
 SETPRIV = shutil.which("setpriv", path="/usr/bin:/bin:/usr/sbin:/sbin")
 
 
@@ -120,32 +88,27 @@ def dying_with_parent(argv: Sequence[str]) -> list[str]:
     return [SETPRIV, "--pdeathsig", "TERM", "--", *argv] if SETPRIV else list(argv)
 
 
-def _prlimit_argv(limits: Limits, argv: Sequence[str]) -> list[str]:
-    """``argv`` behind util-linux ``prlimit``, which sets the limits and execs it.
-
-    Cheaper than a ``preexec_fn`` (about 1 ms against 4): without one,
-    subprocess can use vfork instead of copying the worker's address space."""
-    assert PRLIMIT is not None
-    args = [PRLIMIT, f"--cpu={limits.cpu_seconds}:{limits.cpu_seconds + 1}",
-            f"--fsize={limits.file_size_bytes}", f"--nofile={limits.open_files}", "--core=0"]
+def _set_limits(limits: Limits) -> None:
+    """The job's rlimits; memory last, since it may leave too little to run Python."""
+    resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 1))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_size_bytes,) * 2)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limits.open_files,) * 2)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if limits.memory_bytes is not None:
-        kind = "as" if limits.memory_kind == "as" else "data"
-        args.append(f"--{kind}={limits.memory_bytes}")
-    return [*args, "--", *argv]
+        kind = resource.RLIMIT_AS if limits.memory_kind == "as" else resource.RLIMIT_DATA
+        resource.setrlimit(kind, (limits.memory_bytes, limits.memory_bytes))
 
 
-def _apply_limits(limits: Limits) -> Callable[[], None]:
+def _preexec(spec: LaunchSpec, why_fd: int) -> Callable[[], None]:
+    """Confine and limit the job process; on failure write the reason to ``why_fd``."""
     def preexec() -> None:
-        signal.pthread_sigmask(signal.SIG_SETMASK, set())
-        if limits.isolate_network:
-            isolate_network()
-        if limits.memory_bytes is not None:
-            kind = resource.RLIMIT_AS if limits.memory_kind == "as" else resource.RLIMIT_DATA
-            resource.setrlimit(kind, (limits.memory_bytes, limits.memory_bytes))
-        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 1))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_size_bytes,) * 2)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (limits.open_files,) * 2)
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, set())
+            enter(spec.confinement)
+            _set_limits(spec.limits)
+        except BaseException as exc:
+            os.write(why_fd, (str(exc) or type(exc).__name__).encode()[:4000])
+            raise
 
     return preexec
 
@@ -180,13 +143,15 @@ class _Tree:
         return True
 
     def kill_all(self) -> None:
-        """SIGKILL every descendant until none is left (orphans come to us as they appear)."""
+        """SIGKILL every descendant until none is left (orphans come to us as they appear),
+        counting them as strays."""
         while True:
             for pid in _children():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             if not self.reap(block=True):
                 return
+            self.report.strays += 1
 
 
 def _peak_rss(pid: int) -> int:
@@ -206,19 +171,20 @@ def _wait_main(pid: int, deadline: float) -> tuple[bool, int]:
 
     Returns whether it exited in time and the highest VmHWM seen. The sample is
     taken from the process itself because ``ru_maxrss`` would also count the
-    memory of the forked interpreter before ``exec``.
+    memory of the forked interpreter before ``exec``. Samples start 1 ms apart and
+    slow down to SAMPLE_SECONDS, so that a job of a few milliseconds is seen too.
     """
     try:
         fd = os.pidfd_open(pid)
     except OSError:
         fd = -1
-    peak = _peak_rss(pid)
+    peak, interval = _peak_rss(pid), 0.001
     try:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False, peak
-            wait = min(remaining, SAMPLE_SECONDS)
+            wait, interval = min(remaining, interval), min(interval * 2, SAMPLE_SECONDS)
             if fd >= 0:
                 if select.select([fd], [], [], wait)[0]:
                     return True, peak
@@ -230,6 +196,29 @@ def _wait_main(pid: int, deadline: float) -> tuple[bool, int]:
     finally:
         if fd >= 0:
             os.close(fd)
+
+
+def _start(spec: LaunchSpec, report: LaunchReport) -> subprocess.Popen[bytes] | None:
+    """Start the confined job; None (and ``report.error`` saying why) if it cannot start."""
+    why_r, why_w = os.pipe()
+    try:
+        # The launcher is a freshly forked, single-threaded process: preexec_fn is safe here.
+        return subprocess.Popen(
+            spec.argv, cwd=spec.cwd, env=spec.env, stdin=subprocess.DEVNULL,
+            stdout=spec.stdout_fd, stderr=spec.stderr_fd, start_new_session=True,
+            preexec_fn=_preexec(spec, why_w), close_fds=True)  # noqa: PLW1509
+    except subprocess.SubprocessError:
+        os.close(why_w)
+        why_w = -1
+        why = os.read(why_r, 4096).decode(errors="replace")
+        report.error = f"cannot confine the job: {why or 'unknown error'}"
+    except OSError as exc:
+        report.error = f"cannot start {spec.argv[0]}: {exc.strerror or exc}"
+    finally:
+        os.close(why_r)
+        if why_w >= 0:
+            os.close(why_w)
+    return None
 
 
 def _run(spec: LaunchSpec, report: LaunchReport) -> None:
@@ -247,19 +236,10 @@ def _run(spec: LaunchSpec, report: LaunchReport) -> None:
     prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent:
         os._exit(137)
+    prctl(PR_SET_DUMPABLE, 0)
     started = time.monotonic()
-    try:
-        if PRLIMIT and not spec.limits.isolate_network:
-            argv, preexec = _prlimit_argv(spec.limits, spec.argv), None
-        else:
-            argv, preexec = list(spec.argv), _apply_limits(spec.limits)
-        # The launcher is a freshly forked, single-threaded process: preexec_fn is safe here.
-        proc = subprocess.Popen(
-            argv, cwd=spec.cwd, env=spec.env, stdin=subprocess.DEVNULL,
-            stdout=spec.stdout_fd, stderr=spec.stderr_fd, start_new_session=True,
-            preexec_fn=preexec, close_fds=True)  # noqa: PLW1509
-    except OSError as exc:
-        report.error = f"cannot start {spec.argv[0]}: {exc.strerror or exc}"
+    proc = _start(spec, report)
+    if proc is None:
         return
     finished, main_peak = _wait_main(proc.pid, started + spec.timeout)
     if not finished:

@@ -60,8 +60,9 @@ LabelKey = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_./-]{0,62
 Consensus = Literal["none", "low", "medium", "high", "2-of-3", "3-of-5"]
 JobStatus = Literal["completed", "failed", "cancelled", "rejected", "timeout"]
 #: Finer than the status: why a job ended the way it did.
-Outcome = Literal["completed", "failed", "timeout", "memory_limit", "cpu_limit", "signal",
-                  "rejected", "cancelled", "worker_lost", "isolation_unavailable", "unsatisfiable"]
+Outcome = Literal["completed", "failed", "timeout", "memory_limit", "cpu_limit", "process_limit",
+                  "signal", "rejected", "cancelled", "worker_lost", "isolation_unavailable",
+                  "unsatisfiable"]
 Isolation = Literal["process", "network"]
 FINAL_STATUSES: frozenset[str] = frozenset(
     {"completed", "failed", "cancelled", "rejected", "timeout"})

@@ -20,7 +20,7 @@ from worker.deadletter import dead_letter_store_for
 from worker.embedded import redis_url
 from worker.errors import ConfigurationError
 from worker.gpu import GPUDevice, detect_gpus
-from worker.launcher import can_isolate_network
+from worker.isolation import IsolationError, plan_confinement
 from worker.loader import parse_plugin_specs
 from worker.manager import PluginManager
 from worker.models import WorkerInfo
@@ -112,16 +112,19 @@ def build_runtime(settings: Settings | None = None, *, load_plugins: bool = True
                             hook_timeout=settings.hook_timeout)
     if load_plugins:
         manager.load_all(parse_plugin_specs(settings.plugins))
-    if settings.network_isolation and not can_isolate_network():
-        raise ConfigurationError("SANDRUN_NETWORK_ISOLATION is on, but this host refuses new "
-                                 "network namespaces (unshare CLONE_NEWNET); run the worker "
-                                 "with CAP_SYS_ADMIN or enable unprivileged user namespaces")
     sandbox = SandboxConfig(
         stream_cap_bytes=settings.stream_cap_bytes,
         output_file_cap_bytes=settings.output_file_cap_bytes,
         output_total_cap_bytes=settings.output_total_cap_bytes,
         interpreters=frozenset(settings.interpreters or DEFAULT_INTERPRETERS),
-        network_isolation=settings.network_isolation)
+        network_isolation=settings.network_isolation, max_processes=settings.max_processes,
+        filesystem_isolation=settings.filesystem_isolation, job_user=settings.job_user)
+    try:  # probes the host once, so that a worker that would refuse every job does not start
+        plan_confinement(str(settings.state_dir), max_processes=sandbox.max_processes,
+                         filesystem=sandbox.filesystem_isolation,
+                         network=sandbox.network_isolation, job_user=sandbox.job_user)
+    except IsolationError as exc:
+        raise ConfigurationError(f"the sandbox cannot run jobs as configured: {exc}") from None
     return Runtime(settings, manager, Attempts(client), output_store_for(backend), sandbox,
                    detect_gpus(settings.gpus), socket.gethostname(), client)
 

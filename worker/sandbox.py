@@ -1,13 +1,15 @@
 """The sandboxed executor: runs one Job in a fresh directory with limits.
 
-Steps: make a private temporary directory (mode 0700); write the job's files
-(paths re-checked, nothing followed outside it); build the environment from a
-minimal base plus the job's ``env`` (the worker's own environment, broker URLs
-and ``SANDRUN_*``/``CELERY_*`` variables never reach the job); start the
-interpreter through the launcher (new session, rlimits, subreaper, wall-clock
-kill of the whole tree); capture stdout/stderr up to a cap while it runs;
-collect outputs by the job's globs; classify the outcome; always remove the
-directory.
+Steps: make a private temporary directory (mode 0700, owned by the job user);
+write the job's files (paths re-checked, nothing followed outside it); build the
+environment from a minimal base plus the job's ``env`` (the worker's own
+environment, broker URLs and ``SANDRUN_*``/``CELERY_*`` variables never reach
+the job); decide the job's confinement from the settings and what the host
+offers (``worker.isolation``), refusing the job when a required mechanism is
+missing; start the interpreter through the launcher (new session, confinement,
+rlimits, subreaper, wall-clock kill of the whole tree); capture stdout/stderr up
+to a cap while it runs; collect outputs by the job's globs; classify the
+outcome; always remove the directory.
 """
 
 from __future__ import annotations
@@ -21,9 +23,17 @@ import signal
 import stat
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from worker.isolation import (
+    HostSupport,
+    IsolationError,
+    IsolationUnavailable,
+    hand_over,
+    plan_confinement,
+)
 from worker.launcher import (
     LaunchReport,
     LaunchSpec,
@@ -44,6 +54,9 @@ SCRIPT_SUFFIX = {"python3": ".py", "python": ".py", "node": ".js", "bash": ".sh"
 #: Interpreters that reserve large virtual ranges at start (V8): limit data, not address space.
 DATA_LIMITED = frozenset({"node"})
 GRACE_SECONDS = 5.0
+#: stderr of a job whose fork or spawn failed for want of processes (bash, Python, node).
+FORK_FAILED = ("Resource temporarily unavailable", "EAGAIN")
+STRAYS_MARKER = "\n[sandrun: killed {count} process(es) the job left running]\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +71,10 @@ class SandboxConfig:
     interpreters: frozenset[str] = DEFAULT_INTERPRETERS
     workdir_root: str | None = None
     network_isolation: bool = False
+    max_processes: int = 256
+    filesystem_isolation: str = "auto"  # "auto", "required" or "off"
+    job_user: str = "nobody"  # whom a root worker runs jobs as
+    support: HostSupport | None = None  # None: probe this host
 
 
 @dataclass(slots=True)
@@ -134,7 +151,7 @@ def _limits(job: Job, config: SandboxConfig) -> Limits:
     memory = None if job.needs_gpu else job.memory_mb * 1024 * 1024
     kind = "data" if (job.interpreter in DATA_LIMITED) else "as"
     return Limits(memory, kind, job.cpu_seconds, config.file_size_limit_bytes,
-                  config.open_files, config.network_isolation)
+                  config.open_files)
 
 
 def _pump(streams: dict[int, bytearray], report_fd: int, cap: int, deadline: float
@@ -170,22 +187,34 @@ def _pump(streams: dict[int, bytearray], report_fd: int, cap: int, deadline: flo
     return bytes(report), dropped, open_fds == 0
 
 
-def classify(job: Job, report: LaunchReport, stderr: str) -> str:
-    """Name the outcome: completed, failed, timeout, memory_limit, cpu_limit, signal."""
-    if report.error:
-        return "failed"
-    if report.timed_out:
-        return "timeout"
-    memory_hint = any(s in stderr for s in ("MemoryError", "Cannot allocate memory",
-                                            "std::bad_alloc", "out of memory"))
+def _limit_hit(job: Job, report: LaunchReport, stderr: str) -> str | None:
+    """The limit that ended the job, if any: process_limit, cpu_limit or memory_limit.
+
+    ``process_limit`` needs both a fork failure in stderr and a sign that it
+    mattered (strays left, a timeout, a non-zero exit): a fork bomb whose main
+    process returns at once is caught by its strays."""
+    fork_failed = any(s in stderr for s in FORK_FAILED) and ("fork" in stderr or
+                                                             "spawn" in stderr)
+    if fork_failed and (report.strays or report.timed_out or report.exit_code != 0):
+        return "process_limit"
     if report.signal in (signal.SIGXCPU, signal.SIGKILL) and \
             report.cpu_seconds >= job.cpu_seconds - 0.05:
         return "cpu_limit"
-    if memory_hint and not job.needs_gpu:
-        return "memory_limit"
-    if report.signal is not None:
-        return "signal"
-    return "completed" if report.exit_code == 0 else "failed"
+    memory_hint = any(s in stderr for s in ("MemoryError", "Cannot allocate memory",
+                                            "std::bad_alloc", "out of memory"))
+    return "memory_limit" if memory_hint and not job.needs_gpu else None
+
+
+def classify(job: Job, report: LaunchReport, stderr: str) -> str:
+    """Name the outcome: completed, failed, process_limit, timeout, cpu_limit,
+    memory_limit, signal."""
+    if report.error:
+        return "failed"
+    limit = _limit_hit(job, report, stderr)
+    if report.timed_out and limit != "process_limit":
+        return "timeout"
+    return limit or ("signal" if report.signal is not None else
+                     "completed" if report.exit_code == 0 else "failed")
 
 
 def _remove(root: Path) -> None:
@@ -210,36 +239,58 @@ def _reap_launcher(pid: int, finished: bool) -> None:
     release(pid, wait=not finished)
 
 
+def _execute(spec: Callable[[int, int], LaunchSpec], timeout: float, cap: int
+             ) -> tuple[LaunchReport, str, bool, str, bool]:
+    """Launch the job (``spec`` of its stdout and stderr pipes) and capture its output while
+    it runs: the launcher's report, then stdout and stderr, each with whether it was cut."""
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    pid, report_fd = launch(spec(out_w, err_w))
+    os.close(out_w)
+    os.close(err_w)
+    streams = {out_r: bytearray(), err_r: bytearray()}
+    try:
+        raw, dropped, finished = _pump(streams, report_fd, cap,
+                                       time.monotonic() + timeout + GRACE_SECONDS)
+    finally:
+        for fd in (out_r, err_r, report_fd):
+            os.close(fd)
+    _reap_launcher(pid, finished)
+    stdout, out_cut = cap_text(bytes(streams[out_r]), cap, dropped[out_r])
+    stderr, err_cut = cap_text(bytes(streams[err_r]), cap, dropped[err_r])
+    report = parse_report(raw)
+    if report.strays:
+        stderr += STRAYS_MARKER.format(count=report.strays)
+    return report, stdout, out_cut, stderr, err_cut
+
+
 def run_in_sandbox(job: Job, config: SandboxConfig | None = None,
                    extra_env: dict[str, str] | None = None) -> SandboxRun:
-    """Run ``job`` to completion and return what happened; never raises for job faults."""
+    """Run ``job`` to completion and return what happened; never raises for job faults.
+
+    A job the host cannot confine as the settings demand ends ``isolation_unavailable``
+    without running."""
     config = config or SandboxConfig()
     root = Path(tempfile.mkdtemp(prefix="sandrun-job-", dir=config.workdir_root))
-    isolation = "process+network" if config.network_isolation else "process"
+    isolation = "process"
     try:
         try:
+            plan, isolation = plan_confinement(
+                str(root), max_processes=config.max_processes, network=config.network_isolation,
+                filesystem=config.filesystem_isolation, job_user=config.job_user,
+                support=config.support)
             write_files(job, root)
             argv = command(job, root, config)
             env = job_environment(job, str(root), extra_env)
-        except SandboxError as exc:
+            hand_over(root, plan.user)
+        except IsolationUnavailable as exc:
+            return SandboxRun(outcome="isolation_unavailable", error=str(exc))
+        except (SandboxError, IsolationError) as exc:
             return SandboxRun(outcome="failed", error=str(exc), isolation=isolation)
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        pid, report_fd = launch(LaunchSpec(argv, str(root), env, _limits(job, config),
-                                           out_w, err_w, job.timeout))
-        os.close(out_w)
-        os.close(err_w)
-        streams = {out_r: bytearray(), err_r: bytearray()}
-        try:
-            raw, dropped, finished = _pump(streams, report_fd, config.stream_cap_bytes,
-                                           time.monotonic() + job.timeout + GRACE_SECONDS)
-        finally:
-            for fd in (out_r, err_r, report_fd):
-                os.close(fd)
-        _reap_launcher(pid, finished)
-        report = parse_report(raw)
-        stdout, out_cut = cap_text(bytes(streams[out_r]), config.stream_cap_bytes, dropped[out_r])
-        stderr, err_cut = cap_text(bytes(streams[err_r]), config.stream_cap_bytes, dropped[err_r])
+        limits = _limits(job, config)
+        report, stdout, out_cut, stderr, err_cut = _execute(
+            lambda out, err: LaunchSpec(argv, str(root), env, limits, out, err, job.timeout, plan),
+            job.timeout, config.stream_cap_bytes)
         inputs = {path: hashlib.sha256(item.data()).hexdigest()
                   for path, item in job.files.items()}
         outputs, truncated = collect_outputs(root, job.outputs, config.output_file_cap_bytes,

@@ -48,6 +48,15 @@ class Settings(BaseSettings):
     output_file_cap_bytes: int = Field(default=10 << 20, ge=0)
     output_total_cap_bytes: int = Field(default=50 << 20, ge=0)
     network_isolation: bool = False
+    filesystem_isolation: str = Field(default="auto", pattern="^(auto|required|off)$", description=(
+        "Landlock: jobs may change files only in their own directory; auto uses it where the "
+        "kernel has it, required refuses jobs (and worker start) where it does not"))
+    max_processes: int = Field(default=256, ge=1, description=(
+        "processes and threads one job may have at once (RLIMIT_NPROC in its own user "
+        "namespace; without one, shared with the job user's other processes)"))
+    job_user: str = Field(default="nobody", description=(
+        "user (name or uid) a worker running as root runs jobs as; root keeps them root, "
+        "without a process limit"))
     interpreters: list[str] | None = None
     heartbeat_file: Path | None = Field(default=None, description="default: <state_dir>/"
                                         "health/<worker name>.heartbeat")

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
 import signal
+import socket
 import tempfile
 import time
+import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from worker.launcher import can_isolate_network
+from worker.isolation import job_user_ids, probe
 from worker.models import Job
 from worker.sandbox import SandboxConfig, run_in_sandbox
+
+SUPPORT = probe(job_user_ids(SandboxConfig().job_user))
 
 
 def run(code: str, config: SandboxConfig | None = None, **fields: object):  # type: ignore[no-untyped-def]
@@ -45,10 +51,8 @@ def test_cpu_spin_hits_the_cpu_limit() -> None:
     assert 0.9 < result.cpu_seconds < 3 and result.wall_seconds < 10
 
 
-def test_timeout_kills_the_whole_tree_including_setsid_grandchildren(tmp_path: Path) -> None:
-    pids = tmp_path / "pids"
-    child = f"import os, time\nos.setsid()\nopen({str(pids)!r}, 'a').write(f'{{os.getpid()}} ')\n" \
-        "time.sleep(300)\n"
+def test_timeout_kills_the_whole_tree_including_setsid_grandchildren() -> None:
+    child = "import os, time\nos.setsid()\nprint(os.getpid(), flush=True)\ntime.sleep(300)\n"
     main = """
 import os, subprocess, sys, time
 subprocess.Popen([sys.executable, "child.py"])
@@ -62,20 +66,21 @@ time.sleep(300)
     started = time.monotonic()
     result = run_in_sandbox(job)
     assert result.outcome == "timeout" and time.monotonic() - started < 8
-    found = [int(p) for p in pids.read_text().split()]
+    found = [int(p) for p in result.stdout.split()]
     assert len(found) == 2
     for pid in found:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
 
 
-def test_background_processes_die_when_the_job_ends(tmp_path: Path) -> None:
-    pidfile = tmp_path / "pid"
-    code = (f"import subprocess; p = subprocess.Popen(['sleep', '300'], start_new_session=True);"
-            f"open({str(pidfile)!r}, 'w').write(str(p.pid))")
-    assert run(code).outcome == "completed"
+def test_background_processes_die_when_the_job_ends() -> None:
+    code = ("import subprocess; p = subprocess.Popen(['sleep', '300'], start_new_session=True);"
+            "print(p.pid)")
+    result = run(code)
+    assert result.outcome == "completed"
+    assert result.stderr.endswith("[sandrun: killed 1 process(es) the job left running]\n")
     with pytest.raises(ProcessLookupError):
-        os.kill(int(pidfile.read_text()), 0)
+        os.kill(int(result.stdout), 0)
 
 
 def test_huge_stdout_is_capped_and_marked() -> None:
@@ -98,6 +103,8 @@ def test_job_environment_is_minimal(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_job_directory_is_private_and_always_removed(tmp_path: Path) -> None:
+    tmp_path = Path(tempfile.mkdtemp())  # pytest's own is private to the test's user
+    tmp_path.chmod(0o711)
     config = SandboxConfig(workdir_root=str(tmp_path))
     result = run("import os; print(oct(os.stat('.').st_mode & 0o777)); print(os.getcwd())",
                  config)
@@ -107,6 +114,15 @@ def test_job_directory_is_private_and_always_removed(tmp_path: Path) -> None:
     locked = "import os; os.makedirs('d/e'); open('d/e/f', 'w').write('x'); os.chmod('d', 0)"
     assert run(locked, config).outcome == "completed"
     assert list(tmp_path.iterdir()) == []
+    tmp_path.rmdir()
+
+
+@pytest.mark.skipif(job_user_ids("nobody") is None, reason="jobs run as the worker's own user")
+def test_a_job_directory_the_job_user_cannot_reach_is_refused(tmp_path: Path) -> None:
+    tmp_path.chmod(0o700)
+    result = run("print('ran')", SandboxConfig(workdir_root=str(tmp_path)))
+    assert (result.outcome, result.stdout) == ("failed", "")
+    assert "is not searchable" in (result.error or "") and list(tmp_path.iterdir()) == []
 
 
 def test_files_are_written_and_planted_symlinks_are_not_collected() -> None:
@@ -153,9 +169,142 @@ def test_no_temp_directories_leak() -> None:
     assert set(glob.glob(os.path.join(tempfile.gettempdir(), "sandrun-job-*"))) == before
 
 
-@pytest.mark.skipif(not can_isolate_network(), reason="host refuses network namespaces")
-def test_network_isolation_refuses_connections() -> None:
-    code = ("import socket\ntry:\n    socket.create_connection(('127.0.0.1', 6379), 2)\n"
-            "    print('connected')\nexcept OSError as e:\n    print('refused', e.errno)")
-    isolated = run(code, SandboxConfig(network_isolation=True))
-    assert isolated.stdout.startswith("refused") and isolated.isolation == "process+network"
+CONNECT = """
+import socket, sys
+try:
+    socket.create_connection(("127.0.0.1", int(sys.argv[1])), 2).close()
+    print("connected")
+except OSError as exc:
+    print("refused", exc.errno)
+"""
+
+
+@pytest.mark.skipif(not SUPPORT.network, reason=f"no network isolation here: {SUPPORT.notes}")
+def test_network_isolation_refuses_a_loopback_server_of_the_host() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = str(server.getsockname()[1])
+        isolated = run(CONNECT, SandboxConfig(network_isolation=True), args=[port])
+        assert isolated.stdout.startswith("refused"), isolated.stderr
+        assert isolated.isolation.endswith("+network")
+        assert run(CONNECT, args=[port]).stdout == "connected\n"  # the server does listen
+
+
+def test_missing_network_isolation_fails_closed() -> None:
+    config = SandboxConfig(network_isolation=True, support=replace(
+        SUPPORT, network=False, notes=("no network namespaces (EPERM)",)))
+    result = run("print('ran')", config)
+    assert (result.outcome, result.stdout) == ("isolation_unavailable", "")
+    assert "no network namespaces (EPERM)" in (result.error or "")
+
+
+def test_home_and_tmpdir_are_the_writable_job_directory() -> None:
+    code = ("import os, tempfile\nfd, path = tempfile.mkstemp()\nos.write(fd, b'x')\n"
+            "print(os.path.dirname(path) == os.getcwd() == os.environ['HOME'])\n"
+            "os.unlink(path)\nopen(os.path.expanduser('~/notes.txt'), 'w').write('n')")
+    result = run(code)
+    assert (result.outcome, result.stdout) == ("completed", "True\n"), result.stderr
+    assert [o.info.path for o in result.outputs] == ["notes.txt"]
+
+
+ESCAPES = """
+import os, sys
+outside = sys.argv[1]
+attempts = {
+    "create": lambda: open(os.path.join(outside, "new"), "w").close(),
+    "append": lambda: open(os.path.join(outside, "existing"), "a").close(),
+    "mkdir": lambda: os.mkdir(os.path.join(outside, "dir")),
+    "remove": lambda: os.unlink(os.path.join(outside, "existing")),
+    "symlink": lambda: os.symlink("/etc/passwd", os.path.join(outside, "link")),
+    "move out": lambda: (open("mine", "w").close(), os.rename("mine", os.path.join(outside, "m"))),
+    "tmp": lambda: open("/tmp/sandrun-escape-%d" % os.getpid(), "w").close(),
+}
+for name, attempt in attempts.items():
+    try:
+        attempt()
+        print(name, "allowed")
+    except OSError as exc:
+        print(name, "denied", exc.errno)
+"""
+
+
+@pytest.mark.skipif(not SUPPORT.landlock_abi, reason=f"no Landlock here: {SUPPORT.notes}")
+def test_writes_outside_the_job_directory_fail() -> None:
+    with tempfile.TemporaryDirectory() as outside:
+        os.chmod(outside, 0o777)  # the job user's permissions would allow every attempt
+        Path(outside, "existing").write_text("keep")
+        Path(outside, "existing").chmod(0o666)
+        confined = run(ESCAPES, args=[outside])
+        assert confined.outcome == "completed", confined.stderr
+        assert "filesystem" in confined.isolation.split("+")
+        assert confined.stdout.count(" denied ") == 7, confined.stdout
+        assert sorted(os.listdir(outside)) == ["existing"]
+        unconfined = run(ESCAPES, SandboxConfig(filesystem_isolation="off"), args=[outside])
+        assert unconfined.stdout.count(" allowed") == 7, unconfined.stdout  # the attempts work
+    for leftover in glob.glob("/tmp/sandrun-escape-*"):
+        os.unlink(leftover)
+
+
+def test_required_filesystem_isolation_fails_closed_without_landlock() -> None:
+    config = SandboxConfig(filesystem_isolation="required",
+                           support=replace(SUPPORT, landlock_abi=0))
+    result = run("print('ran')", config)
+    assert (result.outcome, result.stdout) == ("isolation_unavailable", "")
+    assert "SANDRUN_FILESYSTEM_ISOLATION" in (result.error or "")
+
+
+BOUNDED_FORKS = """
+import os, time
+made = 0
+try:
+    for _ in range(40):
+        if os.fork() == 0:
+            time.sleep(30)
+            os._exit(0)
+        made += 1
+    print("unlimited")
+except BlockingIOError:
+    print("refused after", made)
+"""
+
+
+def leftovers(token: str) -> list[int]:
+    """Processes whose command line carries ``token``."""
+    found = []
+    for path in glob.glob("/proc/[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            if token.encode() in Path(path).read_bytes():
+                found.append(int(path.split("/")[2]))
+    return found
+
+
+def test_the_process_limit_counts_the_jobs_own_processes() -> None:
+    result = run(BOUNDED_FORKS, SandboxConfig(max_processes=12), timeout=10)
+    assert result.outcome == "completed", result.stderr
+    if SUPPORT.process_limit == "per-job":
+        assert result.stdout == "refused after 11\n"  # 11 children and the job itself
+    else:
+        assert result.stdout.startswith("refused after")
+
+
+BOMBS = {"python3": "import os\nwhile True:\n    os.fork()\n", "bash": ":(){ :|:& };:"}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(SUPPORT.process_limit != "per-job",
+                    reason=f"no per-job process limit here: {SUPPORT.notes}")
+@pytest.mark.parametrize("interpreter", sorted(BOMBS))
+def test_a_fork_bomb_is_contained_and_leaves_nothing_behind(interpreter: str) -> None:
+    config = SandboxConfig(max_processes=16)
+    # Never let a bomb loose unless a bounded test shows the limit holds right now.
+    assert run(BOUNDED_FORKS, config, timeout=10).stdout == "refused after 15\n"
+    token = f"bomb-{uuid.uuid4().hex}"
+    started = time.monotonic()
+    result = run_in_sandbox(Job(code=BOMBS[interpreter], interpreter=interpreter, args=[token],
+                                timeout=3, cpu_seconds=3), config)
+    assert time.monotonic() - started < 10
+    assert "[sandrun: killed" in result.stderr
+    # bash's main process returns at once; its bomb may not have reached the limit yet.
+    expected = {"process_limit"} if interpreter == "python3" else {"process_limit", "completed"}
+    assert result.outcome in expected, result.stderr[-500:]
+    assert leftovers(token) == []
+    assert run("print('next')").stdout == "next\n"
