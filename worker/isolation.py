@@ -13,10 +13,13 @@ says which ones it does and, for each missing one, why:
   processes (threads included) and nothing else: a fork bomb gets ``EAGAIN`` at
   the limit. Without one, the limit is the job user's current task count plus
   the job's allowance, shared with whatever else that user starts meanwhile.
-* **Landlock** (Linux 5.13+): writes only beneath the job directory and to a
-  few character devices; no ptrace of processes outside the job, hence no
-  reading their ``/proc/<pid>/environ`` or memory; since ABI 6 also no signals
-  to them and no connecting to their abstract unix sockets.
+  The namespace also closes ptrace access, and so ``/proc/<pid>/environ`` and
+  memory, of every process outside it, even of the same uid: the kernel asks a
+  tracer to live in its target's user namespace or to hold CAP_SYS_PTRACE there.
+* **Landlock** (Linux 5.13+, :mod:`worker.landlock`): writes only beneath the
+  job directory and to a few character devices; no ptrace of processes outside
+  the job, hence no reading their ``/proc/<pid>/environ`` or memory; since ABI 6
+  also no signals to them and no connecting to their abstract unix sockets.
 * **An empty network namespace** when network isolation is on.
 """
 

@@ -4,8 +4,10 @@ Used by :mod:`worker.isolation` so that a job may change files only beneath its
 own directory. Only rights that *change* the file system are handled (write,
 truncate, remove, make, link or rename elsewhere): reading and executing stay
 as the job user's permissions allow. Any Landlock domain also forbids ptrace of
-processes outside it (so ``/proc/<pid>/environ`` and ``/proc/<pid>/mem`` of the
-worker are closed); ABI 6 adds signals to, and abstract unix sockets of, them.
+processes outside it, so ``/proc/<pid>/environ`` and ``/proc/<pid>/mem`` of the
+worker are closed to a job even when both run as the same user (measured on
+6.18: a process with CAP_SYS_PTRACE on the host may still read ``environ``, but
+jobs never have it); ABI 6 adds signals to, and abstract unix sockets of, them.
 Bindings via ctypes because Python has none; syscall numbers are the same on
 every architecture.
 """

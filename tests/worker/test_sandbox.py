@@ -8,6 +8,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -308,3 +310,53 @@ def test_a_fork_bomb_is_contained_and_leaves_nothing_behind(interpreter: str) ->
     assert result.outcome in expected, result.stderr[-500:]
     assert leftovers(token) == []
     assert run("print('next')").stdout == "next\n"
+
+
+SNOOP = """
+import json, os
+seen = {"env": dict(os.environ)}
+launcher = os.getppid()
+with open(f"/proc/{launcher}/stat") as fh:
+    worker = int(fh.read().rsplit(")", 1)[1].split()[1])
+for name, pid in (("launcher", launcher), ("worker", worker)):
+    for part in ("environ", "mem"):
+        try:
+            with open(f"/proc/{pid}/{part}", "rb") as fh:
+                seen[f"{name} {part}"] = fh.read(1 << 16).decode(errors="replace")
+        except OSError as exc:
+            seen[f"{name} {part}"] = f"denied {exc.errno}"
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            seen[f"environ of {pid}"] = fh.read().decode(errors="replace")
+    except OSError:
+        pass
+print(json.dumps(seen))
+"""
+WORKER = """
+import dataclasses, json, sys
+from worker.models import Job
+from worker.sandbox import run_in_sandbox
+run = run_in_sandbox(Job(code=sys.stdin.read()))
+mine = open("/proc/self/environ", "rb").read()
+print(json.dumps({"run": dataclasses.asdict(run), "has": b"SANDRUN_BROKER_URL=redis://:" in mine}))
+"""
+
+
+@pytest.mark.skipif(not SUPPORT.user_namespaces and job_user_ids("nobody") is None,
+                    reason="jobs run as the worker's user, who may read its environment")
+def test_a_job_cannot_find_the_workers_broker_password() -> None:
+    secret = f"pw-{uuid.uuid4().hex}"
+    env = {**os.environ, "SANDRUN_BROKER_URL": f"redis://:{secret}@broker.invalid:6379/0",
+           "CELERY_RESULT_BACKEND": f"redis://:{secret}@broker.invalid/1",
+           "AWS_SECRET_ACCESS_KEY": secret, "REDIS_PASSWORD": secret}
+    done = subprocess.run([sys.executable, "-c", WORKER], input=SNOOP, env=env, text=True,
+                          capture_output=True, timeout=60, check=True)
+    report = json.loads(done.stdout)
+    assert report["has"]  # the worker process really holds the password in its environment
+    assert secret not in done.stdout and secret not in done.stderr
+    seen = json.loads(report["run"]["stdout"])
+    assert sorted(seen["env"]) == ["HOME", "LANG", "PATH", "PYTHONDONTWRITEBYTECODE",
+                                   "PYTHONUNBUFFERED", "SANDRUN_JOB_ID", "TMPDIR"]
+    assert all(seen[f"{who} {part}"].startswith("denied") for who in ("launcher", "worker")
+               for part in ("environ", "mem"))
