@@ -1,6 +1,6 @@
 """Landlock, the Linux LSM that lets an unprivileged process restrict itself (5.13+).
 
-Used by :mod:`worker.isolation` so that a job may change files only beneath its
+Used by :mod:`worker.confine` so that a job may change files only beneath its
 own directory. Only rights that *change* the file system are handled (write,
 truncate, remove, make, link or rename elsewhere): reading and executing stay
 as the job user's permissions allow. Any Landlock domain also forbids ptrace of

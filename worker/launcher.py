@@ -10,7 +10,7 @@ timeout passes, kills every remaining descendant and reaps them all. If the
 pool process dies, the launcher gets SIGTERM (``PR_SET_PDEATHSIG``) and does
 the same before exiting. It reports the outcome as one JSON line on a pipe.
 
-The job process is confined (``worker.isolation``: job user, user namespace and
+The job process is confined (``worker.confine``: job user, user namespace and
 process limit, Landlock, network namespace) and limited (``setrlimit``) between
 fork and exec. The launcher itself is not dumpable, so a job running as the
 same user cannot read its memory (a copy of the worker's) or its environment.
@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
-from worker.isolation import PR_SET_DUMPABLE, Confinement, enter, prctl
+from worker.confine import PR_SET_DUMPABLE, Confinement, enter, prctl
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import redis
 
+from worker.confine import IsolationError
 from worker.deadletter import dead_letter_store_for
 from worker.embedded import redis_url
 from worker.errors import ConfigurationError
 from worker.gpu import GPUDevice, detect_gpus
-from worker.isolation import IsolationError, plan_confinement
+from worker.isolation import plan_confinement
 from worker.loader import parse_plugin_specs
 from worker.manager import PluginManager
 from worker.models import WorkerInfo

@@ -27,13 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worker.isolation import (
-    HostSupport,
-    IsolationError,
-    IsolationUnavailable,
-    hand_over,
-    plan_confinement,
-)
+from worker.confine import IsolationError
+from worker.isolation import HostSupport, IsolationUnavailable, hand_over, plan_confinement
 from worker.launcher import (
     LaunchReport,
     LaunchSpec,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from worker import landlock
-from worker.isolation import PR_SET_DUMPABLE, prctl
+from worker.confine import PR_SET_DUMPABLE, prctl
 
 ABI = landlock.abi()
 pytestmark = pytest.mark.skipif(not ABI, reason="this kernel has no Landlock (or it is off)")
