@@ -31,7 +31,13 @@ from worker.appfactory import make_app
 from worker.builder import JobBuilder
 from worker.context import BuildContext, Publication, SubmissionContext
 from worker.deadletter import dead_letter_store_for
-from worker.errors import BrokerUnavailable, ConfigurationError, SandrunError, WaitTimeout
+from worker.errors import (
+    BrokerUnavailable,
+    ConfigurationError,
+    InvalidJob,
+    SandrunError,
+    WaitTimeout,
+)
 from worker.gpu import job_queue
 from worker.loader import PluginRef, PluginSpec, parse_plugin_specs
 from worker.manager import PluginManager
@@ -175,6 +181,10 @@ class Sandrun:
         if self.settings.pricing is not None:
             self.settings.pricing.check_payment(job)
         queue = job_queue(job, self.settings.default_queue)
+        if job.timeout > self.settings.max_job_timeout:
+            raise InvalidJob([("timeout", f"{job.timeout:g}s is longer than this deployment "
+                               f"allows ({self.settings.max_job_timeout:g}s, "
+                               "SANDRUN_MAX_JOB_TIMEOUT)")], source=f"job {job.id}")
         publication = Publication(
             task=RUN_JOB, task_id=job.id, queue=queue,
             args=[job.model_dump(mode="json", exclude_defaults=True)],

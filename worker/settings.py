@@ -4,10 +4,18 @@ Celery settings live in ``celeryconfig.py``; these are what the producer client
 and the worker runtime need on top: plugins, attempts, queues, GPUs, pricing and
 sandbox caps. Complex values are JSON, e.g.
 ``SANDRUN_GPUS='[{"type": "a100", "count": 2}]'``.
+
+A job still running when the broker's visibility timeout expires is delivered a
+second time, so workers refuse to start unless ``SANDRUN_VISIBILITY_TIMEOUT`` is at
+least ``SANDRUN_MAX_JOB_TIMEOUT`` (the longest timeout a job may ask for here,
+default and at most one hour) plus ``SANDRUN_VISIBILITY_MARGIN`` (600 s). A
+deployment of short jobs lowers the first, so that jobs of a dead worker come back
+sooner; jobs asking for more are refused at submit and rejected by workers.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -19,7 +27,8 @@ from worker.gpu import GPUConfig
 from worker.models import MAX_TIMEOUT_SECONDS
 from worker.pricing import Pricing
 
-#: The visibility timeout must exceed the longest job by at least this much.
+#: The default of ``SANDRUN_VISIBILITY_MARGIN``: how much longer than the longest job
+#: the broker's visibility timeout must be.
 VISIBILITY_MARGIN_SECONDS = 600
 
 
@@ -41,6 +50,13 @@ class Settings(BaseSettings):
     default_queue: str = "sandrun"
     max_attempts: int = Field(default=3, ge=1, description="deliveries before a job is failed")
     visibility_timeout: int = 7200
+    max_job_timeout: float = Field(default=MAX_TIMEOUT_SECONDS, gt=0, le=MAX_TIMEOUT_SECONDS,
+                                   allow_inf_nan=False, description=(
+        "longest timeout (seconds) a job may ask for on this deployment; the client refuses "
+        "a longer job at submit and a worker rejects it without running it"))
+    visibility_margin: int = Field(default=VISIBILITY_MARGIN_SECONDS, ge=1, description=(
+        "how far (seconds) the broker visibility timeout must exceed max_job_timeout, for "
+        "the time a job waits between delivery and start and for storing its result"))
     gpus: list[GPUConfig] | None = None
     pricing: Pricing | None = None
     publish_retry_seconds: float = Field(default=10.0, ge=0)
@@ -97,11 +113,16 @@ def load_settings() -> Settings:
         raise ConfigurationError("invalid Sandrun settings:\n" + "\n".join(lines)) from None
 
 
-def check_visibility_timeout(visibility_timeout: int) -> None:
-    """Refuse a visibility timeout that a long job could outlive (it would run twice)."""
-    need = MAX_TIMEOUT_SECONDS + VISIBILITY_MARGIN_SECONDS
+def check_visibility_timeout(visibility_timeout: int, settings: Settings | None = None) -> None:
+    """Refuse a visibility timeout that a long job could outlive (it would run twice):
+    it must be at least ``max_job_timeout + visibility_margin``."""
+    settings = settings or load_settings()
+    longest, margin = settings.max_job_timeout, settings.visibility_margin
+    need = math.ceil(longest + margin)
     if visibility_timeout < need:
         raise ConfigurationError(
             f"the broker visibility timeout is {visibility_timeout}s, but a job may run for "
-            f"{MAX_TIMEOUT_SECONDS}s: an unacknowledged job would be delivered again while it "
-            f"still runs. Set SANDRUN_VISIBILITY_TIMEOUT to at least {need}.")
+            f"{longest:g}s (SANDRUN_MAX_JOB_TIMEOUT) and the margin is {margin}s "
+            "(SANDRUN_VISIBILITY_MARGIN): an unacknowledged job would be delivered again "
+            f"while it still runs. Set SANDRUN_VISIBILITY_TIMEOUT to at least {need}, or "
+            "lower SANDRUN_MAX_JOB_TIMEOUT.")

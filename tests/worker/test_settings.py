@@ -1,9 +1,16 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from worker.errors import ConfigurationError
-from worker.settings import check_visibility_timeout, load_settings
+from tests.conftest import RedisServer
+from worker.client import Sandrun
+from worker.errors import ConfigurationError, InvalidJob
+from worker.models import MAX_TIMEOUT_SECONDS, Job
+from worker.runtime import build_runtime
+from worker.settings import Settings, check_visibility_timeout, load_settings
+from worker.tasks import execute_job
 
 
 def test_visibility_timeout_must_exceed_longest_job() -> None:
@@ -26,3 +33,53 @@ def test_bad_settings_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("SANDRUN_MAX_ATTEMPTS", "0")
     with pytest.raises(ConfigurationError, match="SANDRUN_MAX_ATTEMPTS"):
         load_settings()
+
+
+def test_visibility_timeout_follows_the_longest_job_this_deployment_allows(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SANDRUN_MAX_JOB_TIMEOUT", "5")
+    monkeypatch.setenv("SANDRUN_VISIBILITY_MARGIN", "3")
+    check_visibility_timeout(8)
+    with pytest.raises(ConfigurationError, match=r"run for 5s .*margin is 3s.*at least 8"):
+        check_visibility_timeout(7)
+    check_visibility_timeout(100, Settings(max_job_timeout=90, visibility_margin=10))
+    with pytest.raises(ConfigurationError, match="at least 101"):
+        check_visibility_timeout(100, Settings(max_job_timeout=90.5, visibility_margin=10))
+
+
+def test_max_job_timeout_cannot_exceed_what_a_job_may_ask(monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    monkeypatch.setenv("SANDRUN_MAX_JOB_TIMEOUT", str(MAX_TIMEOUT_SECONDS + 1))
+    with pytest.raises(ConfigurationError, match="SANDRUN_MAX_JOB_TIMEOUT"):
+        load_settings()
+    monkeypatch.setenv("SANDRUN_MAX_JOB_TIMEOUT", "60")
+    monkeypatch.setenv("SANDRUN_VISIBILITY_MARGIN", "0")
+    with pytest.raises(ConfigurationError, match="SANDRUN_VISIBILITY_MARGIN"):
+        load_settings()
+
+
+def test_client_refuses_a_job_longer_than_the_deployment_allows(
+        redis_server: RedisServer, redis_client: object) -> None:
+    client = Sandrun.create(broker_url=f"redis+socket://{redis_server.socket}", plugins=[],
+                            settings=Settings(max_job_timeout=60))
+    try:
+        with pytest.raises(InvalidJob, match=r"timeout: 120s is longer .*SANDRUN_MAX_JOB_TIMEOUT"):
+            client.submit(Job(code="1", timeout=120))
+        assert redis_server.client().llen("sandrun") == 0
+        client.submit(Job(code="1", timeout=60))
+        assert redis_server.client().llen("sandrun") == 1
+    finally:
+        client.close()
+
+
+def test_worker_rejects_a_job_longer_than_it_allows_without_running_it(
+        tmp_path: Path, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SANDRUN_RESULT_BACKEND", f"redis+socket://{redis_server.socket}")
+    rt = build_runtime(Settings(max_job_timeout=5, state_dir=tmp_path), load_plugins=False)
+    marker = tmp_path / "ran"
+    result = execute_job(Job(code=f"open({str(marker)!r}, 'w')", timeout=6), rt)
+    assert (result.status, result.outcome) == ("rejected", "rejected")
+    assert result.error is not None
+    assert "at most 5s (SANDRUN_MAX_JOB_TIMEOUT)" in result.error.message
+    assert not marker.exists()
+    assert execute_job(Job(code="print(1)", timeout=5), rt).status == "completed"
