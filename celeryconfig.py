@@ -9,7 +9,9 @@ reasons for the reliability settings:
   long job never sits reserved behind another.
 * the Redis visibility timeout (``SANDRUN_VISIBILITY_TIMEOUT``) is checked at
   worker start to exceed the longest job timeout by a margin: a job still
-  running when it expires would be delivered a second time.
+  running when it expires would be delivered a second time. It is also how long
+  the jobs of a killed worker wait before another worker gets them; the sweep
+  that hands them back runs often enough for that (see ``_restore``).
 * JSON only in ``accept_content``: a pickled message is never deserialised.
 * task events and sent events on: Flower can follow every job.
 """
@@ -36,7 +38,17 @@ broker_connection_retry_on_startup = True
 # Messages the worker cannot run (undecodable, pickle, unknown task) are dead-lettered.
 worker_consumer = "worker.consumer:SandrunConsumer"
 
-_visibility = {"visibility_timeout": int(os.environ.get("SANDRUN_VISIBILITY_TIMEOUT", "7200"))}
+_visibility_timeout = int(os.environ.get("SANDRUN_VISIBILITY_TIMEOUT", "7200"))
+_visibility = {"visibility_timeout": _visibility_timeout}
+# kombu looks for the unacknowledged messages of dead consumers every
+# unacked_restore_interval x unacked_restore_throttle seconds (10 x 10 by default), so
+# a short visibility timeout alone would still leave a dead worker's jobs waiting up to
+# 100 s: sweep every twentieth of the timeout, between 1 s and those 100 s. The sweep
+# lock a worker killed mid-sweep leaves behind expires within the timeout (<= 300 s).
+_sweep = min(100, max(1, _visibility_timeout // 20))
+_restore = {"unacked_restore_interval": min(_sweep, 10),
+            "unacked_restore_throttle": max(1, _sweep // 10),
+            "unacked_mutex_expire": min(300, max(10, _visibility_timeout))}
 # Priorities on Redis: kombu keeps one list per priority step and serves LOWER numbers
 # first (0 before 9); the scheduling plugin publishes Job.priority 9 (most urgent) as 0.
 # A message without a priority goes to step 0. ``sep`` is kombu's own default, stated
@@ -46,6 +58,7 @@ _visibility = {"visibility_timeout": int(os.environ.get("SANDRUN_VISIBILITY_TIME
 # plain queue would always win over its GPU queues at the same priority.
 broker_transport_options = {
     **_visibility,
+    **_restore,
     "priority_steps": list(range(10)),
     "sep": "\x06\x16",
 }

@@ -56,3 +56,24 @@ def test_user_tasks_get_the_sandrun_base_class() -> None:
 
     assert isinstance(noop, SandrunTask)
     assert isinstance(app.tasks["sandrun.run_job"], SandrunTask)
+
+
+@pytest.mark.parametrize(("visibility", "interval", "throttle", "mutex"),
+                         [("7200", 10, 10, 300), ("600", 10, 3, 300), ("8", 1, 1, 10)])
+def test_dead_workers_jobs_are_swept_back_soon_after_the_visibility_timeout(
+        monkeypatch: pytest.MonkeyPatch, visibility: str, interval: int, throttle: int,
+        mutex: int) -> None:
+    monkeypatch.setenv("SANDRUN_VISIBILITY_TIMEOUT", visibility)
+    import celeryconfig
+
+    importlib.reload(celeryconfig)
+    try:
+        options = celeryconfig.broker_transport_options
+        assert options["visibility_timeout"] == int(visibility)
+        assert (options["unacked_restore_interval"], options["unacked_restore_throttle"],
+                options["unacked_mutex_expire"]) == (interval, throttle, mutex)
+        # the sweep period stays within a twentieth of the timeout, at least 1 s
+        assert interval * throttle <= max(1, int(visibility) // 20)
+    finally:
+        monkeypatch.undo()
+        importlib.reload(celeryconfig)
