@@ -30,10 +30,14 @@ def run(code: str, config: SandboxConfig | None = None, **fields: object):  # ty
 
 
 def test_completed_with_usage_measured() -> None:
-    result = run("print('hello')")
+    # Long enough (0.2 s) to be sampled however busy the machine is; a job of a few
+    # milliseconds may end before its first sample after exec.
+    result = run("import time\nx = bytearray(30 << 20)\nx[::4096] = b'1' * len(x[::4096])\n"
+                 "time.sleep(0.2)\nprint('hello')")
     assert (result.outcome, result.exit_code, result.stdout) == ("completed", 0, "hello\n")
     assert result.wall_seconds > 0 and result.cpu_seconds > 0
-    assert result.memory_peak_bytes is None or 1 << 20 < result.memory_peak_bytes < 200 << 20
+    assert result.memory_peak_bytes is not None
+    assert 30 << 20 < result.memory_peak_bytes < 200 << 20
 
 
 def test_exit_code_is_reported() -> None:
