@@ -116,12 +116,25 @@ def test_compose_file_passes_the_compose_spec_schema() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     services = compose["services"]
-    assert set(services) == {"redis", "worker", "flower", "prometheus", "grafana"}
+    assert set(services) == {"redis", "worker", "flower", "beat", "prometheus", "grafana"}
+    assert services["beat"]["entrypoint"][:2] == ["sandrun", "beat"]
     assert "--appendonly" in services["redis"]["command"]
     assert "--requirepass" in services["redis"]["command"]
     assert int(services["worker"]["stop_grace_period"].rstrip("s")) > 3600
     scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     assert scrape["scrape_configs"][0]["dns_sd_configs"][0]["names"] == ["worker"]
+
+
+def test_beat_runs_with_the_plugin_that_implements_it() -> None:
+    """``sandrun beat`` refuses to start unless a loaded plugin implements on_beat."""
+    [beat] = load_all("beat.yaml")
+    container = beat["spec"]["template"]["spec"]["containers"][0]  # type: ignore[index]
+    assert container["command"][:2] == ["sandrun", "beat"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert "scheduling" in json.loads(env["SANDRUN_PLUGINS"])
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    plugins = json.loads(compose["services"]["beat"]["environment"]["SANDRUN_PLUGINS"])
+    assert "scheduling" in plugins
 
 
 def test_dockerfile_runs_the_worker_as_a_non_root_user() -> None:
