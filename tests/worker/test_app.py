@@ -77,3 +77,15 @@ def test_dead_workers_jobs_are_swept_back_soon_after_the_visibility_timeout(
     finally:
         monkeypatch.undo()
         importlib.reload(celeryconfig)
+
+
+def test_workers_retry_storing_results_through_a_broker_outage_producers_do_not() -> None:
+    from worker.app import app
+    from worker.appfactory import make_app
+
+    conf = app.conf
+    assert conf.result_backend_always_retry
+    # bounded: 40 tries, waits of at most 2 s (about a minute), not Celery's forever
+    assert conf.result_backend_max_retries == 40
+    assert conf.result_backend_max_sleep_between_retries_ms == 2000
+    assert not make_app("redis://example.invalid:1/0").conf.result_backend_always_retry
