@@ -1,0 +1,106 @@
+"""The reliability tier: tests that kill, restart and attack real processes on loopback.
+
+Every test here is marked ``slow`` (added at collection). Scenarios report their
+counts through the session fixture ``scenario_report``::
+
+    def test_something(scenario_report: ScenarioReport) -> None:
+        ...
+        scenario_report.record("name", submitted=100, completed=100, lost=0, duplicated=0)
+
+and the tier prints one table at the end of the run (scenario, submitted,
+completed, lost, duplicated, note). ``cluster`` gives a test its own private
+redis-server, worker factory, side-effect ledger, result watcher and client
+(``tests.support.cluster``), all stopped when the test ends, even on failure;
+``aof_cluster`` the same with a broker that can be killed and restarted with its data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.support.cluster import Cluster
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class ScenarioRow:
+    name: str
+    submitted: int
+    completed: int
+    lost: int
+    duplicated: int
+    note: str = ""
+
+
+@dataclass
+class ScenarioReport:
+    """Rows of the end-of-run table, in the order scenarios recorded them."""
+
+    rows: list[ScenarioRow] = field(default_factory=list)
+
+    def record(self, name: str, submitted: int, completed: int, lost: int, duplicated: int,
+               *, note: str = "") -> None:
+        self.rows.append(ScenarioRow(name, submitted, completed, lost, duplicated, note))
+
+    def table(self) -> list[str]:
+        heads = ("scenario", "submitted", "completed", "lost", "duplicated", "note")
+        cells = [heads] + [(r.name, str(r.submitted), str(r.completed), str(r.lost),
+                            str(r.duplicated), r.note) for r in self.rows]
+        widths = [max(len(row[i]) for row in cells) for i in range(len(heads))]
+
+        def line(row: tuple[str, ...]) -> str:
+            return "  ".join(c.ljust(w) if i in (0, 5) else c.rjust(w)
+                             for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+
+        return [line(cells[0]), line(tuple("-" * w for w in widths)),
+                *(line(row) for row in cells[1:])]
+
+
+REPORT_KEY = pytest.StashKey[ScenarioReport]()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.is_relative_to(HERE):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session")
+def scenario_report(pytestconfig: pytest.Config) -> ScenarioReport:
+    return pytestconfig.stash.setdefault(REPORT_KEY, ScenarioReport())
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """A private broker (no AOF) with the ledger, watcher and client; workers on demand."""
+    made = Cluster(tmp_path)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+@pytest.fixture
+def aof_cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """The same, with a redis-server that keeps an append-only file (fsync always), so
+    ``aof_cluster.broker.kill()`` then ``.start()`` restarts it with its data."""
+    made = Cluster(tmp_path, aof=True)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter,
+                            config: pytest.Config) -> None:
+    report = config.stash.get(REPORT_KEY, None)
+    if report is None or not report.rows:
+        return
+    terminalreporter.section("reliability scenarios")
+    for text in report.table():
+        terminalreporter.write_line(text)
