@@ -17,8 +17,9 @@ producers and workers alike, and run ``sandrun beat`` once or more per fleet.
   (only the unsigned ``sandrun_submitted_at`` header is refreshed), by
   ``process_queue`` once it is within the horizon, so it keeps its exact ETA and
   holds no worker slot while it waits. The horizon is the visibility timeout
-  minus the job's timeout minus 600 s (an ETA message stays unacknowledged until
-  it has run) unless ``eta_horizon`` says otherwise.
+  minus the job's timeout minus ``SANDRUN_VISIBILITY_MARGIN`` (600 s; an ETA
+  message stays unacknowledged until it has run) unless ``eta_horizon`` says
+  otherwise.
 * ``max_concurrent``: at most that many jobs run at once per queue (or per value
   of label ``concurrency_label``), across the fleet: a Redis semaphore whose
   leases the running process renews every ``lease_ttl / 3`` s, so a killed
@@ -65,7 +66,7 @@ from worker.context import ErrorContext, Publication, ResultContext, SubmissionC
 from worker.errors import JobDeferred, QueueFull
 from worker.gpu import job_queue
 from worker.models import Execution
-from worker.settings import VISIBILITY_MARGIN_SECONDS, load_settings
+from worker.settings import load_settings
 from worker.task import RUN_JOB, SUBMITTED_HEADER
 
 #: The custom hook ``sandrun beat`` calls every interval (here: ``process_queue``).
@@ -87,8 +88,8 @@ class SchedulingConfig(BaseModel):
     block_timeout: float = Field(default=30.0, ge=0)
     fair_label: str = Field(default="tenant", description="the label naming a job's tenant")
     fair_window: int = Field(default=4, ge=1, description="fair jobs waiting in the broker")
-    eta_horizon: float | None = Field(default=None, gt=0, description="hold jobs due later "
-                                      "(s); default: visibility timeout - job timeout - 600")
+    eta_horizon: float | None = Field(default=None, gt=0, description=(
+        "hold jobs due later (s); default: visibility timeout - job timeout - margin"))
     claim_timeout: float = Field(default=60.0, gt=0, description="s before a claimed job "
                                  "whose publisher died is published again")
     release_batch: int = Field(default=100, ge=1)
@@ -170,7 +171,7 @@ class SchedulingPlugin(BasePlugin):
             return None
         due = job.scheduled_time.timestamp()
         horizon = self.options.eta_horizon or max(
-            0.0, self.settings.visibility_timeout - job.timeout - VISIBILITY_MARGIN_SECONDS)
+            0.0, self.settings.visibility_timeout - job.timeout - self.settings.visibility_margin)
         return due - horizon if due - now > horizon else None
 
     def _wait_for_room(self, queue: str) -> None:

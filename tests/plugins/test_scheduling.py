@@ -134,11 +134,13 @@ def test_near_job_keeps_its_eta_and_a_far_one_is_held_out_of_the_broker(url: str
     assert plugin.store.depth("sandrun") == 0
 
 
-def test_default_horizon_is_the_visibility_timeout_less_the_job_timeout() -> None:
+def test_default_horizon_is_the_visibility_timeout_less_the_job_timeout(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SANDRUN_VISIBILITY_MARGIN", "900")
     plugin = SchedulingPlugin()
     visibility = plugin.settings.visibility_timeout
     job = Job(code="1", timeout=100, scheduled_time=at(visibility))
-    assert plugin.release_time(job, NOW) == NOW + 100 + 600
+    assert plugin.release_time(job, NOW) == NOW + 100 + 900
     assert plugin.release_time(job.model_copy(update={"scheduled_time": at(60)}), NOW) is None
 
 
