@@ -10,8 +10,10 @@ Worker side (``on_execute``, before other plugins see the job): verify it
 against the keyring (several active keys at once, for rotation), reject a
 nonce seen before (plugin storage, Redis on a fleet, kept until the signature
 expires), and reject anything else with the reason: the job never runs, its
-status is ``rejected``, it is logged (``job_auth_rejected``), counted in
-``sandrun_auth_rejected_total{reason}`` and dead-lettered (source ``auth``).
+status is ``rejected`` (a replayed copy is dropped instead, storing nothing,
+so the original's result under the same id stands), it is logged
+(``job_auth_rejected``), counted in ``sandrun_auth_rejected_total{reason}`` and
+dead-lettered (source ``auth``).
 ``queues`` limits the requirement to some queues; by default every task of the
 app needs a signature.
 
@@ -36,6 +38,7 @@ In code: ``auth_plugin(provider=HMACProvider("k1", secret), ...)``.
 from __future__ import annotations
 
 import json
+import secrets
 import threading
 import time
 from pathlib import Path
@@ -60,6 +63,7 @@ from worker.context import ExecutionContext, Publication, SubmissionContext, Wor
 from worker.deadletter import DeadLetter
 from worker.errors import (
     ConfigurationError,
+    DuplicateDelivery,
     JobDeferred,
     JobRejected,
     StartupRefused,
@@ -263,13 +267,17 @@ class AuthPlugin(BasePlugin):
         if self.metrics is not None:
             self.metrics.counter("sandrun_auth_rejected_total", "Jobs refused by the auth "
                                  "plugin", ("reason",)).labels(reason=failure.reason).inc()
-        if self.dead_letters is not None:
+        replayed = failure.reason == "replayed"
+        if self.dead_letters is not None:  # a replay's letter must not replace the original's
             self.dead_letters.add(DeadLetter(
-                id=context.task_id, task=execution.task, source="auth",
+                id=f"{context.task_id}:replayed:{secrets.token_hex(4)}" if replayed
+                else context.task_id, task=execution.task, source="auth",
                 job=execution.job.model_dump(mode="json") if execution.job else None,
                 reason=f"authentication failed: {failure}",
                 raw=json.dumps({"args": context.args, "kwargs": context.kwargs},
                                default=str)[:RAW_LIMIT]))
+        if replayed:  # the original owns this task id and its result: store nothing
+            raise DuplicateDelivery(f"authentication failed: {failure}") from None
         raise JobRejected(f"authentication failed: {failure}") from None
 
 

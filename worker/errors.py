@@ -31,6 +31,7 @@ how to fix it; they are meant to be shown to a person as they are.
         ├── RetryRequested        ``on_error`` asks for the task to run again after a delay
         ├── StartupRefused        ``on_worker_start`` stops a worker from starting
         ├── JobDeferred           ``on_execute`` puts the job back for later (no attempt used)
+        ├── DuplicateDelivery     ``on_execute`` drops a copy of a message already accepted
         └── JobRejected           ``on_execute`` vetoes a job before it runs
 
 Hook isolation: a hook that raises anything other than :class:`HookControl` is
@@ -189,3 +190,9 @@ class JobDeferred(HookControl):
     def __init__(self, countdown: float, reason: str = "") -> None:
         super().__init__(reason or f"deferred for {countdown:g}s")
         self.countdown = countdown
+
+
+class DuplicateDelivery(HookControl):
+    """Raised by an ``on_execute`` hook: this delivery copies a message that was already
+    accepted (a replay). It is acknowledged and dropped without storing anything, so
+    the result of the original, under the same task id, stands."""

@@ -11,7 +11,8 @@ that runs the task:
 2. binds job_id, task_id, attempt, queue and node to the log context;
 3. ``on_execute`` (``JobRejected`` stops the task: status rejected, never run;
    ``JobDeferred`` publishes the same message again after a countdown, same
-   attempt, and ends this delivery);
+   attempt, and ends this delivery; ``DuplicateDelivery`` drops a replayed copy
+   without storing anything, so the original's result stands);
 4. the task body; an exception goes through ``on_error``;
 5. a job that did not complete goes through ``on_error`` as
    :class:`~worker.errors.JobFailed`; ``on_result`` then decides what is stored.
@@ -36,7 +37,14 @@ from pydantic import ValidationError
 from worker import runtime
 from worker.context import ErrorContext, ExecutionContext, ResultContext
 from worker.deadletter import DeadLetter
-from worker.errors import InvalidJob, JobDeferred, JobFailed, JobRejected, RetryRequested
+from worker.errors import (
+    DuplicateDelivery,
+    InvalidJob,
+    JobDeferred,
+    JobFailed,
+    JobRejected,
+    RetryRequested,
+)
 from worker.models import ErrorInfo, Execution, Job, JobResult
 
 RUN_JOB = "sandrun.run_job"
@@ -146,6 +154,10 @@ class SandrunTask(Task[Any, Any]):
             return self._finish(result, execution, ctx)
         except JobDeferred as exc:
             self._defer(exc, ctx)
+        except DuplicateDelivery as exc:
+            rt.attempts.finish(f"{ctx.task_id}:{ctx.attempt}", ctx.deliveries)
+            log.warning("delivery_dropped", reason=str(exc))
+            raise Ignore() from None
         setattr(self.request, EXECUTION_ATTR, execution)  # the body reuses the parsed Job
         try:
             value = self.run(*args, **kwargs)

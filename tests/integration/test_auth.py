@@ -132,7 +132,8 @@ def test_forged_variants_never_run(make_client: type[Sandrun], tmp_path: Path,
     assert lines(side_effects) == ["genuine"]
 
 
-def test_replays_never_run_twice(make_client: type[Sandrun], tmp_path: Path) -> None:
+def test_replays_never_run_twice(make_client: type[Sandrun], tmp_path: Path,
+                                 worker: Worker) -> None:
     side_effects = tmp_path / "side-effects"
     plugin = producer()
     client = make_client(plugin)  # type: ignore[call-arg]
@@ -156,6 +157,7 @@ def test_replays_never_run_twice(make_client: type[Sandrun], tmp_path: Path) -> 
         assert time.monotonic() < deadline, "the genuine slow task never stored its result"
         time.sleep(0.05)
     assert sorted(lines(side_effects)) == ["fast", "slow"]
+    assert "delivery_dropped" in worker.output()  # the copy stored nothing under its id
 
 
 def test_rotation_retires_a_removed_key(make_client: type[Sandrun], keys_file: Path) -> None:
