@@ -32,6 +32,7 @@ test: lint typecheck pytest
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/hooks.py
+	$(BIN)/python benchmarks/auth.py
 	$(BIN)/python benchmarks/sandbox.py
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/scaling.py

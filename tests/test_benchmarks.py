@@ -51,3 +51,13 @@ def test_scaling_benchmark_prints_efficiency_tables() -> None:
     assert proc.stdout.count("efficiency") == 2
     rows = [line.split() for line in proc.stdout.splitlines() if line.strip()[:1].isdigit()]
     assert [r[0] for r in rows] == ["1", "2", "1", "2"] and all(float(r[4]) > 0 for r in rows)
+
+
+def test_auth_benchmark_prints_each_step_and_the_added_cost() -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "auth.py"), "--quick"],
+                          capture_output=True, text=True, timeout=120, check=False, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines()[1:4]]
+    assert [r[0] for r in rows] == ["baseline", "sign", "verify"]
+    assert all(float(r[1]) > 0 for r in rows)
+    assert "sign + verify add" in proc.stdout
