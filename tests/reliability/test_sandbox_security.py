@@ -21,6 +21,7 @@ import pytest
 import redis
 
 from tests.integration.conftest import Worker, WorkerFactory, broker, start_worker  # noqa: F401
+from tests.support.forked import BOUNDED_FORKS
 from worker.client import Sandrun
 from worker.isolation import job_user_ids, probe
 from worker.launcher import dying_with_parent
@@ -102,18 +103,6 @@ def leftovers(token: str) -> list[str]:
     return found
 
 
-BOUNDED_FORKS = """
-import os, time
-made = 0
-try:
-    for _ in range(80):
-        if os.fork() == 0:
-            time.sleep(30)
-            os._exit(0)
-        made += 1
-except BlockingIOError:
-    print("refused after", made)
-"""
 BOMBS = {"python3": "import os\nwhile True:\n    os.fork()\n", "bash": ":(){ :|:& };:"}
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import forked
 from worker.confine import CLONE_NEWUSER, Confinement, IsolationError, enter, tasks_of, unshare
 from worker.isolation import job_user_ids, probe
 
@@ -26,22 +27,14 @@ needs_userns = pytest.mark.skipif(not SUPPORT.user_namespaces,
 def in_child(confinement: Confinement, check: Callable[[], str]) -> str:
     """``check()`` run in a forked child after ``enter(confinement)``: its result, or
     ``error: ...`` if entering or checking raised."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
+    def entered() -> str:
         try:
-            os.close(read_end)
             enter(confinement)
-            result = check()
+            return check()
         except BaseException as exc:
-            result = f"error: {type(exc).__name__}: {exc}"
-        os.write(write_end, result.encode())
-        os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as fh:
-        out = fh.read().decode()
-    os.waitpid(pid, 0)
-    return out
+            return f"error: {type(exc).__name__}: {exc}"
+
+    return forked.in_child(entered)
 
 
 def test_tasks_of_counts_threads_as_rlimit_nproc_does() -> None:

@@ -9,30 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.forked import in_child
 from worker import landlock
 from worker.confine import PR_SET_DUMPABLE, prctl
 
 ABI = landlock.abi()
 pytestmark = pytest.mark.skipif(not ABI, reason="this kernel has no Landlock (or it is off)")
-
-
-def in_child(run: Callable[[], str]) -> str:
-    """``run()`` in a forked child: what it returned, or ``error: ...`` if it raised."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(read_end)
-            result = run()
-        except BaseException as exc:
-            result = f"error: {exc}"
-        os.write(write_end, result.encode())
-        os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as fh:
-        out = fh.read().decode()
-    os.waitpid(pid, 0)
-    return out
 
 
 def restricted(writable: str, check: Callable[[], str]) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.forked import BOUNDED_FORKS
 from worker.isolation import job_user_ids, probe
 from worker.models import Job
 from worker.sandbox import SandboxConfig, run_in_sandbox
@@ -256,21 +257,6 @@ def test_required_filesystem_isolation_fails_closed_without_landlock() -> None:
     result = run("print('ran')", config)
     assert (result.outcome, result.stdout) == ("isolation_unavailable", "")
     assert "SANDRUN_FILESYSTEM_ISOLATION" in (result.error or "")
-
-
-BOUNDED_FORKS = """
-import os, time
-made = 0
-try:
-    for _ in range(40):
-        if os.fork() == 0:
-            time.sleep(30)
-            os._exit(0)
-        made += 1
-    print("unlimited")
-except BlockingIOError:
-    print("refused after", made)
-"""
 
 
 def leftovers(token: str) -> list[int]:
