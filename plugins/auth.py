@@ -61,6 +61,7 @@ from plugins.auth_tokens import (
 from worker import BasePlugin, PluginContext, PluginManifest
 from worker.context import ExecutionContext, Publication, SubmissionContext, WorkerContext
 from worker.deadletter import DeadLetter
+from worker.embedded import redis_url
 from worker.errors import (
     ConfigurationError,
     DuplicateDelivery,
@@ -70,6 +71,7 @@ from worker.errors import (
     StorageError,
 )
 from worker.models import Execution, Job, WorkerInfo
+from worker.runtime import is_redis
 from worker.settings import load_settings
 from worker.spec import hook
 
@@ -122,10 +124,10 @@ def token_storage_for(spec: str, clock: Clock) -> TokenStorage:
         return FileTokenStorage(spec[5:])
     if spec == "redis":
         url = load_settings().broker_url or ""
-        if not url.startswith(("redis://", "rediss://", "unix://", "redis+socket://")):
+        if not is_redis(url):
             raise ConfigurationError("token_storage 'redis' needs SANDRUN_BROKER_URL to be a "
                                      "Redis URL; use 'memory' or 'file:<path>' otherwise")
-        return RedisTokenStorage(url.replace("redis+socket://", "unix://"), clock=clock)
+        return RedisTokenStorage(redis_url(url), clock=clock)
     raise ConfigurationError(f"unknown token_storage {spec!r}; use 'memory', 'file:<path>' or "
                              "'redis'")
 
