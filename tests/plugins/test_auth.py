@@ -17,7 +17,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from plugins.auth import AuthConfig, AuthPlugin, auth_plugin
+from plugins.auth import AuthConfig, AuthPlugin, auth_plugin, token_storage_for
 from plugins.auth_signing import AUTH_HEADER, AuthFailure, Keyring, Message, verify
 from plugins.auth_tokens import (
     AuthenticationFailed,
@@ -432,3 +432,21 @@ def test_auth_hooks_are_never_timed_out(producer: AuthPlugin, clock: Clock) -> N
     plugin._claim_nonce = slow_replay_check  # type: ignore[method-assign]
     with pytest.raises(DuplicateDelivery, match="replayed"):
         run(manager, signed(producer, job_publication()))
+
+
+def test_token_storage_by_name(tmp_path: Path, redis_server: RedisServer,
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock()
+    assert isinstance(token_storage_for("memory", clock), MemoryTokenStorage)
+    stored = token_storage_for(f"file:{tmp_path / 'token.json'}", clock)
+    assert isinstance(stored, FileTokenStorage) and stored.path == tmp_path / "token.json"
+    monkeypatch.setenv("SANDRUN_BROKER_URL", f"redis+socket://{redis_server.socket}")
+    shared = token_storage_for("redis", clock)
+    token = AuthToken(token="t" * 32, key_id="k1", expires_at=clock.now + 60)
+    shared.store_token(token)
+    assert shared.get_token() == token
+    monkeypatch.setenv("SANDRUN_BROKER_URL", "filesystem://")
+    with pytest.raises(ConfigurationError, match="needs SANDRUN_BROKER_URL to be a Redis URL"):
+        token_storage_for("redis", clock)
+    with pytest.raises(ConfigurationError, match="unknown token_storage 'disk'"):
+        token_storage_for("disk", clock)
