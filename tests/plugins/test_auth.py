@@ -450,3 +450,21 @@ def test_token_storage_by_name(tmp_path: Path, redis_server: RedisServer,
         token_storage_for("redis", clock)
     with pytest.raises(ConfigurationError, match="unknown token_storage 'disk'"):
         token_storage_for("disk", clock)
+
+
+def test_bad_auth_configuration_says_what_to_fix(tmp_path: Path, clock: Clock) -> None:
+    with pytest.raises(ConfigurationError, match="'hmac' needs a 'secret'"):
+        AuthConfig.model_validate({"provider": {"type": "hmac", "key_id": "k"}}
+                                  ).provider.build(clock)  # type: ignore[union-attr]
+    hmac = AuthConfig.model_validate({"provider": {"type": "hmac", "key_id": "k",
+                                                   "secret": S1, "ttl": 60}})
+    assert hmac.provider.build(clock).authenticate().expires_at == clock.now + 60  # type: ignore[union-attr]
+    with pytest.raises(ConfigurationError, match="shorter than 32"):
+        Keyring({"k1": "short"})
+    broken = tmp_path / "keys.json"
+    broken.write_text("{not json")
+    with pytest.raises(ConfigurationError, match="is not JSON"):
+        Keyring({}, broken).get("k1")
+    broken.write_text('["k1"]')
+    with pytest.raises(ConfigurationError, match="must hold"):
+        Keyring({}, broken).key_ids()
