@@ -36,7 +36,7 @@ worker_send_task_events = True
 task_send_sent_event = True
 broker_connection_retry_on_startup = True
 # Messages the worker cannot run (undecodable, pickle, unknown task) are dead-lettered.
-worker_consumer = "worker.consumer:SandrunConsumer"
+worker_consumer = "worker.node.consumer:SandrunConsumer"
 
 _visibility_timeout = int(os.environ.get("SANDRUN_VISIBILITY_TIMEOUT", "7200"))
 _visibility = {"visibility_timeout": _visibility_timeout}

@@ -27,8 +27,8 @@ from plugins.auth import AuthPlugin, auth_plugin
 from plugins.auth_signing import AUTH_HEADER, Keyring, Message, verify
 from plugins.auth_tokens import HMACProvider
 from worker import Job, PluginManager
-from worker.context import Publication
 from worker.logs import configure_logging
+from worker.protocol import Publication
 
 SECRET = "benchmark-secret-0123456789abcdefghij"
 

@@ -6,7 +6,7 @@ import os
 
 from celery import Celery
 
-from worker.app import app as ours
+from worker.node.app import app as ours
 
 bare = Celery("bare", broker=os.environ["BARE_BROKER_URL"], backend=os.environ["BARE_BROKER_URL"])
 bare.config_from_object("celeryconfig")

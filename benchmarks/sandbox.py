@@ -28,10 +28,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from worker.launcher import dying_with_parent  # noqa: E402
 from worker.logs import configure_logging  # noqa: E402
 from worker.models import Job  # noqa: E402
-from worker.sandbox import BASE_PATH, run_in_sandbox  # noqa: E402
+from worker.sandbox.executor import BASE_PATH, run_in_sandbox  # noqa: E402
+from worker.sandbox.launcher import dying_with_parent  # noqa: E402
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -110,7 +110,7 @@ def bench_broker(tmp: Path) -> Iterator[tuple[str, dict[str, str]]]:
 
 
 def latency(count: int, tmp: Path) -> None:
-    from worker.client import Sandrun
+    from worker.client.client import Sandrun
 
     common = ["-c", "1", "--without-mingle", "--without-gossip", "-l", "info"]
     ours = bare = None

@@ -36,7 +36,7 @@ def run_batch(submit: Callable[[], Callable[[], object]], count: int) -> float:
 
 def measure(kind: str, url: str, env: dict[str, str], tmp: Path, *, counts: tuple[int, ...],
             jobs: int) -> None:
-    from worker.client import Sandrun
+    from worker.client.client import Sandrun
 
     with Sandrun.create(broker_url=url, plugins=[]) as client:
         def submit() -> Callable[[], object]:

@@ -58,22 +58,29 @@ from plugins.auth_tokens import (
     StaticTokenProvider,
     TokenStorage,
 )
-from worker import BasePlugin, PluginContext, PluginManifest
-from worker.context import ExecutionContext, Publication, SubmissionContext, WorkerContext
-from worker.deadletter import DeadLetter
-from worker.embedded import redis_url
-from worker.errors import (
+from worker import (
+    BasePlugin,
     ConfigurationError,
+    DeadLetter,
     DuplicateDelivery,
+    Execution,
+    ExecutionContext,
+    Job,
     JobDeferred,
     JobRejected,
+    PluginContext,
+    PluginManifest,
+    Publication,
     StartupRefused,
     StorageError,
+    SubmissionContext,
+    WorkerContext,
+    WorkerInfo,
+    hook,
+    is_redis,
+    load_settings,
+    redis_url,
 )
-from worker.models import Execution, Job, WorkerInfo
-from worker.runtime import is_redis
-from worker.settings import load_settings
-from worker.spec import hook
 
 RAW_LIMIT = 64 * 1024
 STORAGE_RETRY_SECONDS = 5.0

@@ -28,8 +28,10 @@ from typing import Any
 import jwt
 
 from plugins.auth_tokens import MIN_SECRET, WALLET_PREFIX, SigningKey, b64url, public_key_of
-from worker.context import Publication
-from worker.errors import ConfigurationError
+from worker import (
+    ConfigurationError,
+    Publication,
+)
 
 AUTH_HEADER = "sandrun_auth"
 CHECKED = ("task", "jid", "queue", "body")

@@ -35,7 +35,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict
 
-from worker.errors import ConfigurationError, SandrunError
+from worker import (
+    ConfigurationError,
+    SandrunError,
+)
 
 Clock = Callable[[], float]
 WALLET_MESSAGE = "Authenticate with Sandrun at {millis}"

@@ -18,8 +18,17 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from worker import BasePlugin, BuildContext, Job, JobBuilder, PluginManifest, SubmissionContext
-from worker.models import MAX_CPU_SECONDS, MAX_MEMORY_MB, MAX_TIMEOUT_SECONDS
+from worker import (
+    MAX_CPU_SECONDS,
+    MAX_MEMORY_MB,
+    MAX_TIMEOUT_SECONDS,
+    BasePlugin,
+    BuildContext,
+    Job,
+    JobBuilder,
+    PluginManifest,
+    SubmissionContext,
+)
 
 
 class DefaultsConfig(BaseModel):
@@ -40,7 +49,7 @@ class DefaultsPlugin(BasePlugin):
     name = "defaults"
     version = "1.0.0"
     priority = 100
-    hook_timeout = 0  # bounded hooks: run inline, no timeout thread (see worker.dispatch)
+    hook_timeout = 0  # bounded hooks: run inline, no timeout thread (see worker.plugin.dispatch)
     manifest = PluginManifest(
         name="defaults", version="1.0.0", author="Sandrun", license="Apache-2.0",
         description="Fleet-wide default labels, queue and limits for jobs",

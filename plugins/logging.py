@@ -19,8 +19,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from worker import (
+    LEVELS,
     BasePlugin,
     ErrorContext,
+    Execution,
     ExecutionContext,
     Job,
     JobResult,
@@ -28,9 +30,8 @@ from worker import (
     PluginManifest,
     ResultContext,
     SubmissionContext,
+    configure_logging,
 )
-from worker.logs import LEVELS, configure_logging
-from worker.models import Execution
 
 
 class LoggingConfig(BaseModel):
@@ -47,7 +48,7 @@ class LoggingPlugin(BasePlugin):
     name = "logging"
     version = "1.0.0"
     priority = 50
-    hook_timeout = 0  # bounded hooks: run inline, no timeout thread (see worker.dispatch)
+    hook_timeout = 0  # bounded hooks: run inline, no timeout thread (see worker.plugin.dispatch)
     manifest = PluginManifest(
         name="logging", version="1.0.0", author="Sandrun", license="Apache-2.0",
         description="Structured logs (structlog) for workers and producers",

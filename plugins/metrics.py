@@ -42,20 +42,21 @@ from pydantic import BaseModel, ConfigDict, Field
 from worker import (
     BasePlugin,
     ErrorContext,
+    Execution,
     ExecutionContext,
+    HookImpl,
     Job,
     JobResult,
     PluginContext,
     PluginManifest,
     ResultContext,
+    StartupRefused,
     SubmissionContext,
+    WorkerContext,
+    WorkerInfo,
     hook,
+    load_settings,
 )
-from worker.context import WorkerContext
-from worker.dispatch import HookImpl
-from worker.errors import StartupRefused
-from worker.models import Execution, WorkerInfo
-from worker.settings import load_settings
 
 BUCKETS = (1, 5, 10, 30, 60, 300, 600, 1800, 3600)
 WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 900, 3600)
@@ -176,7 +177,7 @@ class MetricsPlugin(BasePlugin):
 
     name = "metrics"
     version = "1.0.0"
-    hook_timeout = 0  # bounded hooks: run inline, no timeout thread (see worker.dispatch)
+    hook_timeout = 0  # bounded hooks: run inline, no timeout thread (see worker.plugin.dispatch)
     manifest = PluginManifest(
         name="metrics", version="1.0.0", author="Sandrun", license="Apache-2.0",
         description="Prometheus metrics for jobs and plugins, one endpoint per worker",

@@ -28,11 +28,20 @@ from typing import Any
 
 from pydantic import ConfigDict
 
-from worker import BasePlugin, ErrorContext, JobResult, PluginContext, PluginManifest
-from worker.context import ResultContext
-from worker.deadletter import DeadLetter
-from worker.errors import InvalidJob, JobRejected, PaymentRejected, RetryRequested
-from worker.models import RetryPolicy
+from worker import (
+    BasePlugin,
+    DeadLetter,
+    ErrorContext,
+    InvalidJob,
+    JobRejected,
+    JobResult,
+    PaymentRejected,
+    PluginContext,
+    PluginManifest,
+    ResultContext,
+    RetryPolicy,
+    RetryRequested,
+)
 
 NEVER_RETRIED = (JobRejected, InvalidJob, PaymentRejected)
 FINAL_OUTCOMES = frozenset({"rejected", "cancelled", "unsatisfiable", "isolation_unavailable"})
@@ -66,7 +75,7 @@ class RetryPlugin(BasePlugin):
     name = "retry"
     version = "1.0.0"
     priority = -1000
-    hook_timeout = 0  # bounded hooks: run inline, no timeout thread (see worker.dispatch)
+    hook_timeout = 0  # bounded hooks: run inline, no timeout thread (see worker.plugin.dispatch)
     manifest = PluginManifest(
         name="retry", version="1.0.0", author="Sandrun", license="Apache-2.0",
         description="Retry failed jobs with backoff; dead-letter them when attempts run out",

@@ -54,20 +54,25 @@ from pydantic import BaseModel, ConfigDict, Field
 from plugins.scheduling_leases import LeaseKeeper, Semaphore
 from plugins.scheduling_store import Connections, SchedulingStore, load_publication
 from worker import (
+    RUN_JOB,
+    SUBMITTED_HEADER,
     BasePlugin,
+    ErrorContext,
+    Execution,
     ExecutionContext,
     Job,
+    JobDeferred,
     JobResult,
     PluginContext,
     PluginManifest,
+    Publication,
+    QueueFull,
+    ResultContext,
+    SubmissionContext,
     hook,
+    job_queue,
+    load_settings,
 )
-from worker.context import ErrorContext, Publication, ResultContext, SubmissionContext
-from worker.errors import JobDeferred, QueueFull
-from worker.gpu import job_queue
-from worker.models import Execution
-from worker.settings import load_settings
-from worker.task import RUN_JOB, SUBMITTED_HEADER
 
 #: The custom hook ``sandrun beat`` calls every interval (here: ``process_queue``).
 BEAT_HOOK = "on_beat"

@@ -4,7 +4,7 @@ Every key lives under ``sandrun:scheduling:`` in the broker's Redis; every
 change that must not be split is one Lua script, so concurrent beats, producers
 and workers never see half a move.
 
-* ``payload`` (hash): task id -> the whole :class:`~worker.context.Publication`
+* ``payload`` (hash): task id -> the whole :class:`~worker.plugin.context.Publication`
   as JSON, for held and fair jobs alike, kept until it has been published.
 * ``held`` (sorted set): task id -> when to release it (Unix seconds).
   ``held:claimed`` (sorted set): ids taken out to publish, by claim time.
@@ -31,10 +31,14 @@ from typing import Any
 import redis
 
 from plugins.scheduling_leases import Semaphore
-from worker.context import Publication
-from worker.embedded import redis_url
-from worker.errors import ConfigurationError
-from worker.policies import publish_policy
+from worker import (
+    ConfigurationError,
+    Publication,
+    Publisher,
+    is_redis,
+    kombu_url,
+    redis_url,
+)
 
 PREFIX = "sandrun:scheduling:"
 KOMBU_SEP = "\x06\x16"
@@ -232,17 +236,18 @@ class Connections:
 
     def __init__(self, url: str | None, publish_retry_seconds: float) -> None:
         url = url or os.environ.get("SANDRUN_BROKER_URL") or ""
-        self.url = url.replace("unix://", "redis+socket://", 1)
+        self.url = kombu_url(url)
         self.publish_retry_seconds = publish_retry_seconds
         self._store: SchedulingStore | None = None
         self._semaphore: Semaphore | None = None
         self._app: Any = None
+        self._publisher: Publisher | None = None
 
     @property
     def store(self) -> SchedulingStore:
         """Held jobs and fair queues; a ConfigurationError if the broker is not Redis."""
         if self._store is None:
-            if not self.url.startswith(("redis://", "rediss://", "redis+socket://")):
+            if not is_redis(self.url):
                 raise ConfigurationError(
                     "the scheduling plugin keeps held jobs, fair queues and leases in Redis, "
                     f"but the broker is {self.url or 'not set'!r}; set SANDRUN_BROKER_URL (or "
@@ -261,7 +266,7 @@ class Connections:
     def celery_app(self) -> Any:
         """A Celery app on the broker (celeryconfig's settings, so its priority steps)."""
         if self._app is None:
-            from worker.appfactory import make_app
+            from worker import make_app
 
             self._app = make_app(self.url, os.environ.get("SANDRUN_RESULT_BACKEND"))
         return self._app
@@ -275,7 +280,6 @@ class Connections:
 
     def send(self, pub: Publication) -> None:
         """Publish ``pub`` as it is, riding out a short broker outage."""
-        for attempt in publish_policy(self.publish_retry_seconds):
-            with attempt:
-                self.celery_app().send_task(pub.task, args=pub.args, kwargs=pub.kwargs,
-                                            **pub.options())
+        if self._publisher is None:
+            self._publisher = Publisher(self.celery_app(), self.publish_retry_seconds)
+        self._publisher.publish(pub)

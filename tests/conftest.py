@@ -16,9 +16,9 @@ import pytest
 import redis
 import structlog
 
-from worker.launcher import dying_with_parent
+from worker.sandbox.launcher import dying_with_parent
 
-# The test process never starts an embedded broker: importing worker.app with no
+# The test process never starts an embedded broker: importing worker.node.app with no
 # broker configured would. Tests that exercise the embedded default run subprocesses.
 os.environ["SANDRUN_STATE_DIR"] = tempfile.mkdtemp(prefix="sandrun-test-state-")
 os.environ.setdefault("SANDRUN_BROKER_URL", "memory://")

@@ -19,13 +19,12 @@ import math
 import os
 from pathlib import Path
 
-from pydantic import Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.errors import ConfigurationError
-from worker.gpu import GPUConfig
 from worker.models import MAX_TIMEOUT_SECONDS
-from worker.pricing import Pricing
+from worker.models.pricing import Pricing
 
 #: The default of ``SANDRUN_VISIBILITY_MARGIN``: how much longer than the longest job
 #: the broker's visibility timeout must be.
@@ -36,6 +35,15 @@ def default_state_dir() -> Path:
     """``$XDG_STATE_HOME/sandrun`` or ``~/.local/state/sandrun``."""
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "sandrun"
+
+
+class GPUConfig(BaseModel):
+    """GPUs a worker advertises when they are configured rather than detected."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: str
+    count: int = Field(default=1, ge=1)
+    memory_mb: int | None = None
 
 
 class Settings(BaseSettings):

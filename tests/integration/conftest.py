@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import RedisServer, private_redis
-from worker.launcher import dying_with_parent
+from worker.sandbox.launcher import dying_with_parent
 
 ROOT = Path(__file__).resolve().parents[2]
 RECORDING = "tests.support.recording:RecordingPlugin"

@@ -20,9 +20,9 @@ from plugins.auth import AuthPlugin, auth_plugin
 from plugins.auth_tokens import HMACProvider
 from tests.conftest import RedisServer
 from tests.integration.conftest import Worker, WorkerFactory, broker_url
-from worker.client import Sandrun
-from worker.context import Publication
-from worker.deadletter import dead_letter_store_for
+from worker.client.client import Sandrun
+from worker.protocol import Publication
+from worker.stores.deadletter import dead_letter_store_for
 
 pytestmark = pytest.mark.slow
 

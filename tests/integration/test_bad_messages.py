@@ -13,8 +13,8 @@ from kombu import Connection, Exchange, Queue
 
 from tests.conftest import RedisServer
 from tests.integration.conftest import Worker, WorkerFactory, broker_url
-from worker.client import Sandrun
-from worker.deadletter import DeadLetter, RedisDeadLetterStore
+from worker.client.client import Sandrun
+from worker.stores.deadletter import DeadLetter, RedisDeadLetterStore
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import RedisServer
 from tests.integration.conftest import ROOT, Worker, WorkerFactory, broker_url, worker_env
 from tests.integration.test_metrics import free_port
-from worker.client import Sandrun
+from worker.client.client import Sandrun
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import RedisServer
 from tests.integration.conftest import WorkerFactory, broker_url
-from worker.client import Sandrun
+from worker.client.client import Sandrun
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import RedisServer
 from tests.integration.conftest import ROOT, Worker, WorkerFactory, broker_url, worker_env
-from worker.client import Sandrun
+from worker.client.client import Sandrun
 
 pytestmark = pytest.mark.slow
 

@@ -25,7 +25,7 @@ from plugins.scheduling import SchedulingPlugin
 from tests.conftest import RedisServer
 from tests.integration.conftest import ROOT, Worker, WorkerFactory, broker_url, worker_env
 from worker import PluginSpec
-from worker.client import JobExecution, Sandrun
+from worker.client.client import JobExecution, Sandrun
 from worker.errors import QueueFull
 from worker.models import Job
 

@@ -13,9 +13,9 @@ import redis
 
 from tests.conftest import RedisServer
 from tests.integration.conftest import RECORDING, Worker, WorkerFactory, broker_url
-from worker.client import Sandrun
+from worker.client.client import Sandrun
 from worker.models import Job
-from worker.storage import RedisStorageBackend
+from worker.stores.storage import RedisStorageBackend
 
 pytestmark = pytest.mark.slow
 

@@ -32,8 +32,6 @@ from plugins.auth_tokens import (
     wallet_address,
 )
 from tests.conftest import RedisServer, private_redis
-from worker.context import ExecutionContext, Publication, SubmissionContext, WorkerContext
-from worker.deadletter import FileDeadLetterStore
 from worker.errors import (
     ConfigurationError,
     DuplicateDelivery,
@@ -42,8 +40,11 @@ from worker.errors import (
     StartupRefused,
     StorageError,
 )
-from worker.manager import PluginManager
 from worker.models import Execution, Job, WorkerInfo
+from worker.plugin.context import ExecutionContext, SubmissionContext, WorkerContext
+from worker.plugin.manager import PluginManager
+from worker.protocol import Publication
+from worker.stores.deadletter import FileDeadLetterStore
 
 UNCHECKED_TIMES = {"verify_exp": False, "verify_iat": False}
 S1 = "first-secret-0123456789abcdefghijkl"

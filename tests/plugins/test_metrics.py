@@ -19,10 +19,10 @@ from worker import (
     ResultContext,
     SubmissionContext,
 )
-from worker.context import WorkerContext
-from worker.deadletter import DeadLetter, FileDeadLetterStore
 from worker.errors import StartupRefused
 from worker.models import Cost, Execution, ExecutionInfo, WorkerInfo
+from worker.plugin.context import WorkerContext
+from worker.stores.deadletter import DeadLetter, FileDeadLetterStore
 
 
 @pytest.fixture(autouse=True)

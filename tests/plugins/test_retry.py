@@ -9,9 +9,9 @@ import pytest
 from plugins.retry import RetryConfig, RetryPlugin, retry_plugin
 from worker import ErrorContext, Job, JobResult, PluginManager
 from worker.collector import InMemoryMetrics
-from worker.deadletter import DeadLetter, DeadLetterStore
 from worker.errors import JobFailed, JobRejected, RetryRequested
 from worker.models import Execution, RetryPolicy
+from worker.stores.deadletter import DeadLetter, DeadLetterStore
 
 
 class ListStore(DeadLetterStore):

@@ -16,11 +16,11 @@ from plugins.scheduling_leases import LeaseKeeper
 from plugins.scheduling_store import dump_publication, load_publication
 from tests.conftest import RedisServer
 from worker import ExecutionContext, Job, JobResult, PluginManager, PluginSpec
-from worker.client import Sandrun
-from worker.context import ErrorContext, Publication, ResultContext, SubmissionContext
+from worker.client.client import Sandrun
 from worker.errors import JobDeferred, PluginConfigError, QueueFull
 from worker.models import Execution
-from worker.task import RUN_JOB, SUBMITTED_HEADER
+from worker.plugin.context import ErrorContext, ResultContext, SubmissionContext
+from worker.protocol import RUN_JOB, SUBMITTED_HEADER, Publication
 
 NOW = 1_900_000_000.0
 SEP = "\x06\x16"

@@ -21,8 +21,8 @@ from plugins.auth_tokens import HMACProvider
 from tests.conftest import RedisServer
 from tests.integration.conftest import WorkerFactory, broker, broker_url, start_worker  # noqa: F401
 from tests.reliability.conftest import ScenarioReport
-from worker.client import Sandrun
-from worker.context import Publication
+from worker.client.client import Sandrun
+from worker.protocol import Publication
 
 pytestmark = pytest.mark.slow
 

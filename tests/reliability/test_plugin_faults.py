@@ -31,9 +31,9 @@ from tests.integration.conftest import (  # noqa: F401 (fixtures)
 )
 from tests.integration.test_metrics import free_port, sample, scrape
 from tests.support.faulty import RaisingPlugin
-from worker.client import Sandrun
+from worker.client.client import Sandrun
 from worker.models import JobResult
-from worker.spec import Plugin
+from worker.plugin.spec import Plugin
 
 pytestmark = pytest.mark.slow
 

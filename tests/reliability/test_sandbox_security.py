@@ -22,10 +22,10 @@ import redis
 
 from tests.integration.conftest import Worker, WorkerFactory, broker, start_worker  # noqa: F401
 from tests.support.forked import BOUNDED_FORKS
-from worker.client import Sandrun
-from worker.isolation import job_user_ids, probe
-from worker.launcher import dying_with_parent
+from worker.client.client import Sandrun
 from worker.models import Job, JobResult
+from worker.sandbox.isolation import job_user_ids, probe
+from worker.sandbox.launcher import dying_with_parent
 
 pytestmark = pytest.mark.slow
 SUPPORT = probe(job_user_ids("nobody"))

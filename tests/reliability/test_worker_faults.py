@@ -29,9 +29,9 @@ from tests.reliability.conftest import ScenarioReport
 from tests.support.cluster import Cluster
 from tests.support.ledger import Run, job_code
 from tests.support.results import Tally, tally
-from worker.client import JobExecution
-from worker.deadletter import dead_letter_store_for
+from worker.client.client import JobExecution
 from worker.models import JobResult
+from worker.stores.deadletter import dead_letter_store_for
 
 JOBS = 100
 SETTLE_SECONDS = 75

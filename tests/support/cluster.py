@@ -25,8 +25,8 @@ import redis
 from tests.integration.conftest import Worker, worker_env
 from tests.support.ledger import LedgerServer, parent_of
 from tests.support.results import ResultWatch
-from worker.client import JobExecution, Sandrun
-from worker.launcher import dying_with_parent
+from worker.client.client import JobExecution, Sandrun
+from worker.sandbox.launcher import dying_with_parent
 
 ROOT = Path(__file__).resolve().parents[2]
 

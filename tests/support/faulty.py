@@ -26,8 +26,8 @@ from worker import (
     ResultContext,
     SubmissionContext,
 )
-from worker.context import WorkerContext
 from worker.models import Execution, Job, WorkerInfo
+from worker.plugin.context import WorkerContext
 
 #: How long the hanging hook sleeps: far past any timeout the tests set.
 HANG_SECONDS = 120

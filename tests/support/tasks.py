@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from worker.app import app
+from worker.node.app import app
 
 
 @app.task(name="tests.add")

@@ -12,7 +12,6 @@ from pydantic import ValidationError
 
 from worker import Job, Plugin, PluginDependency, PluginManager, SubmissionContext
 from worker.errors import DependencyError, InvalidJob
-from worker.manifest import load_manifest
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
@@ -40,7 +39,7 @@ def test_job_parsing_raises_only_validation_errors(data: dict[str, Any]) -> None
 def test_manifest_parsing_raises_only_invalid_job(data: dict[str, Any],
                                                  files: dict[str, str]) -> None:
     try:
-        job = load_manifest(data, files=files)
+        job = Job.from_manifest(data, files=files)
     except InvalidJob as exc:
         assert exc.problems and all(field and rule for field, rule in exc.problems)
         return

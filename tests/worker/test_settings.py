@@ -5,12 +5,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import RedisServer
-from worker.client import Sandrun
+from worker.client.client import Sandrun
 from worker.errors import ConfigurationError, InvalidJob
 from worker.models import MAX_TIMEOUT_SECONDS, Job
-from worker.runtime import build_runtime
+from worker.node.run_job import execute_job
+from worker.node.runtime import build_runtime
 from worker.settings import Settings, check_visibility_timeout, load_settings
-from worker.tasks import execute_job
 
 
 def test_visibility_timeout_must_exceed_longest_job() -> None:

@@ -15,7 +15,7 @@ from worker.errors import (
     SandrunError,
     WaitTimeout,
 )
-from worker.loader import PluginSpec, parse_plugin_specs
+from worker.plugin.loader import PluginSpec, parse_plugin_specs
 
 console = Console()
 err_console = Console(stderr=True)

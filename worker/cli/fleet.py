@@ -9,15 +9,14 @@ import click
 import redis
 from rich.table import Table
 
-from worker import registry
+from worker.broker.urls import is_redis, redis_url
 from worker.cli.common import EXIT_JOB_FAILED, console, fail
 from worker.cli.jobs import client
-from worker.client import Sandrun
-from worker.deadletter import DeadLetter, dead_letter_store_for
-from worker.embedded import redis_url
+from worker.client.client import Sandrun
 from worker.errors import ConfigurationError, SandrunError
 from worker.models import Job
-from worker.runtime import is_redis
+from worker.stores import registry
+from worker.stores.deadletter import DeadLetter, dead_letter_store_for
 
 
 @click.command()

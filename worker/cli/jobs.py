@@ -12,10 +12,10 @@ import click
 from rich.progress import Progress
 
 from worker.cli.common import EXIT_JOB_FAILED, EXIT_OK, console, fail
-from worker.client import JobExecution, Sandrun
+from worker.client.client import JobExecution, Sandrun
 from worker.errors import SandrunError
-from worker.manifest import manifest_fields
 from worker.models import JobResult
+from worker.models.jobdir import manifest_fields
 
 
 @contextmanager

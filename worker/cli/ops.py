@@ -11,16 +11,17 @@ from datetime import UTC, datetime
 
 import click
 
+from worker.broker.embedded import ensure_broker_configured, stop_redis
+from worker.broker.urls import is_redis, redis_client
 from worker.cli.common import EXIT_OK, console, fail
-from worker.context import WorkerContext
-from worker.embedded import ensure_broker_configured, redis_url, stop_redis
 from worker.errors import ConfigurationError, SandrunError
-from worker.gpu import detect_gpus, worker_queues
-from worker.health import age
-from worker.loader import parse_plugin_specs
-from worker.manager import PluginManager
+from worker.node.health import age
+from worker.plugin.context import WorkerContext
+from worker.plugin.loader import parse_plugin_specs
+from worker.plugin.manager import PluginManager
+from worker.sandbox.gpu import detect_gpus, worker_queues
 from worker.settings import check_visibility_timeout, health_file, load_settings
-from worker.storage import RedisStorageBackend
+from worker.stores.storage import RedisStorageBackend
 
 #: The custom hook ``sandrun beat`` dispatches (the scheduling plugin releases held jobs).
 BEAT_HOOK = "on_beat"
@@ -53,7 +54,7 @@ def worker_command(concurrency: int | None, queues: str | None, hostname: str | 
     try:
         settings = load_settings()
         ensure_broker_configured()
-        if os.environ["SANDRUN_BROKER_URL"].startswith(("redis", "rediss")):
+        if is_redis(os.environ["SANDRUN_BROKER_URL"]):
             check_visibility_timeout(settings.visibility_timeout)
         PluginManager().validate(parse_plugin_specs(settings.plugins))
     except SandrunError as exc:
@@ -92,7 +93,8 @@ def _beat_manager() -> PluginManager:
     ensure_broker_configured()
     settings = load_settings()
     url = os.environ["SANDRUN_BROKER_URL"]
-    storage = RedisStorageBackend.from_url(redis_url(url)) if url.startswith("redis") else None
+    client = redis_client(url)
+    storage = None if client is None else RedisStorageBackend(client)
     manager = PluginManager(storage=storage, hook_timeout=settings.hook_timeout)
     manager.load_all(parse_plugin_specs(settings.plugins))
     if BEAT_HOOK not in manager.hook_plan():
@@ -191,7 +193,7 @@ def broker_url() -> None:
 @click.option("--workers", default=2, show_default=True, help="Worker processes to start.")
 def demo(workers: int) -> None:
     """Start a broker and workers, run the example jobs, show the results, shut down."""
-    from worker.demo import run_demo
+    from worker.cli.demo import run_demo
 
     try:
         code = run_demo(console, workers)

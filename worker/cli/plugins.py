@@ -10,9 +10,9 @@ from rich.table import Table
 
 from worker.cli.common import configured_specs, console, fail
 from worker.errors import SandrunError
-from worker.loader import available_entry_points, resolve_ref
-from worker.manager import PluginManager
-from worker.validation import CheckedPlugin, check_config, check_plugin
+from worker.plugin.loader import available_entry_points, resolve_ref
+from worker.plugin.manager import PluginManager
+from worker.plugin.validation import CheckedPlugin, check_config, check_plugin
 
 
 @click.group()

@@ -1,0 +1,72 @@
+"""Client behaviour that needs no worker: publishing, payment checks, scheduling."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import RedisServer
+from worker.client.client import Sandrun
+from worker.errors import BrokerUnavailable, ConfigurationError, PaymentRejected
+from worker.models import Job
+from worker.settings import Settings
+
+
+def make(url: str, **settings: object) -> Sandrun:
+    return Sandrun.create(broker_url=url, plugins=[],
+                          settings=Settings(publish_retry_seconds=1.0, **settings))  # type: ignore[arg-type]
+
+
+def test_unreachable_broker_is_a_clear_error_within_the_retry_window(tmp_path: Path) -> None:
+    client = make(f"redis+socket://{tmp_path}/nobody.sock")
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable, match="unreachable for 1s"):
+        client.submit(Job(code="print(1)"))
+    assert time.monotonic() - started < 10
+    client.close()
+
+
+def test_publish_rides_out_a_short_outage(tmp_path: Path) -> None:
+    servers: list[RedisServer] = []
+    starter = threading.Timer(0.5, lambda: servers.append(
+        RedisServer(tmp_path, die_with_parent=False)))
+    starter.start()
+    client = Sandrun.create(broker_url=f"redis+socket://{tmp_path}/redis.sock", plugins=[],
+                            settings=Settings(publish_retry_seconds=10))
+    try:
+        run = client.submit(Job(code="print(1)"))
+        starter.join()
+        queued = servers[0].client().llen("sandrun")
+        assert queued == 1 and run.status() == "queued"
+    finally:
+        starter.join()
+        client.close()
+        for server in servers:
+            server.stop()
+
+
+def test_payment_is_checked_before_publishing(redis_server: RedisServer,
+                                              redis_client: object) -> None:
+    pricing = {"currency": "USD", "cpu_second": "0.01"}
+    client = make(f"redis+socket://{redis_server.socket}", pricing=pricing)
+    with pytest.raises(PaymentRejected, match="worst case"):
+        client.submit(Job(code="1", timeout=100, payment={"amount": "0.5", "currency": "USD"}))
+    assert redis_server.client().llen("sandrun") == 0
+    client.submit(Job(code="1", timeout=100, payment={"amount": "1", "currency": "USD"}))
+    assert redis_server.client().llen("sandrun") == 1
+    client.close()
+
+
+def test_far_future_schedule_needs_the_scheduling_plugin(redis_server: RedisServer,
+                                                         redis_client: object) -> None:
+    client = make(f"redis+socket://{redis_server.socket}")
+    later = datetime.now(UTC) + timedelta(days=2)
+    with pytest.raises(ConfigurationError, match="scheduling plugin"):
+        client.submit(Job(code="1", scheduled_time=later))
+    soon = datetime.now(UTC) + timedelta(seconds=30)
+    client.submit(Job(code="1", scheduled_time=soon))
+    client.close()

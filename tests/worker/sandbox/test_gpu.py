@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+
+import pytest
+
+from worker.models import Job
+from worker.protocol import job_queue
+from worker.sandbox.gpu import (
+    GPUConfig,
+    GPUDevice,
+    allocate,
+    detect_gpus,
+    gpu_type_name,
+    suitable,
+    worker_queues,
+)
+
+
+@pytest.mark.parametrize(("product", "short"), [
+    ("NVIDIA A100-SXM4-40GB", "a100"), ("Tesla T4", "t4"),
+    ("NVIDIA GeForce RTX 3090", "rtx3090"), ("NVIDIA H100 80GB HBM3", "h100"),
+    ("Quadro RTX 8000", "rtx8000"),
+])
+def test_type_names(product: str, short: str) -> None:
+    assert gpu_type_name(product) == short
+
+
+def test_queues_for_jobs() -> None:
+    assert job_queue(Job(code="1"), "sandrun") == "sandrun"
+    assert job_queue(Job(code="1", queue="batch"), "sandrun") == "batch"
+    assert job_queue(Job(code="1", gpu={}), "sandrun") == "sandrun.gpu"
+    assert job_queue(Job(code="1", gpu={"type": "a100"}, queue="ml"), "s") == "ml.gpu.a100"
+    assert job_queue(Job(code="1", gpu={"required": False}), "sandrun") == "sandrun"
+
+
+def test_queues_for_workers() -> None:
+    assert worker_queues(["sandrun"], []) == ["sandrun"]
+    gpus = [GPUDevice(0, "t4"), GPUDevice(1, "a100")]
+    assert worker_queues(["sandrun"], gpus) == ["sandrun", "sandrun.gpu", "sandrun.gpu.a100",
+                                                "sandrun.gpu.t4"]
+
+
+def test_configured_gpus_expand_counts() -> None:
+    gpus = detect_gpus([GPUConfig(type="t4", count=2), GPUConfig(type="a100")])
+    assert [(g.index, g.type) for g in gpus] == [(0, "t4"), (1, "t4"), (2, "a100")]
+
+
+def test_suitable_devices() -> None:
+    gpus = [GPUDevice(0, "t4", 16000), GPUDevice(1, "a100", 40960)]
+    assert [g.index for g in suitable(Job(code="1", gpu={"min_vram_gb": 20}), gpus)] == [1]
+    assert [g.index for g in suitable(Job(code="1", gpu={"type": "t4"}), gpus)] == [0]
+    assert suitable(Job(code="1", gpu={"device_id": 5}), gpus) == []
+
+
+def _hold(lock_dir: str, queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    with allocate([GPUDevice(0, "t4"), GPUDevice(1, "t4")], 1, Path(lock_dir), 5) as ids:
+        queue.put(ids)
+        queue.get()
+
+
+def test_allocation_is_exclusive_across_processes(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("fork")
+    queue: multiprocessing.Queue = ctx.Queue()  # type: ignore[type-arg]
+    holder = ctx.Process(target=_hold, args=(str(tmp_path), queue))
+    holder.start()
+    held = queue.get(timeout=10)
+    devices = [GPUDevice(0, "t4"), GPUDevice(1, "t4")]
+    with allocate(devices, 1, tmp_path, 5) as mine:
+        assert set(mine).isdisjoint(held)
+    with pytest.raises(TimeoutError, match="no 2 free GPU"), allocate(devices, 2, tmp_path, 0.2):
+        pass
+    queue.put("release")
+    holder.join(10)
+    with allocate(devices, 2, tmp_path, 5) as both:
+        assert sorted(both) == [0, 1]

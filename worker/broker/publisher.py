@@ -1,0 +1,41 @@
+"""The one way a finished message reaches the broker: :class:`Publisher`.
+
+The producer client and the scheduling plugin (releasing held and fair jobs)
+both publish through it, so both ride out a short broker outage the same way
+(:func:`~worker.broker.policies.publish_policy`, ``SANDRUN_PUBLISH_RETRY_SECONDS``)
+and both end with :class:`~worker.errors.BrokerUnavailable` when the broker stays
+away. Celery's own publish retry is off in every message's options, so the two
+retries are never stacked.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from worker.broker.policies import TRANSIENT_PUBLISH_ERRORS, publish_policy, transient_publish_error
+from worker.errors import BrokerUnavailable
+from worker.protocol import Publication
+
+
+class Publisher:
+    """Sends :class:`~worker.protocol.Publication` s as they are, through a Celery app."""
+
+    def __init__(self, app: Any, retry_seconds: float) -> None:
+        self.app = app
+        self.retry_seconds = retry_seconds
+
+    def publish(self, publication: Publication) -> None:
+        """Send one message unchanged; raise BrokerUnavailable after ``retry_seconds`` of
+        transient broker errors (other errors propagate at once)."""
+        try:
+            for attempt in publish_policy(self.retry_seconds):
+                with attempt:
+                    self.app.send_task(publication.task, args=publication.args,
+                                       kwargs=publication.kwargs, **publication.options())
+        except (*TRANSIENT_PUBLISH_ERRORS, RuntimeError) as exc:
+            if not transient_publish_error(exc):
+                raise
+            raise BrokerUnavailable(
+                f"cannot publish job {publication.task_id}: the broker stayed unreachable for "
+                f"{self.retry_seconds:g}s ({exc}); check SANDRUN_BROKER_URL and that the "
+                "broker is running") from exc

@@ -1,0 +1,76 @@
+"""The ``sandrun.run_job`` task: run one Job in the sandbox and describe the result."""
+
+from __future__ import annotations
+
+import os
+from contextlib import ExitStack
+from typing import Any
+
+from celery import Celery
+
+from worker.models import ErrorInfo, ExecutionInfo, Job, JobResult
+from worker.node.runtime import Runtime, current
+from worker.node.taskbase import EXECUTION_ATTR
+from worker.protocol import RUN_JOB
+from worker.sandbox.executor import run_in_sandbox
+from worker.sandbox.gpu import allocate, suitable
+
+STATUS_BY_OUTCOME = {"completed": "completed", "timeout": "timeout"}
+
+
+def _refuse(job: Job, outcome: str, message: str) -> JobResult:
+    return JobResult(id=job.id, status="failed", outcome=outcome,
+                     error=ErrorInfo(type="Unsatisfiable", message=message))
+
+
+def execute_job(job: Job, rt: Runtime, queue: str | None = None,
+                node_id: str | None = None) -> JobResult:
+    """Run ``job`` on this worker: check what it asks for, hold GPUs, sandbox, store outputs."""
+    longest = rt.settings.max_job_timeout
+    if job.timeout > longest:
+        return JobResult(id=job.id, status="rejected", outcome="rejected", error=ErrorInfo(
+            type="InvalidJob", message=f"the job asks for a {job.timeout:g}s timeout; this "
+            f"worker runs jobs of at most {longest:g}s (SANDRUN_MAX_JOB_TIMEOUT)"))
+    if job.isolation == "network" and not rt.sandbox.network_isolation:
+        return _refuse(job, "isolation_unavailable", "the job asks for network isolation, which "
+                       "this worker does not provide (SANDRUN_NETWORK_ISOLATION is off)")
+    env = {"CUDA_VISIBLE_DEVICES": ""}
+    gpu_type = None
+    with ExitStack() as stack:
+        if job.needs_gpu and job.gpu is not None:
+            devices = suitable(job, rt.gpus)
+            if len(devices) < job.gpu.count:
+                return _refuse(job, "unsatisfiable", f"the job needs {job.gpu.count} GPU(s) "
+                               f"matching {job.gpu.model_dump(exclude_none=True)}; this worker "
+                               f"has {[d.type for d in rt.gpus] or 'none'}")
+            ids = stack.enter_context(allocate(devices, job.gpu.count, rt.lock_dir, job.timeout))
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, ids))
+            gpu_type = devices[0].type
+        run = run_in_sandbox(job, rt.sandbox, env)
+    rt.outputs.put(job.id, run.outputs)
+    pricing = rt.settings.pricing
+    return JobResult(
+        id=job.id, status=STATUS_BY_OUTCOME.get(run.outcome, "failed"),
+        outcome=run.outcome, exit_code=run.exit_code, signal=run.signal,
+        stdout=run.stdout, stderr=run.stderr, stdout_truncated=run.stdout_truncated,
+        stderr_truncated=run.stderr_truncated, outputs=[o.info for o in run.outputs],
+        outputs_truncated=run.outputs_truncated, execution_time=run.wall_seconds,
+        cpu_seconds=run.cpu_seconds, memory_peak_bytes=run.memory_peak_bytes,
+        cost=pricing.cost(job, run.cpu_seconds, run.wall_seconds) if pricing else None,
+        execution=ExecutionInfo(node_id=node_id or rt.node_id, pool_id=str(os.getpid()),
+                                queue=queue, gpu_type=gpu_type),
+        isolation=run.isolation,
+        error=ErrorInfo(type="SandboxError", message=run.error) if run.error else None)
+
+
+def run_job(self: Any, job: dict[str, Any]) -> JobResult:
+    """Run a job (its JSON form) in the sandbox; the base class stores the result."""
+    delivery = self.request.delivery_info or {}
+    execution = getattr(self.request, EXECUTION_ATTR, None)
+    parsed = execution.job if execution is not None else Job.model_validate(job)
+    return execute_job(parsed, current(), delivery.get("routing_key"), self.request.hostname)
+
+
+def register(app: Celery) -> None:
+    """Register ``sandrun.run_job`` on ``app`` (the worker's app does it once, at import)."""
+    app.task(name=RUN_JOB, bind=True)(run_job)

@@ -1,0 +1,139 @@
+"""Typed contexts handed to hooks next to the data they act on.
+
+A hook receives ``(data, context)``. The data is what a hook may replace (a Job,
+a JobResult, an exception); the context says where and when it is happening and
+is never replaced. ``job_id`` is on every context so that a failing hook can be
+logged with the job it was working on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from structlog.typing import FilteringBoundLogger
+
+    from worker.collector import MetricsCollector
+    from worker.models import Execution, Job
+    from worker.plugin.impl import HookTimer
+    from worker.protocol import Publication
+    from worker.stores.deadletter import DeadLetterStore
+    from worker.stores.storage import PluginStorage
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(slots=True)
+class PluginContext:
+    """Given to ``on_init``: the plugin's validated config and its own tools.
+
+    ``dead_letters`` is where jobs that will not run again go (None in a process
+    without a store); ``install_metrics`` replaces the collector the host and
+    later plugins use; ``time_hooks`` asks for every hook's duration."""
+
+    name: str
+    config: Any
+    logger: FilteringBoundLogger
+    metrics: MetricsCollector
+    storage: PluginStorage
+    dead_letters: DeadLetterStore | None = None
+    install_metrics: Callable[[MetricsCollector], None] | None = None
+    time_hooks: Callable[[HookTimer | None], None] | None = None
+
+
+@dataclass(slots=True)
+class WorkerContext:
+    """Given to ``on_worker_start``/``on_worker_stop`` in a worker's main process."""
+
+    hostname: str
+    pid: int
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class BuildContext:
+    """Given to ``on_build`` when a client makes a job builder."""
+
+    client: str = "sandrun"
+    metadata: dict[str, Any] = field(default_factory=dict)
+    job_id: str | None = None
+
+
+@dataclass(slots=True)
+class SubmissionContext:
+    """Given to ``on_submit`` in the producer, before the job is published.
+
+    ``finalizers`` run on the final :class:`Publication` just before it is sent."""
+
+    submitted_at: datetime = field(default_factory=_now)
+    producer: str = ""
+    queue: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    duration: float | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    job_id: str | None = None
+    finalizers: list[Callable[[Publication], None]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class ExecutionContext:
+    """Given to ``on_execute`` in the worker pool process that is about to run the job.
+
+    ``headers`` (the message's custom headers), ``args``/``kwargs`` (its body as
+    received), ``eta`` and ``redelivered`` describe the message itself, for plugins
+    that check it (authentication)."""
+
+    node_id: str
+    pool_id: str
+    task_id: str
+    attempt: int = 1
+    queue: str | None = None
+    started_at: datetime = field(default_factory=_now)
+    submitted_at: datetime | None = None
+    deliveries: int = 1
+    metadata: dict[str, Any] = field(default_factory=dict)
+    job_id: str | None = None
+    headers: dict[str, Any] = field(default_factory=dict)
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    eta: str | None = None
+    redelivered: bool = False
+
+
+@dataclass(slots=True)
+class ResultContext:
+    """Given to ``on_result`` before the result is stored."""
+
+    node_id: str
+    task_id: str
+    attempt: int = 1
+    job: Job | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    job_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.job_id is None and self.job is not None:
+            self.job_id = self.job.id
+
+
+@dataclass(slots=True)
+class ErrorContext:
+    """Given to ``on_error``: which operation failed, on which attempt, for which job."""
+
+    operation: str
+    attempt: int = 1
+    job: Job | None = None
+    task_id: str | None = None
+    execution: Execution | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    job_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.job_id is None and self.job is not None:
+            self.job_id = self.job.id

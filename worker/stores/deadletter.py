@@ -1,0 +1,146 @@
+"""The dead-letter store: jobs that will not be tried again, kept for a person to look at.
+
+A dead letter holds the job (or the task name and arguments of a user task),
+why it died, and its whole attempt history. Letters expire after a TTL (seven
+days by default). Redis keeps them under ``sandrun:dead:<id>`` with an index
+sorted by time; the embedded ``file://`` mode keeps one JSON file each.
+``sandrun dead list|show|replay`` reads them.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import redis
+from pydantic import BaseModel, Field
+
+from worker.broker.urls import redis_url
+from worker.collector import MetricsCollector
+
+DEAD_TTL_SECONDS = 7 * 24 * 3600
+INDEX_KEY = "sandrun:dead"
+
+
+class DeadLetter(BaseModel):
+    """One job that will not run again unless someone replays it."""
+
+    id: str
+    task: str
+    reason: str
+    source: str = Field(description="what dead-lettered it: retry, auth, broker, ...")
+    job: dict[str, Any] | None = None
+    task_args: list[Any] = Field(default_factory=list)
+    task_kwargs: dict[str, Any] = Field(default_factory=dict)
+    attempts: list[dict[str, Any]] = Field(default_factory=list)
+    dead_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    raw: str | None = Field(default=None, description="start of an undecodable message")
+    content_type: str | None = None
+
+
+class DeadLetterStore(ABC):
+    """Where dead letters are kept; counts each one in ``sandrun_dead_letter_total``."""
+
+    def __init__(self, metrics: MetricsCollector | None = None) -> None:
+        self.metrics = metrics
+
+    def add(self, letter: DeadLetter) -> None:
+        """Keep ``letter`` (replacing an older letter of the same id)."""
+        self._put(letter)
+        if self.metrics is not None:
+            self.metrics.counter("sandrun_dead_letter_total", "Jobs dead-lettered",
+                                 ("source",)).labels(source=letter.source).inc()
+
+    @abstractmethod
+    def _put(self, letter: DeadLetter) -> None: ...
+
+    @abstractmethod
+    def get(self, letter_id: str) -> DeadLetter | None:
+        """The letter, or None if unknown or expired."""
+
+    @abstractmethod
+    def list(self, limit: int = 100) -> list[DeadLetter]:
+        """Newest first."""
+
+    @abstractmethod
+    def remove(self, letter_id: str) -> bool:
+        """Forget a letter (after a replay); True if it existed."""
+
+
+class RedisDeadLetterStore(DeadLetterStore):
+    """Letters in Redis, shared by the fleet."""
+
+    def __init__(self, client: redis.Redis[bytes], ttl: int = DEAD_TTL_SECONDS,
+                 metrics: MetricsCollector | None = None) -> None:
+        super().__init__(metrics)
+        self.client, self.ttl = client, ttl
+
+    def _put(self, letter: DeadLetter) -> None:
+        pipe = self.client.pipeline()
+        pipe.set(f"{INDEX_KEY}:{letter.id}", letter.model_dump_json(), ex=self.ttl)
+        pipe.zadd(INDEX_KEY, {letter.id: letter.dead_at.timestamp()})
+        pipe.zremrangebyscore(INDEX_KEY, 0, time.time() - self.ttl)
+        pipe.execute()
+
+    def get(self, letter_id: str) -> DeadLetter | None:
+        raw = self.client.get(f"{INDEX_KEY}:{letter_id}")
+        return None if raw is None else DeadLetter.model_validate_json(raw)
+
+    def list(self, limit: int = 100) -> list[DeadLetter]:
+        ids = [i.decode() for i in self.client.zrevrange(INDEX_KEY, 0, limit - 1)]
+        letters = [self.get(i) for i in ids]
+        return [letter for letter in letters if letter is not None]
+
+    def remove(self, letter_id: str) -> bool:
+        pipe = self.client.pipeline()
+        pipe.delete(f"{INDEX_KEY}:{letter_id}")
+        pipe.zrem(INDEX_KEY, letter_id)
+        return bool(pipe.execute()[0])
+
+
+class FileDeadLetterStore(DeadLetterStore):
+    """Letters as JSON files in a directory (the embedded ``file://`` mode)."""
+
+    def __init__(self, root: Path, ttl: int = DEAD_TTL_SECONDS,
+                 metrics: MetricsCollector | None = None) -> None:
+        super().__init__(metrics)
+        self.root, self.ttl = root, ttl
+        root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, letter_id: str) -> Path:
+        return self.root / f"{letter_id}.json"
+
+    def _put(self, letter: DeadLetter) -> None:
+        tmp = self._path(letter.id).with_suffix(".tmp")
+        tmp.write_text(letter.model_dump_json())
+        tmp.replace(self._path(letter.id))
+
+    def get(self, letter_id: str) -> DeadLetter | None:
+        path = self._path(letter_id)
+        if not path.is_file() or path.stat().st_mtime < time.time() - self.ttl:
+            return None
+        return DeadLetter.model_validate_json(path.read_text())
+
+    def list(self, limit: int = 100) -> list[DeadLetter]:
+        paths = sorted(self.root.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+        letters = [self.get(p.stem) for p in paths[:limit]]
+        return [letter for letter in letters if letter is not None]
+
+    def remove(self, letter_id: str) -> bool:
+        path = self._path(letter_id)
+        existed = path.is_file()
+        path.unlink(missing_ok=True)
+        return existed
+
+
+def dead_letter_store_for(result_backend: str, metrics: MetricsCollector | None = None
+                          ) -> DeadLetterStore:
+    """The store that fits a result backend URL (Redis, or ``file://`` directories)."""
+    if result_backend.startswith("file://"):
+        return FileDeadLetterStore(Path(result_backend.removeprefix("file://")) / "dead",
+                                   metrics=metrics)
+    return RedisDeadLetterStore(redis.Redis.from_url(redis_url(result_backend)),
+                                metrics=metrics)
