@@ -6,6 +6,9 @@ Commands: ``submit``, ``status``, ``result``, ``logs``, ``cancel``, ``download``
 Exit codes are the same everywhere: 0 success, 1 a job did not complete or a
 plugin problem, 2 bad usage or configuration, 3 broker unreachable, 4 timed out
 waiting.
+
+The top wing: may import every wing below it (client, node, plugin host, sandbox,
+stores, broker) and the shared modules; nothing imports it.
 """
 
 from __future__ import annotations
