@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     stream_cap_bytes: int = Field(default=1 << 20, ge=1024)
     output_file_cap_bytes: int = Field(default=10 << 20, ge=0)
     output_total_cap_bytes: int = Field(default=50 << 20, ge=0)
+    output_max_files: int = Field(default=1000, ge=0)
+    output_max_depth: int = Field(default=32, ge=1, le=256)
     network_isolation: bool = False
     filesystem_isolation: str = Field(default="auto", pattern="^(auto|required|off)$", description=(
         "Landlock: jobs may change files only in their own directory; auto uses it where the "

@@ -67,6 +67,8 @@ def build_runtime(settings: Settings | None = None, *, load_plugins: bool = True
         stream_cap_bytes=settings.stream_cap_bytes,
         output_file_cap_bytes=settings.output_file_cap_bytes,
         output_total_cap_bytes=settings.output_total_cap_bytes,
+        output_max_files=settings.output_max_files,
+        output_max_depth=settings.output_max_depth,
         interpreters=frozenset(settings.interpreters or DEFAULT_INTERPRETERS),
         network_isolation=settings.network_isolation, max_processes=settings.max_processes,
         filesystem_isolation=settings.filesystem_isolation, job_user=settings.job_user)

@@ -20,15 +20,16 @@ import os
 import selectors
 import shutil
 import signal
-import stat
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import structlog
+
 from worker.models import FORBIDDEN_ENV_KEYS, FORBIDDEN_ENV_PREFIXES, Job, cap_text
-from worker.sandbox.collect import collect_outputs
+from worker.sandbox.collect import CollectLimits, collect_outputs, remove_tree
 from worker.sandbox.confine import IsolationError
 from worker.sandbox.isolation import HostSupport, IsolationUnavailable, hand_over, plan_confinement
 from worker.sandbox.launcher import (
@@ -52,6 +53,7 @@ DATA_LIMITED = frozenset({"node"})
 GRACE_SECONDS = 5.0
 #: stderr of a job whose fork or spawn failed for want of processes (bash, Python, node).
 FORK_FAILED = ("Resource temporarily unavailable", "EAGAIN")
+log = structlog.get_logger("sandrun.sandbox")
 STRAYS_MARKER = "\n[sandrun: killed {count} process(es) the job left running]\n"
 
 
@@ -62,6 +64,8 @@ class SandboxConfig:
     stream_cap_bytes: int = 1 << 20
     output_file_cap_bytes: int = 10 << 20
     output_total_cap_bytes: int = 50 << 20
+    output_max_files: int = 1000
+    output_max_depth: int = 32
     file_size_limit_bytes: int = 64 << 20
     open_files: int = 256
     interpreters: frozenset[str] = DEFAULT_INTERPRETERS
@@ -213,20 +217,6 @@ def classify(job: Job, report: LaunchReport, stderr: str) -> str:
                      "completed" if report.exit_code == 0 else "failed")
 
 
-def _remove(root: Path) -> None:
-    def fix(func: object, path: str, exc: object) -> None:
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(path), stat.S_IRWXU)
-            os.chmod(path, stat.S_IRWXU)
-        with contextlib.suppress(OSError):
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                os.unlink(path)
-
-    shutil.rmtree(root, onerror=fix)
-
-
 def _reap_launcher(pid: int, finished: bool) -> None:
     """Reap the launcher; one that outlived the grace period is told to kill its tree."""
     if not finished:
@@ -289,8 +279,9 @@ def run_in_sandbox(job: Job, config: SandboxConfig | None = None,
             job.timeout, config.stream_cap_bytes)
         inputs = {path: hashlib.sha256(item.data()).hexdigest()
                   for path, item in job.files.items()}
-        outputs, truncated = collect_outputs(root, job.outputs, config.output_file_cap_bytes,
-                                             config.output_total_cap_bytes, inputs)
+        outputs, truncated = collect_outputs(root, job.outputs, CollectLimits(
+            config.output_file_cap_bytes, config.output_total_cap_bytes,
+            config.output_max_files, config.output_max_depth), inputs)
         return SandboxRun(
             outcome=classify(job, report, stderr), exit_code=report.exit_code,
             signal=report.signal, stdout=stdout, stderr=stderr, stdout_truncated=out_cut,
@@ -299,5 +290,6 @@ def run_in_sandbox(job: Job, config: SandboxConfig | None = None,
             outputs=outputs, outputs_truncated=truncated, isolation=isolation,
             error=report.error)
     finally:
-        _remove(root)
+        if not remove_tree(root):
+            log.warning("job_directory_left", path=str(root))
         reap_finished_launchers()
