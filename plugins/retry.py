@@ -16,6 +16,13 @@ exponential ``min(base x 2^n, max)``; then, with jitter, a uniform draw in
 ``[0, delay)``. When attempts run out, or a job keeps killing its worker, the
 last ``on_error`` puts it in the dead-letter store with its whole history.
 It runs last among ``on_error`` hooks, so the others still see every failure.
+
+``retry_if`` rules are resolved when the plugin starts (``on_init``): a
+``"module:callable"`` that does not import, or a lowercase word that is not an
+outcome (``"timout"``), stops the process with a message naming the rule, not
+at the first failing job. A job's own policy may name outcomes, exit codes and
+exception names, never callables: a producer must not make a worker import and
+call code of its choosing (such a rule is logged and never matches).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from pydantic import ConfigDict
 
 from worker import (
     BasePlugin,
+    ConfigurationError,
     DeadLetter,
     ErrorContext,
     InvalidJob,
@@ -48,6 +56,7 @@ FINAL_OUTCOMES = frozenset({"rejected", "cancelled", "unsatisfiable", "isolation
 OUTCOMES = frozenset({"failed", "timeout", "memory_limit", "cpu_limit", "signal",
                       "worker_lost"})
 HISTORY_TTL = 7 * 24 * 3600
+Rule = Callable[[BaseException, Any, ErrorContext], bool]
 
 
 class RetryConfig(RetryPolicy):
@@ -67,6 +76,32 @@ def load_callable(ref: str) -> Callable[..., Any]:
     if not callable(target):
         raise TypeError(f"{ref!r} is not callable")
     return target  # type: ignore[no-any-return]
+
+
+def compile_rule(rule: str | int, *, callables: bool = True) -> Rule:
+    """A predicate for one ``retry_if`` rule; ConfigurationError for a rule that cannot be."""
+    if isinstance(rule, int):
+        return lambda error, result, context: (isinstance(result, JobResult)
+                                               and result.exit_code == rule)
+    if rule in OUTCOMES:
+        return lambda error, result, context: (isinstance(result, JobResult)
+                                               and result.outcome == rule)
+    if ":" in rule:
+        if not callables:
+            raise ConfigurationError(f"retry_if rule {rule!r}: a job's own policy may not name "
+                                     "a callable; configure it in the retry plugin instead")
+        try:
+            predicate = load_callable(rule)
+        except (ImportError, AttributeError, TypeError, ValueError) as exc:
+            raise ConfigurationError(f"retry_if rule {rule!r} does not resolve to a callable "
+                                     f"({type(exc).__name__}: {exc}); write 'module:function'"
+                                     ) from None
+        return lambda error, result, context: bool(predicate(error, context))
+    if not rule.isidentifier() or rule.islower():
+        raise ConfigurationError(
+            f"retry_if rule {rule!r} is neither an outcome ({', '.join(sorted(OUTCOMES))}), an "
+            "exit code, an exception class name (such as TimeoutError) nor 'module:callable'")
+    return lambda error, result, context: rule in {c.__name__ for c in type(error).__mro__}
 
 
 class RetryPlugin(BasePlugin):
@@ -89,10 +124,12 @@ class RetryPlugin(BasePlugin):
         self._on_retry = on_retry
         self.random = random
         self.options = options or RetryConfig()
+        self.rules = [compile_rule(rule) for rule in self.options.retry_if]
 
     def on_init(self, context: PluginContext) -> None:
         super().on_init(context)
         self.options = self._options or context.config or RetryConfig()
+        self.rules = [compile_rule(rule) for rule in self.options.retry_if]
         if self._on_retry is None and self.options.on_retry:
             self._on_retry = load_callable(self.options.on_retry)
         self.dead_letters = context.dead_letters
@@ -105,18 +142,18 @@ class RetryPlugin(BasePlugin):
         if isinstance(result, JobResult) and (result.status in FINAL_OUTCOMES or
                                               result.outcome in FINAL_OUTCOMES | {"worker_lost"}):
             return False
-        return not policy.retry_if or any(self._matches(rule, error, result, context)
-                                           for rule in policy.retry_if)
+        rules = self.rules if policy is self.options else self._job_rules(policy)
+        return not policy.retry_if or any(rule(error, result, context) for rule in rules)
 
-    def _matches(self, rule: str | int, error: BaseException, result: Any,
-                 context: ErrorContext) -> bool:
-        if isinstance(rule, int):
-            return isinstance(result, JobResult) and result.exit_code == rule
-        if rule in OUTCOMES:
-            return isinstance(result, JobResult) and result.outcome == rule
-        if ":" in rule:
-            return bool(load_callable(rule)(error, context))
-        return rule in {cls.__name__ for cls in type(error).__mro__}
+    def _job_rules(self, policy: RetryPolicy) -> list[Rule]:
+        """A job's own rules, resolved per failure; one that cannot be never matches."""
+        rules = []
+        for rule in policy.retry_if:
+            try:
+                rules.append(compile_rule(rule, callables=False))
+            except ConfigurationError as exc:
+                self.logger.warning("retry_rule_refused", error=str(exc))
+        return rules
 
     def on_error(self, error: BaseException, context: ErrorContext) -> None:
         if context.operation != "execute" or context.task_id is None:

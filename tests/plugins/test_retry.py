@@ -166,3 +166,28 @@ def test_other_operations_are_ignored() -> None:
     manager, _ = load(retry_plugin())
     error = ValueError("x")
     assert manager.execute_hook("on_error", error, ErrorContext(operation="parse")) is error
+
+
+@pytest.mark.parametrize(("rule", "says"), [
+    ("timout", "neither an outcome"),
+    ("tests.plugins.test_retry:no_such_function", "does not resolve"),
+    ("no_such_module_xyz:f", "does not resolve"),
+    ("not an identifier", "neither an outcome"),
+])
+def test_a_bad_retry_if_rule_fails_when_the_plugin_starts(rule: str, says: str) -> None:
+    from worker.errors import PluginLoadError
+
+    with pytest.raises(PluginLoadError, match=says):
+        load(RetryPlugin(), {"retry_if": [rule]})
+
+
+def test_a_jobs_own_policy_may_not_name_a_callable() -> None:
+    calls: list[str] = []
+    globals()["record_call"] = lambda error, context: calls.append("called") or True
+    manager, _ = load(retry_plugin(jitter=False, max_attempts=5))
+    job = Job(code="1", retry=RetryPolicy(retry_if=["tests.plugins.test_retry:record_call"]))
+    error = failure(job)
+    assert manager.execute_hook("on_error", error, ctx(job, 1)) is error
+    assert calls == []
+    job = Job(code="1", retry=RetryPolicy(retry_if=["failed"]))
+    countdown(manager, failure(job), ctx(job, 1))
