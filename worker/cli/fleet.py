@@ -6,10 +6,9 @@ import json
 import sys
 
 import click
-import redis
 from rich.table import Table
 
-from worker.broker.urls import is_redis, redis_url
+from worker.broker.urls import is_redis, redis_client
 from worker.cli.common import EXIT_JOB_FAILED, console, fail
 from worker.cli.jobs import client
 from worker.client.client import Sandrun
@@ -30,7 +29,9 @@ def workers(timeout: float) -> None:
                                     "filesystem transport cannot reach workers"))
         replies = sandrun.app.control.ping(timeout=timeout) or []
         alive = {name for reply in replies for name in reply}
-        known = registry.advertised(redis.Redis.from_url(redis_url(backend)))
+        redis = redis_client(backend)
+        assert redis is not None  # is_redis(backend) was checked above
+        known = registry.advertised(redis)
     table = Table(title=f"{len(alive)} live worker(s)")
     for column in ("worker", "queues", "concurrency", "metrics"):
         table.add_column(column, overflow="fold")

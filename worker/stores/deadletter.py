@@ -18,8 +18,9 @@ from typing import Any
 import redis
 from pydantic import BaseModel, Field
 
-from worker.broker.urls import redis_url
+from worker.broker.urls import redis_client
 from worker.collector import MetricsCollector
+from worker.errors import ConfigurationError
 
 DEAD_TTL_SECONDS = 7 * 24 * 3600
 INDEX_KEY = "sandrun:dead"
@@ -138,9 +139,13 @@ class FileDeadLetterStore(DeadLetterStore):
 
 def dead_letter_store_for(result_backend: str, metrics: MetricsCollector | None = None
                           ) -> DeadLetterStore:
-    """The store that fits a result backend URL (Redis, or ``file://`` directories)."""
+    """The store that fits a result backend URL: Redis, or ``file://`` directories."""
     if result_backend.startswith("file://"):
         return FileDeadLetterStore(Path(result_backend.removeprefix("file://")) / "dead",
                                    metrics=metrics)
-    return RedisDeadLetterStore(redis.Redis.from_url(redis_url(result_backend)),
-                                metrics=metrics)
+    client = redis_client(result_backend)
+    if client is None:
+        raise ConfigurationError(
+            f"dead letters are kept in Redis or under file://, and the result backend is "
+            f"{result_backend!r}; set SANDRUN_RESULT_BACKEND to a redis:// URL")
+    return RedisDeadLetterStore(client, metrics=metrics)
