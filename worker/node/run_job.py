@@ -1,4 +1,9 @@
-"""The ``sandrun.run_job`` task: run one Job in the sandbox and describe the result."""
+"""The ``sandrun.run_job`` task: run one Job in the sandbox and describe the result.
+
+The adapter (:class:`~worker.node.taskbase.SandrunTask`) parses the message's Job
+once; :class:`RunJobTask` hands that Execution to :func:`run_job`, the body the
+lifecycle runs between ``on_execute`` and ``on_result``.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,10 @@ from typing import Any
 
 from celery import Celery
 
-from worker.models import ErrorInfo, ExecutionInfo, Job, JobResult
+from worker.models import ErrorInfo, Execution, ExecutionInfo, Job, JobResult
 from worker.node.runtime import Runtime, current
-from worker.node.taskbase import EXECUTION_ATTR
+from worker.node.taskbase import SandrunTask
+from worker.plugin.context import ExecutionContext
 from worker.protocol import RUN_JOB
 from worker.sandbox.executor import run_in_sandbox
 from worker.sandbox.gpu import allocate, suitable
@@ -63,14 +69,30 @@ def execute_job(job: Job, rt: Runtime, queue: str | None = None,
         error=ErrorInfo(type="SandboxError", message=run.error) if run.error else None)
 
 
-def run_job(self: Any, job: dict[str, Any]) -> JobResult:
-    """Run a job (its JSON form) in the sandbox; the base class stores the result."""
-    delivery = self.request.delivery_info or {}
-    execution = getattr(self.request, EXECUTION_ATTR, None)
-    parsed = execution.job if execution is not None else Job.model_validate(job)
-    return execute_job(parsed, current(), delivery.get("routing_key"), self.request.hostname)
+def run_job(execution: Execution, context: ExecutionContext) -> JobResult:
+    """The body of ``sandrun.run_job``: the Job parsed from the message, run on this
+    worker (on the queue and node the context names); the adapter stores the result."""
+    if execution.job is None:
+        raise TypeError(f"{RUN_JOB} runs a Job; execution {execution.task_id} carries none")
+    return execute_job(execution.job, current(), context.queue, context.node_id)
+
+
+class RunJobTask(SandrunTask):
+    """The task class of ``sandrun.run_job``: its body is :func:`run_job`."""
+
+    def body(self, execution: Execution, context: ExecutionContext) -> JobResult:
+        return run_job(execution, context)
+
+
+def job_message(job: dict[str, Any]) -> JobResult:
+    """``sandrun.run_job`` as Celery sees it: one argument, the job's JSON form, which
+    Celery checks calls and re-publications against.
+
+    A worker never calls this (the adapter runs :meth:`RunJobTask.body`); called
+    directly, as ``task.run(job)``, it runs the job in the sandbox without hooks."""
+    return execute_job(Job.model_validate(job), current())
 
 
 def register(app: Celery) -> None:
     """Register ``sandrun.run_job`` on ``app`` (the worker's app does it once, at import)."""
-    app.task(name=RUN_JOB, bind=True)(run_job)
+    app.task(name=RUN_JOB, base=RunJobTask)(job_message)

@@ -1,25 +1,23 @@
-"""The task base class of the Sandrun Celery app: where worker-side hooks run.
+"""The task base class of the Sandrun Celery app: the adapter between Celery and the
+job lifecycle.
 
 Every task of the app (``sandrun.run_job`` and users' own ``@app.task``
-functions) runs through :meth:`SandrunTask.__call__`, which, in the pool process
-that runs the task:
+functions) runs through :meth:`SandrunTask.__call__`, in the pool process that
+runs the task. It only translates:
 
-1. for a redelivered message, counts this delivery of this attempt (a task
-   that killed its worker process ``SANDRUN_MAX_ATTEMPTS`` times is failed, not
-   run again); for a job or a redelivered message, looks for a stored final
-   result in the same round trip (a finished job is not run again);
-2. binds job_id, task_id, attempt, queue and node to the log context;
-3. ``on_execute`` (``JobRejected`` stops the task: status rejected, never run;
-   ``JobDeferred`` publishes the same message again after a countdown, same
-   attempt, and ends this delivery; ``DuplicateDelivery`` drops a replayed copy
-   without storing anything, so the original's result stands);
-4. the task body; an exception goes through ``on_error``;
-5. a job that did not complete goes through ``on_error`` as
-   :class:`~worker.errors.JobFailed`; ``on_result`` then decides what is stored.
-
-``on_error`` may raise :class:`~worker.errors.RetryRequested`: the task is
-re-published with ``Task.retry(countdown=...)``, so no worker slot sleeps; the
-attempt number travels with the message (Celery's ``retries``).
+1. parse the message into an :class:`~worker.models.Execution` (a
+   ``sandrun.run_job`` payload that is not a valid Job is rejected and
+   dead-lettered, never run);
+2. begin the attempt (Celery's ``retries`` + 1): a redelivered message counts a
+   delivery; a job or a redelivered message looks for a stored final result in
+   the same round trip;
+3. build the :class:`~worker.plugin.context.ExecutionContext` from the request
+   (headers, args, eta, redelivered, queue, node);
+4. :func:`~worker.node.lifecycle.run_lifecycle` runs the hooks and the body
+   (:meth:`SandrunTask.body`) and says how the delivery ended;
+5. that outcome becomes Celery's: a result to store, ``Ignore`` (dropped, or
+   deferred after publishing the same message again with a countdown), or
+   ``Task.retry(countdown=...)`` so no worker slot sleeps.
 """
 
 from __future__ import annotations
@@ -27,76 +25,131 @@ from __future__ import annotations
 import json
 import os
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import Any, assert_never
 
 import structlog
 from celery import Task
 from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded, Terminated
 from pydantic import ValidationError
 
-from worker.errors import (
-    DuplicateDelivery,
-    InvalidJob,
-    JobDeferred,
-    JobFailed,
-    JobRejected,
-    RetryRequested,
-)
+from worker.errors import InvalidJob, JobFailed
 from worker.models import ErrorInfo, Execution, Job, JobResult
 from worker.node import runtime
-from worker.plugin.context import ErrorContext, ExecutionContext, ResultContext
+from worker.node.lifecycle import (
+    Deferred,
+    Dropped,
+    Finished,
+    Outcome,
+    RetryLater,
+    Stored,
+    error_info,
+    run_lifecycle,
+)
+from worker.plugin.context import ErrorContext, ExecutionContext
 from worker.protocol import RUN_JOB, SUBMITTED_HEADER
+from worker.stores.attempts import Attempt
 from worker.stores.deadletter import DeadLetter
 
-EXECUTION_ATTR = "sandrun_execution"
 RAW_LIMIT = 64 * 1024
-CELERY_CONTROL = (Ignore, Reject, Retry, SoftTimeLimitExceeded, Terminated)
 log = structlog.get_logger("sandrun.task")
-
-
-def error_info(exc: BaseException) -> ErrorInfo:
-    """The stored form of an exception."""
-    return ErrorInfo(type=type(exc).__name__, message=str(exc))
+#: Celery's own control flow raised in a body: it reaches Celery untouched.
+CELERY_CONTROL = (Ignore, Reject, Retry, SoftTimeLimitExceeded, Terminated)
 
 
 class SandrunTask(Task[Any, Any]):
     """Base class of every task of the app; see the module docstring for the order."""
 
-    def _execution(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Execution:
-        job = Job.model_validate(args[0] if args else kwargs["job"]) if self.name == RUN_JOB \
-            else None
-        return Execution(task=self.name, task_id=self.request.id, job=job,
-                         task_args=[] if job else list(args),
-                         task_kwargs={} if job else dict(kwargs))
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        rt = runtime.current()
+        try:
+            execution = self._execution(args, kwargs)
+        except (ValidationError, KeyError, IndexError, TypeError) as exc:
+            return self._invalid(exc)
+        attempt, stored = self._begin(rt, execution)
+        outcome = run_lifecycle(rt.manager, attempt, execution,
+                                self._context(rt, execution, attempt), self.body,
+                                max_attempts=rt.settings.max_attempts, stored=stored,
+                                passthrough=CELERY_CONTROL)
+        return self._to_celery(outcome, execution)
 
-    def _context(self, rt: runtime.Runtime, execution: Execution) -> tuple[ExecutionContext, Any]:
-        """The execution context, and a stored final result if there is one."""
+    def body(self, execution: Execution, context: ExecutionContext) -> Any:
+        """The task's own work, which the lifecycle runs between ``on_execute`` and
+        ``on_result``: here the decorated function with the message's arguments
+        (``sandrun.run_job`` overrides it to take the parsed Job)."""
+        return self.run(*execution.task_args, **execution.task_kwargs)
+
+    def _execution(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Execution:
+        """The message as the lifecycle sees it; a job's payload is parsed here, once."""
+        if self.name != RUN_JOB:
+            return Execution(task=self.name, task_id=self.request.id, task_args=list(args),
+                             task_kwargs=dict(kwargs))
+        job = Job.model_validate(args[0] if args else kwargs["job"])
+        return Execution(task=self.name, task_id=self.request.id, job=job)
+
+    def _begin(self, rt: runtime.Runtime, execution: Execution) -> tuple[Attempt, Any]:
+        """This delivery's attempt, and a stored final result if there is one.
+
+        Only a job (a result may exist under its id) or a redelivered message (a
+        possible crash loop, or a result stored before the ack was lost) looks; on
+        Redis the look shares the delivery count's round trip."""
         task_id = str(self.request.id)
-        attempt = int(self.request.retries or 0) + 1
-        delivery = self.request.delivery_info or {}
-        redelivered = bool(delivery.get("redelivered"))
-        meta: dict[str, Any] = {}
-        if execution.job is not None or redelivered:  # a job id, or a possible crash loop
-            key_for = getattr(self.backend, "get_key_for_task", None)
-            key = key_for(task_id).decode() if rt.redis is not None and key_for else None
-            deliveries, raw = rt.attempts.begin(f"{task_id}:{attempt}", key,
-                                                redelivered=redelivered)
-            meta = self.backend.get_task_meta(task_id) if key is None else (
-                self.backend.decode_result(raw) if raw else {})
+        redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+        look = execution.job is not None or redelivered
+        key_for = getattr(self.backend, "get_key_for_task", None)
+        key = key_for(task_id).decode() if look and rt.redis is not None and key_for else None
+        attempt = rt.attempts.begin(task_id, int(self.request.retries or 0) + 1,
+                                    redelivered=redelivered, result_key=key)
+        if not look:
+            return attempt, None
+        if key is None:
+            meta = self.backend.get_task_meta(task_id)
         else:
-            deliveries = 1
-        submitted = getattr(self.request, SUBMITTED_HEADER, None)
-        ctx = ExecutionContext(
-            node_id=str(self.request.hostname or rt.node_id), pool_id=str(os.getpid()),
-            task_id=task_id, attempt=attempt, deliveries=deliveries,
+            meta = self.backend.decode_result(attempt.stored) if attempt.stored else {}
+        return attempt, meta.get("result") if meta.get("status") == "SUCCESS" else None
+
+    def _context(self, rt: runtime.Runtime, execution: Execution,
+                 attempt: Attempt) -> ExecutionContext:
+        """What ``on_execute`` is told about this delivery and its message."""
+        request = self.request
+        delivery = request.delivery_info or {}
+        submitted = getattr(request, SUBMITTED_HEADER, None)
+        return ExecutionContext(
+            node_id=str(request.hostname or rt.node_id), pool_id=str(os.getpid()),
+            task_id=attempt.task_id, attempt=attempt.number, deliveries=attempt.deliveries,
             queue=delivery.get("routing_key"),
             submitted_at=datetime.fromtimestamp(float(submitted), UTC) if submitted else None,
             job_id=execution.job.id if execution.job else None,
-            headers=dict(self.request.headers or {}), args=list(self.request.args or ()),
-            kwargs=dict(self.request.kwargs or {}),
-            eta=str(self.request.eta) if self.request.eta else None,
-            redelivered=redelivered)
-        return ctx, meta.get("result") if meta.get("status") == "SUCCESS" else None
+            headers=dict(request.headers or {}), args=list(request.args or ()),
+            kwargs=dict(request.kwargs or {}), eta=str(request.eta) if request.eta else None,
+            redelivered=bool(delivery.get("redelivered")))
+
+    def _to_celery(self, outcome: Outcome, execution: Execution) -> Any:
+        """Tell Celery how this delivery ended, with its own mechanisms."""
+        match outcome:
+            case Finished(result):
+                return self._returned(result, execution)
+            case Stored(value):
+                return value
+            case Deferred(countdown):
+                self.signature_from_request(countdown=countdown).apply_async()
+                raise Ignore()
+            case Dropped():
+                raise Ignore()
+            case RetryLater(countdown, error):
+                raise self.retry(exc=JobFailed(str(error)), countdown=countdown,
+                                 max_retries=None) from error
+        assert_never(outcome)
+
+    def _returned(self, result: JobResult, execution: Execution) -> Any:
+        """What the task returns for Celery to store: a job's JobResult (its JSON form),
+        or a user task's value; a user task that did not complete must raise, so that
+        Celery records a failure."""
+        if execution.job is not None:
+            return result.model_dump(mode="json")
+        if result.status != "completed":
+            error = result.error or ErrorInfo(type="JobFailed", message=result.status)
+            raise JobFailed(f"{error.type}: {error.message}")
+        return result.value
 
     def _invalid(self, exc: Exception) -> dict[str, Any]:
         """A ``sandrun.run_job`` message whose payload is not a valid Job: rejected."""
@@ -115,104 +168,3 @@ class SandrunTask(Task[Any, Any]):
                 raw=json.dumps(self.request.args, default=str)[:RAW_LIMIT]))
         return JobResult(id=task_id, status="rejected", outcome="rejected",
                          error=error_info(error)).model_dump(mode="json")
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        rt = runtime.current()
-        try:
-            execution = self._execution(args, kwargs)
-        except (ValidationError, KeyError, IndexError, TypeError) as exc:
-            return self._invalid(exc)
-        ctx, stored = self._context(rt, execution)
-        if stored is not None:
-            return stored
-        structlog.contextvars.bind_contextvars(
-            job_id=ctx.job_id or ctx.task_id, task_id=ctx.task_id, attempt=ctx.attempt,
-            queue=ctx.queue, node=ctx.node_id)
-        try:
-            return self._run(rt, execution, ctx, args, kwargs)
-        finally:
-            structlog.contextvars.unbind_contextvars("job_id", "task_id", "attempt", "queue",
-                                                     "node")
-
-    def _run(self, rt: runtime.Runtime, execution: Execution, ctx: ExecutionContext,
-             args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        result_id = execution.job.id if execution.job else ctx.task_id
-        if ctx.deliveries > rt.settings.max_attempts:
-            result = JobResult(id=result_id, status="failed", outcome="worker_lost",
-                               attempts=ctx.attempt, error=ErrorInfo(type="WorkerLost", message=(
-                                   f"attempt {ctx.attempt} was delivered "
-                                   f"{ctx.deliveries - 1} times and its worker process died "
-                                   "each time; not running it again")))
-            return self._finish(result, execution, ctx)
-        try:
-            rt.manager.on_execute(execution, ctx)
-        except JobRejected as exc:
-            result = JobResult(id=result_id, status="rejected", outcome="rejected",
-                               attempts=ctx.attempt, error=error_info(exc))
-            return self._finish(result, execution, ctx)
-        except JobDeferred as exc:
-            self._defer(exc, ctx)
-        except DuplicateDelivery as exc:
-            rt.attempts.finish(f"{ctx.task_id}:{ctx.attempt}", ctx.deliveries)
-            log.warning("delivery_dropped", reason=str(exc))
-            raise Ignore() from None
-        setattr(self.request, EXECUTION_ATTR, execution)  # the body reuses the parsed Job
-        try:
-            value = self.run(*args, **kwargs)
-        except CELERY_CONTROL:
-            raise
-        except Exception as exc:
-            self._failed(exc, execution, ctx)
-        if isinstance(value, JobResult):
-            result = value.replace(attempts=ctx.attempt)
-        else:
-            result = JobResult(id=ctx.task_id, status="completed", outcome="completed",
-                               attempts=ctx.attempt, value=value)
-        return self._finish(result, execution, ctx)
-
-    def _defer(self, deferred: JobDeferred, ctx: ExecutionContext) -> NoReturn:
-        """Publish this same message again later and end this delivery without running."""
-        runtime.current().attempts.finish(f"{ctx.task_id}:{ctx.attempt}", ctx.deliveries)
-        log.info("job_deferred", countdown=deferred.countdown, reason=str(deferred))
-        self.signature_from_request(countdown=deferred.countdown).apply_async()
-        raise Ignore()
-
-    def _on_error(self, error: BaseException, execution: Execution,
-                  ctx: ExecutionContext) -> BaseException:
-        """Dispatch ``on_error``; a RetryRequested re-publishes the task (never returns)."""
-        rt = runtime.current()
-        err_ctx = ErrorContext(operation="execute", attempt=ctx.attempt, job=execution.job,
-                               task_id=ctx.task_id, execution=execution)
-        try:
-            replaced = rt.manager.on_error(error, err_ctx)
-        except RetryRequested as retry:
-            rt.attempts.finish(f"{ctx.task_id}:{ctx.attempt}", ctx.deliveries)
-            raise self.retry(exc=JobFailed(str(error)), countdown=retry.countdown,
-                             max_retries=None) from error
-        return replaced
-
-    def _failed(self, exc: Exception, execution: Execution, ctx: ExecutionContext) -> NoReturn:
-        """The task body raised: on_error, then re-raise (replaced if a hook said so)."""
-        replaced = self._on_error(exc, execution, ctx)
-        runtime.current().attempts.finish(f"{ctx.task_id}:{ctx.attempt}", ctx.deliveries)
-        if replaced is not exc:
-            raise replaced from exc
-        raise exc
-
-    def _finish(self, result: JobResult, execution: Execution, ctx: ExecutionContext) -> Any:
-        rt = runtime.current()
-        if result.status not in {"completed", "rejected"}:
-            failure = JobFailed(f"job {result.id} ended {result.status}"
-                                f" ({result.outcome or 'no detail'})", result)
-            replaced = self._on_error(failure, execution, ctx)
-            if replaced is not failure:
-                result = result.replace(error=error_info(replaced).model_dump())
-        result = rt.manager.on_result(result, ResultContext(
-            node_id=ctx.node_id, task_id=ctx.task_id, attempt=ctx.attempt, job=execution.job))
-        rt.attempts.finish(f"{ctx.task_id}:{ctx.attempt}", ctx.deliveries)
-        if execution.job is not None:
-            return result.model_dump(mode="json")
-        if result.status != "completed":  # a user task: Celery must record a failure
-            error = result.error or ErrorInfo(type="JobFailed", message=result.status)
-            raise JobFailed(f"{error.type}: {error.message}")
-        return result.value

@@ -3,6 +3,10 @@
 A job that kills its worker process is redelivered with the very same message;
 only an outside counter notices, which is how a crash loop is ended after
 ``SANDRUN_MAX_ATTEMPTS`` deliveries.
+
+:meth:`Attempts.begin` hands out an :class:`Attempt`: the handle of one delivery
+of one attempt, which owns its counter key and forgets it with
+:meth:`Attempt.finish` once the attempt has ended, so no caller spells keys.
 """
 
 from __future__ import annotations
@@ -12,10 +16,54 @@ import threading
 import redis
 
 ATTEMPT_TTL_SECONDS = 7 * 24 * 3600
+KEY_PREFIX = "sandrun:attempts:"
+
+
+class Attempt:
+    """One delivery of attempt ``number`` (1 first) of task ``task_id``.
+
+    ``deliveries`` is how many times the broker has handed this attempt to a
+    worker, this time included (1 first); ``stored`` is the raw value read at the
+    ``result_key`` given to :meth:`Attempts.begin`, in the same round trip (None
+    when absent or not asked for).
+    """
+
+    __slots__ = ("_finished", "_store", "deliveries", "number", "stored", "task_id")
+
+    def __init__(self, store: Attempts, task_id: str, number: int, deliveries: int = 1,
+                 stored: bytes | None = None) -> None:
+        self._store = store
+        self._finished = False
+        self.task_id = task_id
+        self.number = number
+        self.deliveries = deliveries
+        self.stored = stored
+
+    @property
+    def key(self) -> str:
+        """The counter's key: one per task id and attempt number."""
+        return f"{KEY_PREFIX}{self.task_id}:{self.number}"
+
+    @property
+    def finished(self) -> bool:
+        """Whether :meth:`finish` was called."""
+        return self._finished
+
+    def finish(self) -> None:
+        """Forget the count once the attempt has ended (run, vetoed, deferred, dropped or
+        handed to a retry); later calls do nothing."""
+        if not self._finished:
+            self._finished = True
+            self._store.forget(self)
+
+    def __repr__(self) -> str:
+        return (f"Attempt({self.task_id!r}, number={self.number}, "
+                f"deliveries={self.deliveries}, finished={self._finished})")
 
 
 class Attempts:
-    """How many times each job was delivered to a worker, kept in Redis (or memory).
+    """How many times each attempt was delivered to a worker, kept in Redis (or, with
+    no client, in this process's memory: what tests and a Redis-less setup use).
 
     Kept outside the message because a job that kills its worker process is
     redelivered with the very same message; only an outside counter notices.
@@ -26,33 +74,42 @@ class Attempts:
         self._local: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def begin(self, key: str, result_key: str | None = None, *, redelivered: bool = True
-              ) -> tuple[int, bytes | None]:
-        """Count this delivery of attempt ``key``; return the delivery number (1 first)
-        and, in the same round trip, the raw value at ``result_key`` (a stored result).
+    def begin(self, task_id: str, number: int, *, redelivered: bool,
+              result_key: str | None = None) -> Attempt:
+        """Count this delivery of attempt ``number`` of ``task_id`` and, in the same round
+        trip, read the raw value at ``result_key`` (a stored result).
 
         A first delivery is not counted: only a message the broker marks as
-        redelivered can be part of a crash loop, so the common path costs no write.
+        redelivered can be part of a crash loop, so the common path costs no write
+        (and, with no ``result_key`` either, no round trip).
         """
+        attempt = Attempt(self, task_id, number)
         if self._client is None:
-            with self._lock:
-                self._local[key] = self._local.get(key, 0) + 1
-                return self._local[key], None
+            if redelivered:
+                with self._lock:
+                    self._local[attempt.key] = self._local.get(attempt.key, 0) + 1
+                    attempt.deliveries = self._local[attempt.key] + 1
+            return attempt
         pipe = self._client.pipeline(transaction=False)
         if redelivered:
-            pipe.incr(f"sandrun:attempts:{key}")
-            pipe.expire(f"sandrun:attempts:{key}", ATTEMPT_TTL_SECONDS)
+            pipe.incr(attempt.key)
+            pipe.expire(attempt.key, ATTEMPT_TTL_SECONDS)
         if result_key is not None:
             pipe.get(result_key)
         replies = pipe.execute() if len(pipe) else []
-        count = int(replies[0]) + 1 if redelivered else 1
-        return count, (replies[-1] if result_key is not None else None)
+        if redelivered:
+            attempt.deliveries = int(replies[0]) + 1
+        if result_key is not None:
+            attempt.stored = replies[-1]
+        return attempt
 
-    def finish(self, key: str, deliveries: int = 2) -> None:
-        """Forget the count once the attempt has ended (nothing to forget for a first
-        delivery)."""
+    def forget(self, attempt: Attempt) -> None:
+        """Delete ``attempt``'s count (nothing was written for a first delivery);
+        :meth:`Attempt.finish` calls this."""
+        if attempt.deliveries <= 1:
+            return
         if self._client is None:
             with self._lock:
-                self._local.pop(key, None)
-        elif deliveries > 1:
-            self._client.delete(f"sandrun:attempts:{key}")
+                self._local.pop(attempt.key, None)
+        else:
+            self._client.delete(attempt.key)

@@ -1,0 +1,59 @@
+"""The attempt store and its handles, in memory and on a real (private) Redis."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from worker.stores.attempts import ATTEMPT_TTL_SECONDS, Attempts
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest) -> Attempts:
+    if request.param == "memory":
+        return Attempts(None)
+    client: redis.Redis = request.getfixturevalue("redis_client")
+    return Attempts(client)
+
+
+def test_the_handle_owns_its_key_one_per_task_and_attempt(store: Attempts) -> None:
+    first = store.begin("task-1", 1, redelivered=False)
+    assert (first.task_id, first.number, first.deliveries) == ("task-1", 1, 1)
+    assert first.key == "sandrun:attempts:task-1:1"
+    assert store.begin("task-1", 2, redelivered=False).key == "sandrun:attempts:task-1:2"
+
+
+def test_redeliveries_are_counted_per_attempt_until_it_finishes(store: Attempts) -> None:
+    assert store.begin("t", 1, redelivered=False).deliveries == 1
+    assert store.begin("t", 1, redelivered=True).deliveries == 2
+    third = store.begin("t", 1, redelivered=True)
+    assert third.deliveries == 3
+    assert store.begin("t", 2, redelivered=True).deliveries == 2  # another attempt
+    assert not third.finished
+    third.finish()
+    third.finish()  # a second finish does nothing
+    assert third.finished
+    assert store.begin("t", 1, redelivered=True).deliveries == 2
+
+
+def test_redis_counts_only_redeliveries_with_a_ttl_and_finish_deletes(
+        redis_client: redis.Redis) -> None:
+    store = Attempts(redis_client)
+    first = store.begin("t", 1, redelivered=False)
+    assert redis_client.keys("sandrun:attempts:*") == []  # the common path writes nothing
+    again = store.begin("t", 1, redelivered=True)
+    assert redis_client.get(again.key) == b"1"
+    assert 0 < redis_client.ttl(again.key) <= ATTEMPT_TTL_SECONDS
+    first.finish()  # a first delivery has nothing to forget, and forgets nothing
+    assert redis_client.exists(again.key)
+    again.finish()
+    assert not redis_client.exists(again.key)
+
+
+def test_a_stored_result_is_read_beside_the_count(redis_client: redis.Redis) -> None:
+    redis_client.set("celery-task-meta-t", b'{"status": "SUCCESS"}')
+    store = Attempts(redis_client)
+    assert store.begin("t", 1, redelivered=False,
+                       result_key="celery-task-meta-t").stored == b'{"status": "SUCCESS"}'
+    assert store.begin("t", 1, redelivered=True, result_key="missing").stored is None
+    assert store.begin("t", 1, redelivered=True).stored is None
