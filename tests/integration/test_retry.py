@@ -13,6 +13,7 @@ import pytest
 from tests.conftest import RedisServer
 from tests.integration.conftest import ROOT, Worker, WorkerFactory, broker_url, worker_env
 from worker.client.client import Sandrun
+from worker.models import Job, RetryPolicy
 
 pytestmark = pytest.mark.slow
 
@@ -49,6 +50,15 @@ def test_failing_job_is_retried_until_it_succeeds(client: Sandrun, tmp_path: Pat
     result = client.job().code(flaky(counter, 3)).submit().wait(timeout=60)
     assert (result.status, result.attempts, result.stdout) == ("completed", 3, "run 3\n")
     assert counter.read_text() == "3"
+
+
+def test_a_policy_of_more_than_four_attempts_gets_them_all(client: Sandrun,
+                                                           tmp_path: Path) -> None:
+    counter = tmp_path / "runs"
+    policy = RetryPolicy(max_attempts=6, backoff="fixed", base_delay=0.05, jitter=False)
+    job = Job(code=flaky(counter, 6), retry=policy)
+    result = client.submit(job).wait(timeout=60)
+    assert (result.status, result.attempts, counter.read_text()) == ("completed", 6, "6")
 
 
 def test_exhausted_job_is_dead_lettered_and_replayable(client: Sandrun, broker: RedisServer,

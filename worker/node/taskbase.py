@@ -136,8 +136,10 @@ class SandrunTask(Task[Any, Any]):
             case Dropped():
                 raise Ignore()
             case RetryLater(countdown, error):
+                # The retry plugin decided; Celery's own limit must not (max_retries=None
+                # would mean "the task's default", 3, and cap every policy at 4 attempts).
                 raise self.retry(exc=JobFailed(str(error)), countdown=countdown,
-                                 max_retries=None) from error
+                                 max_retries=int(self.request.retries or 0) + 1) from error
         assert_never(outcome)
 
     def _returned(self, result: JobResult, execution: Execution) -> Any:
