@@ -54,12 +54,10 @@ from plugins.auth_tokens import (
     AuthProvider,
     AuthToken,
     Clock,
-    FileTokenStorage,
     HMACProvider,
-    MemoryTokenStorage,
-    RedisTokenStorage,
     StaticTokenProvider,
     TokenStorage,
+    token_storage_for,
 )
 from worker import (
     BasePlugin,
@@ -79,9 +77,6 @@ from worker import (
     WorkerContext,
     WorkerInfo,
     hook,
-    is_redis,
-    load_settings,
-    redis_url,
 )
 
 #: ``on_publish`` priority of the signature: hooks that change the message run above
@@ -126,22 +121,6 @@ class AuthConfig(BaseModel):
     queues: list[str] | None = Field(default=None, description="None: every task")
     signature_ttl: float = Field(default=86400, gt=0, description="seconds after the ETA")
     leeway: float = Field(default=5, ge=0, description="allowed clock skew, seconds")
-
-
-def token_storage_for(spec: str, clock: Clock) -> TokenStorage:
-    """``memory``, ``file:<path>`` or ``redis`` (the broker's Redis)."""
-    if spec == "memory":
-        return MemoryTokenStorage()
-    if spec.startswith("file:") and len(spec) > 5:
-        return FileTokenStorage(spec[5:])
-    if spec == "redis":
-        url = load_settings().broker_url or ""
-        if not is_redis(url):
-            raise ConfigurationError("token_storage 'redis' needs SANDRUN_BROKER_URL to be a "
-                                     "Redis URL; use 'memory' or 'file:<path>' otherwise")
-        return RedisTokenStorage(redis_url(url), clock=clock)
-    raise ConfigurationError(f"unknown token_storage {spec!r}; use 'memory', 'file:<path>' or "
-                             "'redis'")
 
 
 class AuthPlugin(BasePlugin):

@@ -17,7 +17,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from plugins.auth import SIGN_PRIORITY, AuthConfig, AuthPlugin, auth_plugin, token_storage_for
+from plugins.auth import SIGN_PRIORITY, AuthConfig, AuthPlugin, auth_plugin
 from plugins.auth_signing import AUTH_HEADER, AuthFailure, Keyring, Message, verify
 from plugins.auth_tokens import (
     AuthenticationFailed,
@@ -29,6 +29,7 @@ from plugins.auth_tokens import (
     StaticTokenProvider,
     WalletIssuer,
     WalletProvider,
+    token_storage_for,
     wallet_address,
 )
 from tests.conftest import RedisServer, private_redis
