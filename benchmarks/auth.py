@@ -4,7 +4,8 @@ In alternating rounds in this one process, times per job:
 
 * baseline: turning a Job into the published body (``model_dump``, which every
   submit does) and computing its canonical digest's JSON, i.e. the unsigned path;
-* sign: the baseline plus the auth plugin's finalizer (HS256 JWS over the body);
+* sign: the baseline plus the auth plugin's ``on_publish`` (HS256 JWS over the body,
+  on a copy of the message);
 * verify: the worker's check of that signature (without the nonce round trip,
   which is one Redis INCR in the same pipeline as the task's own reads).
 
@@ -26,7 +27,7 @@ from collections.abc import Callable
 from plugins.auth import AuthPlugin, auth_plugin
 from plugins.auth_signing import AUTH_HEADER, Keyring, Message, verify
 from plugins.auth_tokens import HMACProvider
-from worker import Job, PluginManager
+from worker import Job, PluginManager, PublishContext
 from worker.logs import configure_logging
 from worker.protocol import Publication
 
@@ -51,8 +52,8 @@ def main() -> None:
     plugin: AuthPlugin = auth_plugin(HMACProvider("k1", SECRET), auto_refresh=False)
     PluginManager().load(plugin)
     job = Job(code="print(sum(range(10)))", args=["a", "b"], env={"X": "1"}, timeout=30)
-    signed = publication(job)
-    plugin.sign(signed)
+    context = PublishContext(job=job)
+    signed = plugin.on_publish(publication(job), context)
     keyring = Keyring({"k1": SECRET})
     message = Message(signed.task, signed.task_id, signed.queue, signed.args, {})
 
@@ -60,7 +61,7 @@ def main() -> None:
         publication(job)
 
     def sign() -> None:
-        plugin.sign(publication(job))
+        plugin.on_publish(publication(job), context)
 
     def check() -> None:
         verify(signed.headers[AUTH_HEADER], message, keyring, now=time.time(), leeway=5)

@@ -1,10 +1,12 @@
 """The ``auth`` plugin: producers sign every job; workers run only what verifies.
 
 Anyone who can write to the broker could otherwise enqueue jobs. Producer side
-(``on_submit``, last of all hooks): make sure a valid token exists (refreshed
-when within ``refresh_threshold`` seconds of expiry, and in the background when
+(``on_publish`` at priority -2000, after every hook that changes the message and
+before any that holds it): make sure a valid token exists (refreshed when within
+``refresh_threshold`` seconds of expiry, and in the background when
 ``auto_refresh`` is on), then sign the final message (body, task, id, queue,
-ETA) into the ``sandrun_auth`` header (see :mod:`plugins.auth_signing`).
+ETA) into the ``sandrun_auth`` header (see :mod:`plugins.auth_signing`). A job the
+``scheduling`` plugin holds is stored signed and released with that signature.
 
 Worker side (``on_execute``, before other plugins see the job): verify it
 against the keyring (several active keys at once, for rotation), reject a
@@ -41,6 +43,7 @@ import json
 import secrets
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,12 +54,10 @@ from plugins.auth_tokens import (
     AuthProvider,
     AuthToken,
     Clock,
-    FileTokenStorage,
     HMACProvider,
-    MemoryTokenStorage,
-    RedisTokenStorage,
     StaticTokenProvider,
     TokenStorage,
+    token_storage_for,
 )
 from worker import (
     BasePlugin,
@@ -65,23 +66,22 @@ from worker import (
     DuplicateDelivery,
     Execution,
     ExecutionContext,
-    Job,
     JobDeferred,
     JobRejected,
     PluginContext,
     PluginManifest,
     Publication,
+    PublishContext,
     StartupRefused,
     StorageError,
-    SubmissionContext,
     WorkerContext,
     WorkerInfo,
     hook,
-    is_redis,
-    load_settings,
-    redis_url,
 )
 
+#: ``on_publish`` priority of the signature: hooks that change the message run above
+#: it, hooks that take the message over (hold it) below it, so what they store is signed.
+SIGN_PRIORITY = -2000
 RAW_LIMIT = 64 * 1024
 STORAGE_RETRY_SECONDS = 5.0
 REFRESH_POLL = 1.0  # seconds; the refresher re-reads the clock at least this often
@@ -123,22 +123,6 @@ class AuthConfig(BaseModel):
     leeway: float = Field(default=5, ge=0, description="allowed clock skew, seconds")
 
 
-def token_storage_for(spec: str, clock: Clock) -> TokenStorage:
-    """``memory``, ``file:<path>`` or ``redis`` (the broker's Redis)."""
-    if spec == "memory":
-        return MemoryTokenStorage()
-    if spec.startswith("file:") and len(spec) > 5:
-        return FileTokenStorage(spec[5:])
-    if spec == "redis":
-        url = load_settings().broker_url or ""
-        if not is_redis(url):
-            raise ConfigurationError("token_storage 'redis' needs SANDRUN_BROKER_URL to be a "
-                                     "Redis URL; use 'memory' or 'file:<path>' otherwise")
-        return RedisTokenStorage(redis_url(url), clock=clock)
-    raise ConfigurationError(f"unknown token_storage {spec!r}; use 'memory', 'file:<path>' or "
-                             "'redis'")
-
-
 class AuthPlugin(BasePlugin):
     """Signs jobs in producers and verifies them in workers."""
 
@@ -148,7 +132,7 @@ class AuthPlugin(BasePlugin):
     manifest = PluginManifest(
         name="auth", version="1.0.0", author="Sandrun", license="Apache-2.0",
         description="Sign jobs at submit; run only jobs whose signature verifies",
-        keywords=["auth", "jwt", "signature"], apis=["on_submit", "on_execute"],
+        keywords=["auth", "jwt", "signature"], apis=["on_publish", "on_execute"],
         configuration=AuthConfig)
 
     def __init__(self, options: AuthConfig | None = None, *,
@@ -194,19 +178,22 @@ class AuthPlugin(BasePlugin):
         return token.expires_at is not None and \
             self.clock() >= token.expires_at - self.options.refresh_threshold
 
-    @hook(priority=-2000)
-    def on_submit(self, job: Job, context: SubmissionContext) -> None:
-        self.current_token()
+    @hook(priority=SIGN_PRIORITY)
+    def on_publish(self, publication: Publication, context: PublishContext) -> Publication:
+        """The final message, signed (a copy: the caller's Publication is left as it is)."""
+        signed = replace(publication, headers=dict(publication.headers))
+        self.sign(signed)
         if self.options.auto_refresh and self._refresher is None:
             self._refresher = threading.Thread(target=self._refresh_loop, daemon=True,
                                                name="sandrun-auth-refresh")
             self._refresher.start()
-        context.finalizers.append(self.sign)
+        return signed
 
     def sign(self, publication: Publication) -> None:
         """Put the signature of ``publication`` in its headers (also for hand-sent tasks)."""
+        token = self.current_token()  # says what to configure when there is no provider
         assert self.provider is not None  # current_token() checked it
-        key = self.provider.signing_key(self.current_token())
+        key = self.provider.signing_key(token)
         publication.headers[AUTH_HEADER] = sign(publication, key, now=self.clock(),
                                                 ttl=self.options.signature_ttl)
 

@@ -1,5 +1,6 @@
 """Credentials of the ``auth`` plugin: tokens, the providers that issue them, and
-the storages that keep them between submits.
+the storages that keep them between submits (``token_storage_for`` picks one by
+name).
 
 A provider proves who the producer is and returns an :class:`AuthToken`; the
 plugin keeps it in a :class:`TokenStorage` and asks again when it is within the
@@ -38,6 +39,9 @@ from pydantic import BaseModel, ConfigDict
 from worker import (
     ConfigurationError,
     SandrunError,
+    is_redis,
+    load_settings,
+    redis_url,
 )
 
 Clock = Callable[[], float]
@@ -262,3 +266,19 @@ class RedisTokenStorage:
 
     def clear(self) -> None:
         self._client.delete(self.key)
+
+
+def token_storage_for(spec: str, clock: Clock) -> TokenStorage:
+    """``memory``, ``file:<path>`` or ``redis`` (the broker's Redis)."""
+    if spec == "memory":
+        return MemoryTokenStorage()
+    if spec.startswith("file:") and len(spec) > 5:
+        return FileTokenStorage(spec[5:])
+    if spec == "redis":
+        url = load_settings().broker_url or ""
+        if not is_redis(url):
+            raise ConfigurationError("token_storage 'redis' needs SANDRUN_BROKER_URL to be a "
+                                     "Redis URL; use 'memory' or 'file:<path>' otherwise")
+        return RedisTokenStorage(redis_url(url), clock=clock)
+    raise ConfigurationError(f"unknown token_storage {spec!r}; use 'memory', 'file:<path>' or "
+                             "'redis'")

@@ -13,13 +13,13 @@ producers and workers alike, and run ``sandrun beat`` once or more per fleet.
   there, so one producer's burst cannot starve the others. The next jobs move
   when a job ends (``on_result``), at submit and at every beat.
 * ``scheduled_time``: a job due within the horizon is published with Celery's
-  ETA. One due later is held in a Redis sorted set and published, unchanged
-  (only the unsigned ``sandrun_submitted_at`` header is refreshed), by
-  ``process_queue`` once it is within the horizon, so it keeps its exact ETA and
-  holds no worker slot while it waits. The horizon is the visibility timeout
-  minus the job's timeout minus ``SANDRUN_VISIBILITY_MARGIN`` (600 s; an ETA
-  message stays unacknowledged until it has run) unless ``eta_horizon`` says
-  otherwise.
+  ETA. ``on_publish`` (after the ``auth`` signature) holds one due later in a Redis
+  sorted set; ``process_queue`` publishes it unchanged (only the unsigned
+  ``sandrun_submitted_at`` header is refreshed) once it is within the horizon, so it
+  keeps its exact ETA and signature and holds no worker slot while it waits. The
+  horizon is the visibility timeout minus the job's timeout minus
+  ``SANDRUN_VISIBILITY_MARGIN`` (600 s; an ETA message stays unacknowledged until
+  it has run) unless ``eta_horizon`` says otherwise.
 * ``max_concurrent``: at most that many jobs run at once per queue (or per value
   of label ``concurrency_label``), across the fleet: a Redis semaphore whose
   leases the running process renews every ``lease_ttl / 3`` s, so a killed
@@ -43,14 +43,13 @@ lost: a claim is only dropped after its publish returned.
 
 from __future__ import annotations
 
-import functools
 import random
 import time
 from collections.abc import Callable
-from typing import Any, Literal, NoReturn
+from dataclasses import replace
+from typing import Any, NoReturn
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from plugins.scheduling_config import HOLD_PRIORITY, SchedulingConfig, celery_priority
 from plugins.scheduling_leases import LeaseKeeper, Semaphore
 from plugins.scheduling_store import Connections, SchedulingStore, load_publication
 from worker import (
@@ -66,9 +65,12 @@ from worker import (
     PluginContext,
     PluginManifest,
     Publication,
+    PublicationHeld,
+    PublishContext,
     QueueFull,
     ResultContext,
     SubmissionContext,
+    SubmissionRejected,
     hook,
     job_queue,
     load_settings,
@@ -76,36 +78,6 @@ from worker import (
 
 #: The custom hook ``sandrun beat`` calls every interval (here: ``process_queue``).
 BEAT_HOOK = "on_beat"
-
-
-class SchedulingConfig(BaseModel):
-    """Options of the scheduling plugin; every feature is off unless configured."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    strategy: Literal["priority-first", "fifo", "fair"] = "priority-first"
-    max_concurrent: int | None = Field(default=None, ge=1, description="running jobs per scope")
-    concurrency_label: str | None = Field(default=None, description="cap per value of this "
-                                          "job label instead of per queue")
-    lease_ttl: float = Field(default=30.0, gt=0, description="s a dead worker's lease lasts")
-    defer_seconds: float = Field(default=1.0, gt=0, description="countdown over the cap")
-    queue_size: int | None = Field(default=None, ge=1, description="jobs a queue may hold")
-    queue_full_policy: Literal["reject", "block"] = "reject"
-    block_timeout: float = Field(default=30.0, ge=0)
-    fair_label: str = Field(default="tenant", description="the label naming a job's tenant")
-    fair_window: int = Field(default=4, ge=1, description="fair jobs waiting in the broker")
-    eta_horizon: float | None = Field(default=None, gt=0, description=(
-        "hold jobs due later (s); default: visibility timeout - job timeout - margin"))
-    claim_timeout: float = Field(default=60.0, gt=0, description="s before a claimed job "
-                                 "whose publisher died is published again")
-    release_batch: int = Field(default=100, ge=1)
-    broker_url: str | None = Field(default=None, description="Redis holding held and fair "
-                                   "jobs; default SANDRUN_BROKER_URL")
-
-
-def celery_priority(priority: int, broker_url: str) -> int:
-    """The Celery priority of ``Job.priority``: RabbitMQ serves higher numbers first,
-    kombu's Redis transport lower ones."""
-    return priority if broker_url.startswith(("amqp", "pyamqp")) else 9 - priority
 
 
 class SchedulingPlugin(BasePlugin):
@@ -122,7 +94,7 @@ class SchedulingPlugin(BasePlugin):
         name="scheduling", version="1.0.0", author="Sandrun", license="Apache-2.0",
         description="Priorities, scheduled jobs, concurrency caps, backpressure, fair queues",
         keywords=["scheduling", "priority", "eta", "concurrency", "fairness"],
-        apis=["on_submit", "on_execute", "on_result", "on_error", BEAT_HOOK],
+        apis=["on_submit", "on_publish", "on_execute", "on_result", "on_error", BEAT_HOOK],
         configuration=SchedulingConfig)
 
     def __init__(self, options: SchedulingConfig | None = None, *,
@@ -163,12 +135,8 @@ class SchedulingPlugin(BasePlugin):
 
     # -- submit ------------------------------------------------------------------------
     def on_submit(self, job: Job, context: SubmissionContext) -> None:
-        release_at = self.release_time(job, self.clock())
-        queue = job_queue(job, self.settings.default_queue)
-        if release_at is None and self.options.queue_size is not None:
-            self._wait_for_room(queue)
-        context.finalizers.append(functools.partial(self._finalize, job=job,
-                                                    release_at=release_at))
+        if self.options.queue_size is not None and self.release_time(job, self.clock()) is None:
+            self._wait_for_room(job_queue(job, self.settings.default_queue))
 
     def release_time(self, job: Job, now: float) -> float | None:
         """When to publish a job due beyond the ETA horizon; None to publish it now."""
@@ -199,22 +167,38 @@ class SchedulingPlugin(BasePlugin):
             time.sleep(min(pause, remaining))
             pause = min(pause * 2, 0.5)
 
-    def _finalize(self, pub: Publication, *, job: Job, release_at: float | None) -> None:
-        if pub.task == RUN_JOB and self.options.strategy != "fifo":
-            pub.priority = celery_priority(job.priority, self.connections.url)
-        if release_at is not None:
-            pub.publish = functools.partial(self._hold, release_at=release_at)
-        elif self.options.strategy == "fair":
-            tenant = job.labels.get(self.options.fair_label, "")
-            pub.publish = functools.partial(self._enqueue_fair, tenant=tenant)
+    @hook(priority=HOLD_PRIORITY)
+    def on_publish(self, pub: Publication, context: PublishContext) -> Publication:
+        """Give the message its Celery priority; take a far-future job or a fair one over
+        (stored as it is, signed, and sent later) with PublicationHeld."""
+        job = context.job
+        if job is None or pub.task != RUN_JOB:
+            return pub
+        if self.options.strategy != "fifo":
+            pub = replace(pub, priority=celery_priority(job.priority, self.connections.url))
+        release_at = self.release_time(job, self.clock())
+        if release_at is None and self.options.strategy != "fair":
+            return pub
+        try:
+            if release_at is not None:
+                self._hold(pub, release_at)
+            else:
+                self._enqueue_fair(pub, job.labels.get(self.options.fair_label, ""))
+        except Exception as exc:  # isolated, it would be sent unheld: refuse the job instead
+            raise SubmissionRejected(
+                f"job {pub.task_id} was not published: the scheduling plugin could not store "
+                f"it to send later ({type(exc).__name__}: {exc}); submit it again once its "
+                "Redis is reachable") from exc
+        raise PublicationHeld(f"job {pub.task_id} is stored by the scheduling plugin and "
+                              "published when it is due or its tenant's turn comes")
 
-    def _hold(self, pub: Publication, *, release_at: float) -> None:
+    def _hold(self, pub: Publication, release_at: float) -> None:
         self.store.hold(pub, release_at)
         self._count("jobs_held", "Jobs held until their scheduled time nears")
         self.logger.info("job_held", job_id=pub.task_id, release_at=round(release_at, 3),
                          eta=pub.eta.isoformat() if pub.eta else None)
 
-    def _enqueue_fair(self, pub: Publication, *, tenant: str) -> None:
+    def _enqueue_fair(self, pub: Publication, tenant: str) -> None:
         self.store.enqueue_fair(pub, tenant)
         try:
             self.pump(pub.queue)

@@ -4,7 +4,7 @@ Every key lives under ``sandrun:scheduling:`` in the broker's Redis; every
 change that must not be split is one Lua script, so concurrent beats, producers
 and workers never see half a move.
 
-* ``payload`` (hash): task id -> the whole :class:`~worker.plugin.context.Publication`
+* ``payload`` (hash): task id -> the whole :class:`~worker.protocol.Publication`
   as JSON, for held and fair jobs alike, kept until it has been published.
 * ``held`` (sorted set): task id -> when to release it (Unix seconds).
   ``held:claimed`` (sorted set): ids taken out to publish, by claim time.
@@ -118,7 +118,7 @@ end
 return n
 """
 def dump_publication(pub: Publication) -> str:
-    """The whole message as JSON (the ``publish`` override is not part of it)."""
+    """The whole message as JSON, exactly as it will be released."""
     return json.dumps({"task": pub.task, "task_id": pub.task_id, "queue": pub.queue,
                        "args": pub.args, "kwargs": pub.kwargs, "priority": pub.priority,
                        "eta": pub.eta.isoformat() if pub.eta else None,

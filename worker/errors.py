@@ -25,9 +25,10 @@ how to fix it; they are meant to be shown to a person as they are.
     │   ├── HookCallError         a hook was called the wrong way (async from a loop)
     │   └── HookTimeout           a hook ran past its timeout and was abandoned
     └── HookControl               raised by hooks on purpose; never isolated, always propagates
-        ├── SubmissionRejected    ``on_submit`` vetoes a job before it is published
+        ├── SubmissionRejected    ``on_submit`` or ``on_publish`` vetoes a job: it is not published
         │   ├── PaymentRejected   the payment cannot cover the job's worst-case cost
         │   └── QueueFull         the target queue is at its configured size (backpressure)
+        ├── PublicationHeld       ``on_publish`` took the message over: stored, to be sent later
         ├── RetryRequested        ``on_error`` asks for the task to run again after a delay
         ├── StartupRefused        ``on_worker_start`` stops a worker from starting
         ├── JobDeferred           ``on_execute`` puts the job back for later (no attempt used)
@@ -154,7 +155,16 @@ class HookControl(SandrunError):
 
 
 class SubmissionRejected(HookControl):
-    """Raised by an ``on_submit`` hook to veto a job; the job is not published."""
+    """Raised by an ``on_submit`` (or ``on_publish``) hook to veto a job; the job is not
+    published."""
+
+
+class PublicationHeld(HookControl):
+    """Raised by an ``on_publish`` hook that took the message over: it stored the final
+    Publication itself (a far-future job held until it is due, a fair job queued behind
+    its tenant's others) and will send it later, as it is. The caller does not send it,
+    and no later ``on_publish`` hook sees it, so a hook that holds runs after every hook
+    that changes the message (the ``auth`` plugin signs at priority -2000)."""
 
 
 class RetryRequested(HookControl):

@@ -8,7 +8,6 @@ loading the node or the sandbox.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -35,11 +34,10 @@ def job_queue(job: Job, default_queue: str) -> str:
 class Publication:
     """The Celery message a client is about to publish, after every ``on_submit`` hook.
 
-    ``on_submit`` hooks that must see the final message (a signer needs the body,
-    queue and ETA exactly as sent) register a finalizer on
-    :attr:`SubmissionContext.finalizers`; the client calls them in registration
-    order (hook priority order) and then ``publish`` (its own publish step, unless
-    a finalizer replaced it, e.g. to hold a far-future job until it is due)."""
+    The client hands it to ``on_publish`` (hooks that must see the message exactly as
+    sent: a signer needs the body, queue and ETA; a scheduler may hold it) and sends
+    what the chain returns, unless a hook raised
+    :class:`~worker.errors.PublicationHeld` because it took the message over."""
 
     task: str
     task_id: str
@@ -49,7 +47,6 @@ class Publication:
     eta: datetime | None = None
     priority: int | None = None
     headers: dict[str, Any] = field(default_factory=dict)
-    publish: Callable[[Publication], None] | None = None
 
     def options(self) -> dict[str, Any]:
         """The keyword arguments of ``Celery.send_task`` for this message."""

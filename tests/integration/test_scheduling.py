@@ -21,6 +21,9 @@ from typing import Any
 
 import pytest
 
+from plugins.auth import auth_plugin
+from plugins.auth_signing import AUTH_HEADER
+from plugins.auth_tokens import HMACProvider
 from plugins.scheduling import SchedulingPlugin
 from tests.conftest import RedisServer
 from tests.integration.conftest import ROOT, Worker, WorkerFactory, broker_url, worker_env
@@ -32,6 +35,7 @@ from worker.models import Job
 pytestmark = pytest.mark.slow
 
 Client = Callable[..., Sandrun]
+KEY = "integration-scheduling-key-0123456789"
 
 
 def plugins(**config: Any) -> str:
@@ -129,6 +133,36 @@ def test_far_job_is_held_then_released_once_by_the_beat_and_near_one_uses_an_eta
     assert ran["plain"][1] < far.timestamp()  # the held job kept no slot of the -c 1 worker
     assert plugin.store.held_ids() == []
     assert not plugin.store.client.hlen("sandrun:scheduling:payload")
+
+
+def test_a_held_job_keeps_its_signature_and_runs_where_signatures_are_required(
+        broker: RedisServer, start_worker: WorkerFactory, processes: Callable[..., Worker],
+        tmp_path: Path) -> None:
+    """Producer: auth signs (on_publish -2000), then scheduling holds (-3000). The beat
+    releases the stored message; a worker that runs only verified jobs runs it."""
+    config = {"broker_url": broker_url(broker), "eta_horizon": 1.0}
+    auth = {"name": "auth", "config": {"keys": {"k1": KEY}}}
+    both = json.dumps([auth, {"name": "scheduling", "config": config}])
+    worker = start_worker(concurrency=1, name="signed", queues="signed", SANDRUN_PLUGINS=both)
+    processes("beat", "--interval", "0.1", SANDRUN_PLUGINS=plugins(**config))
+    producer = Sandrun.create(broker_url=broker_url(broker), plugins=[
+        auth_plugin(HMACProvider("k1", KEY), auto_refresh=False),
+        PluginSpec("scheduling", config)])
+    plugin = producer.manager.get("scheduling")
+    assert isinstance(plugin, SchedulingPlugin)
+    log = tmp_path / "runs"
+    try:
+        held = producer.submit(Job(code=recorder(log, "held"), queue="signed",
+                                   scheduled_time=datetime.now(UTC) + timedelta(seconds=2)))
+        assert plugin.store.held_ids() == [held.id]
+        stored = json.loads(plugin.store.client.hget("sandrun:scheduling:payload", held.id) or "")
+        assert AUTH_HEADER in stored["headers"]
+        result = held.wait(timeout=60)
+    finally:
+        producer.close()
+        worker.stop()
+    assert result.status == "completed", result
+    assert [tag for tag, _, _ in records(log)] == ["held"]
 
 
 def test_beat_refuses_to_start_without_a_plugin_that_implements_it(

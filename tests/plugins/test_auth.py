@@ -17,7 +17,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from plugins.auth import AuthConfig, AuthPlugin, auth_plugin, token_storage_for
+from plugins.auth import SIGN_PRIORITY, AuthConfig, AuthPlugin, auth_plugin
 from plugins.auth_signing import AUTH_HEADER, AuthFailure, Keyring, Message, verify
 from plugins.auth_tokens import (
     AuthenticationFailed,
@@ -29,6 +29,7 @@ from plugins.auth_tokens import (
     StaticTokenProvider,
     WalletIssuer,
     WalletProvider,
+    token_storage_for,
     wallet_address,
 )
 from tests.conftest import RedisServer, private_redis
@@ -41,7 +42,7 @@ from worker.errors import (
     StorageError,
 )
 from worker.models import Execution, Job, WorkerInfo
-from worker.plugin.context import ExecutionContext, SubmissionContext, WorkerContext
+from worker.plugin.context import ExecutionContext, PublishContext, WorkerContext
 from worker.plugin.manager import PluginManager
 from worker.protocol import Publication
 from worker.stores.deadletter import FileDeadLetterStore
@@ -77,11 +78,8 @@ def loaded(plugin: AuthPlugin, config: AuthConfig | None = None) -> tuple[Plugin
 
 
 def signed(plugin: AuthPlugin, publication: Publication) -> Publication:
-    ctx = SubmissionContext(queue=publication.queue)
-    plugin.on_submit(Job(code="x"), ctx)
-    for finalize in ctx.finalizers:
-        finalize(publication)
-    return publication
+    """What a producer sends: ``publication`` after the plugin's ``on_publish``."""
+    return plugin.on_publish(publication, PublishContext())
 
 
 def run(manager: PluginManager, publication: Publication, *, attempt: int = 1,
@@ -225,7 +223,7 @@ def test_background_refresh_runs_before_expiry(clock: Clock) -> None:
     provider = Signal("k1", S1, ttl=900, clock=clock)
     plugin = auth_plugin(provider, clock=clock, refresh_threshold=300)
     manager, _ = loaded(plugin)
-    plugin.on_submit(Job(code="x"), SubmissionContext())
+    signed(plugin, job_publication())
     clock.now += 650  # inside the threshold: the refresher wakes and renews
     try:
         assert refreshed.wait(5), "the background refresher did not renew the token"
@@ -238,7 +236,7 @@ def test_producer_without_provider_says_how_to_fix() -> None:
     plugin = AuthPlugin()
     loaded(plugin)
     with pytest.raises(ConfigurationError, match="provider"):
-        plugin.on_submit(Job(code="x"), SubmissionContext())
+        signed(plugin, job_publication())
 
 
 def test_provider_from_configuration(clock: Clock) -> None:
@@ -246,6 +244,21 @@ def test_provider_from_configuration(clock: Clock) -> None:
     loaded(plugin, AuthConfig.model_validate(
         {"provider": {"type": "static", "key_id": "s", "token": S1}}))
     assert plugin.current_token() == AuthToken(token=S1, key_id="s")
+
+
+def test_on_publish_signs_a_copy_of_the_message_at_the_signing_priority(
+        producer: AuthPlugin) -> None:
+    original = job_publication()
+    publication = signed(producer, original)
+    assert AUTH_HEADER in publication.headers and original.headers == {}
+    claims = jwt.decode(publication.headers[AUTH_HEADER], options={"verify_signature": False,
+                                                                   **UNCHECKED_TIMES})
+    assert (claims["jid"], claims["queue"]) == (original.task_id, original.queue)
+    manager = PluginManager()
+    manager.load(auth_plugin(HMACProvider("k1", S1), auto_refresh=False))
+    assert [(e.plugin, e.priority) for e in manager.hook_plan()["on_publish"]] == [
+        ("auth", SIGN_PRIORITY)]
+    assert "on_submit" not in manager.hook_plan()
 
 
 # -- verification ----------------------------------------------------------------------

@@ -6,23 +6,39 @@ from __future__ import annotations
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
-from plugins.scheduling import SchedulingConfig, SchedulingPlugin, scheduling_plugin
+from plugins.auth import SIGN_PRIORITY, auth_plugin
+from plugins.auth_signing import AUTH_HEADER, Keyring, Message, verify
+from plugins.auth_tokens import HMACProvider
+from plugins.scheduling import (
+    HOLD_PRIORITY,
+    SchedulingConfig,
+    SchedulingPlugin,
+    scheduling_plugin,
+)
 from plugins.scheduling_leases import LeaseKeeper
 from plugins.scheduling_store import dump_publication, load_publication
 from tests.conftest import RedisServer
 from worker import ExecutionContext, Job, JobResult, PluginManager, PluginSpec
 from worker.client.client import Sandrun
-from worker.errors import JobDeferred, PluginConfigError, QueueFull
+from worker.errors import (
+    JobDeferred,
+    PluginConfigError,
+    PublicationHeld,
+    QueueFull,
+    SubmissionRejected,
+)
 from worker.models import Execution
-from worker.plugin.context import ErrorContext, ResultContext, SubmissionContext
+from worker.plugin.context import ErrorContext, PublishContext, ResultContext, SubmissionContext
 from worker.protocol import RUN_JOB, SUBMITTED_HEADER, Publication
 
 NOW = 1_900_000_000.0
+KEY = "scheduling-test-key-0123456789abcdef"
 SEP = "\x06\x16"
 
 
@@ -55,17 +71,35 @@ def make(url: str, sent: Sent | None = None, clock: float = NOW, **options: Any
     return scheduling_plugin(broker_url=url, clock=lambda: clock, publisher=sent, **options)
 
 
+def message(job: Job, headers: dict[str, Any] | None = None) -> Publication:
+    """The Publication the client builds for ``job``."""
+    return Publication(task=RUN_JOB, task_id=job.id, queue=job.queue or "sandrun",
+                       args=[job.model_dump(mode="json", exclude_defaults=True)],
+                       eta=job.scheduled_time, headers=dict(headers or {}))
+
+
 def submit(plugin: SchedulingPlugin, job: Job, headers: dict[str, Any] | None = None
-           ) -> Publication:
-    """What the client does: on_submit, build the Publication, run the finalizers."""
+           ) -> Publication | None:
+    """What the client does: on_submit, build the Publication, on_publish. Returns what
+    the client would send, or None when the plugin took the message over."""
     ctx = SubmissionContext(job_id=job.id)
     plugin.on_submit(job, ctx)
-    pub = Publication(task=RUN_JOB, task_id=job.id, queue=job.queue or "sandrun",
-                      args=[job.model_dump(mode="json", exclude_defaults=True)],
-                      eta=job.scheduled_time, headers=dict(headers or {}))
-    for finalize in ctx.finalizers:
-        finalize(pub)
+    try:
+        return plugin.on_publish(message(job, headers), PublishContext(job=job))
+    except PublicationHeld:
+        return None
+
+
+def sent(plugin: SchedulingPlugin, job: Job) -> Publication:
+    """The message the client would send for ``job`` (the plugin must not take it over)."""
+    pub = submit(plugin, job)
+    assert pub is not None, "the plugin took over a message it should have let go"
     return pub
+
+
+def stored(plugin: SchedulingPlugin, task_id: str) -> Publication:
+    """The message the plugin holds for ``task_id``, as it will be released."""
+    return load_publication(plugin.store.client.hget("sandrun:scheduling:payload", task_id))
 
 
 def at(seconds: float) -> datetime:
@@ -96,6 +130,8 @@ def test_its_hooks_run_where_signing_and_verification_need_them() -> None:
     plan = manager.hook_plan()
     assert [(e.plugin, e.priority) for e in plan["on_execute"]] == [("scheduling", 2000)]
     assert plan["on_submit"][0].priority > -2000 and "on_beat" in plan
+    assert [(e.plugin, e.priority) for e in plan["on_publish"]] == [("scheduling", -3000)]
+    assert HOLD_PRIORITY < SIGN_PRIORITY  # what it holds is signed first
     assert {e.timeout for entries in plan.values() for e in entries} == {0}  # inline
 
 
@@ -118,19 +154,18 @@ def test_a_blocking_submit_outlasts_the_hosts_hook_timeout(url: str,
 def test_job_priority_becomes_the_brokers_priority(strategy: str, broker: str,
                                                    expected: dict[int, int | None]) -> None:
     plugin = scheduling_plugin(strategy=strategy, broker_url=broker)
-    got = {p: submit(plugin, Job(code="1", priority=p)).priority for p in expected}
+    got = {p: sent(plugin, Job(code="1", priority=p)).priority for p in expected}
     assert got == expected
 
 
 # -- held jobs ------------------------------------------------------------------------
 def test_near_job_keeps_its_eta_and_a_far_one_is_held_out_of_the_broker(url: str) -> None:
     plugin = make(url, eta_horizon=60)
-    near = submit(plugin, Job(code="1", scheduled_time=at(30)))
-    assert near.publish is None and near.eta == at(30)
-    far = submit(plugin, Job(code="1", scheduled_time=at(3600)))
-    assert far.publish is not None
-    far.publish(far)
-    assert plugin.store.held_ids() == [far.task_id]
+    near = sent(plugin, Job(code="1", scheduled_time=at(30)))
+    assert near.eta == at(30) and plugin.store.held_ids() == []
+    far = Job(code="1", scheduled_time=at(3600))
+    assert submit(plugin, far) is None
+    assert plugin.store.held_ids() == [far.id]
     assert plugin.store.depth("sandrun") == 0
 
 
@@ -148,9 +183,8 @@ def test_a_held_job_is_released_once_unchanged_when_within_the_horizon(url: str)
     sent = Sent()
     plugin = make(url, sent, eta_horizon=60)
     job = Job(code="1", scheduled_time=at(3600), priority=8, labels={"team": "a"})
-    pub = submit(plugin, job, headers={"x-signature": "sig", SUBMITTED_HEADER: "1.0"})
-    assert pub.publish is not None
-    pub.publish(pub)
+    assert submit(plugin, job, headers={"x-signature": "sig", SUBMITTED_HEADER: "1.0"}) is None
+    pub = stored(plugin, job.id)
     assert plugin.process_queue(NOW + 3500) == 0 and sent.pubs == []
     assert plugin.process_queue(NOW + 3541) == 1
     assert plugin.process_queue(NOW + 3600) == 0 and len(sent.pubs) == 1
@@ -168,9 +202,7 @@ def test_concurrent_beats_release_each_held_job_exactly_once(url: str) -> None:
     sent = Sent()
     beats = [make(url, sent, eta_horizon=1, release_batch=3) for _ in range(4)]
     for n in range(40):
-        pub = submit(beats[0], Job(code=str(n), scheduled_time=at(100 + n)))
-        assert pub.publish is not None
-        pub.publish(pub)
+        assert submit(beats[0], Job(code=str(n), scheduled_time=at(100 + n))) is None
     threads = [threading.Thread(target=b.process_queue, args=(NOW + 500,)) for b in beats]
     for thread in threads:
         thread.start()
@@ -185,16 +217,15 @@ def test_a_claim_whose_publisher_died_is_published_again_after_the_claim_timeout
         raise ConnectionError("broker went away")
 
     plugin = make(url, eta_horizon=1, claim_timeout=30)
-    pub = submit(plugin, Job(code="1", scheduled_time=at(100)))
-    assert pub.publish is not None
-    pub.publish(pub)
+    job = Job(code="1", scheduled_time=at(100))
+    assert submit(plugin, job) is None
     plugin.publisher = broken
     with pytest.raises(ConnectionError):
         plugin.process_queue(NOW + 100)
     sent = Sent()
     plugin.publisher = sent
     assert plugin.process_queue(NOW + 110) == 0
-    assert plugin.process_queue(NOW + 131) == 1 and sent.ids == [pub.task_id]
+    assert plugin.process_queue(NOW + 131) == 1 and sent.ids == [job.id]
     assert plugin.process_queue(NOW + 200) == 0
 
 
@@ -211,6 +242,35 @@ def test_client_holds_a_far_job_through_its_publish_step(url: str) -> None:
         plugin = client.manager.get("scheduling")
         assert isinstance(plugin, SchedulingPlugin)
         assert plugin.store.held_ids() == [run.id] and plugin.store.depth("sandrun") == 0
+
+
+def test_a_held_job_is_stored_signed_and_released_with_its_signature(url: str) -> None:
+    """The producer's chain: the auth plugin signs (-2000), then scheduling holds (-3000);
+    the beat releases the stored message, which a worker's keyring verifies."""
+    release = Sent()
+    manager = PluginManager()
+    manager.load_all([auth_plugin(HMACProvider("k1", KEY), auto_refresh=False),
+                      make(url, release, eta_horizon=60)])
+    plugin = manager.get("scheduling")
+    assert isinstance(plugin, SchedulingPlugin)
+    job = Job(code="1", scheduled_time=at(3600))
+    with pytest.raises(PublicationHeld):
+        manager.on_publish(message(job), PublishContext(job=job))
+    signature = stored(plugin, job.id).headers[AUTH_HEADER]
+    assert plugin.process_queue(NOW + 3541) == 1
+    released = release.pubs[0]
+    assert released.headers[AUTH_HEADER] == signature
+    verify(signature, Message(released.task, released.task_id, released.queue, released.args,
+                              released.kwargs), Keyring({"k1": KEY}), now=NOW + 3600, leeway=5)
+
+
+def test_a_job_it_cannot_store_is_refused_not_sent_unheld(tmp_path: Path) -> None:
+    manager = PluginManager()
+    manager.load(make(f"redis+socket://{tmp_path}/nobody.sock", eta_horizon=60))
+    far = Job(code="1", scheduled_time=at(3600))
+    with pytest.raises(SubmissionRejected, match="could not store it to send later"):
+        manager.on_publish(message(far), PublishContext(job=far))
+    assert manager.hook_errors == {}
 
 
 # -- concurrency ------------------------------------------------------------------------
@@ -307,9 +367,7 @@ def test_fair_queues_take_tenants_in_turn(url: str, redis_client: redis.Redis) -
 
     def tenant(name: str, n: int) -> None:
         for i in range(n):
-            pub = submit(plugin, Job(code="1", id=f"{name}{i}", labels={"tenant": name}))
-            assert pub.publish is not None
-            pub.publish(pub)
+            assert submit(plugin, Job(code="1", id=f"{name}{i}", labels={"tenant": name})) is None
 
     tenant("a", 4)
     tenant("b", 2)

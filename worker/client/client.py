@@ -7,8 +7,9 @@
         result = run.wait(timeout=60)
 
 Submitting runs ``on_build`` (when a builder is made) and ``on_submit`` in this
-process, checks the payment against the pricing table, then publishes to the
-job's queue. Publishing rides out short broker outages with a bounded,
+process, checks the payment against the pricing table, builds the message and
+runs ``on_publish`` over it (signing; a plugin may take it over and hold it),
+then publishes it to the job's queue. Publishing rides out short broker outages with a bounded,
 documented tenacity policy (Celery's own publish retry is off, so the two are
 never stacked) and raises :class:`~worker.errors.BrokerUnavailable` after it.
 """
@@ -32,12 +33,13 @@ from worker.broker.publisher import Publisher
 from worker.errors import (
     ConfigurationError,
     InvalidJob,
+    PublicationHeld,
     SandrunError,
     WaitTimeout,
 )
 from worker.models import ErrorInfo, Job, JobResult
 from worker.models.builder import JobBuilder
-from worker.plugin.context import BuildContext, SubmissionContext
+from worker.plugin.context import BuildContext, PublishContext, SubmissionContext
 from worker.plugin.loader import PluginRef, PluginSpec, parse_plugin_specs
 from worker.plugin.manager import PluginManager
 from worker.protocol import RUN_JOB, SUBMITTED_HEADER, Publication, job_queue
@@ -169,7 +171,8 @@ class Sandrun:
         return self.manager.on_build(builder, BuildContext(client=self.producer))
 
     def submit(self, job: Job) -> JobExecution:
-        """Run ``on_submit``, check the payment, publish; return a handle on the job."""
+        """Run ``on_submit``, check the payment, run ``on_publish`` and publish what it
+        returns (unless a plugin took the message over); return a handle on the job."""
         started = time.perf_counter()
         if self.settings.pricing is not None:
             self.settings.pricing.check_payment(job)
@@ -188,17 +191,21 @@ class Sandrun:
             args=[job.model_dump(mode="json", exclude_defaults=True)],
             eta=job.scheduled_time, headers={**ctx.headers,
                                              SUBMITTED_HEADER: f"{time.time():.6f}"})
-        for finalize in ctx.finalizers:
-            finalize(publication)
-        (publication.publish or self.publish)(publication)
+        try:
+            publication = self.manager.on_publish(publication, PublishContext(
+                job=job, producer=self.producer, metadata=ctx.metadata))
+        except PublicationHeld:
+            pass  # a plugin stored the message and sends it later (it logs that itself)
+        else:
+            self.publish(publication)
         ctx.duration = time.perf_counter() - started
         return JobExecution(job.id, self.app, self._outputs)
 
     def publish(self, publication: Publication) -> None:
         """Send one message to the broker as it is (no hooks), riding out short outages.
 
-        The scheduling plugin uses this to release jobs it held; anything else should
-        submit through :meth:`submit`."""
+        For messages built by hand (a task other than ``run_job``, signed with the
+        ``auth`` plugin's ``sign``); jobs should go through :meth:`submit`."""
         if publication.eta is not None:
             self._check_eta(publication.eta)
         self.publisher.publish(publication)

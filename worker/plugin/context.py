@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     from worker.collector import MetricsCollector
     from worker.models import Execution, Job
     from worker.plugin.impl import HookTimer
-    from worker.protocol import Publication
     from worker.stores.deadletter import DeadLetterStore
     from worker.stores.storage import PluginStorage
 
@@ -69,7 +68,9 @@ class BuildContext:
 class SubmissionContext:
     """Given to ``on_submit`` in the producer, before the job is published.
 
-    ``finalizers`` run on the final :class:`Publication` just before it is sent."""
+    ``headers`` become headers of the message; ``metadata`` is handed on to the
+    message's :class:`PublishContext`, so a plugin can carry a decision from
+    ``on_submit`` to ``on_publish``."""
 
     submitted_at: datetime = field(default_factory=_now)
     producer: str = ""
@@ -78,7 +79,24 @@ class SubmissionContext:
     duration: float | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     job_id: str | None = None
-    finalizers: list[Callable[[Publication], None]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class PublishContext:
+    """Given to ``on_publish`` with the final :class:`~worker.protocol.Publication`.
+
+    ``job`` is the Job the message carries, as every ``on_submit`` hook left it (None
+    for a message of another task); ``metadata`` is the submission's own dict (the
+    same object as its SubmissionContext's), ``producer`` who publishes it."""
+
+    job: Job | None = None
+    producer: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    job_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.job_id is None and self.job is not None:
+            self.job_id = self.job.id
 
 
 @dataclass(slots=True)

@@ -1,12 +1,19 @@
 """The one place hooks are called: a registry of chains and the loop that runs them.
 
 A chain is the tuple of implementations of one hook, sorted by priority (higher
-first) and, for equal priority, by load order. The registry swaps in a new tuple
-whenever it changes, so a running chain is never mutated under its feet and
-dispatch takes no lock. The loop is deliberately one small function per flavour
-(sync and async): each handler gets ``(data, context)``; a non-None return
-replaces ``data``; an exception other than the propagated kinds is handed to
-``on_error`` and the chain goes on.
+first) and, for equal priority, by load order. Whenever the registry changes (a
+plugin loads or unloads, a ``once`` handler has run, hook timing is switched on or
+off) it rebuilds that hook's *steps*: per implementation, one callable with its
+timeout, its timer and its ``once`` already wrapped in. Dispatch reads one tuple and
+decides nothing per call, so a handler without a timeout or timer is called as it
+is, and the untimed path pays for no timer check. Tuples are swapped in whole, so a
+running chain is never mutated under its feet and dispatch takes no lock.
+
+The loop has one shape: each step gets ``(data, context)``; a coroutine it returns is
+run to its end; a non-None result replaces ``data``; an exception other than the
+propagated kinds is handed to ``on_error`` and the chain goes on. It is written twice,
+line for line, because the async flavour must ``await`` inside the ``try``: sharing
+one body would cost a coroutine per handler, more than the whole loop costs now.
 
 Timeouts: a handler with ``timeout`` > 0 that runs longer is abandoned with a
 :class:`~worker.errors.HookTimeout`, handed to ``on_error`` like any fault, and the
@@ -21,6 +28,7 @@ timeout run inline, at no extra cost.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import threading
 import time
@@ -30,7 +38,7 @@ from typing import Any
 
 from worker.errors import HookCallError, HookControl, HookTimeout
 from worker.plugin.hookthreads import HookThreads
-from worker.plugin.impl import Chain, ErrorHandler, HookImpl, HookTimer
+from worker.plugin.impl import Call, Chain, ErrorHandler, HookImpl, HookTimer, Steps
 from worker.plugin.validation import CheckedPlugin
 
 
@@ -59,10 +67,16 @@ PROPAGATE: tuple[type[BaseException], ...] = (HookControl, HookCallError)
 
 
 class HookRegistry:
-    """Chains by hook name; add/remove replace tuples under a lock, reads take none."""
+    """Chains by hook name and the steps each dispatch flavour runs for them.
+
+    ``steps`` serve :func:`call_chain`, ``async_steps`` :func:`acall_chain`; both are
+    rebuilt under a lock whenever a chain or the timer changes; reads take none."""
 
     def __init__(self) -> None:
         self.chains: dict[str, Chain] = {}
+        self.steps: dict[str, Steps] = {}
+        self.async_steps: dict[str, Steps] = {}
+        self.timer: HookTimer | None = None
         self._lock = threading.Lock()
 
     def add(self, impls: list[HookImpl]) -> None:
@@ -71,6 +85,7 @@ class HookRegistry:
             for impl in impls:
                 chain = (*self.chains.get(impl.hook, ()), impl)
                 self.chains[impl.hook] = tuple(sorted(chain, key=lambda i: (-i.priority, i.order)))
+            self._rebuild({impl.hook for impl in impls})
 
     def remove(self, predicate: Callable[[HookImpl], bool]) -> list[HookImpl]:
         """Unregister every implementation for which ``predicate`` is true; return them."""
@@ -83,11 +98,30 @@ class HookRegistry:
                     self.chains[name] = kept
                 else:
                     del self.chains[name]
+            self._rebuild({impl.hook for impl in removed})
         return removed
 
     def discard(self, impl: HookImpl) -> None:
         """Unregister one implementation (a ``once`` hook that has run)."""
         self.remove(lambda i: i is impl)
+
+    def set_timer(self, timer: HookTimer | None) -> None:
+        """Report every handler's duration to ``timer`` from now on (None: stop timing)."""
+        with self._lock:
+            self.timer = timer
+            self._rebuild(set(self.chains) | set(self.steps))
+
+    def _rebuild(self, names: set[str]) -> None:
+        for name in names:
+            chain = self.chains.get(name)
+            if chain is None:
+                self.steps.pop(name, None)
+                self.async_steps.pop(name, None)
+                continue
+            self.steps[name] = tuple((i, _step(i, self.timer, self.discard, False))
+                                     for i in chain)
+            self.async_steps[name] = tuple((i, _step(i, self.timer, self.discard, True))
+                                           for i in chain)
 
 
 _local = threading.local()
@@ -146,71 +180,89 @@ def _call_inline(impl: HookImpl, data: Any, context: Any) -> Any:
     return run_sync(result, _describe(impl)) if inspect.isawaitable(result) else result
 
 
-def call_chain(chain: Chain, data: Any, context: Any, on_error: ErrorHandler,
-               discard: Callable[[HookImpl], None]) -> Any:
-    """Run ``chain`` synchronously; async handlers are driven to completion."""
-    for impl in chain:
-        if impl.once:
-            discard(impl)
-        try:
-            if impl.timeout:
-                result = _call_timed(impl, data, context)
-            else:
-                result = impl.function(data, context)
-                if impl.is_async or type(result) is CoroutineType:
-                    result = run_sync(result, f"hook {impl.hook} of plugin {impl.plugin!r}")
-        except PROPAGATE:
-            raise
-        except Exception as exc:
-            on_error(impl, exc, data, context)
-            continue
-        if result is not None:
-            data = result
-    return data
+async def _acall_timed(impl: HookImpl, data: Any, context: Any) -> Any:
+    """Call a handler that has a timeout, from a running event loop."""
+    if impl.is_async:
+        return await _within(impl.function(data, context), impl)
+    return await asyncio.to_thread(_call_timed, impl, data, context)
 
 
-def call_chain_timed(chain: Chain, data: Any, context: Any, on_error: ErrorHandler,
-                     discard: Callable[[HookImpl], None], *, timer: HookTimer) -> Any:
-    """``call_chain`` that reports each handler's duration to ``timer`` (metrics on)."""
-    for impl in chain:
-        if impl.once:
-            discard(impl)
+def _timing(impl: HookImpl, call: Call, timer: HookTimer) -> Call:
+    """``call`` reporting its duration (a coroutine it returns run to its end) to ``timer``."""
+
+    def timed(data: Any, context: Any) -> Any:
         started = time.perf_counter()
         try:
-            if impl.timeout:
-                result = _call_timed(impl, data, context)
-            else:
-                result = impl.function(data, context)
-                if impl.is_async or type(result) is CoroutineType:
-                    result = run_sync(result, f"hook {impl.hook} of plugin {impl.plugin!r}")
-        except PROPAGATE:
+            result = call(data, context)
+            return run_sync(result, _describe(impl)) if type(result) is CoroutineType else result
+        finally:
             timer(impl, time.perf_counter() - started)
+
+    return timed
+
+
+def _atiming(impl: HookImpl, call: Call, timer: HookTimer) -> Call:
+    """``_timing`` for the event loop: the duration includes awaiting the result."""
+
+    async def timed(data: Any, context: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            result = call(data, context)
+            return await result if inspect.isawaitable(result) else result
+        finally:
+            timer(impl, time.perf_counter() - started)
+
+    return timed
+
+
+def _once(impl: HookImpl, call: Call, discard: Callable[[HookImpl], None]) -> Call:
+    """``call`` that unregisters ``impl`` before it runs, so it runs a single time."""
+
+    def once(data: Any, context: Any) -> Any:
+        discard(impl)
+        return call(data, context)
+
+    return once
+
+
+def _step(impl: HookImpl, timer: HookTimer | None, discard: Callable[[HookImpl], None],
+          in_loop: bool) -> Call:
+    """What dispatch calls for ``impl``: the handler itself, or it wrapped in its timeout
+    (``in_loop``: for :func:`acall_chain`), the timer and ``once``, in that order."""
+    call: Call = impl.function
+    if impl.timeout:
+        call = functools.partial(_acall_timed if in_loop else _call_timed, impl)
+    if timer is not None:
+        call = (_atiming if in_loop else _timing)(impl, call, timer)
+    if impl.once:
+        call = _once(impl, call, discard)
+    return call
+
+
+def call_chain(steps: Steps, data: Any, context: Any, on_error: ErrorHandler) -> Any:
+    """Run a hook's steps synchronously; async handlers are driven to completion."""
+    for impl, call in steps:
+        try:
+            result = call(data, context)
+            if type(result) is CoroutineType:
+                result = run_sync(result, _describe(impl))
+        except PROPAGATE:
             raise
         except Exception as exc:
-            timer(impl, time.perf_counter() - started)
             on_error(impl, exc, data, context)
             continue
-        timer(impl, time.perf_counter() - started)
         if result is not None:
             data = result
     return data
 
 
-async def acall_chain(chain: Chain, data: Any, context: Any, on_error: ErrorHandler,
-                      discard: Callable[[HookImpl], None]) -> Any:
-    """Run ``chain`` inside an event loop, awaiting async handlers."""
-    for impl in chain:
-        if impl.once:
-            discard(impl)
+async def acall_chain(steps: Steps, data: Any, context: Any, on_error: ErrorHandler) -> Any:
+    """:func:`call_chain` inside an event loop: awaitables are awaited in it."""
+    for impl, call in steps:
         try:
-            if not impl.timeout:
-                result = impl.function(data, context)
-                if inspect.isawaitable(result):
-                    result = await result
-            elif impl.is_async:
-                result = await _within(impl.function(data, context), impl)
-            else:
-                result = await asyncio.to_thread(_call_timed, impl, data, context)
+            result = call(data, context)
+            if inspect.isawaitable(result):
+                result = await result
         except PROPAGATE:
             raise
         except Exception as exc:

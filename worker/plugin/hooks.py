@@ -19,10 +19,12 @@ if TYPE_CHECKING:
         BuildContext,
         ErrorContext,
         ExecutionContext,
+        PublishContext,
         ResultContext,
         SubmissionContext,
         WorkerContext,
     )
+    from worker.protocol import Publication
 
 T = TypeVar("T")
 
@@ -41,6 +43,11 @@ class HookCalls(ABC):
     def on_submit(self, job: Job, context: SubmissionContext) -> Job:
         """``on_submit`` in the producer: the Job to publish (SubmissionRejected vetoes)."""
         return cast("Job", self.execute_hook("on_submit", job, context))
+
+    def on_publish(self, publication: Publication, context: PublishContext) -> Publication:
+        """``on_publish`` just before a message is sent: the Publication to send
+        (PublicationHeld: a plugin took it over; do not send it)."""
+        return cast("Publication", self.execute_hook("on_publish", publication, context))
 
     def on_execute(self, execution: Execution, context: ExecutionContext) -> None:
         """``on_execute`` in the pool process; JobRejected, JobDeferred or

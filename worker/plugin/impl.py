@@ -1,5 +1,5 @@
-"""What the registry holds: one plugin's implementation of one hook, and the shapes of
-the callbacks dispatch reports to.
+"""What the registry holds: one plugin's implementation of one hook, the steps dispatch
+runs, and the shapes of the callbacks dispatch reports to.
 
 Kept apart from :mod:`worker.plugin.dispatch` so the contexts can name a hook
 timer's type without importing the dispatch loop (and the loop's imports).
@@ -32,6 +32,11 @@ class HookImpl:
 
 #: A hook's implementations in call order.
 Chain = tuple[HookImpl, ...]
+#: What dispatch calls with ``(data, context)`` for one implementation.
+Call = Callable[[Any, Any], Any]
+#: A chain as dispatch runs it: each implementation beside the callable that runs it
+#: (the handler, wrapped in its timeout, the hook timer and ``once`` where they apply).
+Steps = tuple[tuple[HookImpl, Call], ...]
 #: Called with a handler that raised (or timed out), the exception, the data and context.
 ErrorHandler = Callable[[HookImpl, Exception, Any, Any], None]
 #: Called with each handler and its duration in seconds, when hook timing is on.

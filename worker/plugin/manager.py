@@ -32,7 +32,7 @@ from worker.errors import (
 from worker.plugin import dispatch
 from worker.plugin.context import PluginContext
 from worker.plugin.deps import resolve
-from worker.plugin.dispatch import HookRegistry
+from worker.plugin.dispatch import HookRegistry, acall_chain, call_chain
 from worker.plugin.hooks import HookCalls
 from worker.plugin.impl import HookImpl, HookTimer
 from worker.plugin.loader import PluginRef, PluginSpec, resolve_ref
@@ -100,7 +100,6 @@ class PluginManager(HookCalls):
         self.metrics: MetricsCollector = metrics or InMemoryMetrics()
         self.dead_letters = dead_letters
         self.hook_timeout = hook_timeout
-        self.hook_timer: HookTimer | None = None
         self.hook_errors: Counter[tuple[str, str]] = Counter()
         self.hook_timeouts: Counter[tuple[str, str]] = Counter()
         self._registry = HookRegistry()
@@ -189,7 +188,7 @@ class PluginManager(HookCalls):
 
     def time_hooks(self, timer: HookTimer | None) -> None:
         """Report each hook handler's duration to ``timer`` (None: stop timing)."""
-        self.hook_timer = timer
+        self._registry.set_timer(timer)
 
     def unload(self, name: str) -> None:
         """Call ``on_destroy`` and unregister; refused while a loaded plugin requires it."""
@@ -221,24 +220,19 @@ class PluginManager(HookCalls):
     # -- dispatch ------------------------------------------------------------------
     def execute_hook(self, name: str, data: Any, context: Any = None) -> Any:
         """Run hook ``name`` over ``data`` and return the (possibly replaced) data."""
-        chain = self._registry.chains.get(name)
-        if chain is None:
+        steps = self._registry.steps.get(name)
+        if steps is None:
             self._check_hook_name(name)
             return data
-        if self.hook_timer is not None:
-            return dispatch.call_chain_timed(chain, data, context, self._hook_failed,
-                                             self._registry.discard, timer=self.hook_timer)
-        return dispatch.call_chain(chain, data, context, self._hook_failed,
-                                   self._registry.discard)
+        return call_chain(steps, data, context, self._hook_failed)
 
     async def aexecute_hook(self, name: str, data: Any, context: Any = None) -> Any:
         """``execute_hook`` for asyncio callers: async handlers are awaited in the running loop."""
-        chain = self._registry.chains.get(name)
-        if chain is None:
+        steps = self._registry.async_steps.get(name)
+        if steps is None:
             self._check_hook_name(name)
             return data
-        return await dispatch.acall_chain(chain, data, context, self._hook_failed,
-                                          self._registry.discard)
+        return await acall_chain(steps, data, context, self._hook_failed)
 
     def _check_hook_name(self, name: str) -> None:
         if name in LIFECYCLE_HOOKS:

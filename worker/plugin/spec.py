@@ -28,10 +28,12 @@ if TYPE_CHECKING:
         ErrorContext,
         ExecutionContext,
         PluginContext,
+        PublishContext,
         ResultContext,
         SubmissionContext,
         WorkerContext,
     )
+    from worker.protocol import Publication
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
 HOOK_OPTIONS_ATTR = "__sandrun_hook__"
@@ -40,6 +42,7 @@ HOOK_OPTIONS_ATTR = "__sandrun_hook__"
 CHAIN_HOOKS: dict[str, tuple[str, ...]] = {
     "on_build": ("builder", "context"),
     "on_submit": ("job", "context"),
+    "on_publish": ("publication", "context"),
     "on_execute": ("execution", "context"),
     "on_result": ("result", "context"),
     "on_error": ("error", "context"),
@@ -154,6 +157,18 @@ class Plugin:
     def on_submit(self, job: Job, context: SubmissionContext) -> Job | Awaitable[Job | None] | None:
         """Called in the producer before the job is published; return a new Job to replace
         it, or raise :class:`~worker.errors.SubmissionRejected` to veto it."""
+        return None
+
+    def on_publish(self, publication: Publication, context: PublishContext
+                   ) -> Publication | Awaitable[Publication | None] | None:
+        """Called in the producer (and wherever a finished message is about to be sent)
+        with the final Publication, once per message; return a new Publication to
+        replace it (e.g. signed headers), or store it yourself and raise
+        :class:`~worker.errors.PublicationHeld` to take it over (hold it): it is not
+        sent, and later hooks do not see it. A message sent again later (a held job
+        released by ``sandrun beat``, a deferred or retried task) goes out as it was,
+        without a second ``on_publish``. The ``auth`` plugin signs at priority -2000:
+        change the message above it, take it over below it."""
         return None
 
     def on_execute(self, execution: Execution, context: ExecutionContext) -> Awaitable[None] | None:

@@ -55,6 +55,24 @@ def test_wrong_hook_signature_names_plugin_hook_and_signature() -> None:
     assert "on_submit(self, job, context)" in message
 
 
+@pytest.mark.parametrize(("bad", "have"), [
+    (lambda self, publication: None, "self, publication"),
+    (lambda self, publication, context, job: None, "self, publication, context, job"),
+])
+def test_on_publish_signature_is_checked_like_every_hook(bad: Any, have: str) -> None:
+    manager = PluginManager()
+    manager.load(type("Good", (Plugin,), {"name": "signer", "on_publish":
+                                          lambda self, publication, context: None}))
+    assert [e.plugin for e in manager.hook_plan()["on_publish"]] == ["signer"]
+    broken = type("Broken", (Plugin,), {"name": "signer", "on_publish": bad})
+    with pytest.raises(InvalidPlugin) as info:
+        PluginManager().load(broken)
+    message = str(info.value)
+    assert "plugin 'signer' (Broken) is invalid" in message
+    assert (f"hook on_publish({have}) does not match the spec "
+            "on_publish(self, publication, context)") in message
+
+
 def test_extra_optional_parameters_are_allowed() -> None:
     class P(Plugin):
         name = "p"
