@@ -230,7 +230,8 @@ class AuthPlugin(BasePlugin):
                           context.kwargs)
         try:
             claims = verify(context.headers.get(AUTH_HEADER), message, self.keyring,
-                            now=self.clock(), leeway=self.options.leeway)
+                            now=self.clock(), leeway=self.options.leeway,
+                            max_ttl=self.options.signature_ttl)
             self._claim_nonce(claims, context)
         except AuthFailure as failure:
             self._reject(failure, execution, context)

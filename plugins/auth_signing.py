@@ -140,7 +140,9 @@ def _verification_key(header: dict[str, Any], keyring: Keyring) -> tuple[Any, st
     return secret, "HS256"
 
 
-def _check_wallet_token(claims: dict[str, Any], kid: str, keyring: Keyring) -> None:
+def _check_wallet_token(claims: dict[str, Any], kid: str, keyring: Keyring, *, now: float,
+                        leeway: float) -> None:
+    """The wallet's issuer token names this wallet, is valid now, and covered the signing."""
     token = claims.get("tok")
     if not isinstance(token, str):
         raise AuthFailure("bad_token", "a wallet signature must carry its issuer's token")
@@ -155,12 +157,35 @@ def _check_wallet_token(claims: dict[str, Any], kid: str, keyring: Keyring) -> N
     granted = _decode(token, issuer_key, "HS256")
     if f"{WALLET_PREFIX}{granted.get('sub')}" != kid:
         raise AuthFailure("bad_token", "the wallet token was issued to another address")
-    if not granted["iat"] - 5 <= claims["iat"] <= granted["exp"]:
+    if now > float(granted["exp"]) + leeway:
+        raise AuthFailure("expired", f"the wallet token expired {now - float(granted['exp']):.0f}s "
+                          "ago; the wallet must exchange a new one with its issuer")
+    if float(granted["iat"]) > now + leeway:
+        raise AuthFailure("bad_token", "the wallet token was issued in the future")
+    if not granted["iat"] - leeway <= claims["iat"] <= granted["exp"]:
         raise AuthFailure("bad_token", "the job was signed outside its wallet token's lifetime")
 
 
+def _check_times(claims: dict[str, Any], *, now: float, leeway: float, max_ttl: float) -> None:
+    """Signed in the past, not expired, and valid no longer than this worker allows after
+    its start (its ETA, or when it was signed): a producer cannot mint a signature that
+    lasts for years."""
+    iat, exp = float(claims["iat"]), float(claims["exp"])
+    if iat > now + leeway:
+        raise AuthFailure("not_yet_valid", f"the signature was made {iat - now:.0f}s in the "
+                          "future; check the producer's clock")
+    if now > exp + leeway:
+        raise AuthFailure("expired", f"the signature expired {now - exp:.0f}s ago; sign closer "
+                          "to the run or raise signature_ttl")
+    eta = claims.get("eta")
+    start = max(iat, datetime.fromisoformat(eta).timestamp()) if eta else iat
+    if exp - start > max_ttl + leeway:
+        raise AuthFailure("overlong", f"the signature is valid {exp - start:.0f}s after its "
+                          f"start; this worker accepts at most {max_ttl:g}s (signature_ttl)")
+
+
 def verify(token: str | None, message: Message, keyring: Keyring, *, now: float,
-           leeway: float) -> dict[str, Any]:
+           leeway: float, max_ttl: float) -> dict[str, Any]:
     """The claims of a valid signature for ``message``; AuthFailure otherwise."""
     if not token:
         raise AuthFailure("unsigned", f"the message has no {AUTH_HEADER} header; submit "
@@ -173,9 +198,7 @@ def verify(token: str | None, message: Message, keyring: Keyring, *, now: float,
     claims = _decode(token, key, algorithm)
     if not isinstance(claims.get("jti"), str) or not claims["jti"]:
         raise AuthFailure("malformed", "the signature carries no nonce (jti)")
-    if now > float(claims["exp"]) + leeway:
-        raise AuthFailure("expired", f"the signature expired {now - float(claims['exp']):.0f}s "
-                          "ago; sign closer to the run or raise signature_ttl")
+    _check_times(claims, now=now, leeway=leeway, max_ttl=max_ttl)
     actual = {"task": message.task, "jid": message.task_id, "queue": message.queue,
               "body": body_digest(message.args, message.kwargs)}
     changed = [name for name in CHECKED if claims.get(name) != actual[name]]
@@ -186,5 +209,5 @@ def verify(token: str | None, message: Message, keyring: Keyring, *, now: float,
     if eta and now + leeway < datetime.fromisoformat(eta).timestamp():
         raise AuthFailure("tampered", f"the job was signed to run at {eta}, not before")
     if algorithm == "EdDSA":
-        _check_wallet_token(claims, str(header["kid"]), keyring)
+        _check_wallet_token(claims, str(header["kid"]), keyring, now=now, leeway=leeway)
     return claims

@@ -408,7 +408,7 @@ def test_verify_is_independent_of_dict_order(producer: AuthPlugin) -> None:
     reordered = [dict(reversed(list(publication.args[0].items())))]
     message = Message(publication.task, publication.task_id, publication.queue, reordered, {})
     claims = verify(publication.headers[AUTH_HEADER], message, Keyring({"k1": S1}),
-                    now=producer.clock(), leeway=5)
+                    now=producer.clock(), leeway=5, max_ttl=86400)
     assert claims["jid"] == publication.task_id
     assert datetime.fromtimestamp(claims["exp"], UTC) - datetime.fromtimestamp(
         claims["iat"], UTC) <= timedelta(days=1, seconds=1)
@@ -482,3 +482,35 @@ def test_bad_auth_configuration_says_what_to_fix(tmp_path: Path, clock: Clock) -
     broken.write_text('["k1"]')
     with pytest.raises(ConfigurationError, match="must hold"):
         Keyring({}, broken).key_ids()
+
+
+def test_a_wallet_token_stops_signing_when_it_expires(clock: Clock, worker: Any) -> None:
+    wallet = Ed25519PrivateKey.generate()
+    issuer = WalletIssuer("k2", S2, ttl=900, clock=clock)
+    producer = auth_plugin(WalletProvider(wallet, issuer, clock=clock), clock=clock,
+                           auto_refresh=False)
+    loaded(producer)
+    job = signed(producer, job_publication())  # the token lasts 15 minutes, the signature 24 h
+    clock.now += 900 + 5 + 1
+    rejected(worker[0], job, "expired")
+
+
+def test_a_signature_may_not_outlast_the_workers_signature_ttl(clock: Clock,
+                                                                worker: Any) -> None:
+    producer = auth_plugin(HMACProvider("k1", S1, clock=clock), clock=clock, auto_refresh=False,
+                           signature_ttl=10 * 365 * 86400)
+    loaded(producer)
+    rejected(worker[0], signed(producer, job_publication()), "overlong")
+    later = job_publication(eta=datetime.fromtimestamp(clock.now + 3600, UTC))
+    fine = auth_plugin(HMACProvider("k1", S1, clock=clock), clock=clock, auto_refresh=False)
+    loaded(fine)
+    job = signed(fine, later)  # 24 h after a 1 h ETA is within the worker's bound
+    clock.now += 3600
+    run(worker[0], job)
+
+
+def test_a_signature_made_in_the_future_is_refused(clock: Clock, worker: Any) -> None:
+    ahead = Clock(clock.now + 3600)
+    producer = auth_plugin(HMACProvider("k1", S1, clock=ahead), clock=ahead, auto_refresh=False)
+    loaded(producer)
+    rejected(worker[0], signed(producer, job_publication()), "not_yet_valid")

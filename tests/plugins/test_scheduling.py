@@ -261,7 +261,8 @@ def test_a_held_job_is_stored_signed_and_released_with_its_signature(url: str) -
     released = release.pubs[0]
     assert released.headers[AUTH_HEADER] == signature
     verify(signature, Message(released.task, released.task_id, released.queue, released.args,
-                              released.kwargs), Keyring({"k1": KEY}), now=NOW + 3600, leeway=5)
+                              released.kwargs), Keyring({"k1": KEY}), now=NOW + 3600, leeway=5,
+           max_ttl=86400)
 
 
 def test_a_job_it_cannot_store_is_refused_not_sent_unheld(tmp_path: Path) -> None:
