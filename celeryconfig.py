@@ -70,10 +70,15 @@ result_backend_transport_options = {
                      "interval_max": 0.5},
 }
 
+# The filesystem fallback (worker/broker/embedded.py) keeps everything under the state
+# directory: messages in SANDRUN_BROKER_FOLDER, kombu's exchange routing tables beside it
+# in ``control`` (kombu's default is a relative ``control/`` in the current directory, so
+# a worker started in a checkout would write into the work tree).
 if broker_url.startswith("filesystem://"):
     _folder = os.environ.get("SANDRUN_BROKER_FOLDER", "")
     broker_transport_options = {
         "data_folder_in": _folder,
         "data_folder_out": _folder,
+        "control_folder": os.path.join(os.path.dirname(os.path.abspath(_folder)), "control"),
         "store_processed": False,
     }

@@ -46,6 +46,8 @@ def embedded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
         sandrun(env, "broker", "stop")
     if request.param == "redis":
         assert not (state / "redis.sock").exists()
+    else:  # kombu's routing tables live beside the queue, not in the current directory
+        assert (state / "control" / "sandrun.exchange").is_file()
 
 
 def test_submit_wait_json_status_result_logs(embedded: dict[str, str]) -> None:

@@ -34,6 +34,27 @@ def get(url: str, auth: str | None = None) -> tuple[int, bytes]:
         return 0, b""  # not listening yet
 
 
+def tasks_listed(base: str) -> dict[str, dict[str, object]]:
+    status, body = get(f"{base}/api/tasks", "ops:s3cret")
+    return json.loads(body) if status == 200 else {}
+
+
+def watching(base: str, client: Sandrun, timeout: float = 30) -> None:
+    """Return once Flower receives task events: it subscribes only after it starts
+    serving, so run probe jobs until it lists one of them."""
+    deadline = time.monotonic() + timeout
+    probes: set[str] = set()
+    while True:
+        probe = client.job().code("print('probe')").submit()
+        probe.wait(timeout=30)
+        probes.add(probe.id)
+        for _ in range(10):  # its events follow its stored result closely
+            if probes & tasks_listed(base).keys():
+                return
+            time.sleep(0.1)
+        assert time.monotonic() < deadline, "Flower never listed a job"
+
+
 def test_flower_lists_jobs_with_basic_auth_and_401_without(
         start_worker: WorkerFactory, broker: RedisServer, tmp_path: Path) -> None:
     refused = subprocess.run([sys.executable, "-m", "worker.cli", "flower"], cwd=ROOT,
@@ -51,8 +72,8 @@ def test_flower_lists_jobs_with_basic_auth_and_401_without(
         while get(f"{base}/healthcheck")[0] != 200:
             assert time.monotonic() < deadline, flower.output()[-2000:]
             time.sleep(0.2)
-        time.sleep(1.0)  # Flower subscribes to events after it starts serving
         with Sandrun.create(broker_url=broker_url(broker), plugins=[]) as client:
+            watching(base, client)
             ids = [client.job().code(f"print({n})").submit().id for n in range(3)]
             for job_id in ids:
                 client.execution(job_id).wait(timeout=30)

@@ -124,11 +124,16 @@ def test_far_job_is_held_then_released_once_by_the_beat_and_near_one_uses_an_eta
     plain = producer.submit(Job(code=recorder(log, "plain"), queue="eta"))
     try:
         wait_all([plain, soon, held])
-        time.sleep(0.5)  # the beats keep running: nothing is published again
+        # The beats keep running: a later held job, released by them after the first one
+        # ran, runs on the -c 1 worker after any copy of it they might have published.
+        later = producer.submit(Job(code=recorder(log, "later"), queue="eta",
+                                    scheduled_time=datetime.now(UTC) + timedelta(seconds=1.2)))
+        wait_all([later])
     finally:
         worker.stop()
     ran = {tag: (start, end) for tag, start, end in records(log)}
-    assert [tag for tag, _, _ in records(log)] == ["plain", "near", "held"], beats[0].output()
+    order = [tag for tag, _, _ in records(log)]
+    assert order == ["plain", "near", "held", "later"], beats[0].output()
     assert ran["near"][0] >= near.timestamp() and ran["held"][0] >= far.timestamp()
     assert ran["plain"][1] < far.timestamp()  # the held job kept no slot of the -c 1 worker
     assert plugin.store.held_ids() == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -304,16 +305,38 @@ def test_the_cap_counts_per_queue_or_per_label(url: str) -> None:
     per_label.on_destroy()
 
 
+def until(condition: Callable[[], bool], what: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
 def test_a_lease_nobody_renews_expires_and_a_kept_one_does_not(url: str) -> None:
     plugin = make(url, max_concurrent=1, lease_ttl=0.3)
+    leases, client = "sandrun:scheduling:leases:queue:sandrun", plugin.semaphore.client
+
+    def redis_ms() -> int:  # leases expire on the Redis clock, in milliseconds
+        seconds, micros = client.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    def expiry(job: Job) -> float:
+        score = client.zscore(leases, job.id)
+        assert score is not None, f"{job.id} holds no lease"
+        return float(score)
+
     dead = Job(code="1")
     assert plugin.semaphore.acquire("queue:sandrun", dead.id, 1, 0.3)  # its worker died
     with pytest.raises(JobDeferred):
         plugin.on_execute(*execution(Job(code="2")))
-    time.sleep(0.4)
+    lapsed = expiry(dead)
+    until(lambda: redis_ms() > lapsed, "the Redis clock never passed the dead lease's expiry")
     alive = Job(code="3")
     plugin.on_execute(*execution(alive))
-    time.sleep(0.5)  # the keeper renews every 0.1 s
+    first = expiry(alive)
+    # Past the first expiry of the kept lease, the keeper (every 0.1 s) has pushed it out.
+    until(lambda: redis_ms() > first and expiry(alive) > redis_ms(),
+          "the keeper never renewed the lease")
     assert plugin.semaphore.holders("queue:sandrun") == [alive.id]
     with pytest.raises(JobDeferred):
         plugin.on_execute(*execution(Job(code="4")))

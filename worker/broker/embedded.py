@@ -115,8 +115,8 @@ def embedded_environment(state: Path, mode: str = "auto") -> dict[str, str]:
             raise ConfigurationError("SANDRUN_EMBEDDED=redis, but redis-server is not on PATH")
         url = f"redis+socket://{start_redis(state, binary)}"
         return {"SANDRUN_BROKER_URL": url, "SANDRUN_RESULT_BACKEND": url}
-    queue = state / "queue"
-    for folder in (queue, state / "results"):
+    queue = state / "queue"  # celeryconfig puts kombu's routing tables in state/control
+    for folder in (queue, state / "control", state / "results"):
         folder.mkdir(parents=True, exist_ok=True)
     print(FILESYSTEM_WARNING.format(state=state), file=sys.stderr)
     return {"SANDRUN_BROKER_URL": "filesystem://", "SANDRUN_BROKER_FOLDER": str(queue),
