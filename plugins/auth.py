@@ -224,7 +224,7 @@ class AuthPlugin(BasePlugin):
 
     @hook(priority=1000)
     def on_execute(self, execution: Execution, context: ExecutionContext) -> None:
-        if self.options.queues is not None and context.queue not in self.options.queues:
+        if not self._protects(context):
             return
         message = Message(execution.task, context.task_id, context.queue, context.args,
                           context.kwargs)
@@ -232,6 +232,7 @@ class AuthPlugin(BasePlugin):
             claims = verify(context.headers.get(AUTH_HEADER), message, self.keyring,
                             now=self.clock(), leeway=self.options.leeway,
                             max_ttl=self.options.signature_ttl)
+            self._check_queue(claims, context)
             self._claim_nonce(claims, context)
         except AuthFailure as failure:
             self._reject(failure, execution, context)
@@ -245,6 +246,21 @@ class AuthPlugin(BasePlugin):
         if self.metrics is not None:
             self.metrics.counter("sandrun_auth_verified_total", "Jobs whose signature verified"
                                  ).inc()
+
+    def _protects(self, context: ExecutionContext) -> bool:
+        """Whether this delivery must verify. The routing key is the sender's word, so
+        ``queues`` is compared with the queues this worker consumes: a worker that
+        serves a protected queue verifies everything (also when they are unknown)."""
+        if self.options.queues is None:
+            return True
+        consumed = set(context.consumed_queues)
+        return not consumed or bool(consumed & set(self.options.queues))
+
+    def _check_queue(self, claims: dict[str, Any], context: ExecutionContext) -> None:
+        """A job signed for one queue must not run on a worker that does not serve it."""
+        if context.consumed_queues and claims.get("queue") not in context.consumed_queues:
+            raise AuthFailure("tampered", f"signed for queue {claims.get('queue')!r}, but this "
+                              f"worker serves {', '.join(context.consumed_queues)}")
 
     def _claim_nonce(self, claims: dict[str, Any], context: ExecutionContext) -> None:
         if self.storage is None:

@@ -83,7 +83,7 @@ def signed(plugin: AuthPlugin, publication: Publication) -> Publication:
 
 
 def run(manager: PluginManager, publication: Publication, *, attempt: int = 1,
-        redelivered: bool = False) -> None:
+        redelivered: bool = False, consumed: tuple[str, ...] | None = None) -> None:
     """Dispatch on_execute as the task base class does for ``publication``."""
     job = Job.model_validate(publication.args[0]) if publication.task == "sandrun.run_job" \
         else None
@@ -91,7 +91,8 @@ def run(manager: PluginManager, publication: Publication, *, attempt: int = 1,
     ctx = ExecutionContext(node_id="n", pool_id="1", task_id=publication.task_id,
                            attempt=attempt, queue=publication.queue, headers=publication.headers,
                            args=publication.args, kwargs=publication.kwargs,
-                           redelivered=redelivered)
+                           redelivered=redelivered,
+                           consumed_queues=(publication.queue,) if consumed is None else consumed)
     manager.execute_hook("on_execute", execution, ctx)
 
 
@@ -514,3 +515,20 @@ def test_a_signature_made_in_the_future_is_refused(clock: Clock, worker: Any) ->
     producer = auth_plugin(HMACProvider("k1", S1, clock=ahead), clock=ahead, auto_refresh=False)
     loaded(producer)
     rejected(worker[0], signed(producer, job_publication()), "not_yet_valid")
+
+
+def test_the_routing_key_cannot_talk_a_protected_worker_out_of_verifying(clock: Clock) -> None:
+    plugin = AuthPlugin(clock=clock)
+    manager, _ = loaded(plugin, AuthConfig.model_validate(
+        {"keys": {"k1": S1}, "queues": ["secure"]}))
+    # A broker writer pushes an unsigned job into 'secure' claiming routing key 'sandrun'.
+    rejected(manager, job_publication(queue="sandrun"), "unsigned", consumed=("secure",))
+    rejected(manager, job_publication(queue="sandrun"), "unsigned", consumed=())
+    run(manager, job_publication(queue="sandrun"), consumed=("sandrun",))
+
+
+def test_a_job_signed_for_another_queue_does_not_run_here(producer: AuthPlugin,
+                                                          worker: Any) -> None:
+    elsewhere = signed(producer, job_publication(queue="batch"))
+    rejected(worker[0], elsewhere, "tampered", consumed=("sandrun.gpu",))
+    run(worker[0], signed(producer, job_publication(queue="batch")), consumed=("batch", "x"))

@@ -121,7 +121,14 @@ class SandrunTask(Task[Any, Any]):
             job_id=execution.job.id if execution.job else None,
             headers=dict(request.headers or {}), args=list(request.args or ()),
             kwargs=dict(request.kwargs or {}), eta=str(request.eta) if request.eta else None,
-            redelivered=bool(delivery.get("redelivered")))
+            redelivered=bool(delivery.get("redelivered")),
+            consumed_queues=self._consumed_queues())
+
+    def _consumed_queues(self) -> tuple[str, ...]:
+        """The queues this worker consumes (its own -Q, or every declared queue): unlike
+        the message's routing key, nothing a broker writer sends can change them."""
+        queues = self.app.amqp.queues
+        return tuple(sorted(queues.consume_from or queues))
 
     def _to_celery(self, outcome: Outcome, execution: Execution) -> Any:
         """Tell Celery how this delivery ended, with its own mechanisms."""

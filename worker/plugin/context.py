@@ -122,6 +122,7 @@ class ExecutionContext:
     kwargs: dict[str, Any] = field(default_factory=dict)
     eta: str | None = None
     redelivered: bool = False
+    consumed_queues: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
