@@ -25,8 +25,8 @@ import timeit
 from collections.abc import Callable
 
 from plugins.auth import AuthPlugin, auth_plugin
-from plugins.auth_signing import AUTH_HEADER, Keyring, Message, verify
-from plugins.auth_tokens import HMACProvider
+from plugins.auth.signing import AUTH_HEADER, Keyring, Message, verify
+from plugins.auth.tokens import HMACProvider
 from worker import Job, PluginManager, PublishContext
 from worker.logs import configure_logging
 from worker.protocol import Publication

@@ -51,7 +51,7 @@ class DefaultsPlugin(BasePlugin):
     priority = 100
     hook_timeout = 0  # bounded hooks: run inline, no timeout thread (see worker.plugin.dispatch)
     manifest = PluginManifest(
-        name="defaults", version="1.0.0", author="Sandrun", license="Apache-2.0",
+        author="Sandrun", license="Apache-2.0",
         description="Fleet-wide default labels, queue and limits for jobs",
         keywords=["defaults", "labels"], apis=["on_build", "on_submit"],
         configuration=DefaultsConfig)

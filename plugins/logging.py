@@ -50,7 +50,7 @@ class LoggingPlugin(BasePlugin):
     priority = 50
     hook_timeout = 0  # bounded hooks: run inline, no timeout thread (see worker.plugin.dispatch)
     manifest = PluginManifest(
-        name="logging", version="1.0.0", author="Sandrun", license="Apache-2.0",
+        author="Sandrun", license="Apache-2.0",
         description="Structured logs (structlog) for workers and producers",
         keywords=["logging", "structlog"], configuration=LoggingConfig,
         apis=["on_submit", "on_execute", "on_result", "on_error"])

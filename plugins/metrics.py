@@ -179,7 +179,7 @@ class MetricsPlugin(BasePlugin):
     version = "1.0.0"
     hook_timeout = 0  # bounded hooks: run inline, no timeout thread (see worker.plugin.dispatch)
     manifest = PluginManifest(
-        name="metrics", version="1.0.0", author="Sandrun", license="Apache-2.0",
+        author="Sandrun", license="Apache-2.0",
         description="Prometheus metrics for jobs and plugins, one endpoint per worker",
         keywords=["prometheus", "metrics"], configuration=MetricsConfig,
         apis=["on_submit", "on_execute", "on_result", "on_error", "on_worker_start"])

@@ -112,7 +112,7 @@ class RetryPlugin(BasePlugin):
     priority = -1000
     hook_timeout = 0  # bounded hooks: run inline, no timeout thread (see worker.plugin.dispatch)
     manifest = PluginManifest(
-        name="retry", version="1.0.0", author="Sandrun", license="Apache-2.0",
+        author="Sandrun", license="Apache-2.0",
         description="Retry failed jobs with backoff; dead-letter them when attempts run out",
         keywords=["retry", "backoff", "dead-letter"], apis=["on_error", "on_result"],
         configuration=RetryConfig)

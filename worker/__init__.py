@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from worker.broker.embedded import ensure_broker_configured
 from worker.broker.publisher import Publisher
 from worker.broker.urls import is_redis, kombu_url, redis_client, redis_url
 from worker.collector import InMemoryMetrics, MetricsCollector
@@ -61,7 +62,7 @@ from worker.plugin.context import (
 )
 from worker.plugin.helpers import BasePlugin, with_logging, with_metrics
 from worker.plugin.impl import HookImpl
-from worker.plugin.loader import PluginSpec
+from worker.plugin.loader import PluginSpec, parse_plugin_specs
 from worker.plugin.manager import PluginEvent, PluginManager
 from worker.plugin.spec import Plugin, PluginDependency, PluginManifest, hook
 from worker.protocol import RUN_JOB, SUBMITTED_HEADER, Publication, job_queue
@@ -77,31 +78,90 @@ if TYPE_CHECKING:
     from celery import Celery
 
     from worker.broker.factory import make_app
+    from worker.cli.common import fail as cli_fail
     from worker.client.client import JobExecution, Sandrun
 
     app: Celery
 
 __all__ = [
-    "LEVELS", "MAX_CPU_SECONDS", "MAX_MEMORY_MB", "MAX_TIMEOUT_SECONDS", "RUN_JOB",
-    "SUBMITTED_HEADER", "BasePlugin", "BrokerUnavailable", "BuildContext",
-    "ConfigurationError", "DeadLetter", "DeadLetterStore", "DuplicateDelivery", "ErrorContext",
-    "ErrorInfo", "Execution", "ExecutionContext", "HookImpl", "InMemoryMetrics", "InvalidJob",
-    "Job", "JobBuilder", "JobDeferred", "JobExecution", "JobFailed", "JobRejected", "JobResult",
-    "MemoryStorageBackend", "MetricsCollector", "PaymentRejected", "Plugin", "PluginContext",
-    "PluginDependency", "PluginError", "PluginEvent", "PluginManager", "PluginManifest",
-    "PluginSpec", "PluginStorage", "Publication", "PublicationHeld", "PublishContext",
-    "Publisher", "QueueFull",
-    "RedisStorageBackend", "ResultContext", "RetryPolicy", "RetryRequested", "Sandrun",
-    "SandrunError", "Settings", "StartupRefused", "StorageError", "SubmissionContext",
-    "SubmissionRejected", "WorkerContext", "WorkerInfo", "configure_logging", "hook",
-    "is_redis", "job_queue", "kombu_url", "load_settings", "make_app", "redis_client",
-    "redis_url", "with_logging", "with_metrics",
+    "LEVELS",
+    "MAX_CPU_SECONDS",
+    "MAX_MEMORY_MB",
+    "MAX_TIMEOUT_SECONDS",
+    "RUN_JOB",
+    "SUBMITTED_HEADER",
+    "BasePlugin",
+    "BrokerUnavailable",
+    "BuildContext",
+    "ConfigurationError",
+    "DeadLetter",
+    "DeadLetterStore",
+    "DuplicateDelivery",
+    "ErrorContext",
+    "ErrorInfo",
+    "Execution",
+    "ExecutionContext",
+    "HookImpl",
+    "InMemoryMetrics",
+    "InvalidJob",
+    "Job",
+    "JobBuilder",
+    "JobDeferred",
+    "JobExecution",
+    "JobFailed",
+    "JobRejected",
+    "JobResult",
+    "MemoryStorageBackend",
+    "MetricsCollector",
+    "PaymentRejected",
+    "Plugin",
+    "PluginContext",
+    "PluginDependency",
+    "PluginError",
+    "PluginEvent",
+    "PluginManager",
+    "PluginManifest",
+    "PluginSpec",
+    "PluginStorage",
+    "Publication",
+    "PublicationHeld",
+    "PublishContext",
+    "Publisher",
+    "QueueFull",
+    "RedisStorageBackend",
+    "ResultContext",
+    "RetryPolicy",
+    "RetryRequested",
+    "Sandrun",
+    "SandrunError",
+    "Settings",
+    "StartupRefused",
+    "StorageError",
+    "SubmissionContext",
+    "SubmissionRejected",
+    "WorkerContext",
+    "WorkerInfo",
+    "cli_fail",
+    "configure_logging",
+    "ensure_broker_configured",
+    "hook",
+    "is_redis",
+    "job_queue",
+    "kombu_url",
+    "load_settings",
+    "make_app",
+    "parse_plugin_specs",
+    "redis_client",
+    "redis_url",
+    "with_logging",
+    "with_metrics",
 ]
 
 #: Names imported on first use, because their modules import Celery.
 _LAZY = {"Sandrun": ("worker.client.client", "Sandrun"),
          "JobExecution": ("worker.client.client", "JobExecution"),
          "make_app": ("worker.broker.factory", "make_app"),
+         "cli_fail": ("worker.cli.common", "fail"),
          "app": ("worker.node.app", "app"), "celery": ("worker.node.app", "app")}
 
 

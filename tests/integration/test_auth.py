@@ -17,7 +17,7 @@ import pytest
 from celery.result import AsyncResult
 
 from plugins.auth import AuthPlugin, auth_plugin
-from plugins.auth_tokens import HMACProvider
+from plugins.auth.tokens import HMACProvider
 from tests.conftest import RedisServer
 from tests.integration.conftest import Worker, WorkerFactory, broker_url
 from worker.client.client import Sandrun

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from plugins.auth import auth_plugin
-from plugins.auth_signing import AUTH_HEADER
-from plugins.auth_tokens import HMACProvider
+from plugins.auth.signing import AUTH_HEADER
+from plugins.auth.tokens import HMACProvider
 from plugins.scheduling import SchedulingPlugin
 from tests.conftest import RedisServer
 from tests.integration.conftest import ROOT, Worker, WorkerFactory, broker_url, worker_env

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from plugins.auth import AuthPlugin, auth_plugin
-from plugins.auth_tokens import HMACProvider
+from plugins.auth.tokens import HMACProvider
 from tests.conftest import RedisServer
 from tests.integration.conftest import WorkerFactory, broker, broker_url, start_worker  # noqa: F401
 from tests.reliability.conftest import ScenarioReport

@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import click
 
-from worker.cli.auth import auth
+from worker.cli.contributed import ContributedGroup
 from worker.cli.fleet import dead, workers
 from worker.cli.jobs import cancel, download, logs, result, status, submit
-from worker.cli.ops import beat_command, broker, demo, flower_command, probe, worker_command
+from worker.cli.ops import broker, demo, flower_command, probe, worker_command
 from worker.cli.plugins import plugins
 from worker.logs import configure_logging
 
 
-@click.group()
+@click.group(cls=ContributedGroup)
 @click.version_option(package_name="sandrun")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
@@ -33,5 +33,5 @@ def main(log_level: str) -> None:
 
 
 for command in (submit, status, result, logs, cancel, download, worker_command, broker, demo,
-                plugins, workers, dead, probe, flower_command, beat_command, auth):
+                plugins, workers, dead, probe, flower_command):
     main.add_command(command)

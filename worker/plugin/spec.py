@@ -105,11 +105,14 @@ class PluginDependency:
 
 
 class PluginManifest(BaseModel):
-    """Metadata for discovery and validation; ``configuration`` is a pydantic model class."""
+    """Metadata for discovery and validation; ``configuration`` is a pydantic model class.
+
+    ``name`` and ``version`` have one source, the plugin class's attributes: leave them
+    out here (None). A manifest that states them anyway must agree with the class."""
 
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
-    name: str
-    version: str
+    name: str | None = None
+    version: str | None = None
     description: str = ""
     author: str = ""
     license: str = ""

@@ -69,12 +69,12 @@ def _signature_problem(plugin: Plugin, attr: str, args: tuple[str, ...]) -> str 
 
 def plugin_name(plugin: Plugin) -> str:
     """The plugin's name, from ``name`` or its manifest; raise if missing or mismatched."""
-    name = plugin.name or (plugin.manifest.name if plugin.manifest else "")
+    name = plugin.name or (plugin.manifest.name if plugin.manifest else None) or ""
     label = type(plugin).__qualname__
     if not name:
         raise InvalidPlugin(f"plugin class {label} has no name; set the class attribute "
                             "name = 'my-plugin'")
-    if plugin.manifest and plugin.manifest.name != name:
+    if plugin.manifest and plugin.manifest.name not in (None, name):
         raise InvalidPlugin(f"plugin {name!r}: its manifest is named {plugin.manifest.name!r}; "
                             "use one name")
     if not NAME_PATTERN.match(name):
@@ -151,7 +151,7 @@ def check_plugin(plugin: Plugin, known_custom_hooks: Collection[str] = ()) -> Ch
         version = Version(plugin.version)
     except (InvalidVersion, TypeError):
         problems.append(f"version {plugin.version!r} is not a PEP 440 version such as '1.0.0'")
-    if plugin.manifest and plugin.manifest.version != plugin.version:
+    if plugin.manifest and plugin.manifest.version not in (None, plugin.version):
         problems.append(f"manifest version {plugin.manifest.version!r} differs from "
                         f"version {plugin.version!r}")
     if not isinstance(plugin.priority, int) or isinstance(plugin.priority, bool):

@@ -38,9 +38,8 @@ from worker.sandbox.launcher import (
     Limits,
     launch,
     parse_report,
-    reap_finished_launchers,
-    release,
 )
+from worker.sandbox.reaping import reap_finished_launchers, release
 from worker.stores.outputs import CollectedOutput
 
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin"

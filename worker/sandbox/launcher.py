@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 from worker.sandbox.confine import PR_SET_DUMPABLE, Confinement, enter, prctl
+from worker.sandbox.reaping import reap_finished_launchers
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -286,30 +287,6 @@ def launch(spec: LaunchSpec) -> tuple[int, int]:
             os._exit(code)
     os.close(report_w)
     return pid, report_r
-
-
-_exiting: list[int] = []
-
-
-def release(pid: int, *, wait: bool = False) -> None:
-    """Reap a launcher that has reported; one still tearing down is reaped later."""
-    try:
-        done, _ = os.waitpid(pid, 0 if wait else os.WNOHANG)
-    except ChildProcessError:  # already reaped by someone else
-        return
-    if not done:
-        _exiting.append(pid)
-
-
-def reap_finished_launchers() -> None:
-    """Reap launchers that finished tearing down since they reported."""
-    for pid in list(_exiting):
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            done = pid
-        if done:
-            _exiting.remove(pid)
 
 
 def parse_report(raw: bytes) -> LaunchReport:

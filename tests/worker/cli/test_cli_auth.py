@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from plugins.auth_tokens import HMACProvider, wallet_address
+from plugins.auth.tokens import HMACProvider, wallet_address
 from worker.cli import main
 
 

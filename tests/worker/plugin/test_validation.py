@@ -215,3 +215,22 @@ def test_custom_hook_names_are_checked() -> None:
     with pytest.raises(InvalidPlugin) as info:
         PluginManager().load(Shadow)
     assert "shadows a spec hook" in str(info.value) and "starting with 'on_'" in str(info.value)
+
+
+def test_name_and_version_have_one_source_the_class() -> None:
+    from worker import Plugin, PluginManifest
+    from worker.plugin.validation import check_plugin
+
+    class Single(Plugin):
+        name = "single"
+        version = "2.1.0"
+        manifest = PluginManifest(description="no name or version repeated here")
+
+    checked = check_plugin(Single(), set())
+    assert (checked.name, str(checked.version)) == ("single", "2.1.0")
+
+    class Disagrees(Single):
+        manifest = PluginManifest(name="single", version="9.9.9")
+
+    with pytest.raises(InvalidPlugin, match=r"manifest version '9\.9\.9' differs"):
+        check_plugin(Disagrees(), set())

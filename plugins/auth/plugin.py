@@ -5,7 +5,7 @@ Anyone who can write to the broker could otherwise enqueue jobs. Producer side
 before any that holds it): make sure a valid token exists (refreshed when within
 ``refresh_threshold`` seconds of expiry, and in the background when
 ``auto_refresh`` is on), then sign the final message (body, task, id, queue,
-ETA) into the ``sandrun_auth`` header (see :mod:`plugins.auth_signing`). A job the
+ETA) into the ``sandrun_auth`` header (see :mod:`plugins.auth.signing`). A job the
 ``scheduling`` plugin holds is stored signed and released with that signature.
 
 Worker side (``on_execute``, before other plugins see the job): verify it
@@ -49,8 +49,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from plugins.auth_signing import AUTH_HEADER, AuthFailure, Keyring, Message, sign, verify
-from plugins.auth_tokens import (
+from plugins.auth.signing import AUTH_HEADER, AuthFailure, Keyring, Message, sign, verify
+from plugins.auth.tokens import (
     AuthProvider,
     AuthToken,
     Clock,
@@ -130,7 +130,7 @@ class AuthPlugin(BasePlugin):
     version = "1.0.0"
     hook_timeout = 0.0  # a verification cut short must never let a job through: run inline
     manifest = PluginManifest(
-        name="auth", version="1.0.0", author="Sandrun", license="Apache-2.0",
+        author="Sandrun", license="Apache-2.0",
         description="Sign jobs at submit; run only jobs whose signature verifies",
         keywords=["auth", "jwt", "signature"], apis=["on_publish", "on_execute"],
         configuration=AuthConfig)

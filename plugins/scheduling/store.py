@@ -30,7 +30,7 @@ from typing import Any
 
 import redis
 
-from plugins.scheduling_leases import Semaphore
+from plugins.scheduling.leases import Semaphore
 from worker import (
     ConfigurationError,
     Publication,

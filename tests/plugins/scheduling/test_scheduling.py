@@ -14,16 +14,16 @@ import pytest
 import redis
 
 from plugins.auth import SIGN_PRIORITY, auth_plugin
-from plugins.auth_signing import AUTH_HEADER, Keyring, Message, verify
-from plugins.auth_tokens import HMACProvider
+from plugins.auth.signing import AUTH_HEADER, Keyring, Message, verify
+from plugins.auth.tokens import HMACProvider
 from plugins.scheduling import (
     HOLD_PRIORITY,
     SchedulingConfig,
     SchedulingPlugin,
     scheduling_plugin,
 )
-from plugins.scheduling_leases import LeaseKeeper
-from plugins.scheduling_store import dump_publication, load_publication
+from plugins.scheduling.leases import LeaseKeeper
+from plugins.scheduling.store import dump_publication, load_publication
 from tests.conftest import RedisServer
 from worker import ExecutionContext, Job, JobResult, PluginManager, PluginSpec
 from worker.client.client import Sandrun

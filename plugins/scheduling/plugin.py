@@ -49,9 +49,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, NoReturn
 
-from plugins.scheduling_config import HOLD_PRIORITY, SchedulingConfig, celery_priority
-from plugins.scheduling_leases import LeaseKeeper, Semaphore
-from plugins.scheduling_store import Connections, SchedulingStore, load_publication
+from plugins.scheduling.config import HOLD_PRIORITY, SchedulingConfig, celery_priority
+from plugins.scheduling.leases import LeaseKeeper, Semaphore
+from plugins.scheduling.store import Connections, SchedulingStore, load_publication
 from worker import (
     RUN_JOB,
     SUBMITTED_HEADER,
@@ -91,7 +91,7 @@ class SchedulingPlugin(BasePlugin):
     # timeout abandoning that wait would publish into a full queue).
     hook_timeout = 0
     manifest = PluginManifest(
-        name="scheduling", version="1.0.0", author="Sandrun", license="Apache-2.0",
+        author="Sandrun", license="Apache-2.0",
         description="Priorities, scheduled jobs, concurrency caps, backpressure, fair queues",
         keywords=["scheduling", "priority", "eta", "concurrency", "fairness"],
         apis=["on_submit", "on_publish", "on_execute", "on_result", "on_error", BEAT_HOOK],

@@ -27,7 +27,7 @@ from typing import Any
 
 import jwt
 
-from plugins.auth_tokens import MIN_SECRET, WALLET_PREFIX, SigningKey, b64url, public_key_of
+from plugins.auth.tokens import MIN_SECRET, WALLET_PREFIX, SigningKey, b64url, public_key_of
 from worker import (
     ConfigurationError,
     Publication,

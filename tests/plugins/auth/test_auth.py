@@ -18,8 +18,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from plugins.auth import SIGN_PRIORITY, AuthConfig, AuthPlugin, auth_plugin
-from plugins.auth_signing import AUTH_HEADER, AuthFailure, Keyring, Message, verify
-from plugins.auth_tokens import (
+from plugins.auth.signing import AUTH_HEADER, AuthFailure, Keyring, Message, verify
+from plugins.auth.tokens import (
     AuthenticationFailed,
     AuthToken,
     FileTokenStorage,

@@ -1,5 +1,8 @@
 """``sandrun auth new-key|new-wallet``: credentials for the ``auth`` plugin.
 
+Contributed to the ``sandrun`` command through the entry-point group
+``sandrun.commands`` (``auth = "plugins.auth.cli:auth"``).
+
 A key is a key id and a random secret (for workers' ``keys``/``keys_file`` and a
 producer's ``hmac`` or ``static`` provider); a wallet is an Ed25519 private key
 in a PEM file readable by its owner only, whose address the command prints.
@@ -17,8 +20,8 @@ import click
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from worker.cli.common import fail
-from worker.errors import ConfigurationError
+from worker import ConfigurationError
+from worker import cli_fail as fail
 
 
 @click.group()
