@@ -24,8 +24,8 @@ from worker.sandbox.launcher import (
     dying_with_parent,
     launch,
     parse_report,
-    release,
 )
+from worker.sandbox.reaping import release
 
 
 @pytest.mark.skipif(SETPRIV is None, reason="util-linux setpriv is not installed")
