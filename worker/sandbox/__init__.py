@@ -2,9 +2,9 @@
 
 Lives here: ``executor`` (``run_in_sandbox``, the list of named steps), the
 isolation probe that measures the host (``isolation``), the confinement layers
-applied in the child (``confine``, ``landlock``), the launcher process that owns
-the job's process tree (``launcher``), output collection (``collect``) and GPU
-devices (``gpu``).
+applied in the child (``confine``, ``landlock``), the seccomp filter bubblewrap
+loads for a job (``seccomp``), the launcher process that owns the job's process
+tree (``launcher``), output collection (``collect``) and GPU devices (``gpu``).
 
 May import: ``worker.stores`` (what collected outputs become) and the shared
 modules. Never the plugin host, the node or the client: the sandbox knows
