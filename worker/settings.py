@@ -19,7 +19,7 @@ import math
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.errors import ConfigurationError
@@ -73,10 +73,27 @@ class Settings(BaseSettings):
     output_total_cap_bytes: int = Field(default=50 << 20, ge=0)
     output_max_files: int = Field(default=1000, ge=0)
     output_max_depth: int = Field(default=32, ge=1, le=256)
-    network_isolation: bool = False
     filesystem_isolation: str = Field(default="auto", pattern="^(auto|required|off)$", description=(
-        "Landlock: jobs may change files only in their own directory; auto uses it where the "
-        "kernel has it, required refuses jobs (and worker start) where it does not"))
+        "the job's own root, built by bubblewrap (only /usr, its directory, private /tmp, "
+        "/proc and /dev); without bubblewrap, Landlock limits writes to its directory. auto "
+        "uses what the host has; required refuses jobs (and worker start) without a view"))
+    network_isolation: str = Field(default="auto", pattern="^(auto|required|off)$", description=(
+        "an empty network namespace per job; auto where the host offers one"))
+    allow_job_network: bool = Field(default=False, description=(
+        "run jobs that ask for the network (Job.network) with the host's network; off: such "
+        "jobs are refused"))
+    seccomp: str = Field(default="auto", pattern="^(auto|required|off)$", description=(
+        "a seccomp filter denying calls jobs never need (ptrace, mount, bpf, unshare...)"))
+    cgroups: str = Field(default="auto", pattern="^(auto|required|off)$", description=(
+        "memory limits as resident memory from a cgroup per pool process; else RLIMIT_AS"))
+    job_uids: str = Field(default="200000-200999", description=(
+        "uids a root worker runs jobs as, one per pool process at a time; empty: every job "
+        "runs as SANDRUN_JOB_USER"))
+    job_disk_mb: int = Field(default=256, ge=0, description=(
+        "total disk a job may fill (a tmpfs job directory, root workers); 0: no cap"))
+    job_tmp_mb: int = Field(default=64, ge=1, description="size of a job's private /tmp")
+    workdir_root: Path | None = Field(default=None, description=(
+        "where job directories are made (default: the system's temporary directory)"))
     max_processes: int = Field(default=256, ge=1, description=(
         "processes and threads one job may have at once (RLIMIT_NPROC in its own user "
         "namespace; without one, shared with the job user's other processes)"))
@@ -84,6 +101,13 @@ class Settings(BaseSettings):
         "user (name or uid) a worker running as root runs jobs as; root keeps them root, "
         "without a process limit"))
     interpreters: list[str] | None = None
+
+    @field_validator("network_isolation", mode="before")
+    @classmethod
+    def _legacy_network(cls, value: object) -> object:
+        """Accept the boolean values of earlier releases: true is required, false off."""
+        text = str(value).lower()
+        return {"true": "required", "1": "required", "false": "off", "0": "off"}.get(text, value)
     heartbeat_file: Path | None = Field(default=None, description="default: <state_dir>/"
                                         "health/<worker name>.heartbeat")
     ready_file: Path | None = Field(default=None, description="default: <state_dir>/health/"

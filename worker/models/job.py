@@ -174,6 +174,9 @@ class Job(BaseModel):
         default_factory=dict, max_length=32
     )
     isolation: Isolation = Field(default="process", description="least isolation accepted")
+    network: bool = Field(default=False, description=(
+        "the job needs the network; only workers whose operator allows it "
+        "(SANDRUN_ALLOW_JOB_NETWORK) run it, others refuse it"))
     retry: RetryPolicy | None = Field(default=None, description="overrides the retry plugin")
 
     @field_validator("files", mode="before")

@@ -37,9 +37,6 @@ def execute_job(job: Job, rt: Runtime, queue: str | None = None,
         return JobResult(id=job.id, status="rejected", outcome="rejected", error=ErrorInfo(
             type="InvalidJob", message=f"the job asks for a {job.timeout:g}s timeout; this "
             f"worker runs jobs of at most {longest:g}s (SANDRUN_MAX_JOB_TIMEOUT)"))
-    if job.isolation == "network" and not rt.sandbox.network_isolation:
-        return _refuse(job, "isolation_unavailable", "the job asks for network isolation, which "
-                       "this worker does not provide (SANDRUN_NETWORK_ISOLATION is off)")
     env = {"CUDA_VISIBLE_DEVICES": ""}
     gpu_type = None
     with ExitStack() as stack:

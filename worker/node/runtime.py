@@ -21,10 +21,10 @@ from worker.errors import ConfigurationError
 from worker.models import WorkerInfo
 from worker.plugin.loader import parse_plugin_specs
 from worker.plugin.manager import PluginManager
+from worker.sandbox.config import check_sandbox, sandbox_config
 from worker.sandbox.confine import IsolationError
-from worker.sandbox.executor import DEFAULT_INTERPRETERS, SandboxConfig
+from worker.sandbox.executor import SandboxConfig, release_slots
 from worker.sandbox.gpu import GPUDevice, detect_gpus
-from worker.sandbox.isolation import plan_confinement
 from worker.settings import Settings, load_settings
 from worker.stores.attempts import Attempts
 from worker.stores.deadletter import dead_letter_store_for
@@ -45,6 +45,8 @@ class Runtime:
     node_id: str
     redis: redis.Redis[bytes] | None
     worker: WorkerInfo | None = None
+    isolation: str = "process"  # what every job gets here (the start-up check's label)
+    sandbox_notes: tuple[str, ...] = ()  # what the host lacks, and why
 
     @property
     def lock_dir(self) -> Path:
@@ -63,23 +65,14 @@ def build_runtime(settings: Settings | None = None, *, load_plugins: bool = True
                             hook_timeout=settings.hook_timeout)
     if load_plugins:
         manager.load_all(parse_plugin_specs(settings.plugins))
-    sandbox = SandboxConfig(
-        stream_cap_bytes=settings.stream_cap_bytes,
-        output_file_cap_bytes=settings.output_file_cap_bytes,
-        output_total_cap_bytes=settings.output_total_cap_bytes,
-        output_max_files=settings.output_max_files,
-        output_max_depth=settings.output_max_depth,
-        interpreters=frozenset(settings.interpreters or DEFAULT_INTERPRETERS),
-        network_isolation=settings.network_isolation, max_processes=settings.max_processes,
-        filesystem_isolation=settings.filesystem_isolation, job_user=settings.job_user)
+    sandbox = sandbox_config(settings)
     try:  # probes the host once, so that a worker that would refuse every job does not start
-        plan_confinement(str(settings.state_dir), max_processes=sandbox.max_processes,
-                         filesystem=sandbox.filesystem_isolation,
-                         network=sandbox.network_isolation, job_user=sandbox.job_user)
+        isolation, notes = check_sandbox(sandbox)
     except IsolationError as exc:
         raise ConfigurationError(f"the sandbox cannot run jobs as configured: {exc}") from None
     return Runtime(settings, manager, Attempts(client), output_store_for(backend), sandbox,
-                   detect_gpus(settings.gpus), socket.gethostname(), client)
+                   detect_gpus(settings.gpus), socket.gethostname(), client,
+                   isolation=isolation, sandbox_notes=notes)
 
 
 class _ProcessRuntime:
@@ -121,4 +114,5 @@ def stop() -> None:
     with _this.lock:
         if _this.runtime is not None and _this.pid == os.getpid():
             _this.runtime.manager.close()
+            release_slots()
         _this.runtime = None

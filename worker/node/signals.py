@@ -63,7 +63,10 @@ class StartupChecks(bootsteps.Step):
         if rt.redis is not None:
             registry.register(rt.redis, info)
         log.info("worker_starting", queues=info.queues, concurrency=info.concurrency,
-                 gpus=[f"{g.index}:{g.type}" for g in rt.gpus], **info.extra)
+                 gpus=[f"{g.index}:{g.type}" for g in rt.gpus], isolation=rt.isolation,
+                 **info.extra)
+        for note in rt.sandbox_notes:
+            log.warning("sandbox_layer_missing", note=note)
 
 
 

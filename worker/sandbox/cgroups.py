@@ -111,6 +111,7 @@ class SlotCgroup:
         if version == "v2" and os.path.exists(f"{path}/memory.peak"):
             self._open_v2_peak()
         self._armed: _Armed | None = None
+        self.room = 0  # what the armed limit allows above the base: the job's memory + slack
 
     def _open_v2_peak(self) -> None:
         """Keep memory.peak open: since Linux 6.12 a write resets it for reads through
@@ -177,7 +178,8 @@ class SlotCgroup:
         oom_kills = _oom_kills(self._read(knobs.events))
         peak_before = self._reset_peak()
         base = int(self._read(knobs.usage))
-        limit = str(base + memory_bytes + SLACK_BYTES).encode()
+        self.room = memory_bytes + self._slack(memory_bytes)
+        limit = str(base + self.room).encode()
         try:
             self._write(knobs.limit, limit, "arm")  # v1: memory first, memory+swap >= it
             if self._has_swap and self.version == "v1":
@@ -206,6 +208,16 @@ class SlotCgroup:
         if self._has_swap and self.version == "v1":
             self._write(self._knobs.swap, self._knobs.unlimited, "lift the limit of")
         self._write(self._knobs.limit, self._knobs.unlimited, "lift the limit of")
+
+    def _slack(self, memory_bytes: int) -> int:
+        """Room above the job's limit: SLACK_BYTES, or more where the pool process cannot
+        exempt itself (no CAP_SYS_RESOURCE for -1000). The OOM killer then ranks it by its
+        whole resident size and a job at oom_score_adj 1000 by its own plus the slot's
+        limit, so the limit must exceed the pool process's size for the job to go first:
+        a job asking for less than that gets the difference as extra room."""
+        if self.protected:
+            return SLACK_BYTES
+        return max(SLACK_BYTES, _resident_bytes() - memory_bytes + SLACK_BYTES)
 
     def leave_and_remove(self) -> None:
         """Move the calling process back to the cgroup it came from and remove the slot
@@ -279,7 +291,21 @@ def _failed(doing: str, path: str, name: str, data: bytes, exc: OSError) -> str:
     return f"{what}; the worker must be root or own the cgroup"
 
 
+def _resident_bytes() -> int:
+    """This process's resident set size (VmRSS) in bytes; 0 if unreadable."""
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 _SLOTS: dict[int, SlotCgroup | None] = {}
+
+
+def joined() -> bool:
+    """Whether this process has joined its slot (without joining it)."""
+    return _SLOTS.get(os.getpid()) is not None
 
 
 def slot() -> SlotCgroup | None:

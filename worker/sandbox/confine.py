@@ -65,6 +65,8 @@ class Confinement:
     devices: tuple[str, ...] = WRITABLE_DEVICES
     landlock_abi: int = 0
     shm_bytes: int = 0  # > 0: a private tmpfs of this size on /dev/shm (user namespace only)
+    exact_processes: bool = False  # no other process shares the job's uid or namespace
+    oom_adjust: bool = False  # the job is the memory cgroup's OOM victim, not the worker
 
 
 def _fail(what: str, hint: str = "") -> IsolationError:
@@ -149,6 +151,9 @@ def enter(c: Confinement) -> None:
     """
     rules = _open_rules(c) if c.landlock_abi and c.writable else []
     try:
+        if c.oom_adjust:  # before the uid changes: /proc/self then belongs to root
+            with open("/proc/self/oom_score_adj", "w") as fh:
+                fh.write("1000")
         if c.network and not c.user_namespace:
             unshare(CLONE_NEWNET, "a network namespace")
         uid, gid = os.getuid(), os.getgid()
@@ -162,6 +167,8 @@ def enter(c: Confinement) -> None:
             if c.shm_bytes:
                 _private_shm(c.shm_bytes)
                 rules += [(os.open("/dev/shm", os.O_PATH | os.O_CLOEXEC), True)] if rules else []
+            limit = c.max_processes
+        elif c.exact_processes:
             limit = c.max_processes
         else:  # this process is counted by tasks_of and becomes the job's first
             limit = tasks_of(uid) - 1 + c.max_processes

@@ -1,45 +1,38 @@
 """The sandboxed executor: runs one Job in a fresh directory with limits.
 
-Steps: make a private temporary directory (mode 0700, owned by the job user);
-write the job's files (paths re-checked, nothing followed outside it); build the
-environment from a minimal base plus the job's ``env`` (the worker's own
-environment, broker URLs and ``SANDRUN_*``/``CELERY_*`` variables never reach
-the job); decide the job's confinement from the settings and what the host
-offers (``worker.sandbox.isolation``), refusing the job when a required mechanism is
-missing; start the interpreter through the launcher (new session, confinement,
-rlimits, subreaper, wall-clock kill of the whole tree); capture stdout/stderr up
-to a cap while it runs; collect outputs by the job's globs; classify the
-outcome; always remove the directory.
+Steps: take this process's slot (a uid and a disk of its own, :mod:`worker.sandbox.jobdirs`)
+and make the job's directory in it; write the job's files (paths re-checked,
+nothing followed outside it); build the environment from a minimal base plus the
+job's ``env`` (the worker's own environment, broker URLs and ``SANDRUN_*``/``CELERY_*``
+variables never reach the job); decide the job's confinement from the policy and
+what the host offers (:mod:`worker.sandbox.plan`), refusing the job when a
+required layer is missing; start the interpreter through the launcher, inside a
+bubblewrap view where the host has one (new namespaces, seccomp, rlimits,
+subreaper, wall-clock kill of the whole tree), with its memory cgroup armed;
+capture stdout/stderr up to a cap while it runs; collect outputs by the job's
+globs; classify the outcome; always remove the directory.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import selectors
 import shutil
-import signal
-import tempfile
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
 
-from worker.models import FORBIDDEN_ENV_KEYS, FORBIDDEN_ENV_PREFIXES, Job, cap_text
+from worker.models import FORBIDDEN_ENV_KEYS, FORBIDDEN_ENV_PREFIXES, Job
+from worker.sandbox import bwrap, cgroups, jobdirs, seccomp
+from worker.sandbox.capture import execute
 from worker.sandbox.collect import CollectLimits, collect_outputs, remove_tree
 from worker.sandbox.confine import IsolationError
-from worker.sandbox.isolation import HostSupport, IsolationUnavailable, hand_over, plan_confinement
-from worker.sandbox.launcher import (
-    LaunchReport,
-    LaunchSpec,
-    Limits,
-    launch,
-    parse_report,
-)
-from worker.sandbox.reaping import reap_finished_launchers, release
+from worker.sandbox.isolation import HostSupport, IsolationUnavailable, hand_over, job_user_ids
+from worker.sandbox.launcher import LaunchReport, LaunchSpec, Limits
+from worker.sandbox.outcome import classify
+from worker.sandbox.plan import JobNeeds, Plan, Policy, plan_confinement
+from worker.sandbox.reaping import reap_finished_launchers
 from worker.stores.outputs import CollectedOutput
 
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -49,11 +42,8 @@ SCRIPT_SUFFIX = {"python3": ".py", "python": ".py", "node": ".js", "bash": ".sh"
                  "ruby": ".rb", "Rscript": ".R", "perl": ".pl"}
 #: Interpreters that reserve large virtual ranges at start (V8): limit data, not address space.
 DATA_LIMITED = frozenset({"node"})
-GRACE_SECONDS = 5.0
-#: stderr of a job whose fork or spawn failed for want of processes (bash, Python, node).
-FORK_FAILED = ("Resource temporarily unavailable", "EAGAIN")
+DEFAULT_JOB_UIDS = "200000-200999"
 log = structlog.get_logger("sandrun.sandbox")
-STRAYS_MARKER = "\n[sandrun: killed {count} process(es) the job left running]\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +59,12 @@ class SandboxConfig:
     open_files: int = 256
     interpreters: frozenset[str] = DEFAULT_INTERPRETERS
     workdir_root: str | None = None
-    network_isolation: bool = False
     max_processes: int = 256
-    filesystem_isolation: str = "auto"  # "auto", "required" or "off"
-    job_user: str = "nobody"  # whom a root worker runs jobs as
+    policy: Policy = field(default_factory=Policy)
+    job_user: str = "nobody"  # whom a root worker runs jobs as without a uid range
+    job_uids: str | None = DEFAULT_JOB_UIDS  # a root worker's per-slot uids; None: job_user
+    disk_bytes: int = 256 << 20  # per job (the slot's tmpfs); 0: no cap
+    tmp_bytes: int = 64 << 20  # the job's private /tmp and /dev/shm, each
     support: HostSupport | None = None  # None: probe this host
 
 
@@ -146,107 +138,122 @@ def command(job: Job, root: Path, config: SandboxConfig) -> list[str]:
     return [path, script, *job.args]
 
 
-def _limits(job: Job, config: SandboxConfig) -> Limits:
-    memory = None if job.needs_gpu else job.memory_mb * 1024 * 1024
+def _limits(job: Job, config: SandboxConfig, plan: Plan) -> Limits:
+    """rlimits of the job: memory only where no cgroup limits it (and never for GPU jobs,
+    whose drivers reserve address space they never touch)."""
+    memory = None if job.needs_gpu or plan.cgroup else job.memory_mb * 1024 * 1024
     kind = "data" if (job.interpreter in DATA_LIMITED) else "as"
     return Limits(memory, kind, job.cpu_seconds, config.file_size_limit_bytes,
                   config.open_files)
 
 
-def _pump(streams: dict[int, bytearray], report_fd: int, cap: int, deadline: float
-          ) -> tuple[bytes, dict[int, int], bool]:
-    """Read stdout/stderr (keeping ``cap`` bytes each, counting the rest) and the report.
+_slots: dict[tuple[int, str | None], jobdirs.Slot] = {}
 
-    Returns the report bytes, the bytes dropped per stream, and whether everything
-    reached end-of-file before ``deadline``.
-    """
-    report = bytearray()
-    dropped = dict.fromkeys(streams, 0)
-    sel = selectors.DefaultSelector()
-    for fd in (*streams, report_fd):
-        os.set_blocking(fd, False)
-        sel.register(fd, selectors.EVENT_READ)
-    open_fds = len(streams) + 1
+
+def slot_of_this_process(config: SandboxConfig) -> jobdirs.Slot | None:
+    """This process's slot (taken at its first job and kept), or None where jobs have no
+    uid of their own: a worker that is not root, or ``SANDRUN_JOB_UIDS`` unset."""
+    if not config.job_uids or os.geteuid() != 0:
+        return None
+    key = os.getpid(), config.workdir_root
+    if key not in _slots:
+        uids = jobdirs.UidRange.parse(config.job_uids)
+        _slots[key] = jobdirs.acquire(config.workdir_root, uids, config.disk_bytes)
+    return _slots[key]
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """A job ready to start: its argv, environment and the descriptors bwrap reads."""
+
+    argv: list[str]
+    env: dict[str, str]
+    fds: list[int]
+
+
+def release_slots() -> None:
+    """Give back this process's slots and memory cgroup (when a pool process stops): the
+    slot's disk is unmounted and removed, its uid lock freed, the cgroup removed. What a
+    killed process could not give back, the next :func:`jobdirs.sweep` takes."""
+    pid = os.getpid()
+    for key in [k for k in _slots if k[0] == pid]:
+        slot = _slots.pop(key)
+        jobdirs.release(slot)
+    memory = cgroups.slot() if cgroups.joined() else None
+    if memory is not None:
+        try:
+            memory.leave_and_remove()
+        except IsolationError as exc:
+            log.warning("memory_cgroup_left", error=str(exc))
+
+
+def _prepare(job: Job, config: SandboxConfig, root: Path, plan: Plan,
+             extra_env: dict[str, str] | None) -> _Prepared:
+    """The job's files written, its argv (through bwrap when the plan has a view), its
+    environment, and the descriptors to hand to bwrap."""
+    user = plan.confinement.user
+    write_files(job, root)
+    argv = command(job, root, config)
+    env = job_environment(job, str(root), extra_env)
+    hand_over(root, user)
+    if not plan.view:
+        return _Prepared(argv, env, [])
+    uid, gid = user or (os.getuid(), os.getgid())
+    gpus = tuple(d for d in plan.confinement.devices if d.startswith(("/dev/nvidia", "/dev/dri")))
+    view = bwrap.View(str(root), uid, gid, network=plan.network, tmp_bytes=config.tmp_bytes,
+                      shm_bytes=config.tmp_bytes, devices=gpus if job.needs_gpu else ())
+    filter_fd = seccomp.filter_fd() if plan.seccomp else None
+    cmd = bwrap.command(view, argv, filter_fd)
+    return _Prepared(cmd.argv, env, cmd.fds + ([filter_fd] if filter_fd is not None else []))
+
+
+def _plan(job: Job, config: SandboxConfig, root: Path, slot: jobdirs.Slot | None) -> Plan:
+    user = (slot.uid, slot.uid) if slot else job_user_ids(config.job_user)
+    return plan_confinement(str(root), max_processes=config.max_processes,
+                            policy=config.policy, user=user, own_uid=slot is not None,
+                            needs=JobNeeds(job.network, job.isolation == "network"),
+                            support=config.support)
+
+
+def _run(job: Job, config: SandboxConfig, root: Path, plan: Plan, ready: _Prepared
+         ) -> SandboxRun:
+    memory = cgroups.slot() if plan.cgroup else None
+    if memory is not None:
+        memory.arm(job.memory_mb * 1024 * 1024)
     try:
-        while open_fds and time.monotonic() < deadline:
-            for key, _ in sel.select(timeout=max(0.0, deadline - time.monotonic())):
-                fd = int(key.fd)
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    sel.unregister(fd)
-                    open_fds -= 1
-                elif fd == report_fd:
-                    report += chunk
-                else:
-                    room = max(0, cap - len(streams[fd]))
-                    streams[fd] += chunk[:room]
-                    dropped[fd] += len(chunk) - min(room, len(chunk))
+        limits = _limits(job, config, plan)
+        report, stdout, out_cut, stderr, err_cut = execute(
+            lambda out, err: LaunchSpec(ready.argv, str(root), ready.env, limits, out, err,
+                                        job.timeout, plan.confinement, tuple(ready.fds),
+                                        plan.view),
+            job.timeout, config.stream_cap_bytes)
     finally:
-        sel.close()
-    return bytes(report), dropped, open_fds == 0
-
-
-def _limit_hit(job: Job, report: LaunchReport, stderr: str) -> str | None:
-    """The limit that ended the job, if any: process_limit, cpu_limit or memory_limit.
-
-    ``process_limit`` needs both a fork failure in stderr and a sign that it
-    mattered (strays left, a timeout, a non-zero exit): a fork bomb whose main
-    process returns at once is caught by its strays."""
-    fork_failed = any(s in stderr for s in FORK_FAILED) and ("fork" in stderr or
-                                                             "spawn" in stderr)
-    if fork_failed and (report.strays or report.timed_out or report.exit_code != 0):
-        return "process_limit"
-    if report.signal in (signal.SIGXCPU, signal.SIGKILL) and \
-            report.cpu_seconds >= job.cpu_seconds - 0.05:
-        return "cpu_limit"
-    memory_hint = any(s in stderr for s in ("MemoryError", "Cannot allocate memory",
-                                            "std::bad_alloc", "out of memory"))
-    return "memory_limit" if memory_hint and not job.needs_gpu else None
-
-
-def classify(job: Job, report: LaunchReport, stderr: str) -> str:
-    """Name the outcome: completed, failed, process_limit, timeout, cpu_limit,
-    memory_limit, signal."""
-    if report.error:
-        return "failed"
-    limit = _limit_hit(job, report, stderr)
-    if report.timed_out and limit != "process_limit":
-        return "timeout"
-    return limit or ("signal" if report.signal is not None else
-                     "completed" if report.exit_code == 0 else "failed")
-
-
-def _reap_launcher(pid: int, finished: bool) -> None:
-    """Reap the launcher; one that outlived the grace period is told to kill its tree."""
-    if not finished:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    release(pid, wait=not finished)
-
-
-def _execute(spec: Callable[[int, int], LaunchSpec], timeout: float, cap: int
-             ) -> tuple[LaunchReport, str, bool, str, bool]:
-    """Launch the job (``spec`` of its stdout and stderr pipes) and capture its output while
-    it runs: the launcher's report, then stdout and stderr, each with whether it was cut."""
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
-    pid, report_fd = launch(spec(out_w, err_w))
-    os.close(out_w)
-    os.close(err_w)
-    streams = {out_r: bytearray(), err_r: bytearray()}
-    try:
-        raw, dropped, finished = _pump(streams, report_fd, cap,
-                                       time.monotonic() + timeout + GRACE_SECONDS)
-    finally:
-        for fd in (out_r, err_r, report_fd):
+        for fd in ready.fds:
             os.close(fd)
-    _reap_launcher(pid, finished)
-    stdout, out_cut = cap_text(bytes(streams[out_r]), cap, dropped[out_r])
-    stderr, err_cut = cap_text(bytes(streams[err_r]), cap, dropped[err_r])
-    report = parse_report(raw)
-    if report.strays:
-        stderr += STRAYS_MARKER.format(count=report.strays)
-    return report, stdout, out_cut, stderr, err_cut
+        use = memory.disarm() if memory is not None else None
+    if plan.view:
+        _exit_status_through_bwrap(report)
+    inputs = {path: hashlib.sha256(item.data()).hexdigest() for path, item in job.files.items()}
+    outputs, truncated = collect_outputs(root, job.outputs, CollectLimits(
+        config.output_file_cap_bytes, config.output_total_cap_bytes,
+        config.output_max_files, config.output_max_depth), inputs)
+    peak = use.peak_bytes if use is not None else (
+        None if plan.view else report.max_rss_bytes or None)
+    outcome = "memory_limit" if use is not None and use.oom_killed and report.error is None \
+        and not report.timed_out else classify(job, report, stderr)
+    return SandboxRun(
+        outcome=outcome, exit_code=report.exit_code, signal=report.signal, stdout=stdout,
+        stderr=stderr, stdout_truncated=out_cut, stderr_truncated=err_cut,
+        wall_seconds=report.wall_seconds, cpu_seconds=report.cpu_seconds,
+        memory_peak_bytes=peak, outputs=outputs, outputs_truncated=truncated,
+        isolation=plan.isolation, error=report.error)
+
+
+def _exit_status_through_bwrap(report: LaunchReport) -> None:
+    """bwrap exits 128+N when the job died of signal N: report it as that signal."""
+    code = report.exit_code
+    if code is not None and 128 < code < 128 + 65:
+        report.exit_code, report.signal = None, code - 128
 
 
 def run_in_sandbox(job: Job, config: SandboxConfig | None = None,
@@ -256,38 +263,21 @@ def run_in_sandbox(job: Job, config: SandboxConfig | None = None,
     A job the host cannot confine as the settings demand ends ``isolation_unavailable``
     without running."""
     config = config or SandboxConfig()
-    root = Path(tempfile.mkdtemp(prefix="sandrun-job-", dir=config.workdir_root))
-    isolation = "process"
+    try:
+        slot = slot_of_this_process(config)
+        root = jobdirs.new_jobdir(slot.base if slot else jobdirs.jobs_root(config.workdir_root),
+                                  None)
+    except (IsolationError, OSError, ValueError) as exc:
+        return SandboxRun(outcome="failed", error=f"cannot make the job's directory: {exc}")
     try:
         try:
-            plan, isolation = plan_confinement(
-                str(root), max_processes=config.max_processes, network=config.network_isolation,
-                filesystem=config.filesystem_isolation, job_user=config.job_user,
-                support=config.support)
-            write_files(job, root)
-            argv = command(job, root, config)
-            env = job_environment(job, str(root), extra_env)
-            hand_over(root, plan.user)
+            plan = _plan(job, config, root, slot)
+            ready = _prepare(job, config, root, plan, extra_env)
         except IsolationUnavailable as exc:
             return SandboxRun(outcome="isolation_unavailable", error=str(exc))
         except (SandboxError, IsolationError) as exc:
-            return SandboxRun(outcome="failed", error=str(exc), isolation=isolation)
-        limits = _limits(job, config)
-        report, stdout, out_cut, stderr, err_cut = _execute(
-            lambda out, err: LaunchSpec(argv, str(root), env, limits, out, err, job.timeout, plan),
-            job.timeout, config.stream_cap_bytes)
-        inputs = {path: hashlib.sha256(item.data()).hexdigest()
-                  for path, item in job.files.items()}
-        outputs, truncated = collect_outputs(root, job.outputs, CollectLimits(
-            config.output_file_cap_bytes, config.output_total_cap_bytes,
-            config.output_max_files, config.output_max_depth), inputs)
-        return SandboxRun(
-            outcome=classify(job, report, stderr), exit_code=report.exit_code,
-            signal=report.signal, stdout=stdout, stderr=stderr, stdout_truncated=out_cut,
-            stderr_truncated=err_cut, wall_seconds=report.wall_seconds,
-            cpu_seconds=report.cpu_seconds, memory_peak_bytes=report.max_rss_bytes or None,
-            outputs=outputs, outputs_truncated=truncated, isolation=isolation,
-            error=report.error)
+            return SandboxRun(outcome="failed", error=str(exc))
+        return _run(job, config, root, plan, ready)
     finally:
         if not remove_tree(root):
             log.warning("job_directory_left", path=str(root))

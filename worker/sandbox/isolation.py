@@ -16,7 +16,7 @@ import pwd
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.sandbox import landlock
+from worker.sandbox import bwrap, cgroups, landlock, seccomp
 from worker.sandbox.confine import SHM_BYTES, WRITABLE_DEVICES, Confinement, IsolationError, enter
 
 
@@ -33,6 +33,9 @@ class HostSupport:
     landlock_abi: int
     process_limit: str  # "per-job", "shared" (with the job user's other processes) or "none"
     notes: tuple[str, ...] = ()
+    view: bool = False  # bubblewrap builds each job a root of its own
+    seccomp: bool = False  # a seccomp filter can be built and loaded
+    cgroup: str | None = None  # "v1" or "v2": memory limits from a cgroup; None: rlimits
 
 
 @functools.cache
@@ -141,34 +144,15 @@ def probe(user: tuple[int, int] | None = None) -> HostSupport:
     elif why := _attempt(Confinement(1, user, not userns_error), fork_after=True):
         limit = "none"
         notes.append(f"no process limit ({why})")
-    return HostSupport(not userns_error, not net_error, abi, limit, tuple(notes))
-
-
-def plan_confinement(root: str, *, max_processes: int, filesystem: str, network: bool,
-                     job_user: str, support: HostSupport | None = None
-                     ) -> tuple[Confinement, str]:
-    """How to confine a job whose directory is ``root``, and the isolation it gets
-    (``process+pids+filesystem+network``, naming only what applies).
-
-    ``filesystem`` is auto, required or off (``SANDRUN_FILESYSTEM_ISOLATION``);
-    ``support`` is what the host offers (probed when None). Raises
-    IsolationUnavailable when the settings demand what the host lacks."""
-    user = job_user_ids(job_user)
-    support = support or probe(user)
-    landlock_on = filesystem != "off" and support.landlock_abi > 0
-    if filesystem == "required" and not landlock_on:
-        raise IsolationUnavailable(
-            "SANDRUN_FILESYSTEM_ISOLATION is 'required', but this host has no Landlock "
-            "(Linux 5.13+ with 'landlock' among its LSMs); enable it, or set "
-            "SANDRUN_FILESYSTEM_ISOLATION=auto to run jobs without it")
-    if network and not support.network:
-        raise IsolationUnavailable("network isolation is on, but this host cannot give it: "
-                                   + "; ".join(support.notes))
-    labels = ["process", "pids" if support.process_limit == "per-job" else "",
-              "filesystem" if landlock_on else "", "network" if network else ""]
-    shm = SHM_BYTES if landlock_on and support.user_namespaces and os.path.isdir("/dev/shm") \
-        else 0
-    plan = Confinement(max_processes, user, support.user_namespaces, network,
-                       (root,) if landlock_on else (), writable_devices(), support.landlock_abi,
-                       shm)
-    return plan, "+".join(label for label in labels if label)
+    view_error = bwrap.unavailable(user[0] if user else None)
+    if view_error:
+        notes.append(f"no filesystem view ({view_error})")
+    seccomp_error = seccomp.unavailable()
+    if seccomp_error:
+        notes.append(seccomp_error)
+    memory = cgroups.probe()
+    if memory.why_not:
+        notes.append(f"memory limits are rlimits, not cgroups ({memory.why_not})")
+    return HostSupport(not userns_error, not net_error or not view_error, abi, limit,
+                       tuple(notes), view=not view_error, seccomp=not seccomp_error,
+                       cgroup=memory.version if not memory.why_not else None)

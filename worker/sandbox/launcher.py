@@ -62,6 +62,10 @@ class LaunchSpec:
     stderr_fd: int
     timeout: float
     confinement: Confinement
+    pass_fds: tuple[int, ...] = ()  # descriptors the job's command reads (bwrap's data, seccomp)
+    #: argv is bubblewrap: what the job leaves running dies with its PID namespace when its
+    #: main process ends, and bwrap's own pid 1, still exiting then, is not the job's stray.
+    wrapped: bool = False
 
 
 @dataclass(slots=True)
@@ -207,7 +211,8 @@ def _start(spec: LaunchSpec, report: LaunchReport) -> subprocess.Popen[bytes] | 
         return subprocess.Popen(
             spec.argv, cwd=spec.cwd, env=spec.env, stdin=subprocess.DEVNULL,
             stdout=spec.stdout_fd, stderr=spec.stderr_fd, start_new_session=True,
-            preexec_fn=_preexec(spec, why_w), close_fds=True)  # noqa: PLW1509
+            preexec_fn=_preexec(spec, why_w), close_fds=True,  # noqa: PLW1509
+            pass_fds=spec.pass_fds)
     except subprocess.SubprocessError:
         os.close(why_w)
         why_w = -1
@@ -258,6 +263,8 @@ def _run(spec: LaunchSpec, report: LaunchReport) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     tree.kill_all()
+    if spec.wrapped:
+        report.strays = 0
 
 
 def launch(spec: LaunchSpec) -> tuple[int, int]:

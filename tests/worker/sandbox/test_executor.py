@@ -20,10 +20,14 @@ import pytest
 
 from tests.support.forked import BOUNDED_FORKS
 from worker.models import Job
+from worker.sandbox.collect import remove_tree
 from worker.sandbox.executor import SandboxConfig, run_in_sandbox
 from worker.sandbox.isolation import job_user_ids, probe
+from worker.sandbox.jobdirs import _empty_slot
+from worker.sandbox.plan import Policy
 
 SUPPORT = probe(job_user_ids(SandboxConfig().job_user))
+NO_VIEW = SandboxConfig(policy=Policy(filesystem="off"))
 
 
 def run(code: str, config: SandboxConfig | None = None, **fields: object):  # type: ignore[no-untyped-def]
@@ -47,8 +51,14 @@ def test_exit_code_is_reported() -> None:
 
 
 def test_memory_hog_hits_the_memory_limit() -> None:
-    result = run("x = bytearray(200 * 1024 * 1024)", memory_mb=64)
-    assert result.outcome == "memory_limit" and "MemoryError" in result.stderr
+    result = run("x = bytearray(200 * 1024 * 1024)\nx[::4096] = b'1' * len(x[::4096])",
+                 memory_mb=64)
+    assert result.outcome == "memory_limit", result
+    if "cgroup" in result.isolation.split("+"):  # resident memory: the kernel kills it
+        assert result.signal == signal.SIGKILL and result.memory_peak_bytes
+        assert result.memory_peak_bytes > 60 << 20  # it really had what it asked for
+    else:  # address space: the allocation fails
+        assert "MemoryError" in result.stderr
 
 
 def test_cpu_spin_hits_the_cpu_limit() -> None:
@@ -71,7 +81,7 @@ time.sleep(300)
 """
     job = Job(entrypoint="main.py", files={"main.py": main, "child.py": child}, timeout=1.5)
     started = time.monotonic()
-    result = run_in_sandbox(job)
+    result = run_in_sandbox(job, NO_VIEW)  # host pids: the launcher's own kill is tested
     assert result.outcome == "timeout" and time.monotonic() - started < 8
     found = [int(p) for p in result.stdout.split()]
     assert len(found) == 2
@@ -81,13 +91,16 @@ time.sleep(300)
 
 
 def test_background_processes_die_when_the_job_ends() -> None:
-    code = ("import subprocess; p = subprocess.Popen(['sleep', '300'], start_new_session=True);"
-            "print(p.pid)")
-    result = run(code)
+    token = f"bg-{uuid.uuid4().hex}"
+    code = ("import subprocess, sys; p = subprocess.Popen([sys.executable, '-c', "
+            "'import time; time.sleep(300)', sys.argv[1]], start_new_session=True); print(p.pid)")
+    result = run(code, NO_VIEW, args=[token])
     assert result.outcome == "completed"
     assert result.stderr.endswith("[sandrun: killed 1 process(es) the job left running]\n")
     with pytest.raises(ProcessLookupError):
         os.kill(int(result.stdout), 0)
+    viewed = run(code, args=[token])  # dies with its PID namespace
+    assert viewed.outcome == "completed" and leftovers(token) == []
 
 
 def test_huge_stdout_is_capped_and_marked() -> None:
@@ -116,12 +129,24 @@ def test_job_directory_is_private_and_always_removed(tmp_path: Path) -> None:
     result = run("import os; print(oct(os.stat('.').st_mode & 0o777)); print(os.getcwd())",
                  config)
     mode, cwd = result.stdout.split()
-    assert mode == "0o700" and cwd.startswith(str(tmp_path))
-    assert not Path(cwd).exists() and list(tmp_path.iterdir()) == []
+    assert mode == "0o700" and cwd.startswith(str(tmp_path / "sandrun-jobs"))
+    assert not Path(cwd).exists() and job_dirs(tmp_path) == []
     locked = "import os; os.makedirs('d/e'); open('d/e/f', 'w').write('x'); os.chmod('d', 0)"
     assert run(locked, config).outcome == "completed"
-    assert list(tmp_path.iterdir()) == []
-    tmp_path.rmdir()
+    assert job_dirs(tmp_path) == []
+    for slot in slots_in(tmp_path):
+        _empty_slot(slot)
+    remove_tree(tmp_path)
+
+
+def slots_in(root: Path) -> list[Path]:
+    return sorted((root / "sandrun-jobs").glob("slot-*"))
+
+
+def job_dirs(root: Path) -> list[Path]:
+    """Job directories left beneath ``root`` (in its slots, or directly without one)."""
+    jobs = root / "sandrun-jobs"
+    return sorted(jobs.glob("job-*")) + [p for s in slots_in(root) for p in s.glob("job-*")]
 
 
 @pytest.mark.skipif(job_user_ids("nobody") is None, reason="jobs run as the worker's own user")
@@ -129,7 +154,9 @@ def test_a_job_directory_the_job_user_cannot_reach_is_refused(tmp_path: Path) ->
     tmp_path.chmod(0o700)
     result = run("print('ran')", SandboxConfig(workdir_root=str(tmp_path)))
     assert (result.outcome, result.stdout) == ("failed", "")
-    assert "is not searchable" in (result.error or "") and list(tmp_path.iterdir()) == []
+    assert "is not searchable" in (result.error or "") and job_dirs(tmp_path) == []
+    for slot in slots_in(tmp_path):
+        _empty_slot(slot)
 
 
 def test_files_are_written_and_planted_symlinks_are_not_collected() -> None:
@@ -190,18 +217,19 @@ except OSError as exc:
 def test_network_isolation_refuses_a_loopback_server_of_the_host() -> None:
     with socket.create_server(("127.0.0.1", 0)) as server:
         port = str(server.getsockname()[1])
-        isolated = run(CONNECT, SandboxConfig(network_isolation=True), args=[port])
+        isolated = run(CONNECT, SandboxConfig(policy=Policy(network="required")), args=[port])
         assert isolated.stdout.startswith("refused"), isolated.stderr
-        assert isolated.isolation.endswith("+network")
-        assert run(CONNECT, args=[port]).stdout == "connected\n"  # the server does listen
+        assert "network" in isolated.isolation.split("+")
+        open_config = SandboxConfig(policy=Policy(network="off"))
+        assert run(CONNECT, open_config, args=[port]).stdout == "connected\n"  # it listens
 
 
 def test_missing_network_isolation_fails_closed() -> None:
-    config = SandboxConfig(network_isolation=True, support=replace(
+    config = SandboxConfig(policy=Policy(network="required"), support=replace(
         SUPPORT, network=False, notes=("no network namespaces (EPERM)",)))
     result = run("print('ran')", config)
     assert (result.outcome, result.stdout) == ("isolation_unavailable", "")
-    assert "no network namespaces (EPERM)" in (result.error or "")
+    assert "SANDRUN_NETWORK_ISOLATION is 'required'" in (result.error or "")
 
 
 def test_home_and_tmpdir_are_the_writable_job_directory() -> None:
@@ -240,20 +268,37 @@ def test_writes_outside_the_job_directory_fail() -> None:
         os.chmod(outside, 0o777)  # the job user's permissions would allow every attempt
         Path(outside, "existing").write_text("keep")
         Path(outside, "existing").chmod(0o666)
-        confined = run(ESCAPES, args=[outside])
+        landlocked = SandboxConfig(support=replace(SUPPORT, view=False, seccomp=False))
+        confined = run(ESCAPES, landlocked, args=[outside])
         assert confined.outcome == "completed", confined.stderr
         assert "filesystem" in confined.isolation.split("+")
         assert confined.stdout.count(" denied ") == 7, confined.stdout
         assert sorted(os.listdir(outside)) == ["existing"]
-        unconfined = run(ESCAPES, SandboxConfig(filesystem_isolation="off"), args=[outside])
-        assert unconfined.stdout.count(" allowed") == 7, unconfined.stdout  # the attempts work
+        unconfined = run(ESCAPES, SandboxConfig(policy=Policy(filesystem="off")), args=[outside])
+        # the attempts work (moving out of the job's own tmpfs is EXDEV, whatever confines it)
+        assert unconfined.stdout.count(" allowed") + unconfined.stdout.count(
+            "move out denied 18") == 7, unconfined.stdout
     for leftover in glob.glob("/tmp/sandrun-escape-*"):
         os.unlink(leftover)
 
 
+@pytest.mark.skipif(not SUPPORT.view, reason=f"no filesystem view here: {SUPPORT.notes}")
+def test_in_its_view_a_job_sees_nothing_of_the_host_to_write_to() -> None:
+    with tempfile.TemporaryDirectory() as outside:
+        os.chmod(outside, 0o777)
+        Path(outside, "existing").write_text("keep")
+        Path(outside, "existing").chmod(0o666)
+        confined = run(ESCAPES, args=[outside])
+        assert "view" in confined.isolation.split("+"), confined
+        assert confined.stdout.count(" denied 2") == 6, confined.stdout  # ENOENT: not there
+        assert "tmp allowed" in confined.stdout  # its own /tmp, gone with it
+        assert sorted(os.listdir(outside)) == ["existing"]
+    assert glob.glob("/tmp/sandrun-escape-*") == []
+
+
 def test_required_filesystem_isolation_fails_closed_without_landlock() -> None:
-    config = SandboxConfig(filesystem_isolation="required",
-                           support=replace(SUPPORT, landlock_abi=0))
+    config = SandboxConfig(policy=Policy(filesystem="required"),
+                           support=replace(SUPPORT, landlock_abi=0, view=False))
     result = run("print('ran')", config)
     assert (result.outcome, result.stdout) == ("isolation_unavailable", "")
     assert "SANDRUN_FILESYSTEM_ISOLATION" in (result.error or "")
@@ -294,7 +339,8 @@ def test_a_fork_bomb_is_contained_and_leaves_nothing_behind(interpreter: str) ->
     result = run_in_sandbox(Job(code=BOMBS[interpreter], interpreter=interpreter, args=[token],
                                 timeout=3, cpu_seconds=3), config)
     assert time.monotonic() - started < 10
-    assert "[sandrun: killed" in result.stderr
+    if "view" not in result.isolation:  # in a view, strays die with the PID namespace
+        assert "[sandrun: killed" in result.stderr
     # bash's main process returns at once; its bomb may not have reached the limit yet.
     expected = {"process_limit"} if interpreter == "python3" else {"process_limit", "completed"}
     assert result.outcome in expected, result.stderr[-500:]
@@ -346,7 +392,12 @@ def test_a_job_cannot_find_the_workers_broker_password() -> None:
     assert report["has"]  # the worker process really holds the password in its environment
     assert secret not in done.stdout and secret not in done.stderr
     seen = json.loads(report["run"]["stdout"])
-    assert sorted(seen["env"]) == ["HOME", "LANG", "PATH", "PYTHONDONTWRITEBYTECODE",
-                                   "PYTHONUNBUFFERED", "SANDRUN_JOB_ID", "TMPDIR"]
-    assert all(seen[f"{who} {part}"].startswith("denied") for who in ("launcher", "worker")
-               for part in ("environ", "mem"))
+    assert sorted(set(seen["env"]) - {"PWD"}) == [  # bwrap sets PWD, the job directory
+        "HOME", "LANG", "PATH", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "SANDRUN_JOB_ID",
+        "TMPDIR"]
+    assert secret not in json.dumps(seen)
+    if "view" in report["run"]["isolation"]:  # its parent is bwrap's pid 1, nothing beyond
+        assert seen["worker environ"].startswith("denied")
+    else:
+        assert all(seen[f"{who} {part}"].startswith("denied")
+                   for who in ("launcher", "worker") for part in ("environ", "mem"))
