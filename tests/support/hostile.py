@@ -123,11 +123,15 @@ KILL_EVERYONE = """
 import json, os, signal, sys
 marker, targets = sys.argv[1].rsplit("-", 1)[0].encode(), set(sys.argv[2:])
 seen = {"killed": [], "refused": 0, "could_signal": []}
+me = sys.argv[1].encode()
 for pid in [p for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()]:
     try:
-        ours = pid in targets or marker in open(f"/proc/{pid}/cmdline", "rb").read()
+        cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
     except OSError:
-        ours = pid in targets
+        cmdline = b""
+    if me in cmdline:
+        continue  # this job's own sandbox (bwrap's pid 1 carries its argv): not a target
+    ours = pid in targets or marker in cmdline
     try:
         os.kill(int(pid), signal.SIGKILL if ours else 0)
         seen["killed" if ours else "could_signal"].append(pid)

@@ -237,13 +237,17 @@ class Lab:
 
     def left_behind(self) -> list[str]:
         """What jobs left in the worker's private root: any file, and any directory named like
-        a job's (``sandrun-job-*``); empty directories the sandbox keeps do not count."""
+        a job's (``sandrun-job-*``, ``job-*``); empty directories the sandbox keeps and its
+        slot locks (``.locks``, root's, empty) do not count."""
         left = []
         for top, dirs, files in os.walk(self.workdir):
+            if os.path.basename(top) == ".locks":
+                continue
             left += [os.path.join(top, name) for name in files]
-            left += [os.path.join(top, name) for name in dirs if name.startswith("sandrun-job-")]
+            jobs = [d for d in dirs if d.startswith(("sandrun-job-", "job-"))]
+            left += [os.path.join(top, name) for name in jobs]
             deep = top.count(os.sep) - str(self.workdir).count(os.sep) >= 8
-            dirs[:] = [] if deep else [d for d in dirs if not d.startswith("sandrun-job-")]
+            dirs[:] = [] if deep else [d for d in dirs if d not in jobs]
         return sorted(left)
 
     def close(self) -> None:
