@@ -68,11 +68,13 @@ def worker_env(broker: RedisServer, state: Path, **extra: str) -> dict[str, str]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SANDRUN_", "CELERY_"))}
     env.update({"SANDRUN_BROKER_URL": broker_url(broker), "SANDRUN_STATE_DIR": str(state),
                 "PYTHONPATH": str(ROOT),
-                # Integration jobs leave marks in the tests' own (private) directories and
-                # one kills its pool process, which the sandbox's defaults forbid: run them
-                # as the worker's user, without Landlock. The sandbox's guarantees are tested
-                # with its defaults in tests/worker and tests/reliability/test_sandbox_security.
-                "SANDRUN_JOB_USER": "root", "SANDRUN_FILESYSTEM_ISOLATION": "off"})
+                # Integration jobs leave marks in the tests' own (private) directories, reach
+                # local servers and one kills its pool process, which the sandbox's defaults
+                # forbid: run them as the worker's user, with no view and the network. The
+                # sandbox's guarantees are tested with its defaults in tests/worker,
+                # tests/reliability/test_sandbox_security.py and test_redteam.py.
+                "SANDRUN_JOB_USER": "root", "SANDRUN_JOB_UIDS": "",
+                "SANDRUN_FILESYSTEM_ISOLATION": "off", "SANDRUN_NETWORK_ISOLATION": "off"})
     env.update(extra)
     return env
 

@@ -74,8 +74,8 @@ def secret_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecretBr
 def worker(start_worker: WorkerFactory, secret_broker: SecretBroker) -> Worker:  # noqa: F811
     return start_worker(
         concurrency=1, SANDRUN_BROKER_URL=secret_broker.url, SANDRUN_JOB_USER="nobody",
-        SANDRUN_FILESYSTEM_ISOLATION="required" if SUPPORT.landlock_abi else "auto",
-        SANDRUN_NETWORK_ISOLATION="true" if SUPPORT.network else "false",
+        SANDRUN_JOB_UIDS="200000-200999", SANDRUN_FILESYSTEM_ISOLATION="auto",
+        SANDRUN_NETWORK_ISOLATION="required" if SUPPORT.network else "off",
         SANDRUN_MAX_PROCESSES=str(MAX_PROCESSES), AWS_SECRET_ACCESS_KEY=secret_broker.password,
         REDIS_PASSWORD=secret_broker.password)
 
@@ -110,7 +110,9 @@ BOMBS = {"python3": "import os\nwhile True:\n    os.fork()\n", "bash": ":(){ :|:
                     reason=f"no per-job process limit here: {SUPPORT.notes}")
 def test_fork_bombs_end_at_the_process_limit_and_leave_nothing(client: Sandrun) -> None:
     bounded = run(client, Job(code=BOUNDED_FORKS, timeout=20))
-    assert bounded.stdout == f"refused after {MAX_PROCESSES - 1}\n"  # before any real bomb
+    # before any real bomb; in a view bubblewrap's own processes count too (one or two)
+    refused = int(bounded.stdout.removeprefix("refused after "))
+    assert MAX_PROCESSES - 4 <= refused <= MAX_PROCESSES - 1, bounded.stdout
     for interpreter, code in BOMBS.items():
         token = f"bomb-{uuid.uuid4().hex}"
         result = run(client, Job(code=code, interpreter=interpreter, args=[token], timeout=3,
@@ -118,7 +120,9 @@ def test_fork_bombs_end_at_the_process_limit_and_leave_nothing(client: Sandrun) 
         assert result.execution_time is not None and result.execution_time < 5
         assert result.outcome in ({"process_limit"} if interpreter == "python3" else
                                   {"process_limit", "completed"}), result.stderr[-300:]
-        assert "[sandrun: killed" in result.stderr and leftovers(token) == []
+        assert leftovers(token) == []
+        if "view" not in (result.isolation or ""):  # in a view they die with its namespace
+            assert "[sandrun: killed" in result.stderr
 
 
 ESCAPES = """
@@ -134,14 +138,21 @@ open(os.path.expanduser("~/inside.txt"), "w").write("ok")
 """
 
 
-@pytest.mark.skipif(not SUPPORT.landlock_abi, reason=f"no Landlock here: {SUPPORT.notes}")
+@pytest.mark.skipif(not SUPPORT.landlock_abi and not SUPPORT.view,
+                    reason=f"no filesystem isolation here: {SUPPORT.notes}")
 def test_writes_outside_the_job_directory_fail(client: Sandrun) -> None:
     with tempfile.TemporaryDirectory() as outside:
         os.chmod(outside, 0o777)  # the job user's permissions alone would allow it
         result = run(client, Job(code=ESCAPES, args=[outside]))
         assert os.listdir(outside) == []
     assert result.status == "completed", result.stderr
-    assert result.stdout == "denied 13\n" * 3 and "filesystem" in (result.isolation or "")
+    labels = (result.isolation or "").split("+")
+    if "view" in labels:  # the host's directory is not there; /tmp and above are its own
+        lines = result.stdout.splitlines()
+        assert lines[0] == "denied 2" and all(line.startswith("wrote") for line in lines[1:])
+        assert not glob.glob("/tmp/sandrun-jobs/*/planted")
+    else:
+        assert result.stdout == "denied 13\n" * 3 and "filesystem" in labels
     assert [o.path for o in result.outputs] == ["inside.txt"]
     assert not glob.glob("/tmp/sandrun-escape-*")
 
@@ -167,7 +178,7 @@ def test_the_hosts_loopback_servers_are_out_of_reach(client: Sandrun,
         with pytest.raises(TimeoutError):
             server.accept()
     assert result.stdout.count("refused") == 2, result.stdout
-    assert (result.isolation or "").endswith("+network")
+    assert "network" in (result.isolation or "").split("+")
 
 
 HUNT = """
