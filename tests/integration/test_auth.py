@@ -197,8 +197,7 @@ class Copy(NamedTuple):
 
 
 @pytest.mark.parametrize("copy", [
-    # A failure: the copy's delivery replaces its stored state (STARTED), so no stored
-    # result stops it before auth does.
+    # A failure: the worker itself stops only a copy of a stored success.
     Copy("tests.touch_then_fail", "FAILURE", redelivered=True, retries=0),
     # Not flagged, so the worker does not look for a stored result; a forged retry count.
     Copy("tests.touch", "SUCCESS", redelivered=False, retries=1),
@@ -221,6 +220,7 @@ def test_a_finished_job_copied_as_a_redelivery_or_retry_never_runs_again(
     assert lines(side_effects) == ["once"]
     assert letter is not None and "already reached a final result" in letter.reason
     assert f"redelivered={copy.redelivered}" in worker.output()  # the flag reached it
+    assert outcome(client, original.task_id)[0] == copy.state  # no STARTED written over it
 
 
 def test_rotation_retires_a_removed_key(make_client: type[Sandrun], keys_file: Path) -> None:
