@@ -29,6 +29,8 @@ result_accept_content = ["json"]
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
+# STARTED is stored by the task base class once plugins let a delivery run (so a
+# dropped replay never writes over a stored result); this switches it on.
 task_track_started = True
 task_default_queue = os.environ.get("SANDRUN_DEFAULT_QUEUE", "sandrun")
 

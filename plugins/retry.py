@@ -15,7 +15,9 @@ before retry ``n`` (0-based): fixed ``base``; linear ``base x (n+1)``;
 exponential ``min(base x 2^n, max)``; then, with jitter, a uniform draw in
 ``[0, delay)``. When attempts run out, or a job keeps killing its worker, the
 last ``on_error`` puts it in the dead-letter store with its whole history.
-It runs last among ``on_error`` hooks, so the others still see every failure.
+It runs after the other ``on_error`` hooks (priority -1000), so they still see every
+failure; only the ``auth`` plugin's record that a job finished runs below it, to see
+just the failures no plugin retries.
 
 ``retry_if`` rules are resolved when the plugin starts (``on_init``): a
 ``"module:callable"`` that does not import, or a lowercase word that is not an

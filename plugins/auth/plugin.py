@@ -9,26 +9,29 @@ ETA) into the ``sandrun_auth`` header (see :mod:`plugins.auth.signing`). A job t
 ``scheduling`` plugin holds is stored signed and released with that signature.
 
 Worker side (``on_execute``, before other plugins see the job): verify it
-against the keyring (several active keys at once, for rotation), reject a
-nonce seen before (plugin storage, Redis on a fleet, kept until the signature
-expires), and reject anything else with the reason: the job never runs, its
-status is ``rejected`` (a replayed copy is dropped instead, storing nothing,
+against the keyring (several active keys at once, for rotation), refuse a replay
+(:mod:`plugins.auth.nonces`: plugin storage, Redis on a fleet, kept until the
+signature expires), and reject anything else with the reason: the job never runs,
+its status is ``rejected`` (a replayed copy is dropped instead, storing nothing,
 so the original's result under the same id stands), it is logged
 (``job_auth_rejected``), counted in ``sandrun_auth_rejected_total{reason}`` and
-dead-lettered (source ``auth``).
+dead-lettered (source ``auth``). ``on_result``, and ``on_error`` for a failure no
+plugin retries, record that the job reached a final result.
 ``queues`` limits the requirement to some queues; by default every task of the
 app needs a signature.
 
 What it does not give: availability. Whoever can write to the broker can still
 delete queued jobs, or send a message under a queued job's id that is rejected
 first and whose stored ``rejected`` result then answers for that id; it can never
-make anything unsigned, changed or replayed run.
+make anything unsigned or changed run, nor a job that finished run again.
 
 A message may legitimately arrive twice with one nonce: a retry (the next
-attempt, after the previous one was seen) or a redelivery after a worker died
-(flagged by the broker; the task's delivery cap bounds it). Anything else with a
-used nonce is a replay. A replay of a finished job never runs either way: the
-task base class returns the stored result first.
+attempt) or a redelivery after a worker died, both only while its job has no
+final result. Which job first used a nonce and whether it finished is what the
+plugin stored, from signed claims; the broker's redelivered flag and the retry
+count are the sender's word and can only make it refuse, so a copy of a finished
+job is a replay however it is marked. (A forged redelivery of a job still running
+does run: it looks exactly like the redelivery of a crashed one.)
 
 Configuration by name (``SANDRUN_PLUGINS``): ``keys`` ({key id: secret}) and/or
 ``keys_file`` (JSON, re-read when it changes) on workers; ``provider``
@@ -44,34 +47,28 @@ import secrets
 import threading
 import time
 from dataclasses import replace
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
-
+from plugins.auth.config import AuthConfig
+from plugins.auth.nonces import Nonces
 from plugins.auth.signing import AUTH_HEADER, AuthFailure, Keyring, Message, sign, verify
-from plugins.auth.tokens import (
-    AuthProvider,
-    AuthToken,
-    Clock,
-    HMACProvider,
-    StaticTokenProvider,
-    TokenStorage,
-    token_storage_for,
-)
+from plugins.auth.tokens import AuthProvider, AuthToken, Clock, TokenStorage, token_storage_for
 from worker import (
     BasePlugin,
     ConfigurationError,
     DeadLetter,
     DuplicateDelivery,
+    ErrorContext,
     Execution,
     ExecutionContext,
     JobDeferred,
     JobRejected,
+    JobResult,
     PluginContext,
     PluginManifest,
     Publication,
     PublishContext,
+    ResultContext,
     StartupRefused,
     StorageError,
     WorkerContext,
@@ -82,45 +79,12 @@ from worker import (
 #: ``on_publish`` priority of the signature: hooks that change the message run above
 #: it, hooks that take the message over (hold it) below it, so what they store is signed.
 SIGN_PRIORITY = -2000
+#: ``on_result``/``on_error`` priority of the record that a job finished: below the retry
+#: plugin's (-1000), so a failure that reaches it is one no plugin asked to retry.
+FINISH_PRIORITY = -3000
 RAW_LIMIT = 64 * 1024
 STORAGE_RETRY_SECONDS = 5.0
 REFRESH_POLL = 1.0  # seconds; the refresher re-reads the clock at least this often
-
-
-class ProviderConfig(BaseModel):
-    """A provider built from configuration (wallets are configured in code)."""
-
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["static", "hmac"]
-    key_id: str = Field(min_length=1)
-    token: SecretStr | None = None
-    secret: SecretStr | None = None
-    ttl: float = Field(default=900, gt=0)
-
-    def build(self, clock: Clock) -> AuthProvider:
-        """The provider this configuration describes."""
-        if self.type == "static":
-            if self.token is None:
-                raise ConfigurationError("auth provider 'static' needs a 'token'")
-            return StaticTokenProvider(self.token.get_secret_value(), self.key_id)
-        if self.secret is None:
-            raise ConfigurationError("auth provider 'hmac' needs a 'secret'")
-        return HMACProvider(self.key_id, self.secret.get_secret_value(), self.ttl, clock)
-
-
-class AuthConfig(BaseModel):
-    """Options of the auth plugin (see the module docstring)."""
-
-    model_config = ConfigDict(extra="forbid")
-    provider: ProviderConfig | None = None
-    token_storage: str = "memory"
-    refresh_threshold: float = Field(default=300, ge=0)
-    auto_refresh: bool = True
-    keys: dict[str, SecretStr] = Field(default_factory=dict)
-    keys_file: Path | None = None
-    queues: list[str] | None = Field(default=None, description="None: every task")
-    signature_ttl: float = Field(default=86400, gt=0, description="seconds after the ETA")
-    leeway: float = Field(default=5, ge=0, description="allowed clock skew, seconds")
 
 
 class AuthPlugin(BasePlugin):
@@ -132,7 +96,8 @@ class AuthPlugin(BasePlugin):
     manifest = PluginManifest(
         author="Sandrun", license="Apache-2.0",
         description="Sign jobs at submit; run only jobs whose signature verifies",
-        keywords=["auth", "jwt", "signature"], apis=["on_publish", "on_execute"],
+        keywords=["auth", "jwt", "signature"],
+        apis=["on_publish", "on_execute", "on_result", "on_error"],
         configuration=AuthConfig)
 
     def __init__(self, options: AuthConfig | None = None, *,
@@ -143,6 +108,7 @@ class AuthPlugin(BasePlugin):
         self.provider, self.tokens, self.clock = provider, token_storage, clock
         self.keyring = Keyring({})
         self.dead_letters: Any = None
+        self.nonces: Nonces | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._refresher: threading.Thread | None = None
@@ -157,6 +123,7 @@ class AuthPlugin(BasePlugin):
             self.tokens = token_storage_for(self.options.token_storage, self.clock)
         self.keyring = Keyring({k: v.get_secret_value() for k, v in self.options.keys.items()},
                                self.options.keys_file)
+        self.nonces = Nonces(context.storage, self.clock, self.options.leeway)
 
     # -- producer -------------------------------------------------------------------
 
@@ -224,6 +191,8 @@ class AuthPlugin(BasePlugin):
 
     @hook(priority=1000)
     def on_execute(self, execution: Execution, context: ExecutionContext) -> None:
+        if self.nonces is not None:
+            self.nonces.forget()
         if not self._protects(context):
             return
         message = Message(execution.task, context.task_id, context.queue, context.args,
@@ -233,7 +202,7 @@ class AuthPlugin(BasePlugin):
                             now=self.clock(), leeway=self.options.leeway,
                             max_ttl=self.options.signature_ttl)
             self._check_queue(claims, context)
-            self._claim_nonce(claims, context)
+            self._claim_nonce(claims, execution, context)
         except AuthFailure as failure:
             self._reject(failure, execution, context)
         except StorageError as exc:  # the nonce store is down: try again, never run unchecked
@@ -262,21 +231,39 @@ class AuthPlugin(BasePlugin):
             raise AuthFailure("tampered", f"signed for queue {claims.get('queue')!r}, but this "
                               f"worker serves {', '.join(context.consumed_queues)}")
 
-    def _claim_nonce(self, claims: dict[str, Any], context: ExecutionContext) -> None:
-        if self.storage is None:
+    def _claim_nonce(self, claims: dict[str, Any], execution: Execution,
+                     context: ExecutionContext) -> None:
+        """Refuse a replay (see :mod:`plugins.auth.nonces`); the job id comes from the
+        signed body, the attempt number and the redelivered flag from the broker."""
+        if self.nonces is None:
             return
-        nonce, attempt = claims["jti"], context.attempt
-        ttl = max(1.0, float(claims["exp"]) + self.options.leeway - self.clock())
-        seen = self.storage.incr(f"nonce:{nonce}:{attempt}", ttl=ttl)
-        if seen > 1 and not context.redelivered:
-            raise AuthFailure("replayed", f"nonce {nonce} was already used by attempt {attempt}")
-        if attempt > 1 and self.storage.get(f"nonce:{nonce}:{attempt - 1}") is None:
-            raise AuthFailure("replayed", f"attempt {attempt} follows no attempt seen before")
+        self.nonces.claim(claims, job_id=execution.job.id if execution.job else None,
+                          attempt=context.attempt, redelivered=context.redelivered)
+
+    @hook(priority=FINISH_PRIORITY)
+    def on_result(self, result: JobResult, context: ResultContext) -> None:
+        """The attempt ended with the result about to be stored: no copy runs again."""
+        self._finish(context.task_id, context.attempt)
+
+    @hook(priority=FINISH_PRIORITY)
+    def on_error(self, error: BaseException, context: ErrorContext) -> None:
+        """A failure that reaches this priority is not retried: the job is finished."""
+        if context.operation == "execute" and context.task_id is not None:
+            self._finish(context.task_id, context.attempt)
+
+    def _finish(self, task_id: str, attempt: int) -> None:
+        if self.nonces is None:
+            return
+        try:
+            self.nonces.finish(task_id, attempt)
+        except StorageError as exc:  # the job has ended; only replay protection is weaker
+            self.logger.warning("job_auth_finish_unrecorded", task_id=task_id, error=str(exc))
 
     def _reject(self, failure: AuthFailure, execution: Execution,
                 context: ExecutionContext) -> None:
         self.logger.warning("job_auth_rejected", reason=failure.reason, detail=failure.detail,
-                            task=execution.task)
+                            task=execution.task, attempt=context.attempt,
+                            redelivered=context.redelivered)
         if self.metrics is not None:
             self.metrics.counter("sandrun_auth_rejected_total", "Jobs refused by the auth "
                                  "plugin", ("reason",)).labels(reason=failure.reason).inc()

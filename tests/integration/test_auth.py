@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from celery.result import AsyncResult
@@ -22,7 +23,7 @@ from tests.conftest import RedisServer
 from tests.integration.conftest import Worker, WorkerFactory, broker_url
 from worker.client.client import Sandrun
 from worker.protocol import Publication
-from worker.stores.deadletter import dead_letter_store_for
+from worker.stores.deadletter import DeadLetter, dead_letter_store_for
 
 pytestmark = pytest.mark.slow
 
@@ -158,6 +159,68 @@ def test_replays_never_run_twice(make_client: type[Sandrun], tmp_path: Path,
         time.sleep(0.05)
     assert sorted(lines(side_effects)) == ["fast", "slow"]
     assert "delivery_dropped" in worker.output()  # the copy stored nothing under its id
+
+
+def copied_by_a_broker_writer(client: Sandrun, publication: Publication, *,
+                              redelivered: bool, retries: int) -> None:
+    """``publication`` sent again as anyone who can write to the broker can: its signed
+    headers and body untouched, the broker's redelivered flag set (in the delivery info
+    and the headers, as kombu marks a restored message) and any retry count."""
+    options = publication.options()
+    if redelivered:
+        options["headers"]["redelivered"] = True
+        options["delivery_info"] = {"redelivered": True}
+    client.app.send_task(publication.task, args=publication.args, kwargs=publication.kwargs,
+                         retries=retries, **options)
+
+
+def replay_letter(client: Sandrun, task_id: str, side_effects: Path,
+                  timeout: float = 30) -> DeadLetter | None:
+    """The dead letter of a refused copy of ``task_id``; None if the copy ran instead."""
+    store = dead_letter_store_for(str(client.app.conf.result_backend))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and len(lines(side_effects)) < 2:
+        found = [x for x in store.list(1000) if x.id.startswith(f"{task_id}:replayed:")]
+        if found:
+            return found[0]
+        time.sleep(0.05)
+    return None
+
+
+class Copy(NamedTuple):
+    """A finished job (``task``, ending in ``state``) and how its copy is marked."""
+
+    task: str
+    state: str
+    redelivered: bool
+    retries: int
+
+
+@pytest.mark.parametrize("copy", [
+    # A failure: the worker itself stops only a copy of a stored success.
+    Copy("tests.touch_then_fail", "FAILURE", redelivered=True, retries=0),
+    # Not flagged, so the worker does not look for a stored result; a forged retry count.
+    Copy("tests.touch", "SUCCESS", redelivered=False, retries=1),
+], ids=["failed-redelivered", "completed-next-attempt"])
+def test_a_finished_job_copied_as_a_redelivery_or_retry_never_runs_again(
+        make_client: type[Sandrun], tmp_path: Path, worker: Worker, copy: Copy) -> None:
+    """The redelivered flag and the retry count are the broker writer's word: once the
+    job has a final result, its message is refused however it is marked."""
+    side_effects = tmp_path / "side-effects"
+    plugin = producer()
+    client = make_client(plugin)  # type: ignore[call-arg]
+    original = Publication(task=copy.task, task_id=str(uuid.uuid4()), queue="sandrun",
+                           args=[str(side_effects), "once"])
+    plugin.sign(original)
+    client.publish(original)
+    assert outcome(client, original.task_id)[0] == copy.state
+    copied_by_a_broker_writer(client, original, redelivered=copy.redelivered,
+                              retries=copy.retries)
+    letter = replay_letter(client, original.task_id, side_effects)
+    assert lines(side_effects) == ["once"]
+    assert letter is not None and "already reached a final result" in letter.reason
+    assert f"redelivered={copy.redelivered}" in worker.output()  # the flag reached it
+    assert outcome(client, original.task_id)[0] == copy.state  # no STARTED written over it
 
 
 def test_rotation_retires_a_removed_key(make_client: type[Sandrun], keys_file: Path) -> None:

@@ -30,3 +30,11 @@ def touch(path: str, line: str, seconds: float = 0) -> str:
     with open(path, "a") as fh:
         fh.write(line + "\n")
     return line
+
+
+@app.task(name="tests.touch_then_fail")
+def touch_then_fail(path: str, line: str) -> None:
+    """Append ``line`` to ``path``, then fail: a final failure with a side effect."""
+    with open(path, "a") as fh:
+        fh.write(line + "\n")
+    raise ValueError(f"failed after writing {line!r}")

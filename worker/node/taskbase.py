@@ -14,7 +14,7 @@ runs the task. It only translates:
 3. build the :class:`~worker.plugin.context.ExecutionContext` from the request
    (headers, args, eta, redelivered, queue, node);
 4. :func:`~worker.node.lifecycle.run_lifecycle` runs the hooks and the body
-   (:meth:`SandrunTask.body`) and says how the delivery ended;
+   (:meth:`SandrunTask.body`, after storing STARTED) and says how the delivery ended;
 5. that outcome becomes Celery's: a result to store, ``Ignore`` (dropped, or
    deferred after publishing the same message again with a countdown), or
    ``Task.retry(countdown=...)`` so no worker slot sleeps.
@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from typing import Any, assert_never
 
 import structlog
-from celery import Task
+from celery import Task, states
 from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded, Terminated
 from pydantic import ValidationError
 
@@ -59,6 +59,13 @@ CELERY_CONTROL = (Ignore, Reject, Retry, SoftTimeLimitExceeded, Terminated)
 class SandrunTask(Task[Any, Any]):
     """Base class of every task of the app; see the module docstring for the order."""
 
+    #: Celery would store STARTED as soon as a message arrives; :meth:`_run_body` stores it
+    #: once every ``on_execute`` hook let the delivery run (``task_track_started``). A copy
+    #: a plugin drops as a replay, or defers, must not write over the state of the job it
+    #: copies: a FAILURE is overwritten freely, and Celery's guard of a SUCCESS is a read
+    #: then a write, which a copy's write can slip between as the original's result lands.
+    track_started = False
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         rt = runtime.current()
         try:
@@ -67,7 +74,7 @@ class SandrunTask(Task[Any, Any]):
             return self._invalid(exc)
         attempt, stored = self._begin(rt, execution)
         outcome = run_lifecycle(rt.manager, attempt, execution,
-                                self._context(rt, execution, attempt), self.body,
+                                self._context(rt, execution, attempt), self._run_body,
                                 max_attempts=rt.settings.max_attempts, stored=stored,
                                 passthrough=CELERY_CONTROL)
         return self._to_celery(outcome, execution)
@@ -77,6 +84,15 @@ class SandrunTask(Task[Any, Any]):
         ``on_result``: here the decorated function with the message's arguments
         (``sandrun.run_job`` overrides it to take the parsed Job)."""
         return self.run(*execution.task_args, **execution.task_kwargs)
+
+    def _run_body(self, execution: Execution, context: ExecutionContext) -> Any:
+        """What the lifecycle runs once the hooks let this delivery run: STARTED is
+        stored (as Celery's ``task_track_started`` would), then :meth:`body`."""
+        request = self.request
+        if self.app.conf.task_track_started and not request.is_eager and not self.ignore_result:
+            where = {"pid": os.getpid(), "hostname": request.hostname}
+            self.backend.store_result(str(request.id), where, states.STARTED, request=request)
+        return self.body(execution, context)
 
     def _execution(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Execution:
         """The message as the lifecycle sees it; a job's payload is parsed here, once."""

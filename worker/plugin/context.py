@@ -105,7 +105,9 @@ class ExecutionContext:
 
     ``headers`` (the message's custom headers), ``args``/``kwargs`` (its body as
     received), ``eta`` and ``redelivered`` describe the message itself, for plugins
-    that check it (authentication)."""
+    that check it (authentication). They are the sender's word, like ``attempt``
+    (Celery's ``retries`` + 1) and ``queue`` (the routing key): whoever can write to
+    the broker sets them, so a check may refuse because of them, never accept."""
 
     node_id: str
     pool_id: str
