@@ -2,10 +2,15 @@
 
 1. A ``print(1)`` Python job through the executor (``run_in_sandbox``) against
    plain ``subprocess.run`` of the same interpreter and code, alternating in
-   this process: medians and the difference.
+   this process: medians and the differences, for the hardened defaults (view,
+   uid slot, no network, seccomp, cgroup, tmpfs disk) and for the layers the
+   sandbox had before them (Landlock and a user namespace, jobs as ``nobody``).
 2. Submit-to-result latency of that job through a private ``redis-server`` and
    one idle ``celery worker`` (prefork, concurrency 1): p50 and p99, next to the
-   no-op round trip of the bare Celery app in ``benchmarks/noop_apps.py``.
+   no-op round trip of the bare Celery app in ``benchmarks/noop_apps.py``; with
+   ``--baseline DIR`` (a checkout of an earlier commit, its ``make install`` done
+   or not: it runs with this interpreter) also through that code's worker,
+   alternating job by job, so both are measured in one run.
 
 Run: ``.venv/bin/python benchmarks/sandbox.py`` (``--quick`` for a short run).
 """
@@ -23,6 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,8 +36,10 @@ sys.path.insert(0, str(ROOT))
 
 from worker.logs import configure_logging  # noqa: E402
 from worker.models import Job  # noqa: E402
-from worker.sandbox.executor import BASE_PATH, run_in_sandbox  # noqa: E402
+from worker.sandbox.executor import BASE_PATH, SandboxConfig, run_in_sandbox  # noqa: E402
+from worker.sandbox.isolation import job_user_ids, probe  # noqa: E402
 from worker.sandbox.launcher import dying_with_parent  # noqa: E402
+from worker.sandbox.plan import Policy  # noqa: E402
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -40,23 +48,36 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+def unhardened() -> SandboxConfig:
+    """The layers the sandbox had before the built view: Landlock, a user namespace,
+    jobs as ``nobody``, RLIMIT_AS, the host's network."""
+    support = replace(probe(job_user_ids("nobody")), view=False, seccomp=False, cgroup=None)
+    return SandboxConfig(job_uids=None, disk_bytes=0, support=support,
+                         policy=Policy(network="off", seccomp="off", cgroups="off"))
+
+
 def executor_overhead(rounds: int) -> None:
     python = shutil.which("python3", path=BASE_PATH) or "python3"
     job = Job(code="print(1)")
-    plain, sandboxed = [], []
+    before, hardened = unhardened(), SandboxConfig()
+    label = run_in_sandbox(job, hardened).isolation
+    plain, old, new = [], [], []
     for _ in range(rounds):
         plain.append(timed(lambda: subprocess.run([python, "-c", "print(1)"],
                                                   capture_output=True, check=True)))
-        sandboxed.append(timed(lambda: run_in_sandbox(job)))
-    a, b = statistics.median(plain) * 1000, statistics.median(sandboxed) * 1000
-    print(f"executor   print(1): subprocess.run {a:6.1f} ms   run_in_sandbox {b:6.1f} ms   "
-          f"difference {b - a:+5.1f} ms   (medians of {rounds})")
+        old.append(timed(lambda: run_in_sandbox(job, before)))
+        new.append(timed(lambda: run_in_sandbox(job, hardened)))
+    a, b, c = (statistics.median(x) * 1000 for x in (plain, old, new))
+    print(f"executor print(1), medians of {rounds}: subprocess.run {a:6.1f} ms")
+    print(f"  before the view ({run_in_sandbox(job, before).isolation}): {b:6.1f} ms "
+          f"({b - a:+5.1f} ms)")
+    print(f"  hardened ({label}): {c:6.1f} ms ({c - a:+5.1f} ms, {c - b:+5.1f} ms over before)")
 
 
 def start(argv: list[str], env: dict[str, str], log: Path,
-          ready_in: Path | None = None) -> subprocess.Popen[bytes]:
+          ready_in: Path | None = None, cwd: Path = ROOT) -> subprocess.Popen[bytes]:
     """Start a worker and wait for its ready line (in ``ready_in`` when it logs to a file)."""
-    proc = subprocess.Popen(dying_with_parent(argv), env=env, cwd=ROOT,
+    proc = subprocess.Popen(dying_with_parent(argv), env=env, cwd=cwd,
                             stdout=open(log, "wb"),  # noqa: SIM115
                             stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 30
@@ -109,45 +130,57 @@ def bench_broker(tmp: Path) -> Iterator[tuple[str, dict[str, str]]]:
         redis.wait()
 
 
-def latency(count: int, tmp: Path) -> None:
+def latency(count: int, tmp: Path, baseline: Path | None) -> None:
     from worker.client.client import Sandrun
 
     common = ["-c", "1", "--without-mingle", "--without-gossip", "-l", "info"]
-    ours = bare = None
+    procs: list[subprocess.Popen[bytes]] = []
     with bench_broker(tmp) as (url, env):
         try:
-            ours = start([sys.executable, "-m", "celery", "-A", "worker", "worker", *common],
-                         env, tmp / "ours.log")
-            bare = start([sys.executable, "-m", "celery", "-A", "benchmarks.noop_apps:bare",
-                          "worker", "-Q", "bare", *common], env, tmp / "bare.log")
+            procs.append(start([sys.executable, "-m", "celery", "-A", "worker", "worker",
+                                *common], env, tmp / "ours.log"))
+            procs.append(start([sys.executable, "-m", "celery", "-A", "benchmarks.noop_apps:bare",
+                                "worker", "-Q", "bare", *common], env, tmp / "bare.log"))
+            if baseline is not None:
+                procs.append(start([sys.executable, "-m", "celery", "-A", "worker", "worker",
+                                    "-Q", "baseline", *common],
+                                   {**env, "PYTHONPATH": str(baseline)}, tmp / "base.log",
+                                   cwd=baseline))
             from benchmarks.noop_apps import bare as bare_app
 
             with Sandrun.create(broker_url=url, plugins=[]) as client:
+                runs: dict[str, Callable[[], object]] = {
+                    "sandrun print(1) job": lambda: client.job().code("print(1)").submit()
+                    .wait(30),
+                    "bare Celery no-op": lambda: bare_app.send_task(
+                        "bench.noop", queue="bare").get(timeout=30)}
+                if baseline is not None:
+                    runs[f"baseline {baseline.name} print(1)"] = lambda: client.job().code(
+                        "print(1)").queue("baseline").submit().wait(30)
                 for _ in range(5):
-                    client.job().code("print(1)").submit().wait(30)
-                    bare_app.send_task("bench.noop", queue="bare").get(timeout=30)
-                sandrun_s, bare_s = [], []
+                    for run in runs.values():
+                        run()
+                samples: dict[str, list[float]] = {name: [] for name in runs}
                 for _ in range(count):
-                    sandrun_s.append(timed(lambda: client.job().code("print(1)").submit()
-                                           .wait(30)))
-                    bare_s.append(timed(lambda: bare_app.send_task("bench.noop", queue="bare")
-                                        .get(timeout=30)))
-            print(f"round trip sandrun print(1) job: {percentiles(sandrun_s)}   (n={count})")
-            print(f"round trip bare Celery no-op:    {percentiles(bare_s)}   (n={count})")
+                    for name, run in runs.items():
+                        samples[name].append(timed(run))
+            for name, values in samples.items():
+                print(f"round trip {name:<32} {percentiles(values)}   (n={count})")
         finally:
-            for proc in (ours, bare):
-                if proc is not None:
-                    stop(proc)
+            for proc in procs:
+                stop(proc)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (smoke test)")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="a checkout of earlier code whose worker is measured alongside")
     opts = parser.parse_args()
     configure_logging("warning")
     executor_overhead(5 if opts.quick else 60)
     with tempfile.TemporaryDirectory(prefix="sandrun-bench-") as tmp:
-        latency(10 if opts.quick else 200, Path(tmp))
+        latency(10 if opts.quick else 200, Path(tmp), opts.baseline)
 
 
 if __name__ == "__main__":
