@@ -4,7 +4,10 @@
    plain ``subprocess.run`` of the same interpreter and code, alternating in
    this process: medians and the differences, for the hardened defaults (view,
    uid slot, no network, seccomp, cgroup, tmpfs disk) and for the layers the
-   sandbox had before them (Landlock and a user namespace, jobs as ``nobody``).
+   sandbox had before them (Landlock and a user namespace, jobs as ``nobody``),
+   cold (bwrap started per job) and warm (the view pre-started, ``worker.sandbox.warm``;
+   in the executor the pre-start of the next job is part of each call, in a worker it
+   runs after the result is stored).
 2. Submit-to-result latency of that job through a private ``redis-server`` and
    one idle ``celery worker`` (prefork, concurrency 1): p50 and p99, next to the
    no-op round trip of the bare Celery app in ``benchmarks/noop_apps.py``; with
@@ -36,10 +39,11 @@ sys.path.insert(0, str(ROOT))
 
 from worker.logs import configure_logging  # noqa: E402
 from worker.models import Job  # noqa: E402
-from worker.sandbox.executor import BASE_PATH, SandboxConfig, run_in_sandbox  # noqa: E402
+from worker.sandbox.executor import SandboxConfig, run_in_sandbox  # noqa: E402
 from worker.sandbox.isolation import job_user_ids, probe  # noqa: E402
 from worker.sandbox.launcher import dying_with_parent  # noqa: E402
 from worker.sandbox.plan import Policy  # noqa: E402
+from worker.sandbox.prepare import BASE_PATH  # noqa: E402
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -59,19 +63,22 @@ def unhardened() -> SandboxConfig:
 def executor_overhead(rounds: int) -> None:
     python = shutil.which("python3", path=BASE_PATH) or "python3"
     job = Job(code="print(1)")
-    before, hardened = unhardened(), SandboxConfig()
-    label = run_in_sandbox(job, hardened).isolation
-    plain, old, new = [], [], []
+    configs = {"before the view": unhardened(), "hardened, cold": SandboxConfig(warm=False),
+               "hardened, warm": SandboxConfig()}
+    labels = {name: run_in_sandbox(job, config).isolation for name, config in configs.items()}
+    plain: list[float] = []
+    runs: dict[str, list[float]] = {name: [] for name in configs}
     for _ in range(rounds):
         plain.append(timed(lambda: subprocess.run([python, "-c", "print(1)"],
                                                   capture_output=True, check=True)))
-        old.append(timed(lambda: run_in_sandbox(job, before)))
-        new.append(timed(lambda: run_in_sandbox(job, hardened)))
-    a, b, c = (statistics.median(x) * 1000 for x in (plain, old, new))
-    print(f"executor print(1), medians of {rounds}: subprocess.run {a:6.1f} ms")
-    print(f"  before the view ({run_in_sandbox(job, before).isolation}): {b:6.1f} ms "
-          f"({b - a:+5.1f} ms)")
-    print(f"  hardened ({label}): {c:6.1f} ms ({c - a:+5.1f} ms, {c - b:+5.1f} ms over before)")
+        for name, config in configs.items():
+            runs[name].append(timed(lambda config=config: run_in_sandbox(job, config)))
+    base = statistics.median(plain) * 1000
+    print(f"executor print(1), medians of {rounds}: subprocess.run {base:6.1f} ms")
+    for name, samples in runs.items():
+        ms = statistics.median(samples) * 1000
+        print(f"  run_in_sandbox {name:<16} {ms:6.1f} ms   difference {ms - base:+5.1f} ms   "
+              f"({labels[name]})")
 
 
 def start(argv: list[str], env: dict[str, str], log: Path,

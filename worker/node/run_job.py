@@ -49,7 +49,7 @@ def execute_job(job: Job, rt: Runtime, queue: str | None = None,
             ids = stack.enter_context(allocate(devices, job.gpu.count, rt.lock_dir, job.timeout))
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, ids))
             gpu_type = devices[0].type
-        run = run_in_sandbox(job, rt.sandbox, env)
+        run = run_in_sandbox(job, rt.sandbox, env, warm_next=False)  # after the store
     rt.outputs.put(job.id, run.outputs)
     pricing = rt.settings.pricing
     return JobResult(

@@ -14,6 +14,8 @@ This is the only module of :mod:`worker` that talks to ``celery.signals``.
   files for orchestrators.
 * ``worker_process_init`` (each prefork pool process): build the process runtime,
   which loads the plugins and calls their ``on_init``.
+* ``task_postrun`` (pool process, after a job's result is stored): pre-start the next
+  job's sandbox (:mod:`worker.sandbox.warm`), so it is off the job's round trip.
 * ``worker_process_shutdown`` (pool process): ``on_destroy`` for every plugin.
 * ``worker_shutdown`` (main process): ``on_worker_stop``, withdraw the worker,
   ``on_destroy``.
@@ -29,6 +31,7 @@ from celery import bootsteps
 from celery.signals import (
     celeryd_init,
     setup_logging,
+    task_postrun,
     worker_process_init,
     worker_process_shutdown,
     worker_shutdown,
@@ -39,6 +42,8 @@ from worker.broker.urls import is_redis
 from worker.models import WorkerInfo
 from worker.node import runtime
 from worker.plugin.context import WorkerContext
+from worker.protocol import RUN_JOB
+from worker.sandbox.executor import prestart_pending
 from worker.settings import check_visibility_timeout
 from worker.stores import registry
 
@@ -85,6 +90,13 @@ def _worker_initialising(**_: Any) -> None:
 @worker_process_init.connect
 def _process_started(**_: Any) -> None:
     runtime.start()
+
+
+@task_postrun.connect
+def _job_stored(sender: Any = None, **_: Any) -> None:
+    """After a job's result is stored: build the next job's sandbox (off its round trip)."""
+    if getattr(sender, "name", None) == RUN_JOB:
+        prestart_pending()
 
 
 @worker_process_shutdown.connect

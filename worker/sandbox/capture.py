@@ -66,7 +66,7 @@ def _reap_launcher(pid: int, finished: bool) -> None:
 
 
 def execute(spec: Callable[[int, int], LaunchSpec], timeout: float, cap: int
-             ) -> tuple[LaunchReport, str, bool, str, bool]:
+            ) -> tuple[LaunchReport, str, bool, str, bool]:
     """Launch the job (``spec`` of its stdout and stderr pipes) and capture its output while
     it runs: the launcher's report, then stdout and stderr, each with whether it was cut."""
     out_r, out_w = os.pipe()
@@ -74,6 +74,15 @@ def execute(spec: Callable[[int, int], LaunchSpec], timeout: float, cap: int
     pid, report_fd = launch(spec(out_w, err_w))
     os.close(out_w)
     os.close(err_w)
+    return collect(pid, (report_fd, out_r, err_r), timeout, cap)
+
+
+def collect(pid: int, fds: tuple[int, int, int], timeout: float, cap: int
+            ) -> tuple[LaunchReport, str, bool, str, bool]:
+    """Capture a launched job's stdout and stderr until it ends (``fds``: the read ends
+    of its report, stdout and stderr, all closed here), reap its launcher, and return
+    what :func:`execute` returns."""
+    report_fd, out_r, err_r = fds
     streams = {out_r: bytearray(), err_r: bytearray()}
     try:
         raw, dropped, finished = _pump(streams, report_fd, cap,

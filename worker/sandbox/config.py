@@ -11,10 +11,11 @@ from __future__ import annotations
 import os
 
 from worker.sandbox import cgroups, jobdirs
-from worker.sandbox.executor import DEFAULT_INTERPRETERS, SandboxConfig
+from worker.sandbox.executor import SandboxConfig
 from worker.sandbox.isolation import job_user_ids, probe
 from worker.sandbox.jobdirs import UidRange
 from worker.sandbox.plan import Policy, plan_confinement
+from worker.sandbox.prepare import DEFAULT_INTERPRETERS
 from worker.settings import Settings
 
 

@@ -15,16 +15,16 @@ globs; classify the outcome; always remove the directory.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
 
-from worker.models import FORBIDDEN_ENV_KEYS, FORBIDDEN_ENV_PREFIXES, Job
-from worker.sandbox import bwrap, cgroups, jobdirs, seccomp
+from worker.models import MAX_CPU_SECONDS, Job
+from worker.sandbox import bwrap, cgroups, jobdirs, seccomp, warm
 from worker.sandbox.capture import execute
 from worker.sandbox.collect import CollectLimits, collect_outputs, remove_tree
 from worker.sandbox.confine import IsolationError
@@ -32,16 +32,18 @@ from worker.sandbox.isolation import HostSupport, IsolationUnavailable, hand_ove
 from worker.sandbox.launcher import LaunchReport, LaunchSpec, Limits
 from worker.sandbox.outcome import classify
 from worker.sandbox.plan import JobNeeds, Plan, Policy, plan_confinement
+from worker.sandbox.prepare import (
+    BASE_PATH,
+    DATA_LIMITED,
+    DEFAULT_INTERPRETERS,
+    SandboxError,
+    command,
+    job_environment,
+    write_files,
+)
 from worker.sandbox.reaping import reap_finished_launchers
 from worker.stores.outputs import CollectedOutput
 
-BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
-DEFAULT_INTERPRETERS = frozenset(
-    {"python3", "python", "bash", "sh", "node", "ruby", "Rscript", "perl"})
-SCRIPT_SUFFIX = {"python3": ".py", "python": ".py", "node": ".js", "bash": ".sh", "sh": ".sh",
-                 "ruby": ".rb", "Rscript": ".R", "perl": ".pl"}
-#: Interpreters that reserve large virtual ranges at start (V8): limit data, not address space.
-DATA_LIMITED = frozenset({"node"})
 DEFAULT_JOB_UIDS = "200000-200999"
 log = structlog.get_logger("sandrun.sandbox")
 
@@ -65,6 +67,7 @@ class SandboxConfig:
     job_uids: str | None = DEFAULT_JOB_UIDS  # a root worker's per-slot uids; None: job_user
     disk_bytes: int = 256 << 20  # per job (the slot's tmpfs); 0: no cap
     tmp_bytes: int = 64 << 20  # the job's private /tmp and /dev/shm, each
+    warm: bool = True  # pre-start the next job's view after each job (worker.sandbox.warm)
     support: HostSupport | None = None  # None: probe this host
 
 
@@ -88,56 +91,6 @@ class SandboxRun:
     error: str | None = None
 
 
-class SandboxError(Exception):
-    """The job cannot be run as given (bad file layout, interpreter not allowed)."""
-
-
-def job_environment(job: Job, workdir: str, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The job's whole environment: a minimal base, worker-chosen extras, then the job's env."""
-    for key in job.env:
-        if key in FORBIDDEN_ENV_KEYS or key.startswith(FORBIDDEN_ENV_PREFIXES):
-            raise SandboxError(f"environment variable {key!r} may not be set by a job")
-    base = {"PATH": BASE_PATH, "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8",
-            "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1",
-            "SANDRUN_JOB_ID": job.id}
-    return {**base, **(extra or {}), **job.env}
-
-
-def write_files(job: Job, root: Path) -> None:
-    """Write the job's files under ``root``; refuse any path that would leave it."""
-    for rel, item in job.files.items():
-        target = root / rel
-        parent = target.parent
-        parent.mkdir(parents=True, exist_ok=True)
-        if not parent.resolve().is_relative_to(root.resolve()):
-            raise SandboxError(f"file {rel!r} would be written outside the job directory")
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-        try:
-            fd = os.open(target, flags, 0o755 if item.executable else 0o644)
-        except (FileExistsError, IsADirectoryError, NotADirectoryError) as exc:
-            raise SandboxError(f"file {rel!r} clashes with another file of the job") from exc
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(item.data())
-
-
-def command(job: Job, root: Path, config: SandboxConfig) -> list[str]:
-    """argv for the job: the interpreter (found on the base PATH) and its script."""
-    interpreter = job.interpreter or "python3"
-    if interpreter not in config.interpreters:
-        allowed = ", ".join(sorted(config.interpreters))
-        raise SandboxError(f"interpreter {interpreter!r} is not allowed on this worker "
-                           f"(allowed: {allowed})")
-    path = shutil.which(interpreter, path=BASE_PATH)
-    if path is None:
-        raise SandboxError(f"interpreter {interpreter!r} is not installed on this worker")
-    if job.code is not None:
-        script = f"__sandrun_main__{SCRIPT_SUFFIX.get(interpreter, '')}"
-        (root / script).write_text(job.code, encoding="utf-8")
-    else:
-        script = str(job.entrypoint)
-    return [path, script, *job.args]
-
-
 def _limits(job: Job, config: SandboxConfig, plan: Plan) -> Limits:
     """rlimits of the job: memory only where no cgroup limits it (and never for GPU jobs,
     whose drivers reserve address space they never touch)."""
@@ -157,6 +110,7 @@ def slot_of_this_process(config: SandboxConfig) -> jobdirs.Slot | None:
         return None
     key = os.getpid(), config.workdir_root
     if key not in _slots:
+        _release_at_exit()
         uids = jobdirs.UidRange.parse(config.job_uids)
         _slots[key] = jobdirs.acquire(config.workdir_root, uids, config.disk_bytes)
     return _slots[key]
@@ -171,11 +125,27 @@ class _Prepared:
     fds: list[int]
 
 
+_exit_hooks: set[int] = set()
+
+
+def _release_at_exit() -> None:
+    """Release this process's slots and warm sandbox when it exits normally (pool
+    processes release them at ``worker_process_shutdown``; this covers direct callers)."""
+    if os.getpid() not in _exit_hooks:
+        _exit_hooks.add(os.getpid())
+        atexit.register(release_slots)
+
+
 def release_slots() -> None:
     """Give back this process's slots and memory cgroup (when a pool process stops): the
     slot's disk is unmounted and removed, its uid lock freed, the cgroup removed. What a
     killed process could not give back, the next :func:`jobdirs.sweep` takes."""
     pid = os.getpid()
+    _pending.pop(pid, None)
+    box = _warm.pop(pid, None)
+    if box is not None:
+        box.discard(wait=True)
+        remove_tree(box.workdir)
     for key in [k for k in _slots if k[0] == pid]:
         slot = _slots.pop(key)
         jobdirs.release(slot)
@@ -187,46 +157,103 @@ def release_slots() -> None:
             log.warning("memory_cgroup_left", error=str(exc))
 
 
-def _prepare(job: Job, config: SandboxConfig, root: Path, plan: Plan,
-             extra_env: dict[str, str] | None) -> _Prepared:
-    """The job's files written, its argv (through bwrap when the plan has a view), its
-    environment, and the descriptors to hand to bwrap."""
-    user = plan.confinement.user
-    write_files(job, root)
-    argv = command(job, root, config)
-    env = job_environment(job, str(root), extra_env)
-    hand_over(root, user)
-    if not plan.view:
-        return _Prepared(argv, env, [])
-    uid, gid = user or (os.getuid(), os.getgid())
+def _view(config: SandboxConfig, root: Path, plan: Plan, argv: list[str], gpu: bool
+          ) -> _Prepared:
+    """bwrap's command running ``argv`` in the job's view, and the descriptors it reads."""
+    uid, gid = plan.confinement.user or (os.getuid(), os.getgid())
     gpus = tuple(d for d in plan.confinement.devices if d.startswith(("/dev/nvidia", "/dev/dri")))
     view = bwrap.View(str(root), uid, gid, network=plan.network, tmp_bytes=config.tmp_bytes,
-                      shm_bytes=config.tmp_bytes, devices=gpus if job.needs_gpu else ())
+                      shm_bytes=config.tmp_bytes, devices=gpus if gpu else ())
     filter_fd = seccomp.filter_fd() if plan.seccomp else None
     cmd = bwrap.command(view, argv, filter_fd)
-    return _Prepared(cmd.argv, env, cmd.fds + ([filter_fd] if filter_fd is not None else []))
+    return _Prepared(cmd.argv, {}, cmd.fds + ([filter_fd] if filter_fd is not None else []))
 
 
-def _plan(job: Job, config: SandboxConfig, root: Path, slot: jobdirs.Slot | None) -> Plan:
+def _prepare(job: Job, config: SandboxConfig, root: Path, plan: Plan, *,
+             extra_env: dict[str, str] | None, warm_box: warm.Warm | None) -> _Prepared:
+    """The job's files written, its argv (through bwrap when the plan has a view and no
+    warm sandbox waits for it), its environment, and the descriptors to hand to bwrap."""
+    write_files(job, root)
+    argv = command(job, root, config.interpreters)
+    env = job_environment(job, str(root), extra_env)
+    hand_over(root, plan.confinement.user)
+    if not plan.view or warm_box is not None:
+        return _Prepared(argv, env, [])
+    viewed = _view(config, root, plan, argv, job.needs_gpu)
+    return _Prepared(viewed.argv, env, viewed.fds)
+
+
+_warm: dict[int, warm.Warm] = {}
+
+
+def _take_warm(config: SandboxConfig, job: Job) -> warm.Warm | None:
+    """This process's warm sandbox if it was built with ``config`` for a job like this one
+    (no network, no GPU) and still waits. One built for another config, or dead, is
+    discarded with its directory; a network or GPU job leaves it for the next job. The
+    caller still checks that the job's plan is the one it was built with."""
+    pid = os.getpid()
+    box = _warm.get(pid)
+    if box is None or ((job.network or job.needs_gpu) and box.key[0] == config):
+        return None  # kept for the next job it was built for
+    del _warm[pid]
+    if box.key[0] == config and box.alive():
+        return box
+    box.discard()
+    remove_tree(box.workdir)
+    return None
+
+
+def _prestart(config: SandboxConfig, slot: jobdirs.Slot | None, plan: Plan) -> None:
+    """Build the next job's sandbox now (:mod:`worker.sandbox.warm`), for jobs planned
+    like this one; a failure only means the next job launches cold."""
+    parent = slot.base if slot else jobdirs.jobs_root(config.workdir_root)
+    root = jobdirs.new_jobdir(parent, None)
+    try:
+        hand_over(root, plan.confinement.user)
+        shell = _view(config, root, plan, [warm.SHELL, "-s"], gpu=False)
+        limits = Limits(None, "as", MAX_CPU_SECONDS, config.file_size_limit_bytes,
+                        config.open_files)
+        spec = LaunchSpec(shell.argv, str(root), {"PATH": BASE_PATH}, limits, -1, -1, 0.0,
+                          plan.confinement, tuple(shell.fds), wrapped=True)
+        try:
+            _release_at_exit()
+            _warm[os.getpid()] = warm.prestart((config, plan), root, spec)
+        finally:
+            for fd in shell.fds:
+                os.close(fd)
+    except (OSError, IsolationError) as exc:
+        log.warning("warm_sandbox_failed", error=str(exc))
+        remove_tree(root)
+
+
+def _plan(job: Job | None, config: SandboxConfig, root: Path, slot: jobdirs.Slot | None
+          ) -> Plan:
+    """The job's plan (``job`` None: the plan of a job that asks for nothing special)."""
     user = (slot.uid, slot.uid) if slot else job_user_ids(config.job_user)
+    needs = JobNeeds(job.network, job.isolation == "network") if job else JobNeeds()
     return plan_confinement(str(root), max_processes=config.max_processes,
                             policy=config.policy, user=user, own_uid=slot is not None,
-                            needs=JobNeeds(job.network, job.isolation == "network"),
-                            support=config.support)
+                            needs=needs, support=config.support)
 
 
-def _run(job: Job, config: SandboxConfig, root: Path, plan: Plan, ready: _Prepared
-         ) -> SandboxRun:
+def _run(job: Job, config: SandboxConfig, root: Path, plan: Plan, *, ready: _Prepared,
+         box: warm.Warm | None) -> SandboxRun:
     memory = cgroups.slot() if plan.cgroup else None
     if memory is not None:
         memory.arm(job.memory_mb * 1024 * 1024)
+    limits = _limits(job, config, plan)
     try:
-        limits = _limits(job, config, plan)
-        report, stdout, out_cut, stderr, err_cut = execute(
-            lambda out, err: LaunchSpec(ready.argv, str(root), ready.env, limits, out, err,
-                                        job.timeout, plan.confinement, tuple(ready.fds),
-                                        plan.view),
-            job.timeout, config.stream_cap_bytes)
+        if box is not None:
+            rlimit = (limits.memory_kind, limits.memory_bytes) if limits.memory_bytes else None
+            report, stdout, out_cut, stderr, err_cut = box.run(
+                warm.script(ready.argv, ready.env, job.cpu_seconds, rlimit), job.timeout,
+                config.stream_cap_bytes)
+        else:
+            report, stdout, out_cut, stderr, err_cut = execute(
+                lambda out, err: LaunchSpec(ready.argv, str(root), ready.env, limits, out,
+                                            err, job.timeout, plan.confinement,
+                                            tuple(ready.fds), plan.view),
+                job.timeout, config.stream_cap_bytes)
     finally:
         for fd in ready.fds:
             os.close(fd)
@@ -256,29 +283,54 @@ def _exit_status_through_bwrap(report: LaunchReport) -> None:
         report.exit_code, report.signal = None, code - 128
 
 
+def prestart_pending() -> None:
+    """Pre-start the sandbox a ``run_in_sandbox(..., warm_next=False)`` left for later: the
+    worker calls it once the job's result is stored, off the job's round trip."""
+    pending = _pending.pop(os.getpid(), None)
+    if pending is not None and os.getpid() not in _warm:  # one waits already: keep it
+        _prestart(*pending)
+
+
+_pending: dict[int, tuple[SandboxConfig, jobdirs.Slot | None, Plan]] = {}
+
+
 def run_in_sandbox(job: Job, config: SandboxConfig | None = None,
-                   extra_env: dict[str, str] | None = None) -> SandboxRun:
+                   extra_env: dict[str, str] | None = None, *, warm_next: bool = True
+                   ) -> SandboxRun:
     """Run ``job`` to completion and return what happened; never raises for job faults.
 
     A job the host cannot confine as the settings demand ends ``isolation_unavailable``
-    without running."""
+    without running. Afterwards the next job's sandbox is pre-started (``warm_next``),
+    or left for :func:`prestart_pending`."""
     config = config or SandboxConfig()
+    box: warm.Warm | None = None
     try:
         slot = slot_of_this_process(config)
-        root = jobdirs.new_jobdir(slot.base if slot else jobdirs.jobs_root(config.workdir_root),
-                                  None)
+        box = _take_warm(config, job)
+        root = box.workdir if box else jobdirs.new_jobdir(
+            slot.base if slot else jobdirs.jobs_root(config.workdir_root), None)
     except (IsolationError, OSError, ValueError) as exc:
         return SandboxRun(outcome="failed", error=f"cannot make the job's directory: {exc}")
+    plan: Plan | None = None
     try:
         try:
             plan = _plan(job, config, root, slot)
-            ready = _prepare(job, config, root, plan, extra_env)
+            if box is not None and box.key != (config, plan):
+                box.discard()  # built for another plan; its directory serves a cold launch
+                box = None
+            ready = _prepare(job, config, root, plan, extra_env=extra_env, warm_box=box)
         except IsolationUnavailable as exc:
             return SandboxRun(outcome="isolation_unavailable", error=str(exc))
         except (SandboxError, IsolationError) as exc:
             return SandboxRun(outcome="failed", error=str(exc))
-        return _run(job, config, root, plan, ready)
+        return _run(job, config, root, plan, ready=ready, box=box)
     finally:
+        if box is not None and plan is None:
+            box.discard()
         if not remove_tree(root):
             log.warning("job_directory_left", path=str(root))
         reap_finished_launchers()
+        if plan is not None and plan.view and config.warm:
+            _pending[os.getpid()] = (config, slot, _plan(None, config, root, slot))
+            if warm_next:
+                prestart_pending()

@@ -66,6 +66,12 @@ class LaunchSpec:
     #: argv is bubblewrap: what the job leaves running dies with its PID namespace when its
     #: main process ends, and bwrap's own pid 1, still exiting then, is not the job's stray.
     wrapped: bool = False
+    #: A warm launch (:mod:`worker.sandbox.warm`): the job's stdin (the script the shell
+    #: reads), the pipe the go line arrives on, and the write end of bwrap's --block-fd.
+    stdin_fd: int | None = None
+    control_fd: int = -1
+    block_fd: int = -1
+    close_in_launcher: tuple[int, ...] = ()  # the pool process's ends of those pipes
 
 
 @dataclass(slots=True)
@@ -209,7 +215,8 @@ def _start(spec: LaunchSpec, report: LaunchReport) -> subprocess.Popen[bytes] | 
     try:
         # The launcher is a freshly forked, single-threaded process: preexec_fn is safe here.
         return subprocess.Popen(
-            spec.argv, cwd=spec.cwd, env=spec.env, stdin=subprocess.DEVNULL,
+            spec.argv, cwd=spec.cwd, env=spec.env,
+            stdin=subprocess.DEVNULL if spec.stdin_fd is None else spec.stdin_fd,
             stdout=spec.stdout_fd, stderr=spec.stderr_fd, start_new_session=True,
             preexec_fn=_preexec(spec, why_w), close_fds=True,  # noqa: PLW1509
             pass_fds=spec.pass_fds)
@@ -227,8 +234,20 @@ def _start(spec: LaunchSpec, report: LaunchReport) -> subprocess.Popen[bytes] | 
     return None
 
 
-def _run(spec: LaunchSpec, report: LaunchReport) -> None:
-    tree = _Tree(report)
+def _await_go(control_fd: int) -> float | None:
+    """The job's timeout from the go line, or None when the pool process closed the
+    control pipe without one (the warm sandbox is discarded)."""
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = os.read(control_fd, 64)
+        if not chunk:
+            return None
+        line += chunk
+    return float(json.loads(line)["timeout"])
+
+
+def _become_launcher(tree: _Tree) -> None:
+    """Own the job's tree: a subreaper that kills it when the pool process dies."""
     parent = os.getppid()
 
     def on_parent_death(signum: int, frame: object) -> None:
@@ -243,11 +262,35 @@ def _run(spec: LaunchSpec, report: LaunchReport) -> None:
     if os.getppid() != parent:
         os._exit(137)
     prctl(PR_SET_DUMPABLE, 0)
+
+
+def _let_go(spec: LaunchSpec) -> float | None:
+    """Warm: the view is built; wait for the job's go line, then unblock bwrap. Returns
+    the job's timeout, or None when no job comes."""
+    if spec.stdin_fd is not None:
+        os.close(spec.stdin_fd)
+    timeout = _await_go(spec.control_fd)
+    if timeout is not None:
+        os.write(spec.block_fd, b"g")
+    return timeout
+
+
+def _run(spec: LaunchSpec, report: LaunchReport) -> None:
+    tree = _Tree(report)
+    _become_launcher(tree)
     started = time.monotonic()
     proc = _start(spec, report)
     if proc is None:
         return
-    finished, main_peak = _wait_main(proc.pid, started + spec.timeout)
+    timeout = spec.timeout
+    if spec.control_fd >= 0:
+        go = _let_go(spec)
+        if go is None:
+            report.error = "the warm sandbox was abandoned before a job came"
+            tree.kill_all()
+            return
+        timeout, started = go, time.monotonic()
+    finished, main_peak = _wait_main(proc.pid, started + timeout)
     if not finished:
         report.timed_out = True
         with contextlib.suppress(ProcessLookupError):
@@ -277,6 +320,8 @@ def launch(spec: LaunchSpec) -> tuple[int, int]:
         try:
             gc.disable()  # a collection would touch, and so copy, the whole inherited heap
             os.close(report_r)
+            for fd in spec.close_in_launcher:
+                os.close(fd)
             report = LaunchReport()
             try:
                 _run(spec, report)

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from worker.sandbox.executor import BASE_PATH
 from worker.sandbox.isolation import Confinement, probe
 from worker.sandbox.launcher import (
     SETPRIV,
@@ -25,6 +24,7 @@ from worker.sandbox.launcher import (
     launch,
     parse_report,
 )
+from worker.sandbox.prepare import BASE_PATH
 from worker.sandbox.reaping import release
 
 
