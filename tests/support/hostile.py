@@ -124,7 +124,15 @@ import json, os, signal, sys
 marker, targets = sys.argv[1].rsplit("-", 1)[0].encode(), set(sys.argv[2:])
 seen = {"killed": [], "refused": 0, "could_signal": []}
 me = sys.argv[1].encode()
+mine = set()  # this job's own ancestors inside its sandbox (bwrap's pid 1): not targets
+pid = os.getppid()
+while pid > 0:
+    mine.add(str(pid))
+    with open(f"/proc/{pid}/stat") as fh:
+        pid = int(fh.read().rsplit(")", 1)[1].split()[1])
 for pid in [p for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()]:
+    if pid in mine:
+        continue
     try:
         cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
     except OSError:

@@ -235,17 +235,20 @@ class Lab:
             pids += [pool, *children(pool)]
         return pids
 
-    def left_behind(self) -> list[str]:
+    def left_behind(self, *, waiting_ok: bool = False) -> list[str]:
         """What jobs left in the worker's private root: any file, and any directory named like
         a job's (``sandrun-job-*``, ``job-*``); empty directories the sandbox keeps and its
-        slot locks (``.locks``, root's, empty) do not count."""
+        slot locks (``.locks``, root's, empty) do not count; with ``waiting_ok`` (while
+        the worker runs) neither does an empty job directory, the one a pre-started
+        sandbox waits with for its job."""
         left = []
         for top, dirs, files in os.walk(self.workdir):
             if os.path.basename(top) == ".locks":
                 continue
             left += [os.path.join(top, name) for name in files]
             jobs = [d for d in dirs if d.startswith(("sandrun-job-", "job-"))]
-            left += [os.path.join(top, name) for name in jobs]
+            left += [os.path.join(top, name) for name in jobs
+                     if not (waiting_ok and not os.listdir(os.path.join(top, name)))]
             deep = top.count(os.sep) - str(self.workdir).count(os.sep) >= 8
             dirs[:] = [] if deep else [d for d in dirs if d not in jobs]
         return sorted(left)
