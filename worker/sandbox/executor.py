@@ -41,7 +41,7 @@ from worker.sandbox.prepare import (
     job_environment,
     write_files,
 )
-from worker.sandbox.reaping import reap_finished_launchers
+from worker.sandbox.reaping import reap_all_launchers, reap_finished_launchers
 from worker.stores.outputs import CollectedOutput
 
 DEFAULT_JOB_UIDS = "200000-200999"
@@ -151,6 +151,7 @@ def release_slots() -> None:
         jobdirs.release(slot)
     memory = cgroups.slot() if cgroups.joined() else None
     if memory is not None:
+        reap_all_launchers()
         try:
             memory.leave_and_remove()
         except IsolationError as exc:

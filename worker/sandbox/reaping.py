@@ -28,3 +28,13 @@ def reap_finished_launchers() -> None:
             done = pid
         if done:
             _exiting.remove(pid)
+
+
+def reap_all_launchers() -> None:
+    """Wait for every launcher still tearing down (before the process's cgroup goes)."""
+    for pid in list(_exiting):
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+        _exiting.remove(pid)
