@@ -4,6 +4,7 @@ so the worker does not wait for it; it is reaped at the next launch instead.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 _exiting: list[int] = []
@@ -33,8 +34,6 @@ def reap_finished_launchers() -> None:
 def reap_all_launchers() -> None:
     """Wait for every launcher still tearing down (before the process's cgroup goes)."""
     for pid in list(_exiting):
-        try:
+        with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
         _exiting.remove(pid)
