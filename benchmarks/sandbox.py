@@ -14,6 +14,8 @@
    ``--baseline DIR`` (a checkout of an earlier commit, its ``make install`` done
    or not: it runs with this interpreter) also through that code's worker,
    alternating job by job, so both are measured in one run.
+3. Jobs per second: the same job drained through a ``-c 2`` worker, beside
+   ``subprocess.run`` of it from two threads (the box's physical limit).
 
 Run: ``.venv/bin/python benchmarks/sandbox.py`` (``--quick`` for a short run).
 """
@@ -178,6 +180,39 @@ def latency(count: int, tmp: Path, baseline: Path | None) -> None:
                 stop(proc)
 
 
+def drain_rate(count: int, tmp: Path) -> None:
+    """Sandboxed ``print(1)`` jobs per second through a ``-c 2`` worker, beside
+    ``subprocess.run`` of the same interpreter and code from two threads (the most this
+    box does without any sandbox, broker or Celery)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from worker.client.client import Sandrun
+
+    python = shutil.which("python3", path=BASE_PATH) or "python3"
+    with ThreadPoolExecutor(2) as pool:
+        started = time.perf_counter()
+        list(pool.map(lambda _: subprocess.run([python, "-c", "print(1)"], capture_output=True,
+                                               check=True), range(count)))
+        plain = count / (time.perf_counter() - started)
+    with bench_broker(tmp) as (url, env):
+        proc = start([sys.executable, "-m", "celery", "-A", "worker", "worker", "-c", "2",
+                      "--without-mingle", "--without-gossip", "-l", "info"], env,
+                     tmp / "drain.log")
+        try:
+            with Sandrun.create(broker_url=url, plugins=[]) as client:
+                for run in [client.job().code("print(1)").submit() for _ in range(4)]:
+                    run.wait(30)
+                started = time.perf_counter()
+                runs = [client.job().code("print(1)").submit() for _ in range(count)]
+                for run in runs:
+                    run.wait(60)
+                rate = count / (time.perf_counter() - started)
+        finally:
+            stop(proc)
+    print(f"drain {count} print(1): subprocess.run x2 threads {plain:6.1f}/s   "
+          f"sandrun -c 2 {rate:6.1f}/s   ratio {rate / plain:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (smoke test)")
@@ -188,6 +223,8 @@ def main() -> None:
     executor_overhead(5 if opts.quick else 60)
     with tempfile.TemporaryDirectory(prefix="sandrun-bench-") as tmp:
         latency(10 if opts.quick else 200, Path(tmp), opts.baseline)
+    with tempfile.TemporaryDirectory(prefix="sandrun-bench-") as tmp:
+        drain_rate(20 if opts.quick else 300, Path(tmp))
 
 
 if __name__ == "__main__":

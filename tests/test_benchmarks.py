@@ -34,6 +34,7 @@ def test_sandbox_benchmark_prints_overhead_and_latency() -> None:
         assert f"run_in_sandbox {row}" in proc.stdout and "difference" in proc.stdout
     assert re.search(r"round trip sandrun print\(1\) job +p50 ", proc.stdout), proc.stdout
     assert re.search(r"round trip bare Celery no-op +p50 ", proc.stdout), proc.stdout
+    assert re.search(r"drain 20 print\(1\): .* sandrun -c 2 +[0-9.]+/s", proc.stdout)
 
 
 @pytest.mark.slow
