@@ -326,12 +326,21 @@ def run_in_sandbox(job: Job, config: SandboxConfig | None = None,
             return SandboxRun(outcome="failed", error=str(exc))
         return _run(job, config, root, plan, ready=ready, box=box)
     finally:
-        if box is not None and plan is None:
+        if box is not None and not box.used:  # the job never reached it (refused, bad input)
             box.discard()
         if not remove_tree(root):
             log.warning("job_directory_left", path=str(root))
         reap_finished_launchers()
         if plan is not None and plan.view and config.warm:
-            _pending[os.getpid()] = (config, slot, _plan(None, config, root, slot))
-            if warm_next:
-                prestart_pending()
+            _leave_pending(config, slot, root, warm_next)
+
+
+def _leave_pending(config: SandboxConfig, slot: jobdirs.Slot | None, root: Path,
+                   now: bool) -> None:
+    """Note the next job's sandbox to pre-start (``now``, or at :func:`prestart_pending`)."""
+    try:
+        _pending[os.getpid()] = (config, slot, _plan(None, config, root, slot))
+    except IsolationError:
+        return  # a plain job could not run here: nothing to pre-start
+    if now:
+        prestart_pending()

@@ -54,6 +54,7 @@ class Warm:
     script_w: int
     out_r: int
     err_r: int
+    used: bool = False  # a job went through it (it is never used twice)
 
     def alive(self) -> bool:
         """Whether the launcher still waits for its job (it has not exited or reported)."""
@@ -77,6 +78,7 @@ class Warm:
     def run(self, script: bytes, timeout: float, cap: int
             ) -> tuple[LaunchReport, str, bool, str, bool]:
         """Let the job go with ``script`` and capture it as :func:`capture.execute` does."""
+        self.used = True
         os.write(self.control_w, json.dumps({"timeout": timeout}).encode() + b"\n")
         os.close(self.control_w)
         view = memoryview(script)

@@ -104,3 +104,23 @@ def test_a_job_needing_the_network_leaves_the_warm_sandbox_for_the_next_job() ->
     assert executor._warm[os.getpid()] is box and box.alive()
     executor.release_slots()
     assert os.getpid() not in executor._warm and not box.workdir.exists()
+
+
+@VIEW
+def test_a_job_refused_before_it_runs_does_not_leave_the_warm_sandbox_running() -> None:
+    config = SandboxConfig()
+    run_in_sandbox(Job(code="pass"), config)
+    box = executor._warm[os.getpid()]
+    bad = run_in_sandbox(Job(code="pass", interpreter="no-such-lang"), config)
+    assert bad.outcome == "failed" and "not allowed" in (bad.error or "")
+    assert executor._warm[os.getpid()] is not box
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # its launcher was told to go, and goes
+        try:
+            if os.waitpid(box.pid, os.WNOHANG) != (0, 0):
+                break
+        except ChildProcessError:
+            break
+        time.sleep(0.02)
+    else:
+        pytest.fail("the discarded warm sandbox's launcher still runs")
