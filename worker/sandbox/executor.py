@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import hashlib
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -303,7 +304,18 @@ def run_in_sandbox(job: Job, config: SandboxConfig | None = None,
     A job the host cannot confine as the settings demand ends ``isolation_unavailable``
     without running. Afterwards the next job's sandbox is pre-started (``warm_next``),
     or left for :func:`prestart_pending`."""
-    config = config or SandboxConfig()
+    with _one_job_at_a_time:
+        return _run_alone(job, config or SandboxConfig(), extra_env, warm_next)
+
+
+#: A process runs one job at a time: its slot (one uid, one disk), its memory cgroup and
+#: its warm sandbox are each for a single job. Threads of one process (``-P threads``)
+#: take turns; run more processes (prefork) for more jobs at once.
+_one_job_at_a_time = threading.Lock()
+
+
+def _run_alone(job: Job, config: SandboxConfig, extra_env: dict[str, str] | None,
+               warm_next: bool) -> SandboxRun:
     box: warm.Warm | None = None
     try:
         slot = slot_of_this_process(config)
