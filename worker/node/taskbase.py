@@ -18,6 +18,9 @@ runs the task. It only translates:
 5. that outcome becomes Celery's: a result to store, ``Ignore`` (dropped, or
    deferred after publishing the same message again with a countdown), or
    ``Task.retry(countdown=...)`` so no worker slot sleeps.
+
+A job message this class publishes again (deferred, retried) shows a summary of
+the job, not the job (:func:`~worker.protocol.job_reprs`).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from worker.node.lifecycle import (
     run_lifecycle,
 )
 from worker.plugin.context import ErrorContext, ExecutionContext
-from worker.protocol import RUN_JOB, SUBMITTED_HEADER
+from worker.protocol import RUN_JOB, SUBMITTED_HEADER, job_reprs
 from worker.stores.attempts import Attempt
 from worker.stores.deadletter import DeadLetter
 
@@ -154,7 +157,7 @@ class SandrunTask(Task[Any, Any]):
             case Stored(value):
                 return value
             case Deferred(countdown):
-                self.signature_from_request(countdown=countdown).apply_async()
+                self.signature_from_request(countdown=countdown, **self._reprs()).apply_async()
                 raise Ignore()
             case Dropped():
                 raise Ignore()
@@ -162,8 +165,16 @@ class SandrunTask(Task[Any, Any]):
                 # The retry plugin decided; Celery's own limit must not (max_retries=None
                 # would mean "the task's default", 3, and cap every policy at 4 attempts).
                 raise self.retry(exc=JobFailed(str(error)), countdown=countdown,
-                                 max_retries=int(self.request.retries or 0) + 1) from error
+                                 max_retries=int(self.request.retries or 0) + 1,
+                                 **self._reprs()) from error
         assert_never(outcome)
+
+    def _reprs(self) -> dict[str, Any]:
+        """What a job message published again shows of its job: a summary (Celery would
+        put the whole job, code and env values, in it)."""
+        if self.name != RUN_JOB:
+            return {}
+        return job_reprs(self.request.args or (), self.request.kwargs or {})
 
     def _returned(self, result: JobResult, execution: Execution) -> Any:
         """What the task returns for Celery to store: a job's JobResult (its JSON form),
