@@ -1,7 +1,7 @@
 """Celery settings for Sandrun workers and producers, read from the environment.
 
-Only Celery settings live here (lowercase names, no project imports). The
-reasons for the reliability settings:
+Only Celery settings live here (lowercase names, no project imports), and two of
+Sandrun's own (below). The reasons for the reliability settings:
 
 * ``task_acks_late`` + ``task_reject_on_worker_lost``: a job whose worker dies
   mid-run goes back to the queue instead of being lost.
@@ -14,6 +14,10 @@ reasons for the reliability settings:
   that hands them back runs often enough for that (see ``_restore``).
 * JSON only in ``accept_content``: a pickled message is never deserialised.
 * task events and sent events on: Flower can follow every job.
+
+Sandrun's own two are ``sandrun_worker_gossip`` and ``sandrun_worker_mingle``, read by
+the worker's consumer (``worker_consumer``) since Celery has only command-line flags
+for them; their comments say why gossip is off and mingle on.
 """
 
 import os
@@ -39,6 +43,21 @@ task_send_sent_event = True
 broker_connection_retry_on_startup = True
 # Messages the worker cannot run (undecodable, pickle, unknown task) are dead-lettered.
 worker_consumer = "worker.node.consumer:SandrunConsumer"
+
+_ON = {"1", "true", "yes", "on"}
+# Gossip is off (SANDRUN_WORKER_GOSSIP=1 turns it on): with it every worker consumes the
+# heartbeats of every other worker (a queue per worker, N x N messages every 2 s) for
+# leader elections and node join/leave callbacks, which nothing in Sandrun uses:
+# `sandrun workers` pings through remote control and reads the registry, cancel is a
+# revoke broadcast (remote control), Flower reads the event stream.
+sandrun_worker_gossip = os.environ.get("SANDRUN_WORKER_GOSSIP", "").lower() in _ON
+# Mingle stays on (SANDRUN_WORKER_MINGLE=0 turns it off; --without-mingle too): it costs
+# a worker about 1 s at start and only syncs revoked task ids and the logical clock with
+# the workers already running, but that sync is what keeps a job cancelled while queued
+# from running on a worker that joins later (a scale-up, a restart), as `sandrun cancel`
+# promises, until revoked ids are kept elsewhere. Tests, benchmarks and the demo pass
+# --without-mingle to start faster; none of them cancels a job before a worker joins.
+sandrun_worker_mingle = os.environ.get("SANDRUN_WORKER_MINGLE", "1").lower() in _ON
 
 _visibility_timeout = int(os.environ.get("SANDRUN_VISIBILITY_TIMEOUT", "7200"))
 _visibility = {"visibility_timeout": _visibility_timeout}

@@ -6,7 +6,9 @@ Options as in the seed: ``format`` json | text | structured (structured), ``leve
 :mod:`worker.logs`, the one place that configures logging) so Celery's own
 records come out in the same format; every line logged while a job runs
 carries job_id, task_id, attempt, queue and node. It logs ``job_submitted``,
-``job_started``, ``job_finished`` and ``operation_failed`` with their fields.
+``job_started`` and ``operation_failed`` with their fields; the worker itself logs
+``job_finished`` (sizes and timings, never the job's output) for every job, with
+or without this plugin.
 Run workers with ``celery -q`` (``sandrun worker`` does) so the banner, which is
 not a log record, stays out of a JSON stream; the one line Celery still prints
 outside logging is its ``worker: Warm shutdown`` notice on stderr.
@@ -25,10 +27,8 @@ from worker import (
     Execution,
     ExecutionContext,
     Job,
-    JobResult,
     PluginContext,
     PluginManifest,
-    ResultContext,
     SubmissionContext,
     configure_logging,
 )
@@ -53,7 +53,7 @@ class LoggingPlugin(BasePlugin):
         author="Sandrun", license="Apache-2.0",
         description="Structured logs (structlog) for workers and producers",
         keywords=["logging", "structlog"], configuration=LoggingConfig,
-        apis=["on_submit", "on_execute", "on_result", "on_error"])
+        apis=["on_submit", "on_execute", "on_error"])
 
     def __init__(self, options: LoggingConfig | None = None) -> None:
         self._options = options
@@ -77,11 +77,6 @@ class LoggingPlugin(BasePlugin):
     def on_execute(self, execution: Execution, context: ExecutionContext) -> None:
         self.logger.info("job_started", task=execution.task, pool_id=context.pool_id,
                          deliveries=context.deliveries)
-
-    def on_result(self, result: JobResult, context: ResultContext) -> None:
-        self.logger.info("job_finished", status=result.status, outcome=result.outcome,
-                         exit_code=result.exit_code, execution_time=result.execution_time,
-                         cost=result.cost.model_dump() if result.cost else None)
 
     def on_error(self, error: BaseException, context: ErrorContext) -> None:
         self.logger.error("operation_failed", operation=context.operation,

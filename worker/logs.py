@@ -6,17 +6,22 @@ own records go through the same processors (structlog's ``ProcessorFormatter``
 on the root logger), so a worker's whole output is in one format. Events are
 snake_case names with key/value fields; while a task runs, job_id, task_id,
 attempt, queue and node are bound through contextvars by the task base class.
+
+In a worker whose logging Celery set up (no logging plugin), :func:`route_to_stdlib`
+hands structlog events to that setup, so they obey ``-l`` and come out in Celery's
+format. :func:`quiet_celery_task_lines` drops Celery's end-of-task records, which
+carry a task's whole return value, for the tasks that log their own end.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Sequence
-from typing import Literal, TextIO
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, TextIO
 
 import structlog
-from structlog.typing import Processor
+from structlog.typing import EventDict, Processor
 
 Format = Literal["json", "text", "structured", "console"]
 HANDLER_NAME = "sandrun"
@@ -112,3 +117,67 @@ def configure_logging(level: str = "warning", fmt: Format = "console",
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
+
+
+def _one_line(_: Any, __: str, event_dict: EventDict
+              ) -> tuple[tuple[str], Mapping[str, Any]]:
+    """The last processor of :func:`route_to_stdlib`: ``event key=value ...`` as the
+    record's message (strings bare, other values as repr, like the console renderer);
+    an exception goes to stdlib as ``exc_info``, so Celery's formatter prints a plain
+    traceback."""
+    passed = {key: event_dict.pop(key) for key in ("exc_info", "stack_info") if key in event_dict}
+    event = event_dict.pop("event", "")
+    fields = " ".join(f"{key}={value if isinstance(value, str) else repr(value)}"
+                      for key, value in event_dict.items())
+    return (f"{event} {fields}".rstrip(),), passed
+
+
+def _context_first(_: Any, __: str, event_dict: EventDict) -> EventDict:
+    """The bound context (job_id, task_id, ...) before the event's own fields."""
+    return {**structlog.contextvars.get_contextvars(), **event_dict}
+
+
+def route_to_stdlib() -> None:
+    """Send structlog events through stdlib logging as one line each, for a worker whose
+    logging Celery set up itself (no plugin configured it; the worker calls this once
+    Celery's setup is done, and pool processes inherit it).
+
+    Without it structlog's default prints every event to stdout whatever the worker's
+    ``-l`` level (a pool process's stdout becomes WARNING records), and renders an
+    exception with the local variables of every frame: a job's code, env and output."""
+    if _State.plugin_configured:
+        return
+    structlog.configure(
+        processors=[structlog.stdlib.filter_by_level, _context_first, _one_line],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger, cache_logger_on_first_use=False)
+
+
+class _TaskEndFilter(logging.Filter):
+    """Drops Celery's success, failure and retry records of the tasks ``owned`` names."""
+
+    def __init__(self, owned: Callable[[str], bool]) -> None:
+        super().__init__()
+        from celery.app import trace  # here, so that importing worker never imports celery
+
+        self.owned = owned
+        # _log_error logs a failure with its policy's format stripped
+        self.formats = frozenset({trace.LOG_SUCCESS, trace.LOG_FAILURE.strip(), trace.LOG_RETRY})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        data = getattr(record, "data", None)  # Celery's context, passed for custom handlers
+        task_end = isinstance(record.msg, str) and record.msg in self.formats
+        if not task_end or not isinstance(data, dict):
+            return True
+        return not self.owned(str(data.get("name")))
+
+
+def quiet_celery_task_lines(owned: Callable[[str], bool]) -> None:
+    """Drop Celery's own end-of-task records (logger ``celery.app.trace``: "succeeded in
+    ...: <the whole return value>", "raised ...: <the exception>", "retry: ...") for the
+    tasks ``owned`` says log their own end, whatever handlers and format are in use.
+    Calling it again replaces the earlier filter."""
+    logger = logging.getLogger("celery.app.trace")
+    for old in [f for f in logger.filters if isinstance(f, _TaskEndFilter)]:
+        logger.removeFilter(old)
+    logger.addFilter(_TaskEndFilter(owned))

@@ -1,13 +1,14 @@
 """Wire names the producer and the worker must agree on, in one small module both import.
 
 The task name, the header a producer stamps with its publish time, which queue
-a job is published to, and :class:`Publication`, the message as it is sent. It
-imports nothing heavier than the models, so a producer gets these without
-loading the node or the sandbox.
+a job is published to, what a job message shows of itself (:func:`job_reprs`),
+and :class:`Publication`, the message as it is sent. It imports nothing heavier
+than the models, so a producer gets these without loading the node or the sandbox.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -30,6 +31,51 @@ def job_queue(job: Job, default_queue: str) -> str:
     return f"{base}.gpu.{job.gpu.type}" if job.gpu.type else f"{base}.gpu"
 
 
+def job_summary(payload: Any) -> str:
+    """What logs and monitors show of a job message's argument instead of the job:
+    ``Job(id='...', interpreter='python3', code=<123 bytes>, files=<2, 4096 bytes>,
+    env=<3 vars>)``. Its id and interpreter, and only the sizes of what it runs (code,
+    files, env), never their contents: a job's code and env values are the submitter's,
+    and may hold secrets."""
+    if not isinstance(payload, dict):
+        return f"<{type(payload).__name__}>"
+    parts = [f"id={_short(payload.get('id'))}"]
+    if payload.get("interpreter"):
+        parts.append(f"interpreter={_short(payload['interpreter'])}")
+    code = payload.get("code")
+    if isinstance(code, str):
+        parts.append(f"code=<{len(code.encode())} bytes>")
+    files = payload.get("files")
+    if isinstance(files, dict) and files:
+        size = sum(len(str(f.get("content", "")).encode()) for f in files.values()
+                   if isinstance(f, dict))
+        parts.append(f"files=<{len(files)}, {size} bytes>")
+    env = payload.get("env")
+    if isinstance(env, dict) and env:
+        parts.append(f"env=<{len(env)} vars>")
+    return f"Job({', '.join(parts)})"
+
+
+def _short(value: Any) -> str:
+    """An identifier for a summary: quoted, at most 64 characters (an unchecked message
+    may carry anything there)."""
+    return repr(str(value)[:64])
+
+
+def job_reprs(args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, str]:
+    """``argsrepr`` and ``kwargsrepr`` for a ``sandrun.run_job`` message (the options of
+    ``send_task``, ``apply_async`` and ``Task.retry``).
+
+    Celery puts a repr of the arguments in every message it publishes; the worker's
+    "received" record, the ``task-sent`` and ``task-received`` events and so Flower's
+    task list show it. For a job that repr is the whole job, code and env values
+    included, so Sandrun sends :func:`job_summary` in its place."""
+    shown = {key: job_summary(value) if key == "job" else "..." for key, value in kwargs.items()}
+    kwargsrepr = "{" + ", ".join(f"{key!r}: {value}" for key, value in shown.items()) + "}"
+    return {"argsrepr": ", ".join(job_summary(arg) for arg in args) or "()",
+            "kwargsrepr": kwargsrepr}
+
+
 @dataclass(slots=True)
 class Publication:
     """The Celery message a client is about to publish, after every ``on_submit`` hook.
@@ -49,9 +95,12 @@ class Publication:
     headers: dict[str, Any] = field(default_factory=dict)
 
     def options(self) -> dict[str, Any]:
-        """The keyword arguments of ``Celery.send_task`` for this message."""
+        """The keyword arguments of ``Celery.send_task`` for this message (a job's
+        message shows a summary of the job, not the job: :func:`job_reprs`)."""
         options: dict[str, Any] = {"task_id": self.task_id, "queue": self.queue,
                                    "headers": dict(self.headers), "retry": False}
+        if self.task == RUN_JOB:
+            options.update(job_reprs(self.args, self.kwargs))
         if self.eta is not None:
             options["eta"] = self.eta
         if self.priority is not None:

@@ -88,5 +88,9 @@ def test_flower_lists_jobs_with_basic_auth_and_401_without(
             assert time.monotonic() < deadline, (status, tasks)
             time.sleep(0.3)
         assert {tasks[i]["name"] for i in ids} == {"sandrun.run_job"}
+        # Flower shows a summary of each job, not its code (worker.protocol.job_reprs)
+        for job_id in ids:
+            shown = f"Job(id='{job_id}', interpreter='python3', code=<8 bytes>)"
+            assert tasks[job_id]["args"] == shown
     finally:
         flower.stop()

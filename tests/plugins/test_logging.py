@@ -47,11 +47,11 @@ def test_each_step_is_an_event_with_fields() -> None:
                              ResultContext(node_id="n", task_id=job.id))
         manager.execute_hook("on_error", ValueError("bad"), ErrorContext(operation="submit"))
     events = {e["event"]: e for e in logs}
-    assert set(events) == {"job_submitted", "job_started", "job_finished", "operation_failed"}
+    # job_finished is the worker's own (worker.node.joblog), logged with or without plugin
+    assert set(events) == {"job_submitted", "job_started", "operation_failed"}
     assert events["job_submitted"]["job_id"] == job.id
     assert events["job_submitted"]["queue"] == "sandrun"
     assert events["job_submitted"]["payment"] == {"amount": "1", "currency": "USD"}
-    assert events["job_finished"]["status"] == "completed"
     assert events["operation_failed"]["error_type"] == "ValueError"
     assert events["operation_failed"]["log_level"] == "error"
     assert all(e["plugin"] == "logging" for e in logs)

@@ -6,6 +6,10 @@ and one whose headers are not a task's. Each of those is a job somebody sent,
 so before Celery discards it this consumer keeps it in the dead-letter store
 (source ``broker``) with the reason and the first 64 KiB of its body, and logs
 ``message_dead_lettered``. The worker then goes on with the next message.
+
+It also applies celeryconfig's ``sandrun_worker_gossip`` and ``sandrun_worker_mingle``
+(Celery has only the ``--without-gossip``/``--without-mingle`` flags, which still work):
+a switch that is off turns the bootstep off whatever the command line says.
 """
 
 from __future__ import annotations
@@ -43,6 +47,15 @@ def bury(message: Any, reason: str) -> None:
 
 class SandrunConsumer(Consumer):
     """Celery's consumer, dead-lettering the messages it would only log and drop."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        conf = kwargs["app"].conf  # the worker passes every argument but the first by name
+        options = dict(kwargs.get("worker_options") or {})
+        if not conf.get("sandrun_worker_gossip", False):
+            options["without_gossip"] = True
+        if not conf.get("sandrun_worker_mingle", True):
+            options["without_mingle"] = True
+        super().__init__(*args, **{**kwargs, "worker_options": options})
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         bury(message, f"cannot decode the message ({type(exc).__name__}: {exc}); only "

@@ -5,6 +5,8 @@ This is the only module of :mod:`worker` that talks to ``celery.signals``.
 * ``celeryd_init`` (main process, before anything else of the worker): load the
   plugins there, so a logging plugin configures logging before Celery's first
   output; Celery is then kept from replacing that configuration.
+* ``after_setup_logger`` (main process; sent only when Celery set logging up itself,
+  so no plugin did): structlog events go through Celery's logging from then on.
 * :class:`StartupChecks`, a worker bootstep, runs in the main process before any
   pool process starts: it refuses settings that would lose or duplicate jobs
   (a visibility timeout shorter than the longest job) and broken plugin sets,
@@ -29,6 +31,7 @@ from typing import Any
 import structlog
 from celery import bootsteps
 from celery.signals import (
+    after_setup_logger,
     celeryd_init,
     setup_logging,
     task_postrun,
@@ -85,6 +88,11 @@ def _worker_initialising(**_: Any) -> None:
     runtime.start()
     if logs.plugin_configured():
         setup_logging.connect(_keep_sandrun_logging)
+
+
+@after_setup_logger.connect
+def _celery_configured_logging(**_: Any) -> None:
+    logs.route_to_stdlib()
 
 
 @worker_process_init.connect

@@ -18,23 +18,31 @@ runs the task. It only translates:
 5. that outcome becomes Celery's: a result to store, ``Ignore`` (dropped, or
    deferred after publishing the same message again with a countdown), or
    ``Task.retry(countdown=...)`` so no worker slot sleeps.
+
+Once Celery stored the outcome, Celery's own handlers (``on_success``,
+``on_failure``, ``on_retry``) log it as one event of :mod:`worker.node.joblog`
+(``job_finished``, ``job_failed``, ``job_retried``), in place of Celery's lines that
+carry the whole result. A job message this class publishes again (deferred,
+retried) shows a summary of the job, not the job (:func:`~worker.protocol.job_reprs`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from datetime import UTC, datetime
 from typing import Any, assert_never
 
 import structlog
+from billiard.einfo import ExceptionInfo
 from celery import Task, states
 from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded, Terminated
 from pydantic import ValidationError
 
 from worker.errors import InvalidJob, JobFailed
 from worker.models import ErrorInfo, Execution, Job, JobResult
-from worker.node import runtime
+from worker.node import joblog, runtime
 from worker.node.lifecycle import (
     Deferred,
     Dropped,
@@ -46,7 +54,7 @@ from worker.node.lifecycle import (
     run_lifecycle,
 )
 from worker.plugin.context import ErrorContext, ExecutionContext
-from worker.protocol import RUN_JOB, SUBMITTED_HEADER
+from worker.protocol import RUN_JOB, SUBMITTED_HEADER, job_reprs
 from worker.stores.attempts import Attempt
 from worker.stores.deadletter import DeadLetter
 
@@ -67,11 +75,14 @@ class SandrunTask(Task[Any, Any]):
     track_started = False
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.request.update(sandrun_started=time.monotonic())
         rt = runtime.current()
         try:
             execution = self._execution(args, kwargs)
         except (ValidationError, KeyError, IndexError, TypeError) as exc:
             return self._invalid(exc)
+        if execution.job is not None:
+            self.request.update(sandrun_job_id=execution.job.id)
         attempt, stored = self._begin(rt, execution)
         outcome = run_lifecycle(rt.manager, attempt, execution,
                                 self._context(rt, execution, attempt), self._run_body,
@@ -152,9 +163,10 @@ class SandrunTask(Task[Any, Any]):
             case Finished(result):
                 return self._returned(result, execution)
             case Stored(value):
+                self.request.update(sandrun_already_finished=True)
                 return value
             case Deferred(countdown):
-                self.signature_from_request(countdown=countdown).apply_async()
+                self.signature_from_request(countdown=countdown, **self._reprs()).apply_async()
                 raise Ignore()
             case Dropped():
                 raise Ignore()
@@ -162,8 +174,16 @@ class SandrunTask(Task[Any, Any]):
                 # The retry plugin decided; Celery's own limit must not (max_retries=None
                 # would mean "the task's default", 3, and cap every policy at 4 attempts).
                 raise self.retry(exc=JobFailed(str(error)), countdown=countdown,
-                                 max_retries=int(self.request.retries or 0) + 1) from error
+                                 max_retries=int(self.request.retries or 0) + 1,
+                                 **self._reprs()) from error
         assert_never(outcome)
+
+    def _reprs(self) -> dict[str, Any]:
+        """What a job message published again shows of its job: a summary (Celery would
+        put the whole job, code and env values, in it)."""
+        if self.name != RUN_JOB:
+            return {}
+        return job_reprs(self.request.args or (), self.request.kwargs or {})
 
     def _returned(self, result: JobResult, execution: Execution) -> Any:
         """What the task returns for Celery to store: a job's JobResult (its JSON form),
@@ -175,6 +195,44 @@ class SandrunTask(Task[Any, Any]):
             error = result.error or ErrorInfo(type="JobFailed", message=result.status)
             raise JobFailed(f"{error.type}: {error.message}")
         return result.value
+
+    # -- Celery's handlers, called once the outcome is stored: one event each ------------
+    def on_success(self, retval: Any, task_id: str, args: tuple[Any, ...],
+                   kwargs: dict[str, Any]) -> None:
+        """``job_finished``: a job's result in sizes and timings, a user task's status."""
+        fields: dict[str, Any] = (joblog.result_fields(retval) if self.name == RUN_JOB
+                                  else {"status": "completed", "outcome": "completed"})
+        if self.request.get("sandrun_already_finished"):
+            fields["already_finished"] = True
+        joblog.finished(self._where(), self.name, fields, self._wall())
+
+    def on_failure(self, exc: Exception, task_id: str, args: tuple[Any, ...],
+                   kwargs: dict[str, Any], einfo: ExceptionInfo) -> None:
+        """``job_failed``: the exception Celery stored, without the task's arguments."""
+        joblog.failed(self._where(), self.name, exc, self._wall())
+
+    def on_retry(self, exc: Exception, task_id: str, args: tuple[Any, ...],
+                 kwargs: dict[str, Any], einfo: ExceptionInfo) -> None:
+        """``job_retried``: why, and when the next attempt runs."""
+        reason: Any = einfo.exception
+        if not isinstance(reason, Retry):  # billiard wraps it with its traceback
+            reason = getattr(reason, "exc", None)
+        joblog.retried(self._where(), self.name, exc,
+                       reason.when if isinstance(reason, Retry) else None)
+
+    def _where(self) -> dict[str, Any]:
+        """The log context of this delivery, as :func:`run_lifecycle` binds it."""
+        request = self.request
+        task_id = str(request.id)
+        return {"job_id": request.get("sandrun_job_id") or task_id, "task_id": task_id,
+                "attempt": int(request.retries or 0) + 1,
+                "queue": (request.delivery_info or {}).get("routing_key"),
+                "node": request.hostname}
+
+    def _wall(self) -> float | None:
+        """Seconds since this delivery reached the task, to its outcome stored."""
+        started = self.request.get("sandrun_started")
+        return None if started is None else round(time.monotonic() - started, 6)
 
     def _invalid(self, exc: Exception) -> dict[str, Any]:
         """A ``sandrun.run_job`` message whose payload is not a valid Job: rejected."""

@@ -33,6 +33,28 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
         importlib.reload(celeryconfig)
 
 
+@pytest.mark.parametrize(("env", "gossip", "mingle"), [
+    ({}, False, True),
+    ({"SANDRUN_WORKER_GOSSIP": "1", "SANDRUN_WORKER_MINGLE": "0"}, True, False),
+    ({"SANDRUN_WORKER_GOSSIP": "true", "SANDRUN_WORKER_MINGLE": "yes"}, True, True),
+])
+def test_gossip_is_off_and_mingle_on_unless_the_environment_says(
+        monkeypatch: pytest.MonkeyPatch, env: dict[str, str], gossip: bool, mingle: bool) -> None:
+    for name in ("SANDRUN_WORKER_GOSSIP", "SANDRUN_WORKER_MINGLE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    import celeryconfig
+
+    importlib.reload(celeryconfig)
+    try:
+        assert (celeryconfig.sandrun_worker_gossip, celeryconfig.sandrun_worker_mingle) == (
+            gossip, mingle)
+    finally:
+        monkeypatch.undo()
+        importlib.reload(celeryconfig)
+
+
 def test_importing_worker_does_not_import_celery() -> None:
     code = "import sys, worker; print('celery' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
