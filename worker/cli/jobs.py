@@ -1,4 +1,9 @@
-"""``sandrun submit|status|result|logs|cancel|download``: producing and following jobs."""
+"""``sandrun submit|status|result|logs|cancel|download``: producing and following jobs.
+
+The client (Celery, kombu, redis), the models and rich are imported inside the
+commands, so that ``sandrun --help`` and the commands of other modules, which
+import this one for :func:`client`, do not pay for them.
+"""
 
 from __future__ import annotations
 
@@ -7,20 +12,23 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from rich.progress import Progress
 
 from worker.cli.common import EXIT_JOB_FAILED, EXIT_OK, console, fail
-from worker.client.client import JobExecution, Sandrun
 from worker.errors import SandrunError
-from worker.models import JobResult
-from worker.models.jobdir import manifest_fields
+
+if TYPE_CHECKING:
+    from worker.client.client import JobExecution, Sandrun
+    from worker.models import JobResult
 
 
 @contextmanager
 def client() -> Iterator[Sandrun]:
     """A client from the environment; errors become clean exits."""
+    from worker.client.client import Sandrun
+
     try:
         with Sandrun.create() as made:
             yield made
@@ -34,18 +42,20 @@ def print_result(res: JobResult, as_json: bool) -> None:
         click.echo(res.model_dump_json())
         return
     detail = f"exit {res.exit_code}" if res.exit_code is not None else (res.outcome or "")
-    console.print(f"{res.id}  [bold]{res.status}[/]  {detail}  "
-                  f"{res.execution_time or 0:.2f}s", highlight=False)
+    console().print(f"{res.id}  [bold]{res.status}[/]  {detail}  "
+                    f"{res.execution_time or 0:.2f}s", highlight=False)
     if res.error:
-        console.print(f"  {res.error.type}: {res.error.message}", highlight=False)
+        console().print(f"  {res.error.type}: {res.error.message}", highlight=False)
 
 
 def wait_all(runs: list[JobExecution], timeout: float | None, quiet: bool) -> list[JobResult]:
     """Wait for every run, with a progress bar when there are several and output is for people."""
     if quiet or len(runs) == 1:
         return [run.wait(timeout) for run in runs]
+    from rich.progress import Progress
+
     results = []
-    with Progress(console=console, transient=True) as progress:
+    with Progress(console=console(), transient=True) as progress:
         task = progress.add_task("waiting for jobs", total=len(runs))
         for run in runs:
             results.append(run.wait(timeout))
@@ -68,6 +78,8 @@ def submit(*, paths: tuple[Path, ...], code: str | None, interpreter: str | None
     """Submit job directories (holding job.json), job.json files, or --code."""
     if bool(paths) == bool(code):
         raise click.UsageError("give job PATHs or --code, not both and not neither")
+    from worker.models.jobdir import manifest_fields
+
     with client() as sandrun:
         try:
             builders = []
