@@ -21,6 +21,7 @@ from __future__ import annotations
 import click
 
 from worker.cli.contributed import ContributedGroup
+from worker.logs import cancel_deferred_logging, defer_logging
 
 #: The built-in commands: name -> ``module:attribute``, imported when asked for.
 BUILTIN_COMMANDS = {
@@ -47,6 +48,5 @@ BUILTIN_COMMANDS = {
               type=click.Choice(["debug", "info", "warning", "error"]))
 def main(log_level: str) -> None:
     """Sandrun: run untrusted compute jobs on a plugin-driven Celery fleet."""
-    from worker.logs import configure_logging
-
-    configure_logging(log_level)
+    defer_logging(log_level)  # structlog is imported only if something logs
+    click.get_current_context().call_on_close(cancel_deferred_logging)
