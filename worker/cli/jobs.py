@@ -42,10 +42,11 @@ def print_result(res: JobResult, as_json: bool) -> None:
         click.echo(res.model_dump_json())
         return
     detail = f"exit {res.exit_code}" if res.exit_code is not None else (res.outcome or "")
-    console().print(f"{res.id}  [bold]{res.status}[/]  {detail}  "
-                    f"{res.execution_time or 0:.2f}s", highlight=False)
+    # click, not rich: the one styled word is not worth importing rich for
+    click.echo(f"{res.id}  {click.style(res.status, bold=True)}  {detail}  "
+               f"{res.execution_time or 0:.2f}s")
     if res.error:
-        console().print(f"  {res.error.type}: {res.error.message}", highlight=False)
+        click.echo(f"  {res.error.type}: {res.error.message}")
 
 
 def wait_all(runs: list[JobExecution], timeout: float | None, quiet: bool) -> list[JobResult]:
