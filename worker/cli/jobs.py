@@ -79,15 +79,16 @@ def submit(*, paths: tuple[Path, ...], code: str | None, interpreter: str | None
     """Submit job directories (holding job.json), job.json files, or --code."""
     if bool(paths) == bool(code):
         raise click.UsageError("give job PATHs or --code, not both and not neither")
-    from worker.models.jobdir import manifest_fields
-
     with client() as sandrun:
         try:
             builders = []
             if code is not None:
                 builder = sandrun.job().code(code).args(list(args))
                 builders.append(builder.interpreter(interpreter) if interpreter else builder)
-            builders += [sandrun.job().with_fields(manifest_fields(p)) for p in paths]
+            if paths:
+                from worker.models.jobdir import manifest_fields
+
+                builders += [sandrun.job().with_fields(manifest_fields(p)) for p in paths]
             if timeout is not None:
                 builders = [b.timeout(timeout) for b in builders]
             runs = [b.submit() for b in builders]
