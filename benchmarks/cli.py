@@ -15,7 +15,8 @@ its own worker, queue and state directory. Byte code goes to a private
 so a checkout is never written to and every tree pays its compilation once, in
 the warm-up run.
 
-Run: ``.venv/bin/python benchmarks/cli.py [--baseline /path/to/old/checkout]``.
+Run: ``.venv/bin/python benchmarks/cli.py [--baseline /path/to/old/checkout]``
+(``--quick`` for a short run).
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ def measure(trees: list[Tree], rounds: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=20, help="runs per command and tree")
+    parser.add_argument("--quick", action="store_true", help="2 rounds (smoke test)")
     parser.add_argument("--baseline", type=Path, action="append", default=[],
                         help="a checkout of earlier code timed alongside (repeatable)")
     opts = parser.parse_args()
@@ -123,7 +125,7 @@ def main() -> None:
                 procs.append(start([sys.executable, "-m", "celery", "-A", "worker", "worker",
                                     "-Q", f"bench{i}", "-n", f"bench{i}@%h", *worker], tree.env,
                                    tmp / f"worker{i}.log", cwd=tree.root))
-            measure(trees, opts.rounds)
+            measure(trees, 2 if opts.quick else opts.rounds)
         finally:
             for proc in procs:
                 stop(proc)
