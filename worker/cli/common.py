@@ -8,8 +8,11 @@ pydantic are imported when a command first needs them.
 from __future__ import annotations
 
 import functools
+import gc
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, NoReturn
 
 from worker.errors import (
@@ -43,6 +46,25 @@ def err_console() -> Console:
     from rich.console import Console
 
     return Console(stderr=True)
+
+
+@contextmanager
+def collecting_after() -> Iterator[None]:
+    """No garbage collection while a command imports and sets up its wings, then the
+    objects made so far frozen (kept out of every later collection).
+
+    Importing Celery, kombu, redis and pydantic makes some 60,000 objects that live
+    until the process ends; collecting while they are made finds no garbage and
+    costs a tenth of ``sandrun submit --wait`` (benchmarks/cli.py). Collection is
+    back on afterwards, for what the command then does however long it runs."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if was_enabled:
+            gc.enable()
 
 
 def configured_specs() -> list[PluginSpec]:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from worker.cli.common import EXIT_JOB_FAILED, EXIT_OK, console, fail
+from worker.cli.common import EXIT_JOB_FAILED, EXIT_OK, collecting_after, console, fail
 from worker.errors import SandrunError
 
 if TYPE_CHECKING:
@@ -27,10 +27,12 @@ if TYPE_CHECKING:
 @contextmanager
 def client() -> Iterator[Sandrun]:
     """A client from the environment; errors become clean exits."""
-    from worker.client.client import Sandrun
-
     try:
-        with Sandrun.create() as made:
+        with collecting_after():
+            from worker.client.client import Sandrun
+
+            made = Sandrun.create()
+        with made:
             yield made
     except SandrunError as exc:
         fail(exc)
