@@ -11,9 +11,9 @@ import functools
 import gc
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 from worker.errors import (
     BrokerUnavailable,
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from worker.plugin.loader import PluginSpec
+
+T = TypeVar("T")
 
 #: Exit codes, the same for every command.
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_BROKER, EXIT_TIMEOUT = 0, 1, 2, 3, 4
@@ -49,22 +51,27 @@ def err_console() -> Console:
 
 
 @contextmanager
-def collecting_after() -> Iterator[None]:
-    """No garbage collection while a command imports and sets up its wings, then the
-    objects made so far frozen (kept out of every later collection).
+def set_up_uncollected(set_up: Callable[[], T]) -> Iterator[T]:
+    """``set_up()`` with garbage collection paused, then what it made kept out of every
+    collection (``gc.freeze``) until the block ends.
 
-    Importing Celery, kombu, redis and pydantic makes some 60,000 objects that live
-    until the process ends; collecting while they are made finds no garbage and
-    costs a tenth of ``sandrun submit --wait`` (benchmarks/cli.py). Collection is
-    back on afterwards, for what the command then does however long it runs."""
+    Importing Celery, kombu, redis and pydantic makes some 60,000 objects that live as
+    long as the command; collecting while they are made finds no garbage and costs a
+    tenth of ``sandrun submit --wait`` (benchmarks/cli.py). Collection is on for what
+    the block then does, however long it runs, and the frozen objects are thawed at its
+    end, so a command run in-process (``CliRunner``) leaves nothing uncollectable."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        yield
-    finally:
+        made = set_up()
         gc.freeze()
+    finally:
         if was_enabled:
             gc.enable()
+    try:
+        yield made
+    finally:
+        gc.unfreeze()
 
 
 def configured_specs() -> list[PluginSpec]:

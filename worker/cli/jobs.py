@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from worker.cli.common import EXIT_JOB_FAILED, EXIT_OK, collecting_after, console, fail
+from worker.cli.common import EXIT_JOB_FAILED, EXIT_OK, console, fail, set_up_uncollected
 from worker.errors import SandrunError
 
 if TYPE_CHECKING:
@@ -24,15 +24,18 @@ if TYPE_CHECKING:
     from worker.models import JobResult
 
 
+def _make_client() -> Sandrun:
+    from worker.client.client import Sandrun
+
+    return Sandrun.create()
+
+
 @contextmanager
 def client() -> Iterator[Sandrun]:
-    """A client from the environment; errors become clean exits."""
+    """A client from the environment, made without collecting the objects its imports
+    make (they live as long as the command); errors become clean exits."""
     try:
-        with collecting_after():
-            from worker.client.client import Sandrun
-
-            made = Sandrun.create()
-        with made:
+        with set_up_uncollected(_make_client) as made, made:
             yield made
     except SandrunError as exc:
         fail(exc)
