@@ -63,7 +63,7 @@ def _freeze_objects_at_exit() -> None:
 
     A command's objects live until the process ends anyway, and the interpreter's last
     garbage collections walk every object of every module imported (Celery, kombu,
-    redis, pydantic): about a quarter of ``sandrun submit --wait`` (benchmarks/cli.py).
+    redis, pydantic): about a fifth of ``sandrun submit --wait`` (benchmarks/cli.py).
     Frozen objects are skipped by those collections; reference counting still frees
     the others, and the other atexit handlers have run before."""
     atexit.register(gc.freeze)
