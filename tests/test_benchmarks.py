@@ -64,3 +64,14 @@ def test_auth_benchmark_prints_each_step_and_the_added_cost() -> None:
     assert [r[0] for r in rows] == ["baseline", "sign", "verify"]
     assert all(float(r[1]) > 0 for r in rows)
     assert "sign + verify add" in proc.stdout
+
+
+@pytest.mark.slow
+def test_cli_benchmark_times_each_command_in_both_trees() -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cli.py"), "--quick",
+                           "--baseline", str(ROOT)],
+                          capture_output=True, text=True, timeout=300, check=False, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "sandrun submit --code 'print(1)' --wait" in proc.stdout
+    rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("  ")]
+    assert len(rows) == 2 * 6 and all(r[-1] == "(n=2)" for r in rows)

@@ -4,10 +4,13 @@ This is the public face: everything a plugin or a producer needs is importable
 from ``worker`` itself (the built-in plugins import nothing else). The wings
 behind it are described in ``docs/architecture.md``.
 
-The client (``Sandrun``, ``JobExecution``), the app factory (``make_app``) and the
-Celery app (``worker.app``) are imported lazily, so a plugin package importing
-``worker.Plugin`` does not pay for importing Celery; ``celery -A worker`` still
-finds the app.
+Every public name is imported on first use (PEP 562 ``__getattr__``), so
+``import worker`` imports nothing but this file, a plugin package importing
+``worker.Plugin`` does not pay for Celery or the client, and ``sandrun --help``
+does not pay for the models. ``celery -A worker`` finds the Celery app as
+``worker.app``, which imports ``worker.node.app`` then. The ``TYPE_CHECKING``
+block below is the same list for mypy and for readers; ``tests/worker/
+test_public.py`` keeps the two and ``__all__`` in step.
 """
 
 from __future__ import annotations
@@ -15,73 +18,73 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from worker.broker.embedded import ensure_broker_configured
-from worker.broker.publisher import Publisher
-from worker.broker.urls import is_redis, kombu_url, redis_client, redis_url
-from worker.collector import InMemoryMetrics, MetricsCollector
-from worker.errors import (
-    BrokerUnavailable,
-    ConfigurationError,
-    DuplicateDelivery,
-    InvalidJob,
-    JobDeferred,
-    JobFailed,
-    JobRejected,
-    PaymentRejected,
-    PluginError,
-    PublicationHeld,
-    QueueFull,
-    RetryRequested,
-    SandrunError,
-    StartupRefused,
-    StorageError,
-    SubmissionRejected,
-)
-from worker.logs import LEVELS, configure_logging
-from worker.models import (
-    MAX_CPU_SECONDS,
-    MAX_MEMORY_MB,
-    MAX_TIMEOUT_SECONDS,
-    ErrorInfo,
-    Execution,
-    Job,
-    JobResult,
-    RetryPolicy,
-    WorkerInfo,
-)
-from worker.models.builder import JobBuilder
-from worker.plugin.context import (
-    BuildContext,
-    ErrorContext,
-    ExecutionContext,
-    PluginContext,
-    PublishContext,
-    ResultContext,
-    SubmissionContext,
-    WorkerContext,
-)
-from worker.plugin.helpers import BasePlugin, with_logging, with_metrics
-from worker.plugin.impl import HookImpl
-from worker.plugin.loader import PluginSpec, parse_plugin_specs
-from worker.plugin.manager import PluginEvent, PluginManager
-from worker.plugin.spec import Plugin, PluginDependency, PluginManifest, hook
-from worker.protocol import RUN_JOB, SUBMITTED_HEADER, Publication, job_queue
-from worker.settings import Settings, load_settings
-from worker.stores.deadletter import DeadLetter, DeadLetterStore
-from worker.stores.storage import (
-    MemoryStorageBackend,
-    PluginStorage,
-    RedisStorageBackend,
-)
-
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # what mypy and readers see; at run time __getattr__ imports these
     from celery import Celery
 
+    from worker.broker.embedded import ensure_broker_configured
     from worker.broker.factory import make_app
+    from worker.broker.publisher import Publisher
+    from worker.broker.urls import is_redis, kombu_url, redis_client, redis_url
     from worker.cli.common import fail as cli_fail
     from worker.client.client import JobExecution, Sandrun
+    from worker.collector import InMemoryMetrics, MetricsCollector
+    from worker.errors import (
+        BrokerUnavailable,
+        ConfigurationError,
+        DuplicateDelivery,
+        InvalidJob,
+        JobDeferred,
+        JobFailed,
+        JobRejected,
+        PaymentRejected,
+        PluginError,
+        PublicationHeld,
+        QueueFull,
+        RetryRequested,
+        SandrunError,
+        StartupRefused,
+        StorageError,
+        SubmissionRejected,
+    )
+    from worker.logs import LEVELS, configure_logging
+    from worker.models import (
+        MAX_CPU_SECONDS,
+        MAX_MEMORY_MB,
+        MAX_TIMEOUT_SECONDS,
+        ErrorInfo,
+        Execution,
+        Job,
+        JobResult,
+        RetryPolicy,
+        WorkerInfo,
+    )
+    from worker.models.builder import JobBuilder
+    from worker.plugin.context import (
+        BuildContext,
+        ErrorContext,
+        ExecutionContext,
+        PluginContext,
+        PublishContext,
+        ResultContext,
+        SubmissionContext,
+        WorkerContext,
+    )
+    from worker.plugin.helpers import BasePlugin, with_logging, with_metrics
+    from worker.plugin.impl import HookImpl
+    from worker.plugin.loader import PluginSpec, parse_plugin_specs
+    from worker.plugin.manager import PluginEvent, PluginManager
+    from worker.plugin.spec import Plugin, PluginDependency, PluginManifest, hook
+    from worker.protocol import RUN_JOB, SUBMITTED_HEADER, Publication, job_queue
+    from worker.settings import Settings, load_settings
+    from worker.stores.deadletter import DeadLetter, DeadLetterStore
+    from worker.stores.storage import (
+        MemoryStorageBackend,
+        PluginStorage,
+        RedisStorageBackend,
+    )
 
     app: Celery
+    celery: Celery
 
 __all__ = [
     "LEVELS",
@@ -157,16 +160,58 @@ __all__ = [
     "with_metrics",
 ]
 
-#: Names imported on first use, because their modules import Celery.
-_LAZY = {"Sandrun": ("worker.client.client", "Sandrun"),
-         "JobExecution": ("worker.client.client", "JobExecution"),
-         "make_app": ("worker.broker.factory", "make_app"),
-         "cli_fail": ("worker.cli.common", "fail"),
-         "app": ("worker.node.app", "app"), "celery": ("worker.node.app", "app")}
+#: Where each public name lives, imported on first use by ``__getattr__``.
+_SOURCES: dict[str, tuple[str, ...]] = {
+    "worker.broker.embedded": ("ensure_broker_configured",),
+    "worker.broker.factory": ("make_app",),
+    "worker.broker.publisher": ("Publisher",),
+    "worker.broker.urls": ("is_redis", "kombu_url", "redis_client", "redis_url"),
+    "worker.client.client": ("JobExecution", "Sandrun"),
+    "worker.collector": ("InMemoryMetrics", "MetricsCollector"),
+    "worker.errors": (
+        "BrokerUnavailable", "ConfigurationError", "DuplicateDelivery", "InvalidJob",
+        "JobDeferred", "JobFailed", "JobRejected", "PaymentRejected", "PluginError",
+        "PublicationHeld", "QueueFull", "RetryRequested", "SandrunError", "StartupRefused",
+        "StorageError", "SubmissionRejected"),
+    "worker.logs": ("LEVELS", "configure_logging"),
+    "worker.models": (
+        "MAX_CPU_SECONDS", "MAX_MEMORY_MB", "MAX_TIMEOUT_SECONDS", "ErrorInfo", "Execution",
+        "Job", "JobResult", "RetryPolicy", "WorkerInfo"),
+    "worker.models.builder": ("JobBuilder",),
+    "worker.plugin.context": (
+        "BuildContext", "ErrorContext", "ExecutionContext", "PluginContext", "PublishContext",
+        "ResultContext", "SubmissionContext", "WorkerContext"),
+    "worker.plugin.helpers": ("BasePlugin", "with_logging", "with_metrics"),
+    "worker.plugin.impl": ("HookImpl",),
+    "worker.plugin.loader": ("PluginSpec", "parse_plugin_specs"),
+    "worker.plugin.manager": ("PluginEvent", "PluginManager"),
+    "worker.plugin.spec": ("Plugin", "PluginDependency", "PluginManifest", "hook"),
+    "worker.protocol": ("RUN_JOB", "SUBMITTED_HEADER", "Publication", "job_queue"),
+    "worker.settings": ("Settings", "load_settings"),
+    "worker.stores.deadletter": ("DeadLetter", "DeadLetterStore"),
+    "worker.stores.storage": ("MemoryStorageBackend", "PluginStorage", "RedisStorageBackend"),
+}
+#: public name -> (module, attribute); ``app`` and ``celery`` are what ``celery -A worker``
+#: looks up (in that order), both the app of ``worker.node.app``.
+_LAZY: dict[str, tuple[str, str]] = {
+    **{name: (module, name) for module, names in _SOURCES.items() for name in names},
+    "cli_fail": ("worker.cli.common", "fail"),
+    "app": ("worker.node.app", "app"),
+    "celery": ("worker.node.app", "app"),
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
+    """Import a public name on first use (PEP 562) and keep it, so that ``import worker``
+    costs nothing and each caller pays only for the wings it touches."""
+    try:
         module, attr = _LAZY[name]
-        return getattr(importlib.import_module(module), attr)
-    raise AttributeError(f"module 'worker' has no attribute {name!r}")
+    except KeyError:
+        raise AttributeError(f"module 'worker' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

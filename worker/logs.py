@@ -1,11 +1,18 @@
 """The one module that configures structlog (and stdlib logging) for a Sandrun process.
 
-The CLI calls :func:`configure_logging` for people at a terminal; the logging
-plugin calls it with its options in every process that hosts plugins. Celery's
-own records go through the same processors (structlog's ``ProcessorFormatter``
-on the root logger), so a worker's whole output is in one format. Events are
-snake_case names with key/value fields; while a task runs, job_id, task_id,
-attempt, queue and node are bound through contextvars by the task base class.
+The CLI calls :func:`defer_logging` for people at a terminal; the logging
+plugin calls :func:`configure_logging` with its options in every process that
+hosts plugins. Celery's own records go through the same processors (structlog's
+``ProcessorFormatter`` on the root logger), so a worker's whole output is in one
+format. Events are snake_case names with key/value fields; while a task runs,
+job_id, task_id, attempt, queue and node are bound through contextvars by the
+task base class.
+
+structlog is imported only when logging is configured: it imports rich (and
+rich imports pygments) when they are installed, a tenth of a second that a CLI
+command which logs nothing should not pay. Host code on the CLI's paths takes
+its loggers from :func:`get_logger`, whose first event applies a configuration
+:func:`defer_logging` left pending.
 
 In a worker whose logging Celery set up (no logging plugin), :func:`route_to_stdlib`
 hands structlog events to that setup, so they obey ``-l`` and come out in Celery's
@@ -18,10 +25,10 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
-import structlog
-from structlog.typing import EventDict, Processor
+if TYPE_CHECKING:
+    from structlog.typing import EventDict, Processor
 
 Format = Literal["json", "text", "structured", "console"]
 HANDLER_NAME = "sandrun"
@@ -30,6 +37,8 @@ LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
 
 
 def _renderer(fmt: Format) -> Processor:
+    import structlog
+
     if fmt == "json":
         return structlog.processors.JSONRenderer()
     if fmt == "text":
@@ -64,6 +73,10 @@ class _LineWriter:
 
 class _State:
     plugin_configured = False
+    #: The level :func:`defer_logging` was given, until logging is configured.
+    pending: str | None = None
+    #: The root logger's handlers and level before :func:`defer_logging`.
+    before: tuple[list[logging.Handler], int] = ([], logging.WARNING)
 
 
 def plugin_configured() -> bool:
@@ -78,8 +91,12 @@ def configure_logging(level: str = "warning", fmt: Format = "console",
     """Send structlog events and stdlib records (Celery's too) to ``outputs`` in ``fmt``.
 
     Replaces the root logger's handlers, so calling it again (in a forked pool
-    process, after Celery set up its own logging) leaves one configuration.
+    process, after Celery set up its own logging) leaves one configuration; it
+    also replaces a configuration :func:`defer_logging` left pending.
     """
+    import structlog
+
+    _State.pending = None
     numeric = LEVELS[level.lower()]
     common: list[Processor] = [structlog.processors.TimeStamper(fmt="iso", utc=True),
                                structlog.processors.StackInfoRenderer(),
@@ -98,25 +115,96 @@ def configure_logging(level: str = "warning", fmt: Format = "console",
                            structlog.stdlib.add_logger_name, *common],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                     _renderer(fmt)])
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
+    handlers = []
     for stream in streams:
         handler = logging.StreamHandler(stream)
         handler.set_name(HANDLER_NAME)
         handler.setFormatter(formatter)
+        handlers.append(handler)
+    _take_root(handlers, numeric)
+    _State.plugin_configured = _State.plugin_configured or by_plugin
+
+
+def _take_root(handlers: Sequence[logging.Handler], level: int) -> None:
+    """Make ``handlers`` the root logger's only ones, at ``level``, with warnings and
+    Celery's own loggers sent there too."""
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    for handler in handlers:
         root.addHandler(handler)
-    root.setLevel(numeric)
+    root.setLevel(level)
     logging.captureWarnings(True)
     for name in ("celery", "celery.task", "celery.redirected", "kombu", "billiard"):
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
-    _State.plugin_configured = _State.plugin_configured or by_plugin
-    for name in ("celery", "celery.task", "celery.redirected", "kombu", "billiard"):
-        logger = logging.getLogger(name)
-        logger.handlers.clear()
-        logger.propagate = True
+
+
+class _ConfigureOnFirstRecord(logging.Handler):
+    """The root handler :func:`defer_logging` leaves: the first record that passes the
+    level configures logging, then goes to the handlers that configuration made."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        apply_deferred_logging()
+        for handler in logging.getLogger().handlers:
+            if handler is not self and record.levelno >= handler.level:
+                handler.handle(record)
+
+
+def defer_logging(level: str = "warning") -> None:
+    """Configure logging as ``configure_logging(level)`` does, but only once something
+    logs: a stdlib record at ``level`` or above, a logger from :func:`get_logger`
+    used, or :func:`apply_deferred_logging` (``resolve_ref`` calls it before it
+    imports a plugin, which may use structlog directly). For the CLI, so that a
+    command which logs nothing does not import structlog. :func:`cancel_deferred_logging`
+    undoes it if nothing logged."""
+    root = logging.getLogger()
+    if _State.pending is None:
+        _State.before = (list(root.handlers), root.level)
+    _State.pending = level
+    _take_root([_ConfigureOnFirstRecord()], LEVELS[level.lower()])
+
+
+def apply_deferred_logging() -> None:
+    """Configure now what :func:`defer_logging` deferred; nothing when nothing is pending."""
+    if _State.pending is not None:
+        configure_logging(_State.pending)
+
+
+def cancel_deferred_logging() -> None:
+    """Give the root logger back the handlers it had before :func:`defer_logging`, if
+    nothing logged since: the CLI calls it when a command ends, so that a command run
+    in-process (``CliRunner``) leaves no configuration pending for later code."""
+    if _State.pending is None:
+        return
+    _State.pending = None
+    handlers, level = _State.before
+    _take_root(handlers, level)
+
+
+class _FirstUseLogger:
+    """A structlog logger made (and logging configured, if deferred) on first use."""
+
+    def __init__(self, name: str, bound: dict[str, Any]) -> None:
+        self._name, self._bound = name, bound
+        self._logger: Any = None
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("_"):  # copy and pickle probe for hooks before __init__ ran
+            raise AttributeError(attr)
+        apply_deferred_logging()  # on every use: a later command may defer again
+        if self._logger is None:
+            import structlog
+
+            self._logger = structlog.get_logger(self._name, **self._bound)
+        return getattr(self._logger, attr)
+
+
+def get_logger(name: str, **bound: Any) -> Any:
+    """``structlog.get_logger(name, **bound)``, imported and made when first used (structlog's
+    own ``get_logger`` is typed ``Any`` too)."""
+    return _FirstUseLogger(name, bound)
 
 
 def _one_line(_: Any, __: str, event_dict: EventDict
@@ -134,6 +222,8 @@ def _one_line(_: Any, __: str, event_dict: EventDict
 
 def _context_first(_: Any, __: str, event_dict: EventDict) -> EventDict:
     """The bound context (job_id, task_id, ...) before the event's own fields."""
+    import structlog  # configured already when this processor runs
+
     return {**structlog.contextvars.get_contextvars(), **event_dict}
 
 
@@ -147,6 +237,8 @@ def route_to_stdlib() -> None:
     exception with the local variables of every frame: a job's code, env and output."""
     if _State.plugin_configured:
         return
+    import structlog  # here: importing worker.logs does not import structlog
+
     structlog.configure(
         processors=[structlog.stdlib.filter_by_level, _context_first, _one_line],
         logger_factory=structlog.stdlib.LoggerFactory(),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -135,6 +136,16 @@ def health_file(settings: Settings, kind: str, hostname: str | None = None) -> P
         raise ConfigurationError(f"{len(found)} workers keep {kind} files in {folder}; set "
                                  f"SANDRUN_{kind.upper()}_FILE to the one to check")
     return found[0] if found else folder / f"<none>.{kind}"
+
+
+def file_age(path: Path) -> float | None:
+    """Seconds since ``path`` was last touched, or None when it does not exist (how old
+    a health file is; here rather than in ``worker.node.health`` so that the probes
+    need not import Celery)."""
+    try:
+        return time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return None
 
 
 def load_settings() -> Settings:

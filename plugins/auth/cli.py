@@ -6,6 +6,8 @@ Contributed to the ``sandrun`` command through the entry-point group
 A key is a key id and a random secret (for workers' ``keys``/``keys_file`` and a
 producer's ``hmac`` or ``static`` provider); a wallet is an Ed25519 private key
 in a PEM file readable by its owner only, whose address the command prints.
+cryptography is imported when a wallet is made: ``sandrun --help`` imports this
+module to list ``auth``.
 """
 
 from __future__ import annotations
@@ -17,8 +19,6 @@ import secrets
 from pathlib import Path
 
 import click
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from worker import ConfigurationError
 from worker import cli_fail as fail
@@ -41,6 +41,9 @@ def new_key(key_id: str | None) -> None:
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 def new_wallet(path: Path) -> None:
     """Write a new Ed25519 wallet to PATH (mode 0600) and print its address."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())

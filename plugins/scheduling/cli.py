@@ -13,27 +13,29 @@ import signal
 import socket
 import threading
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import click
 
-from plugins.scheduling.plugin import BEAT_HOOK
-from worker import (
-    ConfigurationError,
-    PluginManager,
-    RedisStorageBackend,
-    SandrunError,
-    WorkerContext,
-    cli_fail,
-    ensure_broker_configured,
-    load_settings,
-    parse_plugin_specs,
-    redis_client,
-)
+from plugins.scheduling.hooks import BEAT_HOOK
+from worker import ConfigurationError, SandrunError, cli_fail
+
+if TYPE_CHECKING:
+    from worker import PluginManager
 
 
 def _beat_manager() -> PluginManager:
     """The configured plugins, loaded as in a worker (Redis storage); one must implement
     the beat hook."""
+    from worker import (
+        PluginManager,
+        RedisStorageBackend,
+        ensure_broker_configured,
+        load_settings,
+        parse_plugin_specs,
+        redis_client,
+    )
+
     ensure_broker_configured()
     settings = load_settings()
     url = os.environ["SANDRUN_BROKER_URL"]
@@ -58,6 +60,8 @@ def beat_command(interval: float, once: bool) -> None:
     plugins (the scheduling plugin's process_queue publishes held jobs that are due and
     moves fair queues). Runs no jobs and holds no worker slot; several beats may run at
     once (each job is claimed by one), so run one per host for redundancy."""
+    from worker import WorkerContext
+
     try:
         manager = _beat_manager()
     except SandrunError as exc:

@@ -50,6 +50,7 @@ from dataclasses import replace
 from typing import Any, NoReturn
 
 from plugins.scheduling.config import HOLD_PRIORITY, SchedulingConfig, celery_priority
+from plugins.scheduling.hooks import BEAT_HOOK
 from plugins.scheduling.leases import LeaseKeeper, Semaphore
 from plugins.scheduling.store import Connections, SchedulingStore, load_publication
 from worker import (
@@ -75,9 +76,6 @@ from worker import (
     job_queue,
     load_settings,
 )
-
-#: The custom hook ``sandrun beat`` calls every interval (here: ``process_queue``).
-BEAT_HOOK = "on_beat"
 
 
 class SchedulingPlugin(BasePlugin):

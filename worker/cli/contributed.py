@@ -11,17 +11,22 @@ commands keep working.
 
 from __future__ import annotations
 
+import functools
 from importlib.metadata import EntryPoint, entry_points
 
 import click
 
 from worker.cli.common import fail
+from worker.cli.lazy import LazyGroup
 from worker.errors import ConfigurationError
 
 GROUP = "sandrun.commands"
 
 
+@functools.cache
 def _entry_points() -> dict[str, EntryPoint]:
+    """The group's entry points, read once per process: each read scans the metadata of
+    every installed distribution, and ``--help`` asks once per command."""
     return {ep.name: ep for ep in entry_points(group=GROUP)}
 
 
@@ -47,8 +52,9 @@ def load_command(ep: EntryPoint) -> click.Command:
     return command
 
 
-class ContributedGroup(click.Group):
-    """The ``sandrun`` group: built-in commands plus the contributed ones."""
+class ContributedGroup(LazyGroup):
+    """The ``sandrun`` group: built-in commands (imported when asked for) plus the
+    contributed ones."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *_entry_points()})

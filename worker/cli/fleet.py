@@ -1,27 +1,35 @@
-"""``sandrun workers`` and ``sandrun dead list|show|replay``: watching the fleet."""
+"""``sandrun workers`` and ``sandrun dead list|show|replay``: watching the fleet.
+
+Every command talks to the broker; the stores, the models and rich are imported
+inside them, so that ``sandrun --help`` does not pay for them.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
+from typing import TYPE_CHECKING
 
 import click
-from rich.table import Table
 
-from worker.broker.urls import is_redis, redis_client
 from worker.cli.common import EXIT_JOB_FAILED, console, fail
 from worker.cli.jobs import client
-from worker.client.client import Sandrun
 from worker.errors import ConfigurationError, SandrunError
-from worker.models import Job
-from worker.stores import registry
-from worker.stores.deadletter import DeadLetter, dead_letter_store_for
+
+if TYPE_CHECKING:
+    from worker.client.client import Sandrun
+    from worker.stores.deadletter import DeadLetter
 
 
 @click.command()
 @click.option("--timeout", default=2.0, show_default=True, help="Seconds to wait for replies.")
 def workers(timeout: float) -> None:
     """List live workers: queues, concurrency and metrics URL."""
+    from rich.table import Table
+
+    from worker.broker.urls import is_redis, redis_client
+    from worker.stores import registry
+
     with client() as sandrun:
         backend = str(sandrun.app.conf.result_backend)
         if not is_redis(backend):
@@ -40,7 +48,7 @@ def workers(timeout: float) -> None:
         table.add_row(name, ", ".join(info.queues) if info else "?",
                       str(info.concurrency) if info else "?",
                       (info.extra.get("metrics_url", "-") if info else "-"))
-    console.print(table)
+    console().print(table)
 
 
 @click.group()
@@ -53,6 +61,10 @@ def dead() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON letter per line.")
 def dead_list(limit: int, as_json: bool) -> None:
     """Newest dead letters first."""
+    from rich.table import Table
+
+    from worker.stores.deadletter import dead_letter_store_for
+
     with client() as sandrun:
         letters = dead_letter_store_for(str(sandrun.app.conf.result_backend)).list(limit)
     if as_json:
@@ -65,13 +77,15 @@ def dead_list(limit: int, as_json: bool) -> None:
     for letter in letters:
         table.add_row(letter.id, letter.task, str(len(letter.attempts)), letter.source,
                       letter.reason, letter.dead_at.isoformat(timespec="seconds"))
-    console.print(table)
+    console().print(table)
 
 
 @dead.command("show")
 @click.argument("letter_id")
 def dead_show(letter_id: str) -> None:
     """One dead letter with its whole attempt history, as JSON."""
+    from worker.stores.deadletter import dead_letter_store_for
+
     with client() as sandrun:
         letter = dead_letter_store_for(str(sandrun.app.conf.result_backend)).get(letter_id)
     if letter is None:
@@ -85,6 +99,8 @@ def replay_letter(sandrun: Sandrun, letter: DeadLetter) -> str:
         raise SandrunError("it is a message the worker could not decode or did not know; "
                            "fix the producer and send it again (its raw body is in "
                            "'sandrun dead show')")
+    from worker.models import Job
+
     sandrun.app.backend.forget(letter.id)
     if letter.job is not None:
         return sandrun.submit(Job.model_validate(letter.job)).id
@@ -100,6 +116,8 @@ def dead_replay(letter_id: str | None, replay_all: bool) -> None:
     """Submit dead jobs again; each replayed letter is removed from the store."""
     if bool(letter_id) == replay_all:
         raise click.UsageError("give a dead letter ID or --all")
+    from worker.stores.deadletter import dead_letter_store_for
+
     failures = 0
     with client() as sandrun:
         store = dead_letter_store_for(str(sandrun.app.conf.result_backend))
@@ -112,7 +130,7 @@ def dead_replay(letter_id: str | None, replay_all: bool) -> None:
                 new_id = replay_letter(sandrun, letter)
             except SandrunError as exc:
                 failures += 1
-                console.print(f"[red]{letter.id}: not replayed: {exc}[/]", highlight=False)
+                console().print(f"[red]{letter.id}: not replayed: {exc}[/]", highlight=False)
                 continue
             store.remove(letter.id)
             click.echo(f"replayed {letter.id} as {new_id}")

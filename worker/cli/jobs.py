@@ -1,4 +1,9 @@
-"""``sandrun submit|status|result|logs|cancel|download``: producing and following jobs."""
+"""``sandrun submit|status|result|logs|cancel|download``: producing and following jobs.
+
+The client (Celery, kombu, redis), the models and rich are imported inside the
+commands, so that ``sandrun --help`` and the commands of other modules, which
+import this one for :func:`client`, do not pay for them.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +12,30 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from rich.progress import Progress
 
-from worker.cli.common import EXIT_JOB_FAILED, EXIT_OK, console, fail
-from worker.client.client import JobExecution, Sandrun
+from worker.cli.common import EXIT_JOB_FAILED, EXIT_OK, console, fail, set_up_uncollected
 from worker.errors import SandrunError
-from worker.models import JobResult
-from worker.models.jobdir import manifest_fields
+
+if TYPE_CHECKING:
+    from worker.client.client import JobExecution, Sandrun
+    from worker.models import JobResult
+
+
+def _make_client() -> Sandrun:
+    from worker.client.client import Sandrun
+
+    return Sandrun.create()
 
 
 @contextmanager
 def client() -> Iterator[Sandrun]:
-    """A client from the environment; errors become clean exits."""
+    """A client from the environment, made without collecting the objects its imports
+    make (they live as long as the command); errors become clean exits."""
     try:
-        with Sandrun.create() as made:
+        with set_up_uncollected(_make_client) as made, made:
             yield made
     except SandrunError as exc:
         fail(exc)
@@ -34,18 +47,21 @@ def print_result(res: JobResult, as_json: bool) -> None:
         click.echo(res.model_dump_json())
         return
     detail = f"exit {res.exit_code}" if res.exit_code is not None else (res.outcome or "")
-    console.print(f"{res.id}  [bold]{res.status}[/]  {detail}  "
-                  f"{res.execution_time or 0:.2f}s", highlight=False)
+    # click, not rich: the one styled word is not worth importing rich for
+    click.echo(f"{res.id}  {click.style(res.status, bold=True)}  {detail}  "
+               f"{res.execution_time or 0:.2f}s")
     if res.error:
-        console.print(f"  {res.error.type}: {res.error.message}", highlight=False)
+        click.echo(f"  {res.error.type}: {res.error.message}")
 
 
 def wait_all(runs: list[JobExecution], timeout: float | None, quiet: bool) -> list[JobResult]:
     """Wait for every run, with a progress bar when there are several and output is for people."""
     if quiet or len(runs) == 1:
         return [run.wait(timeout) for run in runs]
+    from rich.progress import Progress
+
     results = []
-    with Progress(console=console, transient=True) as progress:
+    with Progress(console=console(), transient=True) as progress:
         task = progress.add_task("waiting for jobs", total=len(runs))
         for run in runs:
             results.append(run.wait(timeout))
@@ -74,7 +90,10 @@ def submit(*, paths: tuple[Path, ...], code: str | None, interpreter: str | None
             if code is not None:
                 builder = sandrun.job().code(code).args(list(args))
                 builders.append(builder.interpreter(interpreter) if interpreter else builder)
-            builders += [sandrun.job().with_fields(manifest_fields(p)) for p in paths]
+            if paths:
+                from worker.models.jobdir import manifest_fields
+
+                builders += [sandrun.job().with_fields(manifest_fields(p)) for p in paths]
             if timeout is not None:
                 builders = [b.timeout(timeout) for b in builders]
             runs = [b.submit() for b in builders]

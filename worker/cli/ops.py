@@ -1,4 +1,9 @@
-"""``sandrun worker|flower|beat|broker|demo``: running the fleet."""
+"""``sandrun worker|flower|probe|broker|demo``: running the fleet.
+
+Each command imports what it uses when it runs: the probes read the settings and
+a health file and import no Celery, the broker commands need redis, and
+``sandrun worker`` checks the plugins before it becomes ``celery worker``.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +12,8 @@ import sys
 
 import click
 
-from worker.broker.embedded import ensure_broker_configured, stop_redis
-from worker.broker.urls import is_redis
 from worker.cli.common import EXIT_OK, console, fail
 from worker.errors import ConfigurationError, SandrunError
-from worker.node.health import age
-from worker.plugin.loader import parse_plugin_specs
-from worker.plugin.manager import PluginManager
-from worker.sandbox.gpu import detect_gpus, worker_queues
-from worker.settings import check_visibility_timeout, health_file, load_settings
-
-#: The custom hook ``sandrun beat`` dispatches (the scheduling plugin releases held jobs).
 
 
 def worker_argv(concurrency: int | None, queues: list[str], hostname: str | None,
@@ -44,6 +40,13 @@ def worker_command(concurrency: int | None, queues: str | None, hostname: str | 
                    loglevel: str, pool: str | None) -> None:
     """Start a Celery worker with the configured plugins, consuming GPU queues only
     when this host has GPUs (nvidia-smi or SANDRUN_GPUS)."""
+    from worker.broker.embedded import ensure_broker_configured
+    from worker.broker.urls import is_redis
+    from worker.plugin.loader import parse_plugin_specs
+    from worker.plugin.manager import PluginManager
+    from worker.sandbox.gpu import detect_gpus, worker_queues
+    from worker.settings import check_visibility_timeout, load_settings
+
     try:
         settings = load_settings()
         ensure_broker_configured()
@@ -71,6 +74,8 @@ def flower_command(port: int, address: str) -> None:
         fail(ConfigurationError("set FLOWER_BASIC_AUTH=user:password (comma-separated for "
                                 "several users); Flower can revoke jobs, so it is never "
                                 "served without authentication"))
+    from worker.broker.embedded import ensure_broker_configured
+
     try:
         ensure_broker_configured()
     except SandrunError as exc:
@@ -90,8 +95,10 @@ def probe() -> None:
               help="Seconds since the last heartbeat after which the worker is dead.")
 def probe_live(max_age: float) -> None:
     """Healthy while the worker's heartbeat file is fresh."""
+    from worker.settings import file_age, health_file, load_settings
+
     try:
-        seconds = age(health_file(load_settings(), "heartbeat"))
+        seconds = file_age(health_file(load_settings(), "heartbeat"))
     except SandrunError as exc:
         fail(exc)
     if seconds is None or seconds > max_age:
@@ -103,8 +110,10 @@ def probe_live(max_age: float) -> None:
 @probe.command("ready")
 def probe_ready() -> None:
     """Healthy once the worker is connected and consuming."""
+    from worker.settings import file_age, health_file, load_settings
+
     try:
-        ready = age(health_file(load_settings(), "ready"))
+        ready = file_age(health_file(load_settings(), "ready"))
     except SandrunError as exc:
         fail(exc)
     if ready is None:
@@ -121,6 +130,9 @@ def broker() -> None:
 @broker.command("stop")
 def broker_stop() -> None:
     """Stop the embedded redis-server of the state directory."""
+    from worker.broker.embedded import stop_redis
+    from worker.settings import load_settings
+
     settings = load_settings()
     stopped = stop_redis(settings.state_dir)
     click.echo("stopped" if stopped else "no embedded broker was running")
@@ -129,6 +141,8 @@ def broker_stop() -> None:
 @broker.command("url")
 def broker_url() -> None:
     """Print the broker URL this machine's Sandrun processes use (starting the embedded one)."""
+    from worker.broker.embedded import ensure_broker_configured
+
     try:
         ensure_broker_configured()
     except SandrunError as exc:
@@ -143,7 +157,7 @@ def demo(workers: int) -> None:
     from worker.cli.demo import run_demo
 
     try:
-        code = run_demo(console, workers)
+        code = run_demo(console(), workers)
     except SandrunError as exc:
         fail(exc)
     sys.exit(code or EXIT_OK)

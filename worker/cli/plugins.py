@@ -1,18 +1,22 @@
-"""``sandrun plugins list|show|schema``: installed entry points and ``SANDRUN_PLUGINS``."""
+"""``sandrun plugins list|show|schema``: installed entry points and ``SANDRUN_PLUGINS``.
+
+The plugin host and rich are imported inside the commands (``sandrun --help``
+does not pay for them); none of them imports Celery, unless a plugin does.
+"""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.table import Table
 
 from worker.cli.common import configured_specs, console, fail
 from worker.errors import SandrunError
-from worker.plugin.loader import available_entry_points, resolve_ref
-from worker.plugin.manager import PluginManager
-from worker.plugin.validation import CheckedPlugin, check_config, check_plugin
+
+if TYPE_CHECKING:
+    from worker.plugin.manager import PluginManager
+    from worker.plugin.validation import CheckedPlugin
 
 
 @click.group()
@@ -21,6 +25,9 @@ def plugins() -> None:
 
 
 def _checked(ref: str) -> tuple[CheckedPlugin, Any]:
+    from worker.plugin.loader import resolve_ref
+    from worker.plugin.validation import check_config, check_plugin
+
     specs = {str(s.ref): s for s in configured_specs()}
     checked = check_plugin(resolve_ref(ref), _all_custom_hooks())
     config = check_config(checked.name, checked.config_model,
@@ -29,6 +36,8 @@ def _checked(ref: str) -> tuple[CheckedPlugin, Any]:
 
 
 def _all_custom_hooks() -> set[str]:
+    from worker.plugin.loader import resolve_ref
+
     hooks: set[str] = set()
     for spec in configured_specs():
         hooks.update(getattr(resolve_ref(spec.ref), "custom_hooks", ()))
@@ -37,6 +46,8 @@ def _all_custom_hooks() -> set[str]:
 
 def print_plan(manager: PluginManager) -> None:
     """Print loaded plugins and, per hook, the handlers in call order."""
+    from rich.table import Table
+
     table = Table(title="Loaded plugins")
     for column in ("plugin", "version", "priority", "hooks", "config"):
         table.add_column(column, overflow="fold")
@@ -44,7 +55,7 @@ def print_plan(manager: PluginManager) -> None:
         config = item.config.model_dump_json() if item.config is not None else "-"
         table.add_row(item.checked.name, str(item.checked.version), str(item.checked.priority),
                       ", ".join(item.checked.hooks) or "-", config)
-    console.print(table)
+    console().print(table)
     plan = Table(title="Hook plan (call order)")
     plan.add_column("hook")
     plan.add_column("handlers, first to last")
@@ -52,13 +63,18 @@ def print_plan(manager: PluginManager) -> None:
         plan.add_row(hook_name, " -> ".join(
             f"{e.plugin}({e.priority}{', once' if e.once else ''}{', async' if e.is_async else ''})"
             for e in entries))
-    console.print(plan)
+    console().print(plan)
 
 
 @plugins.command("list")
 @click.option("--plan", is_flag=True, help="Load SANDRUN_PLUGINS and print the hook plan.")
 def plugins_list(plan: bool) -> None:
     """List installed plugins and whether SANDRUN_PLUGINS enables them."""
+    from rich.table import Table
+
+    from worker.plugin.loader import available_entry_points, resolve_ref
+    from worker.plugin.manager import PluginManager
+
     try:
         configured = {str(s.ref) for s in configured_specs()}
         table = Table(title="Installed plugins (entry-point group sandrun.plugins)")
@@ -69,7 +85,7 @@ def plugins_list(plan: bool) -> None:
             description = plugin.manifest.description if plugin.manifest else ""
             table.add_row(name, plugin.version, "yes" if name in configured else "no",
                           ep.value, description)
-        console.print(table)
+        console().print(table)
         if plan:
             manager = PluginManager()
             manager.load_all(configured_specs())
@@ -88,6 +104,8 @@ def plugins_show(name: str) -> None:
     except SandrunError as exc:
         fail(exc)
         return
+    from rich.table import Table
+
     manifest = checked.plugin.manifest
     rows = [("name", checked.name), ("version", str(checked.version)),
             ("class", f"{type(checked.plugin).__module__}:{type(checked.plugin).__qualname__}"),
@@ -106,13 +124,16 @@ def plugins_show(name: str) -> None:
     table = Table(show_header=False)
     for key, value in rows:
         table.add_row(key, value)
-    console.print(table)
+    console().print(table)
 
 
 @plugins.command("schema")
 @click.argument("name")
 def plugins_schema(name: str) -> None:
     """Print the JSON schema of a plugin's configuration."""
+    from worker.plugin.loader import resolve_ref
+    from worker.plugin.validation import check_plugin
+
     try:
         checked = check_plugin(resolve_ref(name), _all_custom_hooks())
     except SandrunError as exc:

@@ -11,7 +11,6 @@ it is connected again.
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +24,6 @@ def touch(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch()
     os.utime(path)
-
-
-def age(path: Path) -> float | None:
-    """Seconds since ``path`` was last touched, or None when it does not exist."""
-    try:
-        return time.time() - path.stat().st_mtime
-    except FileNotFoundError:
-        return None
 
 
 class HealthFiles(bootsteps.StartStopStep):

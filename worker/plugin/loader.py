@@ -24,6 +24,7 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from worker.errors import ConfigurationError, PluginNotFound
+from worker.logs import apply_deferred_logging
 from worker.plugin.spec import Plugin
 
 ENTRY_POINT_GROUP = "sandrun.plugins"
@@ -80,7 +81,11 @@ def _import_attr(ref: str) -> Any:
 
 
 def resolve_ref(ref: PluginRef) -> Plugin:
-    """Return the plugin instance a reference names, or raise PluginNotFound."""
+    """Return the plugin instance a reference names, or raise PluginNotFound.
+
+    Logging a command left pending is configured first: plugin code may log through
+    structlog directly, which would otherwise print with structlog's defaults."""
+    apply_deferred_logging()
     if not isinstance(ref, str):
         return _instantiate(ref, repr(ref))
     if ":" in ref:

@@ -17,8 +17,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
-
 from worker.collector import InMemoryMetrics, MetricsCollector
 from worker.errors import (
     ConfigurationError,
@@ -29,6 +27,7 @@ from worker.errors import (
     PluginNotLoaded,
     UnloadRefused,
 )
+from worker.logs import get_logger
 from worker.plugin import dispatch
 from worker.plugin.context import PluginContext
 from worker.plugin.deps import resolve
@@ -42,7 +41,7 @@ from worker.stores.deadletter import DeadLetterStore
 from worker.stores.storage import MemoryStorageBackend, StorageBackend
 
 EVENTS = ("plugin_loaded", "plugin_unloaded", "hook_error")
-log = structlog.get_logger("sandrun.plugins")
+log = get_logger("sandrun.plugins")
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +165,7 @@ class PluginManager(HookCalls):
     def _start(self, item: CheckedPlugin, config: Any) -> None:
         context = PluginContext(
             name=item.name, config=config, metrics=self.metrics,
-            logger=structlog.get_logger("sandrun.plugin", plugin=item.name),
+            logger=get_logger("sandrun.plugin", plugin=item.name),
             storage=self.storage.for_plugin(item.name), dead_letters=self.dead_letters,
             install_metrics=self.install_metrics, time_hooks=self.time_hooks)
         try:

@@ -15,12 +15,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from pydantic import BaseModel, ConfigDict, Field
 
 from worker.errors import InvalidPlugin
 
 if TYPE_CHECKING:
+    from packaging.specifiers import SpecifierSet
+
     from worker.models import Execution, Job, JobResult, WorkerInfo
     from worker.models.builder import JobBuilder
     from worker.plugin.context import (
@@ -91,6 +92,10 @@ class PluginDependency:
         if not NAME_PATTERN.match(self.name):
             raise InvalidPlugin(f"dependency name {self.name!r} is not a valid plugin name")
         if self.version is not None:
+            # here, not at the top: it imports packaging.tags (and subprocess), which
+            # only plugins that declare versioned dependencies need
+            from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
             try:
                 SpecifierSet(self.version)
             except InvalidSpecifier as exc:
@@ -101,6 +106,8 @@ class PluginDependency:
     @property
     def specifier(self) -> SpecifierSet:
         """The version requirement (empty: any version)."""
+        from packaging.specifiers import SpecifierSet
+
         return SpecifierSet(self.version or "")
 
 
