@@ -68,6 +68,7 @@ from worker.plugin.spec import Plugin, PluginDependency, PluginManifest, hook
 from worker.protocol import RUN_JOB, SUBMITTED_HEADER, Publication, job_queue
 from worker.settings import Settings, load_settings
 from worker.stores.deadletter import DeadLetter, DeadLetterStore
+from worker.stores.ops import Get, Incr, Set, SetDefault
 from worker.stores.storage import (
     MemoryStorageBackend,
     PluginStorage,
@@ -101,8 +102,10 @@ __all__ = [
     "ErrorInfo",
     "Execution",
     "ExecutionContext",
+    "Get",
     "HookImpl",
     "InMemoryMetrics",
+    "Incr",
     "InvalidJob",
     "Job",
     "JobBuilder",
@@ -134,6 +137,8 @@ __all__ = [
     "RetryRequested",
     "Sandrun",
     "SandrunError",
+    "Set",
+    "SetDefault",
     "Settings",
     "StartupRefused",
     "StorageError",

@@ -1,8 +1,10 @@
 """Per-plugin key/value storage, namespaced by plugin name.
 
 A plugin gets ``context.storage``: ``get``, ``set`` (optional TTL in seconds),
-``delete``, ``incr`` and ``keys``. Values are anything JSON can hold; integers
-are stored as their decimal text, so ``incr`` works on values written by ``set``.
+``delete``, ``incr`` and ``keys``, and ``batch`` to run several operations
+(:class:`Get`, :class:`Set`, :class:`SetDefault`, :class:`Incr`) as one atomic step
+in one round trip. Values are anything JSON can hold; integers are stored as their
+decimal text, so ``incr`` works on values written by ``set``.
 
 Two backends: :class:`MemoryStorageBackend` (one process; tests, producers) and
 :class:`RedisStorageBackend` (keys under ``sandrun:plugin:<name>:``), which is
@@ -24,8 +26,13 @@ import redis
 
 from worker.broker.policies import storage_policy
 from worker.errors import StorageError
+from worker.stores.ops import Get, Incr, Op, Set, SetDefault
 
 KEY_PREFIX = "sandrun:plugin:"
+#: One policy object for every call: tenacity keeps its per-call state per thread, and
+#: building a policy costs as much as the Redis call it guards.
+_POLICY = storage_policy()
+_MISSING = object()
 
 
 def _encode(value: Any) -> str:
@@ -39,6 +46,12 @@ def _encode(value: Any) -> str:
 def _check_ttl(ttl: float | None) -> None:
     if ttl is not None and ttl <= 0:
         raise StorageError(f"ttl must be a positive number of seconds, got {ttl!r}")
+
+
+def _px(ttl: float | None) -> int | None:
+    """A checked TTL in Redis's milliseconds (at least 1)."""
+    _check_ttl(ttl)
+    return None if ttl is None else max(1, int(ttl * 1000))
 
 
 class PluginStorage(ABC):
@@ -67,6 +80,28 @@ class PluginStorage(ABC):
     def keys(self, pattern: str = "*") -> list[str]:
         """Keys of this namespace matching a glob ``pattern``, sorted."""
 
+    def batch(self, *ops: Op) -> list[Any]:
+        """Run ``ops`` in order as one step and give each one's result, in order.
+
+        The built-in backends run them atomically (no other call sees a state between
+        two of them) and, on Redis, in one round trip. An :class:`Incr` of a key that
+        holds no integer raises StorageError (on Redis, the other operations still
+        apply). This default, for other backends, runs them one call at a time."""
+        return [self._one(op) for op in ops]
+
+    def _one(self, op: Op) -> Any:
+        if isinstance(op, Get):
+            return self.get(op.key, op.default)
+        if isinstance(op, Set):
+            return self.set(op.key, op.value, op.ttl)
+        if isinstance(op, Incr):
+            return self.incr(op.key, op.amount, op.ttl)
+        current = self.get(op.key, _MISSING)
+        if current is _MISSING:
+            self.set(op.key, op.value, op.ttl)
+            return op.value
+        return current
+
 
 class StorageBackend(ABC):
     """Makes the storage of one plugin."""
@@ -81,7 +116,7 @@ class MemoryStorage(PluginStorage):
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._data: dict[str, tuple[str, float | None]] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered by batch
         self._clock = clock
 
     def _live(self, key: str) -> str | None:
@@ -126,6 +161,10 @@ class MemoryStorage(PluginStorage):
             return sorted(k for k in list(self._data)
                           if fnmatch.fnmatchcase(k, pattern) and self._live(k) is not None)
 
+    def batch(self, *ops: Op) -> list[Any]:
+        with self._lock:
+            return super().batch(*ops)
+
 
 class MemoryStorageBackend(StorageBackend):
     """Namespaces held in this process; the same name gives the same namespace."""
@@ -147,7 +186,7 @@ class RedisStorage(PluginStorage):
 
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
         try:
-            return storage_policy()(fn)
+            return _POLICY(fn)
         except redis.RedisError as exc:
             raise StorageError(f"plugin storage {what} failed on Redis ({exc}); check that "
                                "Redis is reachable at the configured URL") from exc
@@ -157,9 +196,7 @@ class RedisStorage(PluginStorage):
         return default if raw is None else json.loads(raw)
 
     def set(self, key: str, value: Any, ttl: float | None = None) -> None:
-        _check_ttl(ttl)
-        raw = _encode(value)
-        px = None if ttl is None else max(1, int(ttl * 1000))
+        px, raw = _px(ttl), _encode(value)
         self._call("set", lambda: self._client.set(self.prefix + key, raw, px=px))
 
     def delete(self, key: str) -> bool:
@@ -169,8 +206,8 @@ class RedisStorage(PluginStorage):
         _check_ttl(ttl)
         try:
             if ttl is None:
-                return int(storage_policy()(self._client.incrby, self.prefix + key, amount))
-            return int(storage_policy()(self._incr_expiring, self.prefix + key, amount, ttl))
+                return int(_POLICY(self._client.incrby, self.prefix + key, amount))
+            return int(_POLICY(self._incr_expiring, self.prefix + key, amount, ttl))
         except redis.ResponseError as exc:
             raise StorageError(f"cannot incr key {key!r}: it does not hold an integer") from exc
         except redis.RedisError as exc:
@@ -182,6 +219,46 @@ class RedisStorage(PluginStorage):
         pipe.set(key, 0, nx=True, px=max(1, int(ttl * 1000)))
         pipe.incrby(key, amount)
         return int(pipe.execute()[1])
+
+    def batch(self, *ops: Op) -> list[Any]:
+        """One MULTI/EXEC: every operation in one atomic round trip."""
+        queued = [(op, _px(getattr(op, "ttl", None)),
+                   _encode(op.value) if isinstance(op, Set | SetDefault) else "")
+                  for op in ops]  # refuse bad TTLs and values before anything is sent
+
+        def run() -> list[Any]:
+            pipe = self._client.pipeline(transaction=True)
+            for op, px, raw in queued:
+                key = self.prefix + op.key
+                if isinstance(op, Get):
+                    pipe.get(key)
+                elif isinstance(op, Set):
+                    pipe.set(key, raw, px=px)
+                elif isinstance(op, SetDefault):
+                    pipe.set(key, raw, nx=True, px=px).get(key)
+                else:
+                    if px is not None:  # as incr: a key this creates gets the expiry
+                        pipe.set(key, 0, nx=True, px=px)
+                    pipe.incrby(key, op.amount)
+            return list(pipe.execute(raise_on_error=False))
+
+        replies = self._call("batch", run)
+        return [self._result(op, px, replies) for op, px, _ in queued]
+
+    @staticmethod
+    def _result(op: Op, px: int | None, replies: list[Any]) -> Any:
+        """The result of ``op``, taken from the front of the batch's ``replies``."""
+        if isinstance(op, SetDefault) or (isinstance(op, Incr) and px is not None):
+            replies.pop(0)  # the SET's own reply
+        reply = replies.pop(0)
+        if isinstance(reply, redis.ResponseError):
+            raise StorageError(f"cannot incr key {op.key!r}: it does not hold an integer")
+        if isinstance(op, Incr):
+            return int(reply)
+        if isinstance(op, Set):
+            return None
+        default = op.default if isinstance(op, Get) else None
+        return default if reply is None else json.loads(reply)
 
     def keys(self, pattern: str = "*") -> list[str]:
         def scan() -> list[str]:
