@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import re
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -33,6 +34,42 @@ KEY_PREFIX = "sandrun:plugin:"
 #: building a policy costs as much as the Redis call it guards.
 _POLICY = storage_policy()
 _MISSING = object()
+#: KEYS: one per operation. ARGV: three per operation, its code, its value (an Incr's
+#: amount) and its TTL in ms ("" for none). A SET NX before INCRBY gives a counter this
+#: creates its expiry; "false" replies are nil. A key that holds no integer stops the
+#: script with "NOTINT <operation number>" (the operations before it stay applied).
+_BATCH = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local op, value, px = ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i]
+  if op == 'get' then
+    out[i] = redis.call('GET', key)
+  elseif op == 'incr' then
+    if px ~= '' then redis.call('SET', key, 0, 'NX', 'PX', px) end
+    local ok, n = pcall(redis.call, 'INCRBY', key, value)
+    if not ok then return redis.error_reply('NOTINT ' .. i) end
+    out[i] = n
+  else
+    local set = {'SET', key, value}
+    if op == 'setdefault' then table.insert(set, 'NX') end
+    if px ~= '' then table.insert(set, 'PX'); table.insert(set, px) end
+    redis.call(unpack(set))
+    out[i] = op == 'setdefault' and redis.call('GET', key)
+  end
+end
+return out
+"""
+_OPCODES = {Get: "get", Set: "set", SetDefault: "setdefault", Incr: "incr"}
+_NOT_AN_INTEGER = re.compile(r"NOTINT (\d+)")
+
+
+def _batch_result(op: Op, reply: Any) -> Any:
+    """What one operation of a batch gives, from its reply."""
+    if isinstance(op, Incr):
+        return int(reply)
+    if isinstance(op, Set) or reply is None:
+        return op.default if isinstance(op, Get) else None
+    return json.loads(reply)
 
 
 def _encode(value: Any) -> str:
@@ -183,6 +220,7 @@ class RedisStorage(PluginStorage):
     def __init__(self, client: redis.Redis[bytes], name: str) -> None:
         self._client = client
         self.prefix = f"{KEY_PREFIX}{name}:"
+        self._batch = client.register_script(_BATCH)
 
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
         try:
@@ -221,44 +259,25 @@ class RedisStorage(PluginStorage):
         return int(pipe.execute()[1])
 
     def batch(self, *ops: Op) -> list[Any]:
-        """One MULTI/EXEC: every operation in one atomic round trip."""
-        queued = [(op, _px(getattr(op, "ttl", None)),
-                   _encode(op.value) if isinstance(op, Set | SetDefault) else "")
-                  for op in ops]  # refuse bad TTLs and values before anything is sent
-
-        def run() -> list[Any]:
-            pipe = self._client.pipeline(transaction=True)
-            for op, px, raw in queued:
-                key = self.prefix + op.key
-                if isinstance(op, Get):
-                    pipe.get(key)
-                elif isinstance(op, Set):
-                    pipe.set(key, raw, px=px)
-                elif isinstance(op, SetDefault):
-                    pipe.set(key, raw, nx=True, px=px).get(key)
-                else:
-                    if px is not None:  # as incr: a key this creates gets the expiry
-                        pipe.set(key, 0, nx=True, px=px)
-                    pipe.incrby(key, op.amount)
-            return list(pipe.execute(raise_on_error=False))
-
-        replies = self._call("batch", run)
-        return [self._result(op, px, replies) for op, px, _ in queued]
-
-    @staticmethod
-    def _result(op: Op, px: int | None, replies: list[Any]) -> Any:
-        """The result of ``op``, taken from the front of the batch's ``replies``."""
-        if isinstance(op, SetDefault) or (isinstance(op, Incr) and px is not None):
-            replies.pop(0)  # the SET's own reply
-        reply = replies.pop(0)
-        if isinstance(reply, redis.ResponseError):
-            raise StorageError(f"cannot incr key {op.key!r}: it does not hold an integer")
-        if isinstance(op, Incr):
-            return int(reply)
-        if isinstance(op, Set):
-            return None
-        default = op.default if isinstance(op, Get) else None
-        return default if reply is None else json.loads(reply)
+        """One script (:data:`_BATCH`): every operation in one atomic round trip."""
+        if not ops:
+            return []
+        keys: list[str] = []
+        args: list[str | int] = []
+        for op in ops:  # bad TTLs and values are refused before anything is sent
+            px = _px(getattr(op, "ttl", None))
+            keys.append(self.prefix + op.key)
+            args += [_OPCODES[type(op)], op.amount if isinstance(op, Incr) else
+                     "" if isinstance(op, Get) else _encode(op.value), "" if px is None else px]
+        try:
+            replies = self._call("batch", lambda: self._batch(keys=keys, args=args))
+        except StorageError as exc:
+            failed = _NOT_AN_INTEGER.search(str(exc.__cause__))
+            if failed is None:
+                raise
+            key = ops[int(failed.group(1)) - 1].key
+            raise StorageError(f"cannot incr key {key!r}: it does not hold an integer") from None
+        return [_batch_result(op, reply) for op, reply in zip(ops, replies, strict=True)]
 
     def keys(self, pattern: str = "*") -> list[str]:
         def scan() -> list[str]:
