@@ -61,6 +61,34 @@ class _State:
     plugin_configured = False
 
 
+#: The logger of Celery's per-task lines ("Task ... succeeded in 0.1s: <return value>").
+TRACE_LOGGER = "celery.app.trace"
+HIDDEN = "<not logged>"
+
+
+class _NoReturnValues(logging.Filter):
+    """Keeps the return value out of Celery's per-task lines: a job's is its whole result,
+    the job's output included, and worker logs never carry a job's output."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, dict) and "return_value" in args:
+            record.args = {**args, "return_value": HIDDEN}
+            data = getattr(record, "data", None)
+            if isinstance(data, dict) and "return_value" in data:
+                record.data = {**data, "return_value": HIDDEN}
+        return True
+
+
+def keep_results_out_of_logs() -> None:
+    """Install :class:`_NoReturnValues` on Celery's trace logger (once per process; a
+    forked pool process inherits it). Called as a worker starts, whoever configures
+    logging then."""
+    logger = logging.getLogger(TRACE_LOGGER)
+    if not any(isinstance(f, _NoReturnValues) for f in logger.filters):
+        logger.addFilter(_NoReturnValues())
+
+
 def plugin_configured() -> bool:
     """Whether a plugin (not the CLI default) configured logging in this process; the
     worker then keeps Celery from replacing that configuration with its own."""
@@ -108,7 +136,3 @@ def configure_logging(level: str = "warning", fmt: Format = "console",
         logger.handlers.clear()
         logger.propagate = True
     _State.plugin_configured = _State.plugin_configured or by_plugin
-    for name in ("celery", "celery.task", "celery.redirected", "kombu", "billiard"):
-        logger = logging.getLogger(name)
-        logger.handlers.clear()
-        logger.propagate = True

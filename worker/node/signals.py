@@ -4,7 +4,8 @@ This is the only module of :mod:`worker` that talks to ``celery.signals``.
 
 * ``celeryd_init`` (main process, before anything else of the worker): load the
   plugins there, so a logging plugin configures logging before Celery's first
-  output; Celery is then kept from replacing that configuration.
+  output; Celery is then kept from replacing that configuration. Celery's per-task
+  lines lose their return value (a job's output) whoever configures logging.
 * :class:`StartupChecks`, a worker bootstep, runs in the main process before any
   pool process starts: it refuses settings that would lose or duplicate jobs
   (a visibility timeout shorter than the longest job) and broken plugin sets,
@@ -77,6 +78,7 @@ def _keep_sandrun_logging(**_: Any) -> None:
 
 @celeryd_init.connect
 def _worker_initialising(**_: Any) -> None:
+    logs.keep_results_out_of_logs()
     runtime.start()
     if logs.plugin_configured():
         setup_logging.connect(_keep_sandrun_logging)
