@@ -56,6 +56,22 @@ def test_scaling_benchmark_prints_efficiency_tables() -> None:
     assert [r[0] for r in rows] == ["1", "2", "1", "2"] and all(float(r[4]) > 0 for r in rows)
 
 
+@pytest.mark.slow
+def test_throughput_benchmark_prints_each_system_and_the_ratios() -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "throughput.py"),
+                           "--quick"], capture_output=True, text=True, timeout=600, check=False,
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    table = proc.stdout.split("medians:")[1]
+    rows = [line.split() for line in table.splitlines()
+            if line.split()[:1] in (["celery"], ["sandrun"], ["dramatiq"])]
+    assert [r[0] for r in rows] == ["celery", "sandrun", "dramatiq"]
+    assert all(float(r[-6]) > 0 for r in rows)  # jobs/s, CPU, Redis CPU, commands, trips, round
+    assert "ratio sandrun prefork 1x2 / celery prefork 1x2:" in proc.stdout
+    assert "ratio best sandrun (sandrun prefork 1x2) / best dramatiq (dramatiq 2x8):" in \
+        proc.stdout
+
+
 def test_auth_benchmark_prints_each_step_and_the_added_cost() -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "auth.py"), "--quick"],
                           capture_output=True, text=True, timeout=120, check=False, cwd=ROOT)

@@ -77,6 +77,7 @@ if TYPE_CHECKING:  # what mypy and readers see; at run time __getattr__ imports 
     from worker.protocol import RUN_JOB, SUBMITTED_HEADER, Publication, job_queue
     from worker.settings import Settings, load_settings
     from worker.stores.deadletter import DeadLetter, DeadLetterStore
+    from worker.stores.ops import Get, Incr, Set, SetDefault
     from worker.stores.storage import (
         MemoryStorageBackend,
         PluginStorage,
@@ -104,8 +105,10 @@ __all__ = [
     "ErrorInfo",
     "Execution",
     "ExecutionContext",
+    "Get",
     "HookImpl",
     "InMemoryMetrics",
+    "Incr",
     "InvalidJob",
     "Job",
     "JobBuilder",
@@ -137,6 +140,8 @@ __all__ = [
     "RetryRequested",
     "Sandrun",
     "SandrunError",
+    "Set",
+    "SetDefault",
     "Settings",
     "StartupRefused",
     "StorageError",
@@ -189,6 +194,7 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     "worker.protocol": ("RUN_JOB", "SUBMITTED_HEADER", "Publication", "job_queue"),
     "worker.settings": ("Settings", "load_settings"),
     "worker.stores.deadletter": ("DeadLetter", "DeadLetterStore"),
+    "worker.stores.ops": ("Get", "Incr", "Set", "SetDefault"),
     "worker.stores.storage": ("MemoryStorageBackend", "PluginStorage", "RedisStorageBackend"),
 }
 #: public name -> (module, attribute); ``app`` and ``celery`` are what ``celery -A worker``

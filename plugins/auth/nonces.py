@@ -15,7 +15,10 @@ on what this module stored itself in the plugin's storage:
     its first use: task id, job id, and whether that job reached a final result
     (:meth:`Nonces.finish`, from ``on_result`` or a failure no plugin retries).
 ``nonce:<jti>:<attempt>``
-    how many deliveries of that attempt were accepted.
+    how many deliveries of that attempt verified.
+
+Both are read and written by one atomic storage batch per delivery (one Redis round
+trip), and the record once more when the job finishes.
 
 A delivery is a replay when its nonce was first used under another task or job id,
 or when that job has finished, whatever the flag and the retry count say. A job
@@ -40,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from plugins.auth.signing import AuthFailure
 from plugins.auth.tokens import Clock
-from worker import PluginStorage
+from worker import Get, Incr, PluginStorage, SetDefault
 
 
 class NonceRecord(BaseModel):
@@ -82,17 +85,25 @@ class Nonces:
 
         Called by ``on_execute`` once the signature verified, so ``claims`` and
         ``job_id`` (from the signed body) are the producer's; ``attempt`` and
-        ``redelivered`` are the broker's and may only make it refuse."""
+        ``redelivered`` are the broker's and may only make it refuse. One batch
+        records a first use (or reads the first use's record), counts this delivery
+        of the attempt and, after the first attempt, reads the count of the one before."""
         self.forget()
         nonce = str(claims["jti"])
         mine = NonceRecord(task_id=str(claims["jid"]), job_id=job_id)
         expires_at = float(claims["exp"]) + self.leeway
-        first = self._first_use(nonce)
-        if first is None:
-            self.storage.set(f"nonce:{nonce}", mine.model_dump(), ttl=self._ttl(expires_at))
-        else:
-            self._check_same_unfinished_job(nonce, first, mine)
-        self._check_attempt(nonce, mine.task_id, attempt, redelivered, expires_at)
+        ttl = self._ttl(expires_at)
+        stored, seen, *before = self.storage.batch(
+            SetDefault(f"nonce:{nonce}", mine.model_dump(), ttl),
+            Incr(f"nonce:{nonce}:{attempt}", ttl=ttl),
+            *([Get(f"nonce:{nonce}:{attempt - 1}")] if attempt > 1 else []))
+        self._check_same_unfinished_job(nonce, self._record(nonce, stored), mine)
+        if seen > 1 and not redelivered:
+            raise AuthFailure("replayed", f"attempt {attempt} of task {mine.task_id} was "
+                              "delivered before, and this copy is not even marked as a "
+                              "redelivery")
+        if before and before[0] is None:
+            raise AuthFailure("replayed", f"attempt {attempt} follows no attempt seen before")
         self._running.claim = Claim(nonce, mine, attempt, expires_at)
 
     def forget(self) -> None:
@@ -113,11 +124,9 @@ class Nonces:
         self.storage.set(f"nonce:{claim.nonce}", finished.model_dump(),
                          ttl=self._ttl(claim.expires_at))
 
-    def _first_use(self, nonce: str) -> NonceRecord | None:
-        """The record of the nonce's first use, or None if this is its first."""
-        stored = self.storage.get(f"nonce:{nonce}")
-        if stored is None:
-            return None
+    @staticmethod
+    def _record(nonce: str, stored: Any) -> NonceRecord:
+        """The record of the nonce's first use (this one's, if it is the first)."""
         try:
             return NonceRecord.model_validate(stored)
         except ValidationError as exc:
@@ -136,17 +145,6 @@ class Nonces:
             raise AuthFailure("replayed", f"task {mine.task_id} already reached a final "
                               "result; a copy of its message never runs again, whatever its "
                               "redelivered flag or retry count say")
-
-    def _check_attempt(self, nonce: str, task_id: str, attempt: int, redelivered: bool,
-                       expires_at: float) -> None:
-        """An unfinished job's delivery must look like a first run, a redelivery or a
-        retry. Both inputs are the sender's word, so this can refuse, never accept."""
-        seen = self.storage.incr(f"nonce:{nonce}:{attempt}", ttl=self._ttl(expires_at))
-        if seen > 1 and not redelivered:
-            raise AuthFailure("replayed", f"attempt {attempt} of task {task_id} was delivered "
-                              "before, and this copy is not even marked as a redelivery")
-        if attempt > 1 and self.storage.get(f"nonce:{nonce}:{attempt - 1}") is None:
-            raise AuthFailure("replayed", f"attempt {attempt} follows no attempt seen before")
 
     def _ttl(self, expires_at: float) -> float:
         """Seconds until the signature stops verifying (at least 1: a TTL is positive)."""

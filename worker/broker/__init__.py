@@ -1,6 +1,7 @@
 """Broker plumbing: the Celery app factory, the embedded default broker, the
-publish and storage retry policies, and the one module that reads and rewrites
-broker and result-backend URLs (``urls``).
+publish and storage retry policies, the Redis result backend of Sandrun's apps
+(``resultstore``), and the one module that reads and rewrites broker and
+result-backend URLs (``urls``).
 
 May import: the shared modules only (``errors``, ``settings``). Everything above
 uses it; it uses nothing above.

@@ -9,6 +9,7 @@ from __future__ import annotations
 from celery import Celery
 
 from worker.broker.embedded import ensure_broker_configured
+from worker.broker.resultstore import BACKENDS
 
 
 def make_app(broker_url: str | None = None, result_backend: str | None = None) -> Celery:
@@ -18,6 +19,9 @@ def make_app(broker_url: str | None = None, result_backend: str | None = None) -
         ensure_broker_configured()
     celery_app = Celery("sandrun", task_cls="worker.node.taskbase:SandrunTask")
     celery_app.config_from_object("celeryconfig")
+    # Redis results through GuardedRedisBackend: a stored SUCCESS is kept atomically, in
+    # one round trip per stored state (worker/broker/resultstore.py).
+    celery_app.loader.override_backends = {**celery_app.loader.override_backends, **BACKENDS}
     if broker_url:
         celery_app.conf.update(broker_url=broker_url,
                                result_backend=result_backend or broker_url)

@@ -1,8 +1,10 @@
 """Per-plugin key/value storage, namespaced by plugin name.
 
 A plugin gets ``context.storage``: ``get``, ``set`` (optional TTL in seconds),
-``delete``, ``incr`` and ``keys``. Values are anything JSON can hold; integers
-are stored as their decimal text, so ``incr`` works on values written by ``set``.
+``delete``, ``incr`` and ``keys``, and ``batch`` to run several operations
+(:class:`Get`, :class:`Set`, :class:`SetDefault`, :class:`Incr`) as one atomic step
+in one round trip. Values are anything JSON can hold; integers are stored as their
+decimal text, so ``incr`` works on values written by ``set``.
 
 Two backends: :class:`MemoryStorageBackend` (one process; tests, producers) and
 :class:`RedisStorageBackend` (keys under ``sandrun:plugin:<name>:``), which is
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import re
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -24,8 +27,49 @@ import redis
 
 from worker.broker.policies import storage_policy
 from worker.errors import StorageError
+from worker.stores.ops import Get, Incr, Op, Set, SetDefault
 
 KEY_PREFIX = "sandrun:plugin:"
+#: One policy object for every call: tenacity keeps its per-call state per thread, and
+#: building a policy costs as much as the Redis call it guards.
+_POLICY = storage_policy()
+_MISSING = object()
+#: KEYS: one per operation. ARGV: three per operation, its code, its value (an Incr's
+#: amount) and its TTL in ms ("" for none). A SET NX before INCRBY gives a counter this
+#: creates its expiry; "false" replies are nil. A key that holds no integer stops the
+#: script with "NOTINT <operation number>" (the operations before it stay applied).
+_BATCH = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local op, value, px = ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i]
+  if op == 'get' then
+    out[i] = redis.call('GET', key)
+  elseif op == 'incr' then
+    if px ~= '' then redis.call('SET', key, 0, 'NX', 'PX', px) end
+    local ok, n = pcall(redis.call, 'INCRBY', key, value)
+    if not ok then return redis.error_reply('NOTINT ' .. i) end
+    out[i] = n
+  else
+    local set = {'SET', key, value}
+    if op == 'setdefault' then table.insert(set, 'NX') end
+    if px ~= '' then table.insert(set, 'PX'); table.insert(set, px) end
+    redis.call(unpack(set))
+    out[i] = op == 'setdefault' and redis.call('GET', key)
+  end
+end
+return out
+"""
+_OPCODES = {Get: "get", Set: "set", SetDefault: "setdefault", Incr: "incr"}
+_NOT_AN_INTEGER = re.compile(r"NOTINT (\d+)")
+
+
+def _batch_result(op: Op, reply: Any) -> Any:
+    """What one operation of a batch gives, from its reply."""
+    if isinstance(op, Incr):
+        return int(reply)
+    if isinstance(op, Set) or reply is None:
+        return op.default if isinstance(op, Get) else None
+    return json.loads(reply)
 
 
 def _encode(value: Any) -> str:
@@ -39,6 +83,12 @@ def _encode(value: Any) -> str:
 def _check_ttl(ttl: float | None) -> None:
     if ttl is not None and ttl <= 0:
         raise StorageError(f"ttl must be a positive number of seconds, got {ttl!r}")
+
+
+def _px(ttl: float | None) -> int | None:
+    """A checked TTL in Redis's milliseconds (at least 1)."""
+    _check_ttl(ttl)
+    return None if ttl is None else max(1, int(ttl * 1000))
 
 
 class PluginStorage(ABC):
@@ -67,6 +117,28 @@ class PluginStorage(ABC):
     def keys(self, pattern: str = "*") -> list[str]:
         """Keys of this namespace matching a glob ``pattern``, sorted."""
 
+    def batch(self, *ops: Op) -> list[Any]:
+        """Run ``ops`` in order as one step and give each one's result, in order.
+
+        The built-in backends run them atomically (no other call sees a state between
+        two of them) and, on Redis, in one round trip. An :class:`Incr` of a key that
+        holds no integer raises StorageError (on Redis, the other operations still
+        apply). This default, for other backends, runs them one call at a time."""
+        return [self._one(op) for op in ops]
+
+    def _one(self, op: Op) -> Any:
+        if isinstance(op, Get):
+            return self.get(op.key, op.default)
+        if isinstance(op, Set):
+            return self.set(op.key, op.value, op.ttl)
+        if isinstance(op, Incr):
+            return self.incr(op.key, op.amount, op.ttl)
+        current = self.get(op.key, _MISSING)
+        if current is _MISSING:
+            self.set(op.key, op.value, op.ttl)
+            return op.value
+        return current
+
 
 class StorageBackend(ABC):
     """Makes the storage of one plugin."""
@@ -81,7 +153,7 @@ class MemoryStorage(PluginStorage):
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._data: dict[str, tuple[str, float | None]] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered by batch
         self._clock = clock
 
     def _live(self, key: str) -> str | None:
@@ -126,6 +198,10 @@ class MemoryStorage(PluginStorage):
             return sorted(k for k in list(self._data)
                           if fnmatch.fnmatchcase(k, pattern) and self._live(k) is not None)
 
+    def batch(self, *ops: Op) -> list[Any]:
+        with self._lock:
+            return super().batch(*ops)
+
 
 class MemoryStorageBackend(StorageBackend):
     """Namespaces held in this process; the same name gives the same namespace."""
@@ -144,10 +220,11 @@ class RedisStorage(PluginStorage):
     def __init__(self, client: redis.Redis[bytes], name: str) -> None:
         self._client = client
         self.prefix = f"{KEY_PREFIX}{name}:"
+        self._batch = client.register_script(_BATCH)
 
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
         try:
-            return storage_policy()(fn)
+            return _POLICY(fn)
         except redis.RedisError as exc:
             raise StorageError(f"plugin storage {what} failed on Redis ({exc}); check that "
                                "Redis is reachable at the configured URL") from exc
@@ -157,9 +234,7 @@ class RedisStorage(PluginStorage):
         return default if raw is None else json.loads(raw)
 
     def set(self, key: str, value: Any, ttl: float | None = None) -> None:
-        _check_ttl(ttl)
-        raw = _encode(value)
-        px = None if ttl is None else max(1, int(ttl * 1000))
+        px, raw = _px(ttl), _encode(value)
         self._call("set", lambda: self._client.set(self.prefix + key, raw, px=px))
 
     def delete(self, key: str) -> bool:
@@ -169,8 +244,8 @@ class RedisStorage(PluginStorage):
         _check_ttl(ttl)
         try:
             if ttl is None:
-                return int(storage_policy()(self._client.incrby, self.prefix + key, amount))
-            return int(storage_policy()(self._incr_expiring, self.prefix + key, amount, ttl))
+                return int(_POLICY(self._client.incrby, self.prefix + key, amount))
+            return int(_POLICY(self._incr_expiring, self.prefix + key, amount, ttl))
         except redis.ResponseError as exc:
             raise StorageError(f"cannot incr key {key!r}: it does not hold an integer") from exc
         except redis.RedisError as exc:
@@ -182,6 +257,27 @@ class RedisStorage(PluginStorage):
         pipe.set(key, 0, nx=True, px=max(1, int(ttl * 1000)))
         pipe.incrby(key, amount)
         return int(pipe.execute()[1])
+
+    def batch(self, *ops: Op) -> list[Any]:
+        """One script (:data:`_BATCH`): every operation in one atomic round trip."""
+        if not ops:
+            return []
+        keys: list[str] = []
+        args: list[str | int] = []
+        for op in ops:  # bad TTLs and values are refused before anything is sent
+            px = _px(getattr(op, "ttl", None))
+            keys.append(self.prefix + op.key)
+            args += [_OPCODES[type(op)], op.amount if isinstance(op, Incr) else
+                     "" if isinstance(op, Get) else _encode(op.value), "" if px is None else px]
+        try:
+            replies = self._call("batch", lambda: self._batch(keys=keys, args=args))
+        except StorageError as exc:
+            failed = _NOT_AN_INTEGER.search(str(exc.__cause__))
+            if failed is None:
+                raise
+            key = ops[int(failed.group(1)) - 1].key
+            raise StorageError(f"cannot incr key {key!r}: it does not hold an integer") from None
+        return [_batch_result(op, reply) for op, reply in zip(ops, replies, strict=True)]
 
     def keys(self, pattern: str = "*") -> list[str]:
         def scan() -> list[str]:

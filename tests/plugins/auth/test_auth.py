@@ -3,6 +3,7 @@ every way verification fails (a real worker runs in tests/integration/test_auth.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import tempfile
@@ -292,6 +293,26 @@ def test_forged_with_a_wrong_secret(clock: Clock, worker: Any) -> None:
     forger = auth_plugin(wrong, clock=clock, auto_refresh=False)
     loaded(forger)
     rejected(worker[0], signed(forger, job_publication()), "bad_signature")
+
+
+@pytest.mark.parametrize("header", [
+    "not-a-jws", "%%%.e30.sig", 42, ["a"],
+    # a header that decodes but is no object, or names its key with no string
+    base64.urlsafe_b64encode(b'["kid"]').decode() + ".e30.sig",
+    base64.urlsafe_b64encode(b'{"alg": "HS256", "kid": 7}').decode().rstrip("=") + ".e30.sig"])
+def test_a_header_that_is_no_jws_is_malformed(worker: Any, header: object) -> None:
+    publication = job_publication()
+    publication.headers[AUTH_HEADER] = header
+    rejected(worker[0], publication, "malformed")
+
+
+def test_a_jws_whose_segments_are_not_base64url_is_malformed(producer: AuthPlugin,
+                                                             worker: Any) -> None:
+    """Only the key is chosen from the header before PyJWT checks the whole token."""
+    publication = signed(producer, job_publication())
+    head, body, signature = publication.headers[AUTH_HEADER].split(".")
+    publication.headers[AUTH_HEADER] = ".".join((head, body + "!!!!", signature))
+    rejected(worker[0], publication, "malformed")
 
 
 def test_unknown_key_id(clock: Clock, worker: Any) -> None:

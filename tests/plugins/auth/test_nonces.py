@@ -205,3 +205,37 @@ def test_records_expire_with_the_signature(producer: AuthPlugin, worker: Any,
     clock.now = signed_at + SIGNATURE_TTL + LEEWAY
     assert record(plugin, publication) is None
     assert plugin.storage is not None and plugin.storage.keys("nonce:*") == []
+
+
+class CountingStorage(MemoryStorageBackend):
+    """Memory storage that records which calls each delivery makes."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock)
+        self.calls: list[str] = []
+
+    def for_plugin(self, name: str) -> Any:
+        store = super().for_plugin(name)
+        calls = self.calls
+
+        class Counted:
+            def __getattr__(self, attr: str) -> Any:
+                calls.append(attr)
+                return getattr(store, attr)
+
+        return Counted()
+
+
+def test_a_delivery_costs_one_batch_and_its_end_one_write(producer: AuthPlugin,
+                                                          clock: Clock) -> None:
+    """On Redis a batch is one round trip: checking a nonce must not cost one per key."""
+    storage = CountingStorage(clock)
+    manager = PluginManager(storage=storage)
+    manager.load(AuthPlugin(clock=clock), AuthConfig.model_validate({"keys": {"k1": S1}}))
+    publication = signed(producer, job_publication())
+    run(manager, publication)
+    assert storage.calls == ["batch"]
+    run(manager, publication, attempt=2)  # a retry reads the attempt before in the same batch
+    assert storage.calls == ["batch", "batch"]
+    finished(manager, publication, attempt=2)
+    assert storage.calls == ["batch", "batch", "set"]

@@ -9,6 +9,7 @@ import redis
 
 from worker import Plugin, PluginContext, PluginManager
 from worker.errors import StorageError
+from worker.stores.ops import Get, Incr, Set, SetDefault
 from worker.stores.storage import (
     MemoryStorageBackend,
     PluginStorage,
@@ -72,6 +73,65 @@ def test_unstorable_value_and_bad_ttl(backend: StorageBackend) -> None:
         store.set("k", object())
     with pytest.raises(StorageError, match="ttl must be a positive"):
         store.set("k", 1, ttl=0)
+
+
+def test_batch_gives_each_result_in_order(backend: StorageBackend) -> None:
+    store = backend.for_plugin("p")
+    store.set("n", 4)
+    assert store.batch(Get("missing", "dflt"), Set("k", {"a": 1}), Incr("n", 2), Get("k"),
+                       Incr("fresh", ttl=30)) == ["dflt", None, 6, {"a": 1}, 1]
+    assert store.batch() == []
+
+
+def test_batch_set_default_keeps_what_is_there(backend: StorageBackend) -> None:
+    store = backend.for_plugin("p")
+    assert store.batch(SetDefault("k", {"first": True}, ttl=30)) == [{"first": True}]
+    assert store.batch(SetDefault("k", {"first": False})) == [{"first": True}]
+    store.set("null", None)
+    assert store.batch(SetDefault("null", "replaced")) == [None]  # a stored null is a value
+    assert store.get("k") == {"first": True} and store.get("null") is None
+
+
+def test_batch_refuses_bad_input_before_running_any_of_it(backend: StorageBackend) -> None:
+    store = backend.for_plugin("p")
+    with pytest.raises(StorageError, match="cannot be stored"):
+        store.batch(Set("a", 1), Set("b", object()))
+    with pytest.raises(StorageError, match="ttl must be a positive"):
+        store.batch(Set("a", 1), Incr("c", ttl=0))
+    store.set("s", "text")
+    with pytest.raises(StorageError, match="cannot incr key 's'"):
+        store.batch(Incr("s"))
+    if isinstance(backend, RedisStorageBackend):
+        assert store.get("a") is None  # checked before anything was sent
+
+
+def test_redis_batch_is_one_round_trip_and_expires_what_it_creates(
+        redis_client: redis.Redis) -> None:
+    store = RedisStorageBackend(redis_client).for_plugin("auth")
+    store.set("kept", 1)
+    store.batch(Get("warm"))  # the first call loads the script
+
+    def calls() -> dict[str, int]:
+        stats = redis_client.info("commandstats")
+        return {name: stats.get(f"cmdstat_{name}", {}).get("calls", 0)
+                for name in ("evalsha", "eval", "multi")}
+
+    before = calls()
+    assert store.batch(SetDefault("kept", 2, ttl=30), SetDefault("new", 3, ttl=30),
+                       Incr("count", ttl=30), Get("kept"), Set("plain", "v")) == [1, 3, 1, 1, None]
+    assert calls() == {**before, "evalsha": before["evalsha"] + 1}
+    assert redis_client.pttl("sandrun:plugin:auth:kept") == -1  # not created: expiry untouched
+    assert 0 < redis_client.pttl("sandrun:plugin:auth:new") <= 30_000
+    assert 0 < redis_client.pttl("sandrun:plugin:auth:count") <= 30_000
+    assert redis_client.pttl("sandrun:plugin:auth:plain") == -1
+
+
+def test_memory_batch_expires_on_the_injected_clock() -> None:
+    clock = Clock()
+    store = MemoryStorageBackend(clock).for_plugin("p")
+    store.batch(SetDefault("k", "v", ttl=10), Incr("n", ttl=10))
+    clock.now += 10.1
+    assert store.batch(Get("k"), Get("n")) == [None, None]
 
 
 def test_memory_ttl_with_injected_clock() -> None:

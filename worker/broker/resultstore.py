@@ -1,0 +1,77 @@
+"""The result backend of Sandrun's apps: Celery's Redis backend, its guard made atomic.
+
+Celery keeps a stored SUCCESS from being overwritten (by a duplicate delivery's
+STARTED, or a lost worker's late FAILURE) by reading the stored state before each
+write: a GET, then SETEX and PUBLISH, two round trips with a window between them
+in which another write can land. :class:`GuardedRedisBackend` does the same check
+and write in one Lua script: one round trip per stored state, and no window.
+
+Everything else (the stored meta, expiry, the PUBLISH that wakes ``result.get()``,
+connection retries) is Celery's own. Only the JSON serializer is read by the script
+(the only one ``celeryconfig`` accepts); with another it falls back to Celery's code.
+:func:`~worker.broker.factory.make_app` installs it for ``redis://``, ``rediss://``
+and ``redis+socket://`` result backends.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import states
+from celery.backends.redis import RedisBackend
+from celery.exceptions import BackendStoreError
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.objects import cached_property
+
+#: KEYS[1]: the result key. ARGV: the encoded meta, seconds to keep it (0: forever).
+#: Returns 0 when a SUCCESS is already stored (nothing written), else 1.
+_STORE_UNLESS_SUCCEEDED = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, meta = pcall(cjson.decode, current)
+  if ok and type(meta) == 'table' and meta['status'] == 'SUCCESS' then return 0 end
+end
+local expires = tonumber(ARGV[2])
+if expires > 0 then
+  redis.call('SETEX', KEYS[1], expires, ARGV[1])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+return 1
+"""
+
+#: The aliases :func:`~worker.broker.factory.make_app` points at this backend.
+BACKENDS = {scheme: f"{__name__}:GuardedRedisBackend" for scheme in ("redis", "rediss")}
+
+
+class GuardedRedisBackend(RedisBackend):
+    """Celery's Redis result backend; a stored SUCCESS is kept in the same script that
+    writes, instead of by a read before the write (see the module docstring)."""
+
+    @cached_property
+    def _store_unless_succeeded(self) -> Any:
+        return self.client.register_script(_STORE_UNLESS_SUCCEEDED)
+
+    def _store_result(self, task_id: Any, result: Any, state: str, traceback: Any = None,
+                      request: Any = None, **kwargs: Any) -> Any:
+        celery: Any = self  # Celery's own attributes, which its type stubs leave out
+        if celery.serializer != "json":
+            inherited: Any = super()
+            return inherited._store_result(task_id, result, state, traceback, request,
+                                           **kwargs)
+        meta = celery._get_result_meta(result=result, state=state, traceback=traceback,
+                                       request=request)
+        meta["task_id"] = bytes_to_str(task_id)
+        value = self.encode(meta)
+        limit = getattr(self, "_MAX_STR_VALUE_SIZE", None)  # as Celery's own set()
+        if limit is not None and isinstance(value, str) and len(value) > limit:
+            raise BackendStoreError("value too large for Redis backend", state=state,
+                                    task_id=task_id)
+        expires = getattr(self, "failure_expires", None) if state == states.FAILURE else None
+        expires = celery.expires if expires is None else expires
+        self.ensure(self._store, (self.get_key_for_task(task_id), value, expires))
+        return result
+
+    def _store(self, key: bytes, value: Any, expires: Any) -> None:
+        self._store_unless_succeeded(keys=[key], args=[value, int(expires or 0)])
