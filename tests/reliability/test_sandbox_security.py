@@ -8,11 +8,8 @@ import contextlib
 import glob
 import json
 import os
-import shutil
 import socket
-import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,43 +19,14 @@ import redis
 
 from tests.integration.conftest import Worker, WorkerFactory, broker, start_worker  # noqa: F401
 from tests.support.forked import BOUNDED_FORKS
+from tests.support.redteam import SecretBroker
 from worker.client.client import Sandrun
 from worker.models import Job, JobResult
 from worker.sandbox.isolation import job_user_ids, probe
-from worker.sandbox.launcher import dying_with_parent
 
 pytestmark = pytest.mark.slow
 SUPPORT = probe(job_user_ids("nobody"))
 MAX_PROCESSES = 32
-
-
-class SecretBroker:
-    """A private redis-server on loopback TCP whose password is only in a config file."""
-
-    def __init__(self, directory: Path) -> None:
-        self.password = f"pw-{uuid.uuid4().hex}"
-        with socket.socket() as probe_socket:
-            probe_socket.bind(("127.0.0.1", 0))
-            self.port = probe_socket.getsockname()[1]
-        config = directory / "redis.conf"  # never on a command line: /proc/*/cmdline is public
-        config.write_text(f"port {self.port}\nbind 127.0.0.1\nrequirepass {self.password}\n"
-                          f"save \"\"\nappendonly no\ndir {directory}\n")
-        config.chmod(0o600)
-        binary = shutil.which("redis-server") or "redis-server"
-        self.process = subprocess.Popen(dying_with_parent([binary, str(config)]),
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        self.url = f"redis://:{self.password}@127.0.0.1:{self.port}/0"
-        deadline = time.monotonic() + 10
-        while True:
-            with contextlib.suppress(redis.ConnectionError):
-                if redis.Redis.from_url(self.url).ping():
-                    return
-            assert self.process.poll() is None and time.monotonic() < deadline, "no redis"
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(10)
 
 
 @pytest.fixture(scope="module")
