@@ -33,8 +33,9 @@ class PluginContext:
     """Given to ``on_init``: the plugin's validated config and its own tools.
 
     ``dead_letters`` is where jobs that will not run again go (None in a process
-    without a store); ``install_metrics`` replaces the collector the host and
-    later plugins use; ``time_hooks`` asks for every hook's duration."""
+    without a store); ``install_metrics`` replaces the collector the host and every
+    plugin record into (``metrics`` follows it, whenever the plugin was loaded);
+    ``time_hooks`` asks for every hook's duration."""
 
     name: str
     config: Any

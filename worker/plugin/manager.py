@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from worker.collector import InMemoryMetrics, MetricsCollector
+from worker.collector import InMemoryMetrics, MetricsCollector, SwitchedMetrics
 from worker.errors import (
     ConfigurationError,
     HookCallError,
@@ -96,7 +96,9 @@ class PluginManager(HookCalls):
             raise ConfigurationError(f"hook_timeout is {hook_timeout!r}; use seconds >= 0 "
                                      "(0: no limit)")
         self.storage = storage or MemoryStorageBackend()
-        self.metrics: MetricsCollector = metrics or InMemoryMetrics()
+        #: What plugins get as ``context.metrics``: it forwards to the installed collector,
+        #: so metrics of plugins loaded before the metrics plugin reach its exporter too.
+        self.metrics = SwitchedMetrics(metrics or InMemoryMetrics())
         self.dead_letters = dead_letters
         self.hook_timeout = hook_timeout
         self.hook_errors: Counter[tuple[str, str]] = Counter()
@@ -179,9 +181,9 @@ class PluginManager(HookCalls):
         self._emit(PluginEvent("plugin_loaded", item.name))
 
     def install_metrics(self, collector: MetricsCollector) -> None:
-        """Make ``collector`` the one the manager, its dead-letter store and every plugin
-        loaded from now on use (the metrics plugin installs a Prometheus one)."""
-        self.metrics = collector
+        """Make ``collector`` the one the manager, its dead-letter store and every plugin,
+        loaded before or after, record into (the metrics plugin installs a Prometheus one)."""
+        self.metrics.switch(collector)
         if self.dead_letters is not None:
             self.dead_letters.metrics = collector
 
