@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, StringConstraints
 
+from worker.models.context import JobContext
 from worker.models.limits import FROZEN, Identifier, JobStatus, Outcome
 
 
@@ -87,6 +88,8 @@ class JobResult(BaseModel):
     isolation: str | None = None
     outputs_truncated: bool = False
     value: Any = Field(default=None, description="return value of a user task")
+    context: JobContext | None = Field(default=None, description=(
+        "the correlation id, tenant and baggage the job travelled with"))
 
     def replace(self, **changes: Any) -> JobResult:
         """Return a validated copy with ``changes`` applied (``on_result`` hooks use this)."""

@@ -71,7 +71,10 @@ class SubmissionContext:
 
     ``headers`` become headers of the message; ``metadata`` is handed on to the
     message's :class:`PublishContext`, so a plugin can carry a decision from
-    ``on_submit`` to ``on_publish``."""
+    ``on_submit`` to ``on_publish``. ``correlation_id`` (the caller's, or a new one),
+    ``tenant`` (the caller's, else the job's ``tenant`` label) and ``baggage`` travel
+    to the worker as the job's :class:`~worker.models.JobContext`; a hook may change
+    them, and they are validated after the chain (an invalid value fails the submit)."""
 
     submitted_at: datetime = field(default_factory=_now)
     producer: str = ""
@@ -80,6 +83,9 @@ class SubmissionContext:
     duration: float | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     job_id: str | None = None
+    correlation_id: str | None = None
+    tenant: str | None = None
+    baggage: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -108,7 +114,9 @@ class ExecutionContext:
     received), ``eta`` and ``redelivered`` describe the message itself, for plugins
     that check it (authentication). They are the sender's word, like ``attempt``
     (Celery's ``retries`` + 1) and ``queue`` (the routing key): whoever can write to
-    the broker sets them, so a check may refuse because of them, never accept."""
+    the broker sets them, so a check may refuse because of them, never accept.
+    ``correlation_id``, ``tenant`` and ``baggage`` are the job's context from its
+    headers (validated, and covered by the signature where the ``auth`` plugin is on)."""
 
     node_id: str
     pool_id: str
@@ -126,6 +134,9 @@ class ExecutionContext:
     eta: str | None = None
     redelivered: bool = False
     consumed_queues: tuple[str, ...] = ()
+    correlation_id: str | None = None
+    tenant: str | None = None
+    baggage: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
