@@ -206,9 +206,12 @@ class Sandrun:
                                 correlation_id=correlation_id or new_correlation_id(),
                                 tenant=tenant, baggage=dict(baggage or {}))
         try:
-            job = self._accepted(job, ctx)
-            travelled = self._travelling(job, ctx)
-            self._send(job, ctx, travelled)
+            with self.manager.span("sandrun.submit", {"sandrun.job_id": job.id,
+                                                      "sandrun.correlation_id": str(
+                                                          ctx.correlation_id)}):
+                job = self._accepted(job, ctx)
+                travelled = self._travelling(job, ctx)
+                self._send(job, ctx, travelled)
         except SUBMIT_FAILURES as exc:
             reported = self.manager.on_error(exc, ErrorContext(
                 operation="submit", job=job, metadata=ctx.metadata))

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from worker.plugin.impl import HookTimer
     from worker.stores.deadletter import DeadLetterStore
     from worker.stores.storage import PluginStorage
+    from worker.tracing import Tracer
 
 
 def _now() -> datetime:
@@ -35,7 +36,8 @@ class PluginContext:
     ``dead_letters`` is where jobs that will not run again go (None in a process
     without a store); ``install_metrics`` replaces the collector the host and every
     plugin record into (``metrics`` follows it, whenever the plugin was loaded);
-    ``time_hooks`` asks for every hook's duration."""
+    ``time_hooks`` asks for every hook's duration; ``install_tracer`` gives the host a
+    :class:`~worker.tracing.Tracer` for its spans (submission, hook chains, sandbox)."""
 
     name: str
     config: Any
@@ -45,6 +47,7 @@ class PluginContext:
     dead_letters: DeadLetterStore | None = None
     install_metrics: Callable[[MetricsCollector], None] | None = None
     time_hooks: Callable[[HookTimer | None], None] | None = None
+    install_tracer: Callable[[Tracer | None], None] | None = None
 
 
 @dataclass(slots=True)

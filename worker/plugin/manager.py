@@ -14,6 +14,7 @@ import itertools
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,7 @@ from worker.plugin.spec import CHAIN_HOOKS, LIFECYCLE_HOOKS, Plugin
 from worker.plugin.validation import CheckedPlugin, check_config, check_plugin
 from worker.stores.deadletter import DeadLetterStore
 from worker.stores.storage import MemoryStorageBackend, StorageBackend
+from worker.tracing import NO_SPAN, Attributes, Tracer, chain_attributes
 
 EVENTS = ("plugin_loaded", "plugin_unloaded", "hook_error")
 log = get_logger("sandrun.plugins")
@@ -100,6 +102,7 @@ class PluginManager(HookCalls):
         #: so metrics of plugins loaded before the metrics plugin reach its exporter too.
         self.metrics = SwitchedMetrics(metrics or InMemoryMetrics())
         self.dead_letters = dead_letters
+        self.tracer: Tracer | None = None
         self.hook_timeout = hook_timeout
         self.hook_errors: Counter[tuple[str, str]] = Counter()
         self.hook_timeouts: Counter[tuple[str, str]] = Counter()
@@ -169,7 +172,8 @@ class PluginManager(HookCalls):
             name=item.name, config=config, metrics=self.metrics,
             logger=get_logger("sandrun.plugin", plugin=item.name),
             storage=self.storage.for_plugin(item.name), dead_letters=self.dead_letters,
-            install_metrics=self.install_metrics, time_hooks=self.time_hooks)
+            install_metrics=self.install_metrics, time_hooks=self.time_hooks,
+            install_tracer=self.install_tracer)
         try:
             _call_lifecycle(item.name, item.plugin.on_init, context)
         except Exception as exc:
@@ -186,6 +190,15 @@ class PluginManager(HookCalls):
         self.metrics.switch(collector)
         if self.dead_letters is not None:
             self.dead_letters.metrics = collector
+
+    def install_tracer(self, tracer: Tracer | None) -> None:
+        """Open the host's spans (submission, hook chains, sandboxed run) with ``tracer``
+        from now on (None: stop tracing)."""
+        self.tracer = tracer
+
+    def span(self, name: str, attributes: Attributes) -> AbstractContextManager[Any]:
+        """A span of the installed tracer around a step of the host; a no-op without one."""
+        return NO_SPAN if self.tracer is None else self.tracer.span(name, attributes)
 
     def time_hooks(self, timer: HookTimer | None) -> None:
         """Report each hook handler's duration to ``timer`` (None: stop timing)."""
@@ -225,7 +238,10 @@ class PluginManager(HookCalls):
         if steps is None:
             self._check_hook_name(name)
             return data
-        return call_chain(steps, data, context, self._hook_failed)
+        if self.tracer is None:
+            return call_chain(steps, data, context, self._hook_failed)
+        with self.tracer.span(f"sandrun.{name}", chain_attributes(name, data, context)):
+            return call_chain(steps, data, context, self._hook_failed)
 
     async def aexecute_hook(self, name: str, data: Any, context: Any = None) -> Any:
         """``execute_hook`` for asyncio callers: async handlers are awaited in the running loop."""
@@ -233,7 +249,10 @@ class PluginManager(HookCalls):
         if steps is None:
             self._check_hook_name(name)
             return data
-        return await acall_chain(steps, data, context, self._hook_failed)
+        if self.tracer is None:
+            return await acall_chain(steps, data, context, self._hook_failed)
+        with self.tracer.span(f"sandrun.{name}", chain_attributes(name, data, context)):
+            return await acall_chain(steps, data, context, self._hook_failed)
 
     def _check_hook_name(self, name: str) -> None:
         if name in LIFECYCLE_HOOKS:
