@@ -32,21 +32,17 @@ from __future__ import annotations
 
 import importlib
 from contextlib import AbstractContextManager
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from opentelemetry import trace
-from opentelemetry.instrumentation.celery import CeleryInstrumentor
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import (
-    BatchSpanProcessor,
-    ConsoleSpanExporter,
-    SimpleSpanProcessor,
-    SpanExporter,
-)
 from pydantic import BaseModel, ConfigDict, Field
 
 from worker import BasePlugin, ConfigurationError, PluginContext, PluginManifest
+
+if TYPE_CHECKING:  # the SDK and the instrumentation (which imports Celery) load in on_init
+    from opentelemetry.instrumentation.celery import CeleryInstrumentor
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 TRACER_NAME = "sandrun"
 
@@ -72,6 +68,8 @@ class _Spans:
 
 def _exporter(name: str) -> SpanExporter:
     """The SpanExporter ``exporter`` names."""
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter
+
     if name == "console":
         return ConsoleSpanExporter()
     if name == "otlp":
@@ -112,6 +110,10 @@ def _process_provider(options: OpenTelemetryConfig) -> TracerProvider | None:
     if options.exporter == "none":
         return None
     if _Process.provider is None:
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+
         provider = TracerProvider(resource=Resource.create({"service.name":
                                                             options.service_name}))
         exporter = _exporter(options.exporter)
@@ -122,6 +124,14 @@ def _process_provider(options: OpenTelemetryConfig) -> TracerProvider | None:
             trace.set_tracer_provider(provider)
         _Process.provider = provider
     return _Process.provider
+
+
+def _instrumentor() -> CeleryInstrumentor:
+    """The Celery instrumentation (one per process: its class is a singleton), imported
+    here so that listing plugins does not import Celery."""
+    from opentelemetry.instrumentation.celery import CeleryInstrumentor
+
+    return CeleryInstrumentor()  # type: ignore[no-untyped-call]
 
 
 class OpenTelemetryPlugin(BasePlugin):
@@ -146,7 +156,7 @@ class OpenTelemetryPlugin(BasePlugin):
         super().on_init(context)
         self.options = self._options or context.config or OpenTelemetryConfig()
         self.provider = self._given or _process_provider(self.options)
-        instrumentor = CeleryInstrumentor()  # type: ignore[no-untyped-call]
+        instrumentor = _instrumentor()
         if not instrumentor.is_instrumented_by_opentelemetry:
             instrumentor.instrument(tracer_provider=self.provider)
             self._instrumented = True
@@ -156,7 +166,7 @@ class OpenTelemetryPlugin(BasePlugin):
 
     def on_destroy(self) -> None:
         if self._instrumented:
-            CeleryInstrumentor().uninstrument()  # type: ignore[no-untyped-call]
+            _instrumentor().uninstrument()
             self._instrumented = False
         flush = getattr(self.provider or trace.get_tracer_provider(), "force_flush", None)
         if flush is not None:
