@@ -70,6 +70,10 @@ def test_the_context_travels_in_headers(redis_server: RedisServer,
         assert headers[TENANT_HEADER] == "beta"
         third = client.submit(Job(code="1"))
         assert third.correlation_id not in (None, second.correlation_id)
+        built = client.job().code("1").submit(correlation_id="built-1", baggage={"b": "1"})
+        assert built.context is not None
+        assert (built.correlation_id, built.context.baggage) == (
+            "built-1", {"b": "1", "seen_by": "errors"})
 
 
 @pytest.mark.parametrize("bad", [{"baggage": {"k": "line\nbreak"}}, {"tenant": "two words"},
