@@ -20,6 +20,7 @@ submission that fails in this process goes through ``on_error`` (operation
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from collections.abc import Mapping, Sequence
@@ -236,10 +237,15 @@ class Sandrun:
 
     @staticmethod
     def _travelling(job: Job, ctx: SubmissionContext) -> JobContext:
-        """The context the job carries, as the ``on_submit`` hooks left it (validated)."""
+        """The context the job carries, as the ``on_submit`` hooks left it (validated); the
+        job's ``tenant`` label is its tenant when none was named and it is a valid one
+        (labels allow more than tenants: a label such as "Acme Corp" names no tenant)."""
+        tenant = ctx.tenant
+        if tenant is None and "tenant" in job.labels:
+            with contextlib.suppress(ValidationError):
+                tenant = JobContext(tenant=job.labels["tenant"]).tenant
         try:
-            return JobContext(correlation_id=ctx.correlation_id,
-                              tenant=ctx.tenant or job.labels.get("tenant"),
+            return JobContext(correlation_id=ctx.correlation_id, tenant=tenant,
                               baggage=ctx.baggage)
         except ValidationError as exc:
             raise InvalidJob([(".".join(map(str, e["loc"])) or "baggage", e["msg"])

@@ -68,6 +68,8 @@ def test_the_context_travels_in_headers(redis_server: RedisServer,
         assert headers[CORRELATION_HEADER] == second.correlation_id and len(
             headers[CORRELATION_HEADER]) == 32
         assert headers[TENANT_HEADER] == "beta"
+        loose = client.submit(Job(code="1", labels={"tenant": "Acme Corp"}))  # no tenant
+        assert loose.context is not None and loose.context.tenant is None
         third = client.submit(Job(code="1"))
         assert third.correlation_id not in (None, second.correlation_id)
         built = client.job().code("1").submit(correlation_id="built-1", baggage={"b": "1"})
