@@ -75,10 +75,10 @@ class SubmissionContext:
     ``headers`` become headers of the message; ``metadata`` is handed on to the
     message's :class:`PublishContext`, so a plugin can carry a decision from
     ``on_submit`` to ``on_publish``. ``correlation_id`` (the caller's, or a new one),
-    ``tenant`` (the caller's, else the job's ``tenant`` label when it is a valid tenant)
-    and ``baggage`` travel
-    to the worker as the job's :class:`~worker.models.JobContext`; a hook may change
-    them, and they are validated after the chain (an invalid value fails the submit)."""
+    ``tenant`` (the caller's; None lets the job's ``tenant`` label name it, when that is
+    a valid tenant) and ``baggage`` travel to the worker as the job's
+    :class:`~worker.models.JobContext`; a hook may change them, and they are validated
+    after the chain (an invalid value fails the submit)."""
 
     submitted_at: datetime = field(default_factory=_now)
     producer: str = ""
