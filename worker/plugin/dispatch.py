@@ -46,6 +46,7 @@ from worker.errors import HookCallError, HookControl, HookTimeout
 from worker.plugin.hookthreads import HookThreads
 from worker.plugin.impl import Call, Chain, HookImpl, HookTimer, Outcomes, Steps
 from worker.plugin.permissions import ALL
+from worker.plugin.redact import ahiding, hiding
 from worker.plugin.validation import CheckedPlugin
 
 
@@ -238,10 +239,14 @@ def _once(impl: HookImpl, call: Call, discard: Callable[[HookImpl], None]) -> Ca
 def _step(impl: HookImpl, timer: HookTimer | None, discard: Callable[[HookImpl], None],
           in_loop: bool) -> Call:
     """What dispatch calls for ``impl``: the handler itself, or it wrapped in its timeout
-    (``in_loop``: for :func:`acall_chain`), the timer and ``once``, in that order."""
+    (``in_loop``: for :func:`acall_chain`), the hiding of secrets (a plugin without
+    ``secrets``), the timer and ``once``, in that order."""
     call: Call = impl.function
     if impl.timeout:
         call = functools.partial(_acall_timed if in_loop else _call_timed, impl)
+    if "secrets" not in impl.granted:
+        call = ahiding(call) if in_loop else hiding(
+            call, functools.partial(run_sync, what=_describe(impl)))
     if timer is not None:
         call = (_atiming if in_loop else _timing)(impl, call, timer)
     if impl.once:
