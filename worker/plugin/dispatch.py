@@ -43,6 +43,7 @@ from types import CoroutineType
 from typing import Any
 
 from worker.errors import HookCallError, HookControl, HookTimeout
+from worker.plugin import netguard
 from worker.plugin.hookthreads import HookThreads
 from worker.plugin.impl import Call, Chain, HookImpl, HookTimer, Outcomes, Steps
 from worker.plugin.permissions import ALL
@@ -51,24 +52,34 @@ from worker.plugin.validation import CheckedPlugin
 
 
 def implementations(item: CheckedPlugin, order: int, default_timeout: float,
-                    granted: frozenset[str] = ALL) -> list[HookImpl]:
+                    granted: frozenset[str] = ALL,
+                    refuse: netguard.Refuse | None = None) -> list[HookImpl]:
     """One plugin's handlers, ready to register. A handler's timeout is its
     ``@hook(timeout=...)``, else the plugin's ``hook_timeout``, else ``default_timeout``;
     the timed ones share one HookThreads for the plugin. ``granted``: the plugin's
-    permissions (its handlers are ``restricted`` when it lacks one)."""
+    permissions (its handlers are ``restricted`` when it lacks one); without
+    ``network`` its handlers run marked for :mod:`worker.plugin.netguard`, which
+    reports refusals to ``refuse``."""
     restricted = granted != ALL
+    no_network = "network" not in granted and refuse is not None
+    if no_network:
+        netguard.install()
     plugin_default = item.plugin.hook_timeout
     default = default_timeout if plugin_default is None else plugin_default
     threads = None
     impls = []
     for hook_name, options in item.hooks.items():
         fn = getattr(item.plugin, hook_name)
+        is_async = inspect.iscoroutinefunction(fn)
+        if no_network:
+            assert refuse is not None
+            fn = netguard.guarded(fn, item.name, hook_name, is_async, refuse)
         priority = item.priority if options.priority is None else options.priority
         timeout = float(default if options.timeout is None else options.timeout)
         if timeout and threads is None:
             threads = HookThreads(item.name)
         impls.append(HookImpl(item.name, hook_name, fn, priority, options.once,
-                              inspect.iscoroutinefunction(fn), order, timeout,
+                              is_async, order, timeout,
                               threads if timeout else None, granted, restricted))
     return impls
 

@@ -199,7 +199,7 @@ class PluginManager(HookOutcomes, HookCalls):
             raise PluginLoadError(f"plugin {item.name!r} failed in on_init: "
                                   f"{type(exc).__name__}: {exc}") from exc
         self._registry.add(dispatch.implementations(item, next(self._order), self.hook_timeout,
-                                                    granted))
+                                                    granted, self.refuse))
         self._plugins[item.name] = LoadedPlugin(item, config, context, granted)
         log.debug("plugin_loaded", plugin=item.name, version=str(item.version),
                   permissions=sorted(granted))

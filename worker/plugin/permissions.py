@@ -21,7 +21,7 @@ a permission the plugin was not granted. What each one allows:
     :class:`~worker.errors.PermissionRefused`.
 ``network``
     open connections (``socket.connect``/``sendto``/``sendmsg`` to an IP address)
-    while one of its hooks runs; see :mod:`worker.plugin.netguard` for what is not seen.
+    while one of its hooks runs; :mod:`worker.plugin.netguard` says what it cannot see.
 ``secrets``
     see job env values and auth material (headers such as ``sandrun_auth``); without
     it a plugin is handed copies with those values redacted (:mod:`worker.plugin.redact`).
