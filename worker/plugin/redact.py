@@ -99,14 +99,24 @@ _REDACTORS: dict[type, Callable[[Any], Any]] = {
 
 def redact(data: Any) -> Any:
     """``data`` with its secrets hidden; ``data`` itself when it has none."""
-    redactor = _REDACTORS.get(type(data))
+    kind = type(data)
+    if kind is Job:  # the common case, inline: this runs on every call of such a plugin
+        return data.model_copy(update={"env": _env(data.env)}) if data.env else data
+    redactor = _REDACTORS.get(kind)
     return data if redactor is None else redactor(data)
+
+
+#: The contexts that carry a job or a message (a SubmissionContext, BuildContext or
+#: WorkerContext carries neither).
+_CARRIERS = frozenset({ExecutionContext, PublishContext, ResultContext, ErrorContext})
 
 
 def redact_context(context: Any) -> Any:
     """``context`` with the secrets of the job or message it carries hidden (a copy
     sharing its ``metadata`` and ``provenance``); ``context`` itself when it has none."""
     kind = type(context)
+    if kind not in _CARRIERS:
+        return context
     if kind is ExecutionContext:
         args, kwargs = _args(context.args), _kwargs(context.kwargs)
         headers = _headers(context.headers)
@@ -194,11 +204,14 @@ def restore(original: Any, view: Any, returned: Any) -> Any:
 
 def hiding(call: Call, finish: Callable[[Any], Any]) -> Call:
     """``call`` handed copies with secrets hidden; what it returns gets the hidden values
-    back. ``finish`` runs a coroutine it returns to its end (sync dispatch)."""
+    back. ``finish`` runs a coroutine it returns to its end (sync dispatch). With
+    nothing to hide, ``call`` gets the originals and its result goes back untouched."""
 
     def hidden(data: Any, context: Any) -> Any:
-        view = redact(data)
-        result = call(view, redact_context(context))
+        view, seen = redact(data), redact_context(context)
+        if view is data and seen is context:
+            return call(data, context)
+        result = call(view, seen)
         if type(result) is CoroutineType:
             result = finish(result)
         return None if result is None else restore(data, view, result)
@@ -207,13 +220,19 @@ def hiding(call: Call, finish: Callable[[Any], Any]) -> Call:
 
 
 def ahiding(call: Call) -> Call:
-    """:func:`hiding` for the event loop: an awaitable result is awaited."""
+    """:func:`hiding` for the event loop: an awaitable result is awaited (with nothing to
+    hide, the call's own result, awaitable or not, is handed back as it is)."""
 
-    async def hidden(data: Any, context: Any) -> Any:
-        view = redact(data)
-        result = call(view, redact_context(context))
+    async def restoring(data: Any, view: Any, seen: Any) -> Any:
+        result = call(view, seen)
         if inspect.isawaitable(result):
             result = await result
         return None if result is None else restore(data, view, result)
+
+    def hidden(data: Any, context: Any) -> Any:
+        view, seen = redact(data), redact_context(context)
+        if view is data and seen is context:
+            return call(data, context)
+        return restoring(data, view, seen)
 
     return hidden
