@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # what mypy and readers see; at run time __getattr__ imports 
         JobFailed,
         JobRejected,
         PaymentRejected,
+        PermissionRefused,
         PluginError,
         PublicationHeld,
         QueueFull,
@@ -56,6 +57,7 @@ if TYPE_CHECKING:  # what mypy and readers see; at run time __getattr__ imports 
         Job,
         JobResult,
         RetryPolicy,
+        Transform,
         WorkerInfo,
     )
     from worker.models.builder import JobBuilder
@@ -120,6 +122,7 @@ __all__ = [
     "MemoryStorageBackend",
     "MetricsCollector",
     "PaymentRejected",
+    "PermissionRefused",
     "Plugin",
     "PluginContext",
     "PluginDependency",
@@ -147,6 +150,7 @@ __all__ = [
     "StorageError",
     "SubmissionContext",
     "SubmissionRejected",
+    "Transform",
     "WorkerContext",
     "WorkerInfo",
     "cli_fail",
@@ -175,13 +179,14 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     "worker.collector": ("InMemoryMetrics", "MetricsCollector"),
     "worker.errors": (
         "BrokerUnavailable", "ConfigurationError", "DuplicateDelivery", "InvalidJob",
-        "JobDeferred", "JobFailed", "JobRejected", "PaymentRejected", "PluginError",
+        "JobDeferred", "JobFailed", "JobRejected", "PaymentRejected", "PermissionRefused",
+        "PluginError",
         "PublicationHeld", "QueueFull", "RetryRequested", "SandrunError", "StartupRefused",
         "StorageError", "SubmissionRejected"),
     "worker.logs": ("LEVELS", "configure_logging"),
     "worker.models": (
         "MAX_CPU_SECONDS", "MAX_MEMORY_MB", "MAX_TIMEOUT_SECONDS", "ErrorInfo", "Execution",
-        "Job", "JobResult", "RetryPolicy", "WorkerInfo"),
+        "Job", "JobResult", "RetryPolicy", "Transform", "WorkerInfo"),
     "worker.models.builder": ("JobBuilder",),
     "worker.plugin.context": (
         "BuildContext", "ErrorContext", "ExecutionContext", "PluginContext", "PublishContext",

@@ -42,6 +42,8 @@ from worker.models.builder import JobBuilder
 from worker.plugin.context import BuildContext, PublishContext, SubmissionContext
 from worker.plugin.loader import PluginRef, PluginSpec, parse_plugin_specs
 from worker.plugin.manager import PluginManager
+from worker.plugin.permissions import parse_grants
+from worker.plugin.provenance import PROVENANCE_HEADER, to_header
 from worker.protocol import RUN_JOB, SUBMITTED_HEADER, Publication, job_queue
 from worker.settings import Settings, load_settings
 from worker.stores.deadletter import dead_letter_store_for
@@ -155,7 +157,8 @@ class Sandrun:
         settings = settings or load_settings()
         app = make_app(broker_url, result_backend)
         manager = PluginManager(dead_letters=dead_letter_store_for(str(app.conf.result_backend)),
-                                hook_timeout=settings.hook_timeout)
+                                hook_timeout=settings.hook_timeout,
+                                permissions=parse_grants(settings.plugin_permissions))
         specs = parse_plugin_specs(settings.plugins) if plugins is None else list(plugins)
         manager.load_all(specs)
         return cls(app, manager, settings)
@@ -186,14 +189,17 @@ class Sandrun:
             raise InvalidJob([("timeout", f"{job.timeout:g}s is longer than this deployment "
                                f"allows ({self.settings.max_job_timeout:g}s, "
                                "SANDRUN_MAX_JOB_TIMEOUT)")], source=f"job {job.id}")
+        headers = {**ctx.headers, SUBMITTED_HEADER: f"{time.time():.6f}"}
+        if ctx.provenance:  # which plugins changed the job, for its stored result
+            headers[PROVENANCE_HEADER] = to_header(ctx.provenance)
         publication = Publication(
             task=RUN_JOB, task_id=job.id, queue=queue,
             args=[job.model_dump(mode="json", exclude_defaults=True)],
-            eta=job.scheduled_time, headers={**ctx.headers,
-                                             SUBMITTED_HEADER: f"{time.time():.6f}"})
+            eta=job.scheduled_time, headers=headers)
         try:
             publication = self.manager.on_publish(publication, PublishContext(
-                job=job, producer=self.producer, metadata=ctx.metadata))
+                job=job, producer=self.producer, metadata=ctx.metadata,
+                provenance=ctx.provenance))
         except PublicationHeld:
             pass  # a plugin stored the message and sends it later (it logs that itself)
         else:

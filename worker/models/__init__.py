@@ -44,6 +44,7 @@ from worker.models.result import (
     ExecutionInfo,
     JobResult,
     OutputFile,
+    Transform,
     WorkerInfo,
     cap_text,
 )
@@ -54,5 +55,6 @@ __all__ = [
     "MAX_CPU_SECONDS", "MAX_JOB_BYTES", "MAX_MEMORY_MB", "MAX_TIMEOUT_SECONDS",
     "TRUNCATION_MARKER", "Consensus", "Cost", "ErrorInfo", "Execution", "ExecutionInfo",
     "GPURequirements", "Isolation", "Job", "JobFile", "JobResult", "JobStatus", "Outcome",
-    "OutputFile", "Payment", "RetryPolicy", "WorkerInfo", "cap_text", "check_relative_path",
+    "OutputFile", "Payment", "RetryPolicy", "Transform", "WorkerInfo", "cap_text",
+    "check_relative_path",
 ]

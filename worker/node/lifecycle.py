@@ -214,8 +214,11 @@ class _Delivery:
                 return reported
             if reported is not failure:
                 result = result.replace(error=error_info(reported).model_dump())
-        result = self.manager.on_result(result, ResultContext(
-            node_id=self.context.node_id, task_id=self.context.task_id,
-            attempt=self.attempt.number, job=self.execution.job))
+        context = ResultContext(node_id=self.context.node_id, task_id=self.context.task_id,
+                                attempt=self.attempt.number, job=self.execution.job,
+                                provenance=list(self.context.provenance))
+        result = self.manager.on_result(result, context)
+        if context.provenance:  # which plugins changed the job and its result, in order
+            result = result.replace(provenance=context.provenance)
         self.attempt.finish()
         return Finished(result)
