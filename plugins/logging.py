@@ -55,7 +55,7 @@ class LoggingPlugin(BasePlugin):
         author="Sandrun", license="Apache-2.0",
         description="Structured logs (structlog) for workers and producers",
         keywords=["logging", "structlog"], configuration=LoggingConfig,
-        apis=["on_submit", "on_execute", "on_error"])
+        apis=["on_submit", "on_execute", "on_error"], permissions=[])
 
     def __init__(self, options: LoggingConfig | None = None) -> None:
         self._options = options

@@ -102,7 +102,10 @@ class AuthPlugin(BasePlugin):
         author="Sandrun", license="Apache-2.0",
         description="Sign jobs at submit; run only jobs whose signature verifies",
         keywords=["auth", "jwt", "signature"],
-        apis=["on_publish", "on_execute", "on_result", "on_error"],
+        apis=["on_publish", "on_execute", "on_result", "on_error", "on_worker_start"],
+        # signs (a changed Publication), rejects, defers and drops deliveries, keeps
+        # nonces in plugin storage, and must see the auth header and the whole job
+        permissions=["job:transform", "job:veto", "storage", "secrets"],
         configuration=AuthConfig)
 
     def __init__(self, options: AuthConfig | None = None, *,

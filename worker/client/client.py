@@ -50,6 +50,8 @@ from worker.models.builder import JobBuilder
 from worker.plugin.context import BuildContext, ErrorContext, PublishContext, SubmissionContext
 from worker.plugin.loader import PluginRef, PluginSpec, parse_plugin_specs
 from worker.plugin.manager import PluginManager
+from worker.plugin.permissions import parse_grants
+from worker.plugin.provenance import PROVENANCE_HEADER, to_header
 from worker.protocol import RUN_JOB, SUBMITTED_HEADER, Publication, context_headers, job_queue
 from worker.settings import Settings, load_settings
 from worker.stores.deadletter import dead_letter_store_for
@@ -175,7 +177,8 @@ class Sandrun:
         settings = settings or load_settings()
         app = make_app(broker_url, result_backend)
         manager = PluginManager(dead_letters=dead_letter_store_for(str(app.conf.result_backend)),
-                                hook_timeout=settings.hook_timeout)
+                                hook_timeout=settings.hook_timeout,
+                                permissions=parse_grants(settings.plugin_permissions))
         specs = parse_plugin_specs(settings.plugins) if plugins is None else list(plugins)
         manager.load_all(specs)
         return cls(app, manager, settings)
@@ -253,14 +256,18 @@ class Sandrun:
 
     def _send(self, job: Job, ctx: SubmissionContext, travelled: JobContext) -> None:
         """Build the message, run ``on_publish`` over it and publish what it returns."""
+        headers = {**ctx.headers, **context_headers(travelled),
+                   SUBMITTED_HEADER: f"{time.time():.6f}"}
+        if ctx.provenance:  # which plugins changed the job, for its stored result
+            headers[PROVENANCE_HEADER] = to_header(ctx.provenance)
         publication = Publication(
             task=RUN_JOB, task_id=job.id, queue=job_queue(job, self.settings.default_queue),
             args=[job.model_dump(mode="json", exclude_defaults=True)],
-            eta=job.scheduled_time, headers={**ctx.headers, **context_headers(travelled),
-                                             SUBMITTED_HEADER: f"{time.time():.6f}"})
+            eta=job.scheduled_time, headers=headers)
         try:
             publication = self.manager.on_publish(publication, PublishContext(
-                job=job, producer=self.producer, metadata=ctx.metadata))
+                job=job, producer=self.producer, metadata=ctx.metadata,
+                provenance=ctx.provenance))
         except PublicationHeld:
             return  # a plugin stored the message and sends it later (it logs that itself)
         self.publish(publication)

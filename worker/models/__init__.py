@@ -46,6 +46,7 @@ from worker.models.result import (
     ExecutionInfo,
     JobResult,
     OutputFile,
+    Transform,
     WorkerInfo,
     cap_text,
 )
@@ -56,6 +57,6 @@ __all__ = [
     "MAX_CPU_SECONDS", "MAX_JOB_BYTES", "MAX_MEMORY_MB", "MAX_TIMEOUT_SECONDS",
     "TRUNCATION_MARKER", "Consensus", "Cost", "ErrorInfo", "Execution", "ExecutionInfo",
     "GPURequirements", "Isolation", "Job", "JobContext", "JobFile", "JobResult", "JobStatus",
-    "Outcome", "OutputFile", "Payment", "RetryPolicy", "WorkerInfo", "cap_text",
+    "Outcome", "OutputFile", "Payment", "RetryPolicy", "Transform", "WorkerInfo", "cap_text",
     "check_relative_path", "current_job_context", "new_correlation_id",
 ]

@@ -223,8 +223,11 @@ class _Delivery:
                 result = result.replace(error=error_info(reported).model_dump())
         if result.context is None and self.travelled.log_fields():
             result = result.model_copy(update={"context": self.travelled})
-        result = self.manager.on_result(result, ResultContext(
-            node_id=self.context.node_id, task_id=self.context.task_id,
-            attempt=self.attempt.number, job=self.execution.job))
+        context = ResultContext(node_id=self.context.node_id, task_id=self.context.task_id,
+                                attempt=self.attempt.number, job=self.execution.job,
+                                provenance=list(self.context.provenance))
+        result = self.manager.on_result(result, context)
+        if context.provenance:  # which plugins changed the job and its result, in order
+            result = result.replace(provenance=context.provenance)
         self.attempt.finish()
         return Finished(result)

@@ -56,6 +56,7 @@ from worker.node.lifecycle import (
     run_lifecycle,
 )
 from worker.plugin.context import ErrorContext, ExecutionContext
+from worker.plugin.provenance import PROVENANCE_HEADER, from_header
 from worker.protocol import RUN_JOB, SUBMITTED_HEADER, context_from_headers, job_reprs
 from worker.stores.attempts import Attempt
 from worker.stores.deadletter import DeadLetter
@@ -163,7 +164,20 @@ class SandrunTask(Task[Any, Any]):
             kwargs=dict(request.kwargs or {}), eta=str(request.eta) if request.eta else None,
             redelivered=bool(delivery.get("redelivered")),
             consumed_queues=self._consumed_queues(), correlation_id=travelled.correlation_id,
-            tenant=travelled.tenant, baggage=dict(travelled.baggage))
+            tenant=travelled.tenant, baggage=dict(travelled.baggage),
+            provenance=self._provenance(getattr(request, PROVENANCE_HEADER, None)))
+
+    @staticmethod
+    def _provenance(raw: Any) -> list[Any]:
+        """The producer's record of the plugins that changed the job (the sender's word:
+        a record, never a control); a malformed one is dropped and logged."""
+        if raw is None:
+            return []
+        entries = from_header(raw)
+        if entries is None:
+            log.warning("provenance_header_dropped", size=len(str(raw)))
+            return []
+        return list(entries)
 
     def _consumed_queues(self) -> tuple[str, ...]:
         """The queues this worker consumes (its own -Q, or every declared queue): unlike

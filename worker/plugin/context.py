@@ -3,7 +3,9 @@
 A hook receives ``(data, context)``. The data is what a hook may replace (a Job,
 a JobResult, an exception); the context says where and when it is happening and
 is never replaced. ``job_id`` is on every context so that a failing hook can be
-logged with the job it was working on.
+logged with the job it was working on. ``provenance`` (submission, publish,
+execution and result contexts) lists the hook calls that changed the data so far
+(:mod:`worker.plugin.provenance`); the manager appends to it, plugins read it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
 
     from worker.collector import MetricsCollector
-    from worker.models import Execution, Job
+    from worker.models import Execution, Job, Transform
     from worker.plugin.impl import HookTimer
     from worker.stores.deadletter import DeadLetterStore
     from worker.stores.storage import PluginStorage
@@ -87,6 +89,7 @@ class SubmissionContext:
     duration: float | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     job_id: str | None = None
+    provenance: list[Transform] = field(default_factory=list)
     correlation_id: str | None = None
     tenant: str | None = None
     baggage: dict[str, str] = field(default_factory=dict)
@@ -104,6 +107,7 @@ class PublishContext:
     producer: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
     job_id: str | None = None
+    provenance: list[Transform] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.job_id is None and self.job is not None:
@@ -138,6 +142,7 @@ class ExecutionContext:
     eta: str | None = None
     redelivered: bool = False
     consumed_queues: tuple[str, ...] = ()
+    provenance: list[Transform] = field(default_factory=list)
     correlation_id: str | None = None
     tenant: str | None = None
     baggage: dict[str, str] = field(default_factory=dict)
@@ -153,6 +158,7 @@ class ResultContext:
     job: Job | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     job_id: str | None = None
+    provenance: list[Transform] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.job_id is None and self.job is not None:
