@@ -5,12 +5,13 @@ outputs, even on a host where no filesystem view can be built. So a root worker
 never runs two jobs as the same user at once: each pool process takes a **slot**,
 one uid of ``SANDRUN_JOB_UIDS`` (default 200000-200999, uids no account on the
 host uses), held by an exclusive ``flock`` for the process's lifetime, so
-workers sharing a host never pick the same uid.
+workers sharing a host never pick the same uid. A uid is the host's, whatever job
+directory root a worker uses, so its lock is too: ``/run/sandrun/job-uids/uid-<N>``
+(root, 0700), shared by every worker of the host.
 
 Layout, beneath the job directory root (``/tmp`` unless configured)::
 
     sandrun-jobs/            root, 0711: others may pass, nobody may list
-      .locks/uid-<N>         root, 0700: the slot locks
       slot-<N>/              root, 0711; a tmpfs of SANDRUN_JOB_DISK_MB when root
         job-<random>/        uid N, 0700: one job's directory
 
@@ -36,6 +37,9 @@ from worker.sandbox.collect import remove_tree
 from worker.sandbox.confine import IsolationError
 
 JOBS_DIR = "sandrun-jobs"
+#: Where the host's uid locks live (``/run`` is the host's, root-only and emptied at boot);
+#: beneath the temporary directory where a host has no ``/run``.
+UID_LOCKS = ("/run/sandrun", "job-uids")
 MNT_DETACH = 2
 MS_NOSUID, MS_NODEV = 2, 4
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -84,6 +88,16 @@ def _owned_dir(path: Path, mode: int) -> None:
                              "SANDRUN_WORKDIR_ROOT to a directory only the worker controls")
     if stat.S_IMODE(info.st_mode) != mode:
         os.chmod(path, mode)
+
+
+def uid_locks() -> Path:
+    """The host's uid lock directory (module docstring), made and checked."""
+    top = Path(UID_LOCKS[0]) if os.path.isdir("/run") else \
+        Path(tempfile.gettempdir()) / "sandrun-run"
+    _owned_dir(top, 0o700)
+    locks = top / UID_LOCKS[1]
+    _owned_dir(locks, 0o700)
+    return locks
 
 
 def jobs_root(workdir_root: str | None) -> Path:
@@ -135,7 +149,7 @@ def _try_lock(locks: Path, uid: int) -> int | None:
 def sweep(root: Path) -> list[int]:
     """Empty and remove slot directories no live process holds; the uids swept."""
     swept = []
-    locks = root / ".locks"
+    locks = uid_locks()
     for entry in os.scandir(root):
         if not entry.name.startswith("slot-") or not entry.name[5:].isdigit():
             continue
@@ -156,8 +170,7 @@ def acquire(workdir_root: str | None, uids: UidRange, disk_bytes: int) -> Slot:
     """Take the first free uid of ``uids`` for this process, with an empty slot directory
     (a tmpfs of ``disk_bytes`` when > 0). IsolationError when every uid is taken."""
     root = jobs_root(workdir_root)
-    locks = root / ".locks"
-    _owned_dir(locks, 0o700)
+    locks = uid_locks()
     sweep(root)
     for uid in range(uids.first, uids.last + 1):
         fd = _try_lock(locks, uid)

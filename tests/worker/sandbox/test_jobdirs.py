@@ -55,6 +55,22 @@ def test_two_slots_never_share_a_uid_and_the_tree_is_not_listable(root: Path) ->
 
 
 @ROOT_ONLY
+def test_workers_with_different_job_roots_never_share_a_uid(root: Path) -> None:
+    """A uid is the host's: its lock does not live beneath the job directory root."""
+    other = Path(tempfile.mkdtemp())
+    other.chmod(0o755)
+    uids = jobdirs.UidRange(250005, 250006)
+    first = jobdirs.acquire(str(root), uids, 0)
+    try:
+        second = jobdirs.acquire(str(other), uids, 0)
+        assert (first.uid, second.uid) == (250005, 250006)
+        jobdirs.release(second)
+    finally:
+        jobdirs.release(first)
+        jobdirs.remove_tree(other)
+
+
+@ROOT_ONLY
 def test_the_slot_disk_is_capped(root: Path) -> None:
     slot = jobdirs.acquire(str(root), jobdirs.UidRange(250010, 250010), 4 << 20)
     with pytest.raises(OSError, match="No space left"), open(slot.base / "fill", "wb") as fh:
