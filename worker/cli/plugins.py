@@ -91,7 +91,6 @@ def plugins_list(plan: bool) -> None:
     from rich.table import Table
 
     from worker.plugin.loader import available_entry_points, resolve_ref
-    from worker.plugin.manager import PluginManager
 
     try:
         configured = {str(s.ref) for s in configured_specs()}
@@ -105,7 +104,7 @@ def plugins_list(plan: bool) -> None:
                           ep.value, description)
         console().print(table)
         if plan:
-            manager = PluginManager()
+            manager = _manager()
             manager.load_all(configured_specs())
             print_plan(manager)
             manager.close()
