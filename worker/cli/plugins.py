@@ -42,9 +42,9 @@ def _checked(ref: str) -> tuple[CheckedPlugin, Any, frozenset[str]]:
 def _manager() -> PluginManager:
     """A manager with the operator's grants, to check plugins without loading them."""
     from worker.plugin.manager import PluginManager
-    from worker.plugin.permissions import SETTING, parse_grants
+    from worker.plugin.permissions import SETTING, parse_plugin_permissions
 
-    return PluginManager(permissions=parse_grants(os.environ.get(SETTING)))
+    return PluginManager(permissions=parse_plugin_permissions(os.environ.get(SETTING)))
 
 
 def _perms(names: frozenset[str] | None) -> str:

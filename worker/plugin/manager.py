@@ -95,7 +95,7 @@ class PluginManager(HookOutcomes, HookCalls):
     ``hook_timeout``: seconds before a hook call is abandoned, for plugins that set
     none (0, the default here: no limit; runtime and client pass SANDRUN_HOOK_TIMEOUT).
     ``permissions``: per plugin name, the subset of its declared permissions it is
-    granted (``parse_grants(SANDRUN_PLUGIN_PERMISSIONS)``).
+    granted (``parse_plugin_permissions(SANDRUN_PLUGIN_PERMISSIONS)``).
     ``hook_errors`` counts every fault per (plugin, hook), ``hook_timeouts`` timeouts."""
 
     def __init__(self, *, storage: StorageBackend | None = None,

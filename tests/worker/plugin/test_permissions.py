@@ -30,7 +30,7 @@ from worker import (
 from worker.collector import InMemoryMetrics
 from worker.errors import ConfigurationError, InvalidPlugin, PermissionRefused, PluginLoadError
 from worker.plugin.loader import PluginSpec
-from worker.plugin.permissions import ALL, parse_grants
+from worker.plugin.permissions import ALL, parse_plugin_permissions
 from worker.plugin.redact import REDACTED
 
 METRIC = "sandrun_plugin_hook_errors_total"
@@ -47,7 +47,7 @@ def plugin(name: str, permissions: list[str] | None, **hooks: Any) -> Plugin:
 
 def manager(*plugins: Plugin, grants: str | None = None) -> tuple[PluginManager, InMemoryMetrics]:
     metrics = InMemoryMetrics()
-    pm = PluginManager(metrics=metrics, permissions=parse_grants(grants))
+    pm = PluginManager(metrics=metrics, permissions=parse_plugin_permissions(grants))
     pm.load_all(list(plugins))
     return pm, metrics
 
@@ -340,7 +340,7 @@ def test_granting_more_than_declared_fails_at_load_saying_what_to_remove() -> No
 
 
 def test_a_spec_narrows_like_the_setting() -> None:
-    pm = PluginManager(permissions=parse_grants("tagger=job:transform,storage"))
+    pm = PluginManager(permissions=parse_plugin_permissions("tagger=job:transform,storage"))
     pm.load_all([PluginSpec(plugin("tagger", ["job:transform", "storage"]),
                             permissions=frozenset({"storage"}))])
     assert pm.loaded()[0].granted == {"storage"}
@@ -354,10 +354,10 @@ def test_a_spec_narrows_like_the_setting() -> None:
 ])
 def test_bad_grants_say_how_to_write_them(raw: str, message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
-        parse_grants(raw)
+        parse_plugin_permissions(raw)
 
 
 def test_grants_parse() -> None:
-    assert parse_grants(" retry = storage , result:transform ; quota= ;") == {
+    assert parse_plugin_permissions(" retry = storage , result:transform ; quota= ;") == {
         "retry": frozenset({"storage", "result:transform"}), "quota": frozenset()}
-    assert parse_grants(None) == {} and parse_grants("") == {}
+    assert parse_plugin_permissions(None) == {} and parse_plugin_permissions("") == {}
