@@ -361,3 +361,15 @@ def test_grants_parse() -> None:
     assert parse_plugin_permissions(" retry = storage , result:transform ; quota= ;") == {
         "retry": frozenset({"storage", "result:transform"}), "quota": frozenset()}
     assert parse_plugin_permissions(None) == {} and parse_plugin_permissions("") == {}
+
+
+def test_every_built_in_plugin_declares_its_apis_and_permissions() -> None:
+    from worker.plugin.loader import available_entry_points, resolve_ref
+    from worker.plugin.validation import check_plugin
+
+    built_in = {n for n, ep in available_entry_points().items() if ep.value.startswith("plugins.")}
+    assert built_in >= {"auth", "defaults", "logging", "metrics", "retry", "scheduling"}
+    declared = {name: check_plugin(resolve_ref(name), {"on_beat"}, must_declare=True).permissions
+                for name in sorted(built_in)}
+    assert declared["logging"] == frozenset()  # it only observes
+    assert "secrets" not in declared["metrics"] and "secrets" not in declared["defaults"]
