@@ -154,9 +154,17 @@ class PluginManager(HookOutcomes, HookCalls):
         """Everything ``load_all`` checks, without calling ``on_init`` or registering hooks.
 
         A worker's main process uses it at start so a broken plugin set stops the
-        worker before any pool process starts."""
+        worker before any pool process starts; a ``permissions`` entry naming no
+        plugin of the set is logged there (a typo would leave a plugin its declared
+        permissions)."""
         with self._lock:
-            return self._prepare(specs)[0]
+            checked = self._prepare(specs)[0]
+        unmatched = sorted(set(self._grants) - {c.name for c in checked} - set(self._plugins))
+        if unmatched:
+            log.warning("plugin_permissions_unmatched", names=unmatched,
+                        plugins=sorted(c.name for c in checked),
+                        fix=f"check the plugin names in {permissions.SETTING}")
+        return checked
 
     def _prepare(self, specs: Sequence[PluginSpec | PluginRef]
                  ) -> tuple[list[CheckedPlugin], dict[str, Any], dict[str, frozenset[str]]]:

@@ -373,3 +373,11 @@ def test_every_built_in_plugin_declares_its_apis_and_permissions() -> None:
                 for name in sorted(built_in)}
     assert declared["logging"] == frozenset()  # it only observes
     assert "secrets" not in declared["metrics"] and "secrets" not in declared["defaults"]
+
+
+def test_a_grant_naming_no_configured_plugin_is_logged_at_validation() -> None:
+    pm = PluginManager(permissions=parse_plugin_permissions("retyr=storage"))
+    with capture_logs() as logs:
+        pm.validate([plugin("retry", ["storage"])])
+    assert [(e["event"], e["names"]) for e in logs if e["log_level"] == "warning"] == [
+        ("plugin_permissions_unmatched", ["retyr"])]
