@@ -10,7 +10,8 @@ other plugins'), ``jobs_completed_total{status,gpu_type}``,
 through the collector it installs for the host, ``dead_letter_total{source}``,
 ``plugin_hook_duration_seconds{plugin,hook}`` and
 ``plugin_hook_errors_total{plugin,hook,kind}`` (kind ``error``: raised,
-``timeout``: abandoned past its hook timeout). Labels never hold job ids, users or
+``timeout``: abandoned past its hook timeout, ``permission``: refused, a change, veto,
+storage or network use the plugin was not granted). Labels never hold job ids, users or
 code. ``enabled_metrics`` globs select metrics; ``labels`` are added to all.
 
 Per worker, one endpoint: ``on_worker_start`` (main process, before the pool

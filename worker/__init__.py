@@ -77,6 +77,7 @@ if TYPE_CHECKING:  # what mypy and readers see; at run time __getattr__ imports 
     from worker.plugin.impl import HookImpl
     from worker.plugin.loader import PluginSpec, parse_plugin_specs
     from worker.plugin.manager import PluginEvent, PluginManager
+    from worker.plugin.permissions import parse_plugin_permissions
     from worker.plugin.spec import Plugin, PluginDependency, PluginManifest, hook
     from worker.protocol import (
         CONTEXT_HEADERS,
@@ -175,6 +176,7 @@ __all__ = [
     "kombu_url",
     "load_settings",
     "make_app",
+    "parse_plugin_permissions",
     "parse_plugin_specs",
     "redis_client",
     "redis_url",
@@ -209,6 +211,7 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     "worker.plugin.impl": ("HookImpl",),
     "worker.plugin.loader": ("PluginSpec", "parse_plugin_specs"),
     "worker.plugin.manager": ("PluginEvent", "PluginManager"),
+    "worker.plugin.permissions": ("parse_plugin_permissions",),
     "worker.plugin.spec": ("Plugin", "PluginDependency", "PluginManifest", "hook"),
     "worker.protocol": ("CONTEXT_HEADERS", "RUN_JOB", "SUBMITTED_HEADER", "TENANT_HEADER",
                         "Publication", "job_queue"),

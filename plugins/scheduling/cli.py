@@ -32,6 +32,7 @@ def _beat_manager() -> PluginManager:
         RedisStorageBackend,
         ensure_broker_configured,
         load_settings,
+        parse_plugin_permissions,
         parse_plugin_specs,
         redis_client,
     )
@@ -41,7 +42,8 @@ def _beat_manager() -> PluginManager:
     url = os.environ["SANDRUN_BROKER_URL"]
     client = redis_client(url)
     storage = None if client is None else RedisStorageBackend(client)
-    manager = PluginManager(storage=storage, hook_timeout=settings.hook_timeout)
+    manager = PluginManager(storage=storage, hook_timeout=settings.hook_timeout,
+                            permissions=parse_plugin_permissions(settings.plugin_permissions))
     manager.load_all(parse_plugin_specs(settings.plugins))
     if BEAT_HOOK not in manager.hook_plan():
         manager.close()

@@ -1,5 +1,7 @@
-"""Permissions on a real worker: a change the operator did not grant is discarded,
-logged and counted on /metrics; granted changes are recorded in the stored result."""
+"""Permissions on a real worker: a change or veto the operator did not grant is
+discarded or ignored, logged and counted on /metrics; a plugin without ``secrets`` sees
+env values redacted while the job gets them; granted changes are recorded in the
+stored result."""
 
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ def port() -> int:
 @pytest.fixture(scope="module")
 def worker(start_worker: WorkerFactory, port: int) -> Worker:
     plugins = [{"name": "metrics", "config": {"port": port, "address": "127.0.0.1"}},
-               "tests.support.overreach:ResultForger", "tests.support.overreach:ResultEditor"]
+               "tests.support.overreach:ResultForger", "tests.support.overreach:ResultEditor",
+               {"name": "tests.support.overreach:Bouncer", "permissions": []}]
     return start_worker(SANDRUN_PLUGINS=json.dumps(plugins),
                         SANDRUN_PLUGIN_PERMISSIONS="forger=")
 
@@ -52,3 +55,18 @@ def test_a_refused_transform_is_discarded_and_counted_on_metrics(
     assert stored["provenance"] == [
         {"plugin": "tagger", "hook": "on_submit", "fields": ["labels"]},
         {"plugin": "editor", "hook": "on_result", "fields": ["stderr"]}]
+
+
+def test_a_refused_veto_lets_the_job_run_and_secrets_reach_only_the_job(
+        worker: Worker, broker: RedisServer, port: int) -> None:
+    before = sample(scrape(port), "sandrun_plugin_hook_errors_total", plugin="bouncer",
+                    hook="on_execute", kind="permission")
+    with Sandrun.create(broker_url=broker_url(broker), plugins=[]) as client:
+        result = (client.job().code("import os; print(os.environ['API_KEY'])")
+                  .env({"API_KEY": "hunter2"}).labels({"bounce": "yes"}).submit()
+                  .wait(timeout=60))
+    assert (result.status, result.stdout) == ("completed", "hunter2\n")
+    assert result.stderr == "edited\nsaw API_KEY=<redacted>\n"
+    assert sample(scrape(port), "sandrun_plugin_hook_errors_total", plugin="bouncer",
+                  hook="on_execute", kind="permission") == before + 1
+    assert "hunter2" not in worker.output()

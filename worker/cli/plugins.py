@@ -42,9 +42,9 @@ def _checked(ref: str) -> tuple[CheckedPlugin, Any, frozenset[str]]:
 def _manager() -> PluginManager:
     """A manager with the operator's grants, to check plugins without loading them."""
     from worker.plugin.manager import PluginManager
-    from worker.plugin.permissions import SETTING, parse_grants
+    from worker.plugin.permissions import SETTING, parse_plugin_permissions
 
-    return PluginManager(permissions=parse_grants(os.environ.get(SETTING)))
+    return PluginManager(permissions=parse_plugin_permissions(os.environ.get(SETTING)))
 
 
 def _perms(names: frozenset[str] | None) -> str:
@@ -91,7 +91,6 @@ def plugins_list(plan: bool) -> None:
     from rich.table import Table
 
     from worker.plugin.loader import available_entry_points, resolve_ref
-    from worker.plugin.manager import PluginManager
 
     try:
         configured = {str(s.ref) for s in configured_specs()}
@@ -105,7 +104,7 @@ def plugins_list(plan: bool) -> None:
                           ep.value, description)
         console().print(table)
         if plan:
-            manager = PluginManager()
+            manager = _manager()
             manager.load_all(configured_specs())
             print_plan(manager)
             manager.close()

@@ -50,7 +50,7 @@ from worker.models.builder import JobBuilder
 from worker.plugin.context import BuildContext, ErrorContext, PublishContext, SubmissionContext
 from worker.plugin.loader import PluginRef, PluginSpec, parse_plugin_specs
 from worker.plugin.manager import PluginManager
-from worker.plugin.permissions import parse_grants
+from worker.plugin.permissions import parse_plugin_permissions
 from worker.plugin.provenance import PROVENANCE_HEADER, to_header
 from worker.protocol import RUN_JOB, SUBMITTED_HEADER, Publication, context_headers, job_queue
 from worker.settings import Settings, load_settings
@@ -178,7 +178,7 @@ class Sandrun:
         app = make_app(broker_url, result_backend)
         manager = PluginManager(dead_letters=dead_letter_store_for(str(app.conf.result_backend)),
                                 hook_timeout=settings.hook_timeout,
-                                permissions=parse_grants(settings.plugin_permissions))
+                                permissions=parse_plugin_permissions(settings.plugin_permissions))
         specs = parse_plugin_specs(settings.plugins) if plugins is None else list(plugins)
         manager.load_all(specs)
         return cls(app, manager, settings)

@@ -218,7 +218,10 @@ class SandrunTask(Task[Any, Any]):
         or a user task's value; a user task that did not complete must raise, so that
         Celery records a failure."""
         if execution.job is not None:
-            return result.model_dump(mode="json")
+            # an empty provenance is left out, so clients of earlier releases (whose
+            # JobResult forbids unknown fields) still read what this worker stores
+            return result.model_dump(mode="json",
+                                     exclude=None if result.provenance else {"provenance"})
         if result.status != "completed":
             error = result.error or ErrorInfo(type="JobFailed", message=result.status)
             raise JobFailed(f"{error.type}: {error.message}")

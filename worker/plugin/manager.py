@@ -97,7 +97,7 @@ class PluginManager(HookOutcomes, HookCalls):
     ``hook_timeout``: seconds before a hook call is abandoned, for plugins that set
     none (0, the default here: no limit; runtime and client pass SANDRUN_HOOK_TIMEOUT).
     ``permissions``: per plugin name, the subset of its declared permissions it is
-    granted (``parse_grants(SANDRUN_PLUGIN_PERMISSIONS)``).
+    granted (``parse_plugin_permissions(SANDRUN_PLUGIN_PERMISSIONS)``).
     ``hook_errors`` counts every fault per (plugin, hook), ``hook_timeouts`` timeouts."""
 
     def __init__(self, *, storage: StorageBackend | None = None,
@@ -160,9 +160,17 @@ class PluginManager(HookOutcomes, HookCalls):
         """Everything ``load_all`` checks, without calling ``on_init`` or registering hooks.
 
         A worker's main process uses it at start so a broken plugin set stops the
-        worker before any pool process starts."""
+        worker before any pool process starts; a ``permissions`` entry naming no
+        plugin of the set is logged there (a typo would leave a plugin its declared
+        permissions)."""
         with self._lock:
-            return self._prepare(specs)[0]
+            checked = self._prepare(specs)[0]
+        unmatched = sorted(set(self._grants) - {c.name for c in checked} - set(self._plugins))
+        if unmatched:
+            log.warning("plugin_permissions_unmatched", names=unmatched,
+                        plugins=sorted(c.name for c in checked),
+                        fix=f"check the plugin names in {permissions.SETTING}")
+        return checked
 
     def _prepare(self, specs: Sequence[PluginSpec | PluginRef]
                  ) -> tuple[list[CheckedPlugin], dict[str, Any], dict[str, frozenset[str]]]:

@@ -34,6 +34,7 @@ from worker.errors import PermissionRefused
 Refuse = Callable[[str, str, str, str], None]
 EVENTS = frozenset({"socket.connect", "socket.sendto", "socket.sendmsg"})
 HOST_MODULES = ("worker.stores.", "worker.broker.")
+DISPATCH_MODULE = "worker.plugin.dispatch"
 
 Marker = tuple[str, str, Refuse]
 #: Async handlers: a context variable (coroutines of one loop interleave on a thread).
@@ -53,9 +54,12 @@ _install_lock = threading.Lock()
 
 
 def _host_call(frame: FrameType | None) -> bool:
-    """Whether a host module sits between the socket call and the guarded hook."""
+    """Whether the connection is not the guarded hook's own: a host module sits between
+    the socket call and the hook, or a dispatch loop does (the hook dispatched a chain
+    whose handler, of a plugin with ``network``, is the one connecting)."""
     while frame is not None and frame.f_code not in _GUARDS:
-        if str(frame.f_globals.get("__name__", "")).startswith(HOST_MODULES):
+        module = str(frame.f_globals.get("__name__", ""))
+        if module.startswith(HOST_MODULES) or module == DISPATCH_MODULE:
             return True
         frame = frame.f_back
     return False

@@ -96,7 +96,7 @@ def _fix() -> str:
             f"with permissions among {', '.join(sorted(ALL))}")
 
 
-def parse_grants(raw: str | None) -> dict[str, frozenset[str]]:
+def parse_plugin_permissions(raw: str | None) -> dict[str, frozenset[str]]:
     """Parse ``SANDRUN_PLUGIN_PERMISSIONS``: ``retry=storage,result:transform;quota=``.
 
     Items are separated by ``;``; each names a plugin and, after ``=``, the

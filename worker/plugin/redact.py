@@ -202,13 +202,20 @@ def restore(original: Any, view: Any, returned: Any) -> Any:
     return returned if restorer is None else restorer(original, returned)
 
 
+def _views(data: Any, context: Any) -> tuple[Any, Any]:
+    """What a plugin without ``secrets`` is handed; the common cases (a Job without env,
+    a context that carries no job) are decided inline: this runs on every such call."""
+    view = data if type(data) is Job and not data.env else redact(data)
+    return view, context if type(context) not in _CARRIERS else redact_context(context)
+
+
 def hiding(call: Call, finish: Callable[[Any], Any]) -> Call:
     """``call`` handed copies with secrets hidden; what it returns gets the hidden values
     back. ``finish`` runs a coroutine it returns to its end (sync dispatch). With
     nothing to hide, ``call`` gets the originals and its result goes back untouched."""
 
     def hidden(data: Any, context: Any) -> Any:
-        view, seen = redact(data), redact_context(context)
+        view, seen = _views(data, context)
         if view is data and seen is context:
             return call(data, context)
         result = call(view, seen)
@@ -230,7 +237,7 @@ def ahiding(call: Call) -> Call:
         return None if result is None else restore(data, view, result)
 
     def hidden(data: Any, context: Any) -> Any:
-        view, seen = redact(data), redact_context(context)
+        view, seen = _views(data, context)
         if view is data and seen is context:
             return call(data, context)
         return restoring(data, view, seen)

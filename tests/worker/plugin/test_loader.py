@@ -11,7 +11,7 @@ import pytest
 from worker import Plugin, PluginManager
 from worker.errors import ConfigurationError, InvalidPlugin, PluginNotFound
 from worker.plugin.loader import PluginSpec, available_entry_points, parse_plugin_specs, resolve_ref
-from worker.plugin.permissions import ALL, parse_grants
+from worker.plugin.permissions import ALL, parse_plugin_permissions
 
 
 class Sample(Plugin):
@@ -113,7 +113,7 @@ def test_an_installed_plugin_must_declare_apis_and_permissions(third_party: str)
 def test_an_installed_plugin_narrowed_by_the_operator_loses_its_change(third_party: str) -> None:
     from worker import Job
 
-    manager = PluginManager(permissions=parse_grants("greeter="))
+    manager = PluginManager(permissions=parse_plugin_permissions("greeter="))
     manager.load(third_party)
     assert manager.execute_hook("on_submit", Job(code="1")).labels == {}
     assert manager.hook_errors[("greeter", "on_submit")] == 1

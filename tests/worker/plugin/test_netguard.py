@@ -161,3 +161,31 @@ def test_the_refusal_says_what_was_tried(listener: socket.socket) -> None:
         "SANDRUN_PLUGIN_PERMISSIONS"]
     # counted where it was refused, even though the plugin swallowed it
     assert metrics.value(METRIC, plugin="catcher", hook="on_submit", kind="permission") == 1
+
+
+def test_a_chain_dispatched_from_a_restricted_hook_keeps_each_plugins_own_grant(
+        listener: socket.socket) -> None:
+    address = listener.getsockname()
+    metrics = InMemoryMetrics()
+    manager = PluginManager(metrics=metrics)
+    manager.declare_hooks("on_ping")
+
+    class Asker(Plugin):
+        name = "asker"
+        manifest = PluginManifest(apis=["on_submit"], permissions=[])
+
+        def on_submit(self, job: Job, context: SubmissionContext) -> None:
+            manager.execute_hook("on_ping", None)
+
+    class Pinger(Plugin):
+        name = "pinger"
+        manifest = PluginManifest(apis=["on_ping"], permissions=["network"])
+
+        def on_ping(self, data: Any, context: Any) -> None:
+            socket.create_connection(address, timeout=5).close()
+
+    manager.load_all([Asker(), Pinger()])
+    manager.on_submit(Job(code="1"), SubmissionContext())
+    manager.close()
+    assert arrived(listener)
+    assert metrics.value(METRIC, plugin="asker", hook="on_submit", kind="permission") == 0

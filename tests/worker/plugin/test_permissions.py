@@ -30,7 +30,7 @@ from worker import (
 from worker.collector import InMemoryMetrics
 from worker.errors import ConfigurationError, InvalidPlugin, PermissionRefused, PluginLoadError
 from worker.plugin.loader import PluginSpec
-from worker.plugin.permissions import ALL, parse_grants
+from worker.plugin.permissions import ALL, parse_plugin_permissions
 from worker.plugin.redact import REDACTED
 
 METRIC = "sandrun_plugin_hook_errors_total"
@@ -47,7 +47,7 @@ def plugin(name: str, permissions: list[str] | None, **hooks: Any) -> Plugin:
 
 def manager(*plugins: Plugin, grants: str | None = None) -> tuple[PluginManager, InMemoryMetrics]:
     metrics = InMemoryMetrics()
-    pm = PluginManager(metrics=metrics, permissions=parse_grants(grants))
+    pm = PluginManager(metrics=metrics, permissions=parse_plugin_permissions(grants))
     pm.load_all(list(plugins))
     return pm, metrics
 
@@ -340,7 +340,7 @@ def test_granting_more_than_declared_fails_at_load_saying_what_to_remove() -> No
 
 
 def test_a_spec_narrows_like_the_setting() -> None:
-    pm = PluginManager(permissions=parse_grants("tagger=job:transform,storage"))
+    pm = PluginManager(permissions=parse_plugin_permissions("tagger=job:transform,storage"))
     pm.load_all([PluginSpec(plugin("tagger", ["job:transform", "storage"]),
                             permissions=frozenset({"storage"}))])
     assert pm.loaded()[0].granted == {"storage"}
@@ -354,10 +354,30 @@ def test_a_spec_narrows_like_the_setting() -> None:
 ])
 def test_bad_grants_say_how_to_write_them(raw: str, message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
-        parse_grants(raw)
+        parse_plugin_permissions(raw)
 
 
 def test_grants_parse() -> None:
-    assert parse_grants(" retry = storage , result:transform ; quota= ;") == {
+    assert parse_plugin_permissions(" retry = storage , result:transform ; quota= ;") == {
         "retry": frozenset({"storage", "result:transform"}), "quota": frozenset()}
-    assert parse_grants(None) == {} and parse_grants("") == {}
+    assert parse_plugin_permissions(None) == {} and parse_plugin_permissions("") == {}
+
+
+def test_every_built_in_plugin_declares_its_apis_and_permissions() -> None:
+    from worker.plugin.loader import available_entry_points, resolve_ref
+    from worker.plugin.validation import check_plugin
+
+    built_in = {n for n, ep in available_entry_points().items() if ep.value.startswith("plugins.")}
+    assert built_in >= {"auth", "defaults", "logging", "metrics", "retry", "scheduling"}
+    declared = {name: check_plugin(resolve_ref(name), {"on_beat"}, must_declare=True).permissions
+                for name in sorted(built_in)}
+    assert declared["logging"] == frozenset()  # it only observes
+    assert "secrets" not in declared["metrics"] and "secrets" not in declared["defaults"]
+
+
+def test_a_grant_naming_no_configured_plugin_is_logged_at_validation() -> None:
+    pm = PluginManager(permissions=parse_plugin_permissions("retyr=storage"))
+    with capture_logs() as logs:
+        pm.validate([plugin("retry", ["storage"])])
+    assert [(e["event"], e["names"]) for e in logs if e["log_level"] == "warning"] == [
+        ("plugin_permissions_unmatched", ["retyr"])]
