@@ -143,7 +143,7 @@ class OpenTelemetryPlugin(BasePlugin):
         author="Sandrun", license="Apache-2.0",
         description="W3C trace context from submit to the stored result (OpenTelemetry)",
         keywords=["opentelemetry", "tracing", "traceparent"], configuration=OpenTelemetryConfig,
-        apis=[], permissions=["network"])  # its exporter sends spans; it changes nothing
+        apis=[], permissions=["network"])  # exports spans; it changes and stops nothing
 
     def __init__(self, options: OpenTelemetryConfig | None = None, *,
                  tracer_provider: trace.TracerProvider | None = None) -> None:

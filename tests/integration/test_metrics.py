@@ -111,12 +111,14 @@ def test_metrics_of_every_plugin_are_exported_whatever_the_load_order(
     configs = {"auth": {"keys": {"k1": AUTH_KEY}},
                "metrics": {"port": port, "address": "127.0.0.1"}}
     plugins = [{"name": name, "config": configs[name]} for name in order]
-    worker = start_worker(concurrency=1, name=f"order-{order[0]}",
+    queue = f"order-{order[0]}"  # its own queue: the module's other worker serves sandrun
+    worker = start_worker(concurrency=1, name=queue, queues=queue,
                           SANDRUN_PLUGINS=json.dumps(plugins))
     try:
         signer = auth_plugin(HMACProvider("k1", AUTH_KEY), auto_refresh=False)
         with Sandrun.create(broker_url=broker_url(broker), plugins=[signer]) as client:
-            assert client.job().code("print(1)").submit().wait(timeout=60).status == "completed"
+            run = client.job().code("print(1)").queue(queue).submit()
+            assert run.wait(timeout=60).status == "completed"
         samples = scrape(port)
         assert sample(samples, "sandrun_auth_verified_total") == 1, order
         assert sample(samples, "sandrun_jobs_completed_total", status="completed",

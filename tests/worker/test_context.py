@@ -101,10 +101,10 @@ class Watcher(BasePlugin):
         self.seen["result"] = result.context
 
 
-def run_with(context: JobContext, tmp_path: Any, status: str = "completed"
-             ) -> tuple[Watcher, JobResult, FileDeadLetterStore]:
+def run_with(context: JobContext, tmp_path: Any, status: str = "completed",
+             hook_timeout: float = 0.0) -> tuple[Watcher, JobResult, FileDeadLetterStore]:
     letters = FileDeadLetterStore(tmp_path)
-    manager = PluginManager(dead_letters=letters)
+    manager = PluginManager(dead_letters=letters, hook_timeout=hook_timeout)
     watcher = manager.load(Watcher)
     assert isinstance(watcher, Watcher)
     job = Job(code="print(1)")
@@ -119,8 +119,11 @@ def run_with(context: JobContext, tmp_path: Any, status: str = "completed"
     return watcher, outcome.result, letters
 
 
-def test_the_context_reaches_hooks_logs_dead_letters_and_the_result(tmp_path: Any) -> None:
-    watcher, result, letters = run_with(FULL, tmp_path, status="failed")
+@pytest.mark.parametrize("hook_timeout", [0.0, 5.0])  # inline, and on a hook thread
+def test_the_context_reaches_hooks_logs_dead_letters_and_the_result(
+        tmp_path: Any, hook_timeout: float) -> None:
+    watcher, result, letters = run_with(FULL, tmp_path, status="failed",
+                                        hook_timeout=hook_timeout)
     assert watcher.seen["execute"] == ("req-42", "acme", {"team": "ml", "run": "7"})
     log = watcher.seen["log"]
     assert (log["correlation_id"], log["tenant"], log["baggage"]) == (
