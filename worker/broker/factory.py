@@ -17,7 +17,9 @@ def make_app(broker_url: str | None = None, result_backend: str | None = None) -
     embedded default broker is started and exported)."""
     if not broker_url:
         ensure_broker_configured()
-    celery_app = Celery("sandrun", task_cls="worker.node.taskbase:SandrunTask")
+    # On RabbitMQ, job queues are declared by worker/broker/amqp.py (quorum or priority).
+    celery_app = Celery("sandrun", task_cls="worker.node.taskbase:SandrunTask",
+                        amqp="worker.broker.amqp:SandrunAMQP")
     celery_app.config_from_object("celeryconfig")
     # Redis results through GuardedRedisBackend: a stored SUCCESS is kept atomically, in
     # one round trip per stored state (worker/broker/resultstore.py).

@@ -40,6 +40,7 @@ from celery import Task, states
 from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded, Terminated
 from pydantic import ValidationError
 
+from worker.broker.amqp import delayed_countdown
 from worker.errors import InvalidJob, JobFailed
 from worker.models import ErrorInfo, Execution, Job, JobResult
 from worker.node import joblog, runtime
@@ -166,14 +167,16 @@ class SandrunTask(Task[Any, Any]):
                 self.request.update(sandrun_already_finished=True)
                 return value
             case Deferred(countdown):
-                self.signature_from_request(countdown=countdown, **self._reprs()).apply_async()
+                self.signature_from_request(countdown=delayed_countdown(self.app.conf, countdown),
+                                            **self._reprs()).apply_async()
                 raise Ignore()
             case Dropped():
                 raise Ignore()
             case RetryLater(countdown, error):
                 # The retry plugin decided; Celery's own limit must not (max_retries=None
                 # would mean "the task's default", 3, and cap every policy at 4 attempts).
-                raise self.retry(exc=JobFailed(str(error)), countdown=countdown,
+                raise self.retry(exc=JobFailed(str(error)),
+                                 countdown=delayed_countdown(self.app.conf, countdown),
                                  max_retries=int(self.request.retries or 0) + 1,
                                  **self._reprs()) from error
         assert_never(outcome)
