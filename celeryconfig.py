@@ -91,21 +91,9 @@ result_backend_transport_options = {
                      "interval_max": 0.5},
 }
 
-# RabbitMQ (worker/broker/amqp.py declares the job queues): every publish waits for the
-# broker's confirm, so a message the client, the beat or a retry sent is on disk (and on a
-# quorum of nodes) before the call returns; messages are persistent (Celery's default).
-# Job queues are quorum queues (SANDRUN_AMQP_QUEUES=quorum, with a delivery limit and a
-# dead-letter exchange) or classic queues with priorities (=priority). Their exchanges are
-# topic exchanges, which Celery's native delayed delivery (countdowns and ETAs on quorum
-# queues) needs. The visibility timeout is kept in the options only because producers read
-# it as the longest ETA they accept; RabbitMQ has none (its consumer_timeout, a server
-# setting, must exceed the longest job instead: docs/operations.md).
-if broker_url.startswith(("amqp://", "amqps://", "pyamqp://")):
-    broker_transport_options = {**_visibility, "confirm_publish": True}
-    task_default_exchange_type = "topic"
-    task_create_missing_queue_exchange_type = "topic"
-    sandrun_amqp_queues = os.environ.get("SANDRUN_AMQP_QUEUES", "quorum")
-    sandrun_amqp_delivery_limit = int(os.environ.get("SANDRUN_AMQP_DELIVERY_LIMIT", "5"))
+# RabbitMQ's settings (publisher confirms, topic exchanges, the queue layout) are applied by
+# worker/broker/factory.py's make_app whenever the app's broker is amqp://, also when a
+# producer passes its URL explicitly: see worker/broker/amqp.py (amqp_settings).
 
 # The filesystem fallback (worker/broker/embedded.py) keeps everything under the state
 # directory: messages in SANDRUN_BROKER_FOLDER, kombu's exchange routing tables beside it

@@ -29,6 +29,7 @@ once declared: switching layout or delivery limit needs the queues deleted first
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import amqp.exceptions
@@ -47,6 +48,25 @@ DEAD_EXCHANGE = "sandrun.dead"
 DEAD_QUEUE = "sandrun.dead"
 LAYOUTS = ("quorum", "priority")
 MAX_PRIORITY = 10
+
+
+def amqp_settings(environ: Mapping[str, str], visibility_timeout: int) -> dict[str, Any]:
+    """Celery settings of an app whose broker is RabbitMQ, from ``SANDRUN_*`` variables.
+
+    Every publish waits for the broker's confirm (``confirm_publish``), so a message the
+    client, the beat or a retry sent is on disk (on a quorum of nodes) before the call
+    returns; messages are persistent (Celery's default). Exchanges are topic exchanges,
+    which native delayed delivery needs. ``visibility_timeout`` is kept in the transport
+    options only because producers read it as the longest ETA they accept: RabbitMQ has
+    none (its ``consumer_timeout``, a server setting, must exceed the longest job)."""
+    layout = environ.get("SANDRUN_AMQP_QUEUES", "quorum")
+    queue_arguments(layout, 1)  # refuses an unknown layout here, with the variable's name
+    return {"broker_transport_options": {"visibility_timeout": visibility_timeout,
+                                         "confirm_publish": True},
+            "task_default_exchange_type": "topic",
+            "task_create_missing_queue_exchange_type": "topic",
+            "sandrun_amqp_queues": layout,
+            "sandrun_amqp_delivery_limit": int(environ.get("SANDRUN_AMQP_DELIVERY_LIMIT", "5"))}
 
 
 def dead_letter_queue() -> Queue:
