@@ -3,7 +3,7 @@
 Every test runs twice (``stack``): on the module's private Redis, and on a private
 virtual host of the shared RabbitMQ (quorum job queues, delivery limit 1 so a poison
 job is stopped after two deliveries) with that Redis as result backend and store.
-Real ``celery worker`` processes, a real CLI, no broker mocks.
+Real ``celery worker`` processes, a real CLI and Flower, no broker mocks.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import pytest
 
 from tests.integration.conftest import ROOT, Stack, Worker, WorkerFactory, worker_env
 from tests.integration.test_attempts import KILL_MY_POOL_PROCESS
+from tests.integration.test_flower import get, tasks_listed, watching
+from tests.integration.test_metrics import free_port
 from tests.integration.test_retry import flaky
 from tests.integration.test_scheduling import plugins, recorder, records
 from worker import PluginSpec
@@ -200,3 +202,22 @@ def test_queue_size_counts_the_jobs_waiting_in_the_broker(stack: Stack, client: 
             limited.submit(Job(code="1", queue="qs"))
     for run in runs:  # no worker consumes qs: they would wait until the vhost goes
         run.cancel()
+
+
+def test_flower_follows_jobs_behind_basic_auth(stack: Stack, client: Sandrun, worker: Worker,
+                                               tmp_path: Path) -> None:
+    port = free_port()
+    env = worker_env(stack, tmp_path, FLOWER_BASIC_AUTH="ops:s3cret", **MODULE_ENV)
+    flower = Worker([sys.executable, "-m", "worker.cli", "flower", "--port", str(port),
+                     "--address", "127.0.0.1"], env, tmp_path / "flower.log")
+    try:
+        base = f"http://127.0.0.1:{port}"
+        until("Flower serving", lambda: get(f"{base}/healthcheck")[0] == 200)
+        watching(base, client)
+        run = client.job().code("print(7)").submit()
+        run.wait(timeout=30)
+        assert get(f"{base}/api/tasks")[0] == 401
+        until("the job listed as finished", lambda: tasks_listed(base).get(run.id, {}).get(
+            "state") == "SUCCESS", timeout=20)
+    finally:
+        flower.stop()
