@@ -147,8 +147,11 @@ def _workers(broker: RedisServer | Stack, tmp_path_factory: pytest.TempPathFacto
 
     def start(*, concurrency: int = 2, name: str = "w1", queues: str = "sandrun",
               include: str = "tests.support.tasks", cli: bool = False, ready: bool = True,
-              **env: str) -> Worker:
-        if cli:
+              command: list[str] | None = None, **env: str) -> Worker:
+        """A worker (``command``: another ``sandrun`` command, e.g. ``["beat"]``)."""
+        if command:
+            argv = [sys.executable, "-m", "worker.cli", "--log-level", "info", *command]
+        elif cli:
             argv = [sys.executable, "-m", "worker.cli", "worker", "-c", str(concurrency),
                     "-n", f"{name}@%h", "-Q", queues]
         else:

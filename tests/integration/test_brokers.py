@@ -24,12 +24,8 @@ from tests.integration.test_attempts import KILL_MY_POOL_PROCESS
 from tests.integration.test_flower import get, tasks_listed, watching
 from tests.integration.test_metrics import free_port
 from tests.integration.test_retry import flaky
-from tests.integration.test_scheduling import plugins, recorder, records
-from worker import PluginSpec
 from worker.broker.amqp import queue_depth
-from worker.client.client import JobExecution, Sandrun
-from worker.errors import QueueFull
-from worker.models import Job
+from worker.client.client import Sandrun
 
 pytestmark = pytest.mark.slow
 
@@ -171,37 +167,6 @@ def test_gpu_jobs_wait_in_their_queue_for_a_gpu_worker(
     finally:
         gpu.stop()
         cpu.stop()
-
-
-def test_priority_first_drains_a_backlog_most_urgent_first(
-        stack: Stack, start_stack_worker: WorkerFactory, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    # On RabbitMQ priorities need classic priority queues (quorum queues are FIFO there).
-    monkeypatch.setenv("SANDRUN_AMQP_QUEUES", "priority")
-    log, priorities = tmp_path / "order", [0, 9, 3, 7, 5, 1, 8, 2, 6, 4]
-    with stack.client(plugins=[PluginSpec("scheduling")]) as producer:
-        runs = [producer.submit(Job(code=recorder(log, str(p)), priority=p, queue="prio"))
-                for p in priorities]
-        worker = start_stack_worker(concurrency=1, name="prio", queues="prio",
-                                    SANDRUN_PLUGINS=plugins(), SANDRUN_AMQP_QUEUES="priority",
-                                    **MODULE_ENV)
-        try:
-            for run in runs:
-                assert run.wait(timeout=60).status == "completed"
-        finally:
-            worker.stop()
-    assert [int(tag) for tag, _, _ in records(log)] == sorted(priorities, reverse=True)
-
-
-def test_queue_size_counts_the_jobs_waiting_in_the_broker(stack: Stack, client: Sandrun
-                                                          ) -> None:
-    with stack.client(plugins=[PluginSpec("scheduling", {"queue_size": 2})]) as limited:
-        runs: list[JobExecution] = [limited.submit(Job(code="1", queue="qs")) for _ in range(2)]
-        until("both waiting", lambda: waiting(stack, limited, "qs") == 2)
-        with pytest.raises(QueueFull, match="queue 'qs' already holds 2"):
-            limited.submit(Job(code="1", queue="qs"))
-    for run in runs:  # no worker consumes qs: they would wait until the vhost goes
-        run.cancel()
 
 
 def test_flower_follows_jobs_behind_basic_auth(stack: Stack, client: Sandrun, worker: Worker,

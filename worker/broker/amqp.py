@@ -3,7 +3,7 @@
 With ``SANDRUN_BROKER_URL=amqp://...`` every job queue (the default queue, a job's
 own ``queue``, the ``.gpu`` queues) is declared by :class:`SandrunQueues`, the
 same way by producers and workers, in one of two layouts chosen with
-``SANDRUN_AMQP_QUEUES`` (celeryconfig's ``sandrun_amqp_queues``):
+``SANDRUN_AMQP_QUEUES`` (the app setting ``sandrun_amqp_queues``, :func:`amqp_settings`):
 
 * ``quorum`` (default): durable quorum queues (Raft-replicated on a cluster),
   with ``x-delivery-limit`` (``SANDRUN_AMQP_DELIVERY_LIMIT``, default 5) and
@@ -21,7 +21,7 @@ same way by producers and workers, in one of two layouts chosen with
   Redis, ``SANDRUN_MAX_ATTEMPTS``, is then the only one). Not replicated.
 
 Both keep messages persistent, and every publish waits for the broker's
-confirm (celeryconfig's ``confirm_publish``). A queue's arguments cannot change
+confirm (``confirm_publish``). A queue's arguments cannot change
 once declared: switching layout or delivery limit needs the queues deleted first
 (docs/operations.md says how).
 """
@@ -29,6 +29,7 @@ once declared: switching layout or delivery limit needs the queues deleted first
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -152,6 +153,39 @@ def delayed_countdown(conf: Any, countdown: float) -> float:
     if countdown > 0 and delays_natively(conf):
         return float(math.ceil(countdown))
     return countdown
+
+
+#: The prefix native delayed delivery puts before a delayed message's routing key.
+_DELAY_PREFIX = re.compile(r"^(?:[01]\.){28}")
+
+
+def redelivery_options(conf: Any, delivery_info: Mapping[str, Any] | None,
+                       countdown: float) -> dict[str, Any]:
+    """Options that publish the message of this delivery again ``countdown`` s from now.
+
+    On native delayed delivery the queue is named explicitly: Celery would route a
+    re-published message by the delivery's exchange and key, but its delayed path
+    takes the routing key of the *default* queue then, and a job of any other queue
+    would land in the default one. The queue is the delivery's routing key (job queues
+    are bound by their name) without the delay prefix."""
+    options: dict[str, Any] = {"countdown": delayed_countdown(conf, countdown)}
+    if delays_natively(conf):
+        key = _DELAY_PREFIX.sub("", str((delivery_info or {}).get("routing_key") or ""), 1)
+        if key:
+            options["queue"] = key
+    return options
+
+
+def declare_job_queues(app: Any) -> None:
+    """Declare every job queue the app knows (its default queue and those it consumes),
+    so that binding them to the delay exchanges at worker start finds them all."""
+    with app.connection_for_write() as connection:
+        channel = connection.channel()
+        try:
+            for queue in app.amqp.queues.values():
+                queue.bind(channel).declare()
+        finally:
+            channel.close()
 
 
 def prepare_delayed_delivery(app: Any, queue: str) -> None:

@@ -79,9 +79,11 @@ class BrokerDeadLetters(bootsteps.ConsumerStep):
         super().__init__(parent, **options)
         self.enabled = uses_amqp(parent.app.conf)
 
+    def start(self, c: Any) -> None:
+        if self.enabled:  # no channel of its own on other brokers
+            super().start(c)
+
     def get_consumers(self, channel: Any) -> list[Consumer]:
-        if not self.enabled:
-            return []
         channel.basic_qos(0, 16, False)
         return [Consumer(channel, queues=[dead_letter_queue()], on_message=self.on_message,
                          accept=["json"])]
