@@ -15,6 +15,7 @@ from worker.broker.amqp import (
     delayed_countdown,
     queue_arguments,
     queue_depth,
+    redelivery_options,
 )
 from worker.broker.factory import make_app
 from worker.broker.publisher import Publisher
@@ -86,3 +87,14 @@ def test_a_published_job_is_counted_and_a_near_eta_arrives_after_its_delay(vhost
             time.sleep(0.2)
     finally:
         app.close()
+
+
+def test_a_redelivery_names_its_queue_only_on_native_delays(vhost: str) -> None:
+    amqp_conf = make_app(vhost, BACKEND).conf
+    delayed = {"exchange": "celery_delayed_27", "routing_key": "0." * 27 + "1.cap"}
+    assert redelivery_options(amqp_conf, delayed, 0.3) == {"countdown": 1.0, "queue": "cap"}
+    direct = {"exchange": "sandrun.gpu", "routing_key": "sandrun.gpu"}
+    assert redelivery_options(amqp_conf, direct, 2)["queue"] == "sandrun.gpu"
+    assert redelivery_options(amqp_conf, {}, 2) == {"countdown": 2.0}
+    redis_conf = make_app("memory://", "cache+memory://").conf
+    assert redelivery_options(redis_conf, delayed, 0.3) == {"countdown": 0.3}
