@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # what mypy and readers see; at run time __getattr__ imports these
     from celery import Celery
 
+    from worker.broker.amqp import queue_depth
     from worker.broker.embedded import ensure_broker_configured
     from worker.broker.factory import make_app
     from worker.broker.publisher import Publisher
-    from worker.broker.urls import is_redis, kombu_url, redis_client, redis_url
+    from worker.broker.urls import is_amqp, is_redis, kombu_url, redis_client, redis_url
     from worker.cli.common import fail as cli_fail
     from worker.client.client import JobExecution, Sandrun
     from worker.collector import InMemoryMetrics, MetricsCollector
@@ -171,6 +172,7 @@ __all__ = [
     "current_job_context",
     "ensure_broker_configured",
     "hook",
+    "is_amqp",
     "is_redis",
     "job_queue",
     "kombu_url",
@@ -178,6 +180,7 @@ __all__ = [
     "make_app",
     "parse_plugin_permissions",
     "parse_plugin_specs",
+    "queue_depth",
     "redis_client",
     "redis_url",
     "with_logging",
@@ -186,10 +189,11 @@ __all__ = [
 
 #: Where each public name lives, imported on first use by ``__getattr__``.
 _SOURCES: dict[str, tuple[str, ...]] = {
+    "worker.broker.amqp": ("queue_depth",),
     "worker.broker.embedded": ("ensure_broker_configured",),
     "worker.broker.factory": ("make_app",),
     "worker.broker.publisher": ("Publisher",),
-    "worker.broker.urls": ("is_redis", "kombu_url", "redis_client", "redis_url"),
+    "worker.broker.urls": ("is_amqp", "is_redis", "kombu_url", "redis_client", "redis_url"),
     "worker.client.client": ("JobExecution", "Sandrun"),
     "worker.collector": ("InMemoryMetrics", "MetricsCollector"),
     "worker.errors": (

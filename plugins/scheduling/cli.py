@@ -40,7 +40,8 @@ def _beat_manager() -> PluginManager:
     ensure_broker_configured()
     settings = load_settings()
     url = os.environ["SANDRUN_BROKER_URL"]
-    client = redis_client(url)
+    # plugin storage lives in the broker's Redis, or on RabbitMQ in the result backend's
+    client = redis_client(url) or redis_client(os.environ.get("SANDRUN_RESULT_BACKEND") or "")
     storage = None if client is None else RedisStorageBackend(client)
     manager = PluginManager(storage=storage, hook_timeout=settings.hook_timeout,
                             permissions=parse_plugin_permissions(settings.plugin_permissions))

@@ -43,6 +43,7 @@ lost: a claim is only dropped after its publish returned.
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections.abc import Callable
@@ -73,6 +74,7 @@ from worker import (
     SubmissionContext,
     SubmissionRejected,
     hook,
+    is_amqp,
     job_queue,
     load_settings,
 )
@@ -119,6 +121,11 @@ class SchedulingPlugin(BasePlugin):
         super().on_init(context)
         self.options = self._options or context.config or SchedulingConfig()
         self._connect(self.logger)
+        if (self.options.strategy == "priority-first" and is_amqp(self.connections.url)
+                and os.environ.get("SANDRUN_AMQP_QUEUES", "quorum") == "quorum"):
+            self.logger.warning(
+                "priority_not_honoured", broker="rabbitmq", queues="quorum",
+                fix="SANDRUN_AMQP_QUEUES=priority declares classic queues with priorities")
 
     @property
     def store(self) -> SchedulingStore:

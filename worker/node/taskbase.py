@@ -41,6 +41,7 @@ from celery import Task, states
 from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded, Terminated
 from pydantic import ValidationError
 
+from worker.broker.amqp import redelivery_options
 from worker.errors import InvalidJob, JobFailed
 from worker.models import ErrorInfo, Execution, Job, JobContext, JobResult
 from worker.models.context import EMPTY
@@ -194,17 +195,22 @@ class SandrunTask(Task[Any, Any]):
                 self.request.update(sandrun_already_finished=True)
                 return value
             case Deferred(countdown):
-                self.signature_from_request(countdown=countdown, **self._reprs()).apply_async()
+                self.signature_from_request(**self._again(countdown),
+                                            **self._reprs()).apply_async()
                 raise Ignore()
             case Dropped():
                 raise Ignore()
             case RetryLater(countdown, error):
                 # The retry plugin decided; Celery's own limit must not (max_retries=None
                 # would mean "the task's default", 3, and cap every policy at 4 attempts).
-                raise self.retry(exc=JobFailed(str(error)), countdown=countdown,
+                raise self.retry(exc=JobFailed(str(error)), **self._again(countdown),
                                  max_retries=int(self.request.retries or 0) + 1,
                                  **self._reprs()) from error
         assert_never(outcome)
+
+    def _again(self, countdown: float) -> dict[str, Any]:
+        """Publish options for this delivery's message ``countdown`` s from now."""
+        return redelivery_options(self.app.conf, self.request.delivery_info, countdown)
 
     def _reprs(self) -> dict[str, Any]:
         """What a job message published again shows of its job: a summary (Celery would
