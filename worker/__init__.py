@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # what mypy and readers see; at run time __getattr__ imports 
     from worker.errors import (
         BrokerUnavailable,
         ConfigurationError,
+        ConsensusUnavailable,
         DuplicateDelivery,
         InvalidJob,
         JobDeferred,
@@ -51,10 +52,13 @@ if TYPE_CHECKING:  # what mypy and readers see; at run time __getattr__ imports 
         MAX_CPU_SECONDS,
         MAX_MEMORY_MB,
         MAX_TIMEOUT_SECONDS,
+        ConsensusSummary,
+        Cost,
         ErrorInfo,
         Execution,
         Job,
         JobResult,
+        ReplicaVote,
         RetryPolicy,
         WorkerInfo,
     )
@@ -74,7 +78,14 @@ if TYPE_CHECKING:  # what mypy and readers see; at run time __getattr__ imports 
     from worker.plugin.loader import PluginSpec, parse_plugin_specs
     from worker.plugin.manager import PluginEvent, PluginManager
     from worker.plugin.spec import Plugin, PluginDependency, PluginManifest, hook
-    from worker.protocol import RUN_JOB, SUBMITTED_HEADER, Publication, job_queue
+    from worker.protocol import (
+        RUN_JOB,
+        SUBMITTED_HEADER,
+        Publication,
+        job_queue,
+        replica_index,
+        replica_task_id,
+    )
     from worker.settings import Settings, load_settings
     from worker.stores.deadletter import DeadLetter, DeadLetterStore
     from worker.stores.ops import Get, Incr, Set, SetDefault
@@ -98,6 +109,9 @@ __all__ = [
     "BrokerUnavailable",
     "BuildContext",
     "ConfigurationError",
+    "ConsensusSummary",
+    "ConsensusUnavailable",
+    "Cost",
     "DeadLetter",
     "DeadLetterStore",
     "DuplicateDelivery",
@@ -135,6 +149,7 @@ __all__ = [
     "Publisher",
     "QueueFull",
     "RedisStorageBackend",
+    "ReplicaVote",
     "ResultContext",
     "RetryPolicy",
     "RetryRequested",
@@ -161,6 +176,8 @@ __all__ = [
     "parse_plugin_specs",
     "redis_client",
     "redis_url",
+    "replica_index",
+    "replica_task_id",
     "with_logging",
     "with_metrics",
 ]
@@ -174,14 +191,15 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     "worker.client.client": ("JobExecution", "Sandrun"),
     "worker.collector": ("InMemoryMetrics", "MetricsCollector"),
     "worker.errors": (
-        "BrokerUnavailable", "ConfigurationError", "DuplicateDelivery", "InvalidJob",
-        "JobDeferred", "JobFailed", "JobRejected", "PaymentRejected", "PluginError",
+        "BrokerUnavailable", "ConfigurationError", "ConsensusUnavailable", "DuplicateDelivery",
+        "InvalidJob", "JobDeferred", "JobFailed", "JobRejected", "PaymentRejected", "PluginError",
         "PublicationHeld", "QueueFull", "RetryRequested", "SandrunError", "StartupRefused",
         "StorageError", "SubmissionRejected"),
     "worker.logs": ("LEVELS", "configure_logging"),
     "worker.models": (
-        "MAX_CPU_SECONDS", "MAX_MEMORY_MB", "MAX_TIMEOUT_SECONDS", "ErrorInfo", "Execution",
-        "Job", "JobResult", "RetryPolicy", "WorkerInfo"),
+        "MAX_CPU_SECONDS", "MAX_MEMORY_MB", "MAX_TIMEOUT_SECONDS", "ConsensusSummary", "Cost",
+        "ErrorInfo", "Execution", "Job", "JobResult", "ReplicaVote", "RetryPolicy",
+        "WorkerInfo"),
     "worker.models.builder": ("JobBuilder",),
     "worker.plugin.context": (
         "BuildContext", "ErrorContext", "ExecutionContext", "PluginContext", "PublishContext",
@@ -191,7 +209,8 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     "worker.plugin.loader": ("PluginSpec", "parse_plugin_specs"),
     "worker.plugin.manager": ("PluginEvent", "PluginManager"),
     "worker.plugin.spec": ("Plugin", "PluginDependency", "PluginManifest", "hook"),
-    "worker.protocol": ("RUN_JOB", "SUBMITTED_HEADER", "Publication", "job_queue"),
+    "worker.protocol": ("RUN_JOB", "SUBMITTED_HEADER", "Publication", "job_queue",
+                        "replica_index", "replica_task_id"),
     "worker.settings": ("Settings", "load_settings"),
     "worker.stores.deadletter": ("DeadLetter", "DeadLetterStore"),
     "worker.stores.ops": ("Get", "Incr", "Set", "SetDefault"),

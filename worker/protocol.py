@@ -1,9 +1,11 @@
-"""Wire names the producer and the worker must agree on, in one small module both import.
+"""Wire names the producer and the worker must agree on, in one small module both
+import.
 
-The task name, the header a producer stamps with its publish time, which queue
-a job is published to, what a job message shows of itself (:func:`job_reprs`),
-and :class:`Publication`, the message as it is sent. It imports nothing heavier
-than the models, so a producer gets these without loading the node or the sandbox.
+The task name, the header a producer stamps with its publish time, which queue a job
+is published to, the task ids of a consensus job's replicas, what a job message
+shows of itself (:func:`job_reprs`), and :class:`Publication`, the message as it is
+sent. It imports nothing heavier than the models, so a producer gets these without
+loading the node or the sandbox.
 """
 
 from __future__ import annotations
@@ -19,6 +21,26 @@ from worker.models import Job
 RUN_JOB = "sandrun.run_job"
 #: Message header: the producer's publish time (Unix seconds, a decimal string).
 SUBMITTED_HEADER = "sandrun_submitted_at"
+
+
+#: How a replica's task id is made from its job's: ``<job id>.replica-<i>``.
+REPLICA_SUFFIX = ".replica-"
+
+
+def replica_task_id(job_id: str, replica: int) -> str:
+    """The task id of replica ``replica`` (0-based) of a consensus job: each replica is its
+    own message, signed and stored under its own id; the job's id holds the final result."""
+    return f"{job_id}{REPLICA_SUFFIX}{replica}"
+
+
+def replica_index(task_id: str, job: Job) -> int | None:
+    """Which replica of ``job`` the task ``task_id`` is, or None when it is none of the
+    job's ``n`` replicas (a plain job, or a task id that does not match)."""
+    head, sep, tail = task_id.rpartition(REPLICA_SUFFIX)
+    if not sep or head != job.id or not tail.isdigit():
+        return None
+    index = int(tail)
+    return index if index < job.quorum.n and tail == str(index) else None
 
 
 def job_queue(job: Job, default_queue: str) -> str:

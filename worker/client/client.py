@@ -30,6 +30,7 @@ from celery.result import AsyncResult
 
 from worker.broker.factory import make_app
 from worker.broker.publisher import Publisher
+from worker.client.replicas import check_fleet, replica_publications
 from worker.errors import (
     ConfigurationError,
     InvalidJob,
@@ -42,7 +43,7 @@ from worker.models.builder import JobBuilder
 from worker.plugin.context import BuildContext, PublishContext, SubmissionContext
 from worker.plugin.loader import PluginRef, PluginSpec, parse_plugin_specs
 from worker.plugin.manager import PluginManager
-from worker.protocol import RUN_JOB, SUBMITTED_HEADER, Publication, job_queue
+from worker.protocol import RUN_JOB, SUBMITTED_HEADER, Publication, job_queue, replica_task_id
 from worker.settings import Settings, load_settings
 from worker.stores.deadletter import dead_letter_store_for
 from worker.stores.outputs import OutputStore, output_store_for
@@ -55,10 +56,14 @@ STATE_NAMES = {"PENDING": "queued", "RECEIVED": "queued", "STARTED": "running",
 class JobExecution:
     """A handle on one submitted job."""
 
-    def __init__(self, job_id: str, app: Celery, outputs: OutputStore) -> None:
+    def __init__(self, job_id: str, app: Celery, outputs: OutputStore, *,
+                 replicas: int = 1) -> None:
+        """``replicas``: how many replica messages a consensus job was sent as (its
+        ``n``), which :meth:`cancel` revokes with it."""
         self.id = job_id
         self._app = app
         self._outputs = outputs
+        self.replicas = replicas
 
     def __repr__(self) -> str:
         return f"JobExecution({self.id!r})"
@@ -119,12 +124,26 @@ class JobExecution:
         return (result.stdout, result.stderr) if result else ("", "")
 
     def cancel(self) -> None:
-        """Revoke the job; a running one is terminated (its whole process tree with it)."""
-        self._app.control.revoke(self.id, terminate=True, signal="SIGTERM")
+        """Revoke the job; a running one is terminated (its whole process tree with it).
+        A consensus job's replicas are revoked with it, and its id stored as revoked
+        (no replica is left to store a final result there)."""
+        ids = [self.id] + [replica_task_id(self.id, i) for i in range(self.replicas)
+                           if self.replicas > 1]
+        self._app.control.revoke(ids, terminate=True, signal="SIGTERM")
+        if self.replicas > 1:
+            self._app.backend.mark_as_revoked(self.id, reason="cancelled")
+
+    def _output_key(self) -> str:
+        """Where this job's outputs are stored: under its id, or, for a consensus job,
+        under the replica whose result the vote kept (``consensus.canonical``)."""
+        result = self.result()
+        if result is not None and result.consensus is not None and result.consensus.canonical:
+            return result.consensus.canonical
+        return self.id
 
     def download(self, path: str, dest: str | Path) -> Path:
         """Write output ``path`` of the finished job to ``dest`` (a file or a directory)."""
-        data = self._outputs.get(self.id, path)
+        data = self._outputs.get(self._output_key(), path)
         if data is None:
             raise SandrunError(f"job {self.id} has no output {path!r} (finished? expired? "
                                "see result().outputs)")
@@ -191,15 +210,22 @@ class Sandrun:
             args=[job.model_dump(mode="json", exclude_defaults=True)],
             eta=job.scheduled_time, headers={**ctx.headers,
                                              SUBMITTED_HEADER: f"{time.time():.6f}"})
+        if job.quorum.n > 1:
+            check_fleet(self.app, job, queue)
+        for message in replica_publications(publication, job):
+            self._publish_job(message, job, ctx)
+        ctx.duration = time.perf_counter() - started
+        return JobExecution(job.id, self.app, self._outputs, replicas=job.quorum.n)
+
+    def _publish_job(self, publication: Publication, job: Job, ctx: SubmissionContext) -> None:
+        """``on_publish`` over one message of ``job`` (the job, or one of its replicas),
+        then send what it returns unless a plugin took the message over."""
         try:
             publication = self.manager.on_publish(publication, PublishContext(
                 job=job, producer=self.producer, metadata=ctx.metadata))
         except PublicationHeld:
-            pass  # a plugin stored the message and sends it later (it logs that itself)
-        else:
-            self.publish(publication)
-        ctx.duration = time.perf_counter() - started
-        return JobExecution(job.id, self.app, self._outputs)
+            return  # a plugin stored the message and sends it later (it logs that itself)
+        self.publish(publication)
 
     def publish(self, publication: Publication) -> None:
         """Send one message to the broker as it is (no hooks), riding out short outages.
@@ -218,9 +244,10 @@ class Sandrun:
                 f"timeout ({horizon}s); the job could run twice. Load the scheduling plugin, "
                 "which holds far-future jobs until they are due")
 
-    def execution(self, job_id: str) -> JobExecution:
-        """A handle on a job submitted earlier (by id)."""
-        return JobExecution(job_id, self.app, self._outputs)
+    def execution(self, job_id: str, *, replicas: int = 1) -> JobExecution:
+        """A handle on a job submitted earlier (by id; ``replicas``: a consensus job's n,
+        for :meth:`JobExecution.cancel`)."""
+        return JobExecution(job_id, self.app, self._outputs, replicas=replicas)
 
     def close(self) -> None:
         """Unload plugins (``on_destroy``) and release broker connections."""

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, StringConstraints
 
+from worker.models.consensus import ConsensusSummary
 from worker.models.limits import FROZEN, Identifier, JobStatus, Outcome
 
 
@@ -87,6 +88,8 @@ class JobResult(BaseModel):
     isolation: str | None = None
     outputs_truncated: bool = False
     value: Any = Field(default=None, description="return value of a user task")
+    consensus: ConsensusSummary | None = Field(default=None, description=(
+        "a consensus job's vote: on its final result, every replica's node and digest"))
 
     def replace(self, **changes: Any) -> JobResult:
         """Return a validated copy with ``changes`` applied (``on_result`` hooks use this)."""
