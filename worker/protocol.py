@@ -37,7 +37,7 @@ def replica_index(task_id: str, job: Job) -> int | None:
     """Which replica of ``job`` the task ``task_id`` is, or None when it is none of the
     job's ``n`` replicas (a plain job, or a task id that does not match)."""
     head, sep, tail = task_id.rpartition(REPLICA_SUFFIX)
-    if not sep or head != job.id or not tail.isdigit():
+    if job.quorum.n == 1 or not sep or head != job.id or not tail.isdigit():
         return None
     index = int(tail)
     return index if index < job.quorum.n and tail == str(index) else None

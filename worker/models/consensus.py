@@ -81,6 +81,7 @@ class ReplicaVote(BaseModel):
     node: str | None = None
     status: ReplicaStatus = "pending"
     digest: str | None = None
+    cost: str | None = Field(default=None, description="what its run cost (decimal amount)")
 
 
 class ConsensusSummary(BaseModel):
