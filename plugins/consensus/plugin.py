@@ -202,19 +202,19 @@ class ConsensusPlugin(BasePlugin):
 
     def _settle(self, job: Job, settled: Tally, recorded: dict[int, ReplicaVote],
                 vote: ReplicaVote, result: JobResult | None) -> None:
-        """Store the final result, stop the replicas that have not voted, report."""
+        """Report (count, log, dead-letter), store the final result, and stop the replicas
+        that have not voted."""
         k, n = job.quorum
         replicas = [recorded.get(i) or ReplicaVote(replica=i, task_id=replica_task_id(job.id, i),
                                                    status="cancelled") for i in range(n)]
         summary = ConsensusSummary(k=k, n=n, outcome=settled.outcome, digest=settled.digest,
                                    canonical=vote.task_id if settled.digest else None,
                                    replicas=replicas)
-        final = self._final(job, settled, summary, result)
-        self.fleet.store_final(final)
         pending = [v.task_id for v in replicas if v.replica not in recorded]
+        self._report(job, settled, summary, pending)  # before the result: whoever reads
+        self.fleet.store_final(self._final(job, settled, summary, result))  # it finds both
         if pending:
             self.fleet.cancel(pending)
-        self._report(job, settled, summary, pending)
 
     def _final(self, job: Job, settled: Tally, summary: ConsensusSummary,
                result: JobResult | None) -> JobResult:

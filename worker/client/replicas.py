@@ -49,7 +49,7 @@ def check_fleet(app: Celery, job: Job, queue: str, *, timeout: float = PING_TIME
                       if queue in info.queues and ADVERTISED in info.extra)
     finally:
         client.close()
-    alive = _answering(app, able, n, timeout) if len(able) >= n else set()
+    alive = _answering(app, able, min(n, len(able)), timeout) if able else set()
     if len(alive) < n:
         raise ConsensusUnavailable(
             f"job {job.id} asks for consensus {job.consensus}: {n} replicas on distinct "
@@ -59,7 +59,8 @@ def check_fleet(app: Celery, job: Job, queue: str, *, timeout: float = PING_TIME
 
 
 def _answering(app: Celery, names: list[str], n: int, timeout: float) -> set[str]:
-    """Which of ``names`` answer a ping (returns as soon as ``n`` have)."""
+    """Which of ``names`` answer a ping (returns as soon as ``n`` have, so a fleet big
+    enough costs one round trip; one too small waits ``timeout`` for the missing)."""
     replies: list[dict[str, Any]] = app.control.ping(destination=names, timeout=timeout,
                                                      limit=n) or []
     return {name for reply in replies for name in reply}

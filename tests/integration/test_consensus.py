@@ -1,0 +1,137 @@
+"""Consensus jobs on real workers: replicas on distinct nodes, a vote, the final result.
+
+One private Redis, four workers (one pool process each): ``h1``, ``h2`` and ``h3``
+serve the queue ``honest``; ``h1``, ``h2`` and ``bad`` (whose results the corrupt
+plugin changes) serve ``mixed``; only ``h1`` serves ``single``. The honest workers
+and the producer sign and verify with the auth plugin: replicas are separate signed
+messages, never refused as replays of each other.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from plugins.auth import auth_plugin
+from plugins.auth.tokens import HMACProvider
+from tests.conftest import RedisServer
+from tests.integration.conftest import ROOT, Worker, WorkerFactory, broker_url, worker_env
+from worker.client.client import Sandrun
+from worker.errors import ConsensusUnavailable
+from worker.models import Job, JobResult
+from worker.stores.deadletter import dead_letter_store_for
+
+pytestmark = pytest.mark.slow
+
+KEY = "consensus-key-0123456789abcdefghij"
+#: Writes an output file and prints; every honest replica gives the same digest.
+CODE = "open('answer.txt', 'w').write('42')\nprint('the answer is 42')"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def plugins(port: int, *extra: object) -> str:
+    metrics = {"name": "metrics", "config": {"port": port, "address": "127.0.0.1"}}
+    return json.dumps([{"name": "auth", "config": {"keys": {"k1": KEY}}}, metrics,
+                       {"name": "consensus", "config": {"requeue_delay": 0.1}}, *extra])
+
+
+def consensus_total(ports: list[int], outcome: str) -> float:
+    """``sandrun_consensus_total{outcome}`` summed over the fleet's metrics endpoints."""
+    total = 0.0
+    for port in ports:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
+            for line in page.read().decode().splitlines():
+                if line.startswith(f'sandrun_consensus_total{{outcome="{outcome}"}}'):
+                    total += float(line.split()[-1])
+    return total
+
+
+PORTS = {name: free_port() for name in ("h1", "h2", "h3", "bad")}
+QUEUES = {"h1": "honest,mixed,single", "h2": "honest,mixed", "h3": "honest", "bad": "mixed"}
+
+
+@pytest.fixture(scope="module")
+def fleet(start_worker: WorkerFactory) -> list[Worker]:
+    started = [start_worker(name=name, concurrency=1, queues=QUEUES[name], ready=False,
+                            SANDRUN_PLUGINS=plugins(port, *(
+                                ["tests.support.corrupt:CorruptPlugin"] if name == "bad" else [])))
+               for name, port in PORTS.items()]
+    for worker in started:
+        worker.wait_ready()
+    return started
+
+
+@pytest.fixture
+def client(broker: RedisServer, fleet: list[Worker]) -> Iterator[Sandrun]:
+    signer = auth_plugin(HMACProvider("k1", KEY), auto_refresh=False)
+    with Sandrun.create(broker_url=broker_url(broker), plugins=[signer]) as made:
+        yield made
+
+
+def nodes(result: JobResult) -> list[str]:
+    assert result.consensus is not None
+    return [(v.node or "").split("@")[0] for v in result.consensus.replicas]
+
+
+def test_two_of_three_on_three_workers_agrees(client: Sandrun, broker: RedisServer,
+                                             tmp_path: Path) -> None:
+    run = client.submit(Job(code=CODE, consensus="2-of-3", queue="honest", outputs=["*.txt"]))
+    result = run.wait(timeout=120)
+    assert (result.id, result.status, result.stdout) == (run.id, "completed",
+                                                          "the answer is 42\n")
+    summary = result.consensus
+    assert summary is not None and (summary.k, summary.n, summary.outcome) == (2, 3, "agreed")
+    voted = [v for v in summary.replicas if v.digest is not None]
+    assert len(voted) >= 2 and {v.digest for v in voted} == {summary.digest}
+    ran = [n for n, v in zip(nodes(result), summary.replicas, strict=True) if v.node]
+    assert len(ran) == len(set(ran)) and set(ran) <= {"h1", "h2", "h3"}
+    assert run.download("answer.txt", tmp_path).read_text() == "42"
+    shown = subprocess.run([sys.executable, "-m", "worker.cli", "result", run.id, "--json"],
+                           cwd=ROOT, env=worker_env(broker, tmp_path), capture_output=True,
+                           text=True, timeout=60, check=False)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["consensus"]["outcome"] == "agreed"
+
+
+def test_a_corrupt_worker_is_outvoted_two_of_three(client: Sandrun) -> None:
+    result = client.submit(Job(code=CODE, consensus="2-of-3", queue="mixed")).wait(timeout=120)
+    assert (result.status, result.stdout) == ("completed", "the answer is 42\n")
+    summary = result.consensus
+    assert summary is not None and summary.outcome == "agreed"
+    assert summary.canonical is not None
+    by_node = dict(zip(nodes(result), summary.replicas, strict=True))
+    assert "bad" not in by_node or by_node["bad"].digest != summary.digest
+
+
+def test_a_corrupt_worker_disputes_three_of_three(client: Sandrun) -> None:
+    run = client.submit(Job(code=CODE, consensus="3-of-3", queue="mixed"))
+    result = run.wait(timeout=120)
+    assert result.status == "disputed" and result.error is not None
+    assert result.error.type == "ConsensusDisputed"
+    summary = result.consensus
+    assert summary is not None and summary.outcome == "disputed"
+    by_node = dict(zip(nodes(result), summary.replicas, strict=True))
+    assert "bad" in by_node and by_node["bad"].digest is not None
+    honest = [v.digest for node, v in by_node.items() if node in {"h1", "h2"}]
+    assert honest and all(d is not None and d != by_node["bad"].digest for d in honest)
+    letter = dead_letter_store_for(str(client.app.conf.result_backend)).get(run.id)
+    assert letter is not None and letter.source == "consensus"
+    assert "disputed" in letter.reason and "bad@" in letter.reason
+    assert consensus_total(list(PORTS.values()), "disputed") == 1
+
+
+def test_one_worker_cannot_run_two_of_three_and_submit_says_so(client: Sandrun) -> None:
+    with pytest.raises(ConsensusUnavailable, match=r"3 replicas on distinct workers.*1 live"):
+        client.submit(Job(code=CODE, consensus="2-of-3", queue="single"))
