@@ -27,6 +27,9 @@ class ConsensusConfig(BaseModel):
     max_requeues: int = Field(default=240, ge=1, description=(
         "times a replica is offered again before it is refused (counting against the "
         "quorum): no other worker took it"))
+    cancel_grace: float = Field(default=1.0, ge=0, le=3600, description=(
+        "seconds a replica still running when the vote settles may finish before it is "
+        "terminated (terminating kills its pool process, which its worker restarts)"))
     record_ttl: float = Field(default=86400, gt=0, description=(
         "seconds the vote's records are kept (as long as Celery keeps results)"))
 

@@ -99,6 +99,7 @@ class ConsensusPlugin(BasePlugin):
                  digest: Digest | None = None) -> None:
         self._options = options
         self.options = options or ConsensusConfig()
+        self._fleet_given = fleet
         self.fleet: Fleet = fleet or CeleryFleet()
         self._digest_given = digest
         self.digest: Digest = digest or canonical_digest
@@ -108,6 +109,8 @@ class ConsensusPlugin(BasePlugin):
         super().on_init(context)
         self.options = self._options or context.config or ConsensusConfig()
         self.dead_letters = context.dead_letters
+        if self._fleet_given is None:
+            self.fleet = CeleryFleet(self.options.cancel_grace)
         if self._digest_given is None and self.options.digest is not None:
             self.digest = load_digest(self.options.digest)
 
@@ -138,6 +141,7 @@ class ConsensusPlugin(BasePlugin):
                                     f"replica {replica} is not needed")
         if owner != replica:
             self._requeue(job, replica, owner, context)
+        self._storage().set(f"{job.id}:started:{replica}", context.node_id, ttl)
 
     def _requeue(self, job: Job, replica: int, owner: Any, context: ExecutionContext) -> None:
         """Offer ``replica`` to another worker, or refuse it once no other took it."""
@@ -210,11 +214,15 @@ class ConsensusPlugin(BasePlugin):
         summary = ConsensusSummary(k=k, n=n, outcome=settled.outcome, digest=settled.digest,
                                    canonical=vote.task_id if settled.digest else None,
                                    replicas=replicas)
-        pending = [v.task_id for v in replicas if v.replica not in recorded]
+        pending = [v for v in replicas if v.replica not in recorded]
         self._report(job, settled, summary, pending)  # before the result: whoever reads
         self.fleet.store_final(self._final(job, settled, summary, result))  # it finds both
         if pending:
-            self.fleet.cancel(pending)
+            started = self._storage().batch(*(Get(f"{job.id}:started:{v.replica}")
+                                              for v in pending))
+            self.fleet.cancel([v.task_id for v in pending],
+                              [v.task_id for v, node in zip(pending, started, strict=True)
+                               if node is not None])
 
     def _final(self, job: Job, settled: Tally, summary: ConsensusSummary,
                result: JobResult | None) -> JobResult:
@@ -238,7 +246,7 @@ class ConsensusPlugin(BasePlugin):
                          error=error, consensus=summary, cost=cost)
 
     def _report(self, job: Job, settled: Tally, summary: ConsensusSummary,
-                cancelled: list[str]) -> None:
+                cancelled: list[ReplicaVote]) -> None:
         """Count, log and (unless agreed) dead-letter a settled vote."""
         if self.metrics is not None:
             self.metrics.counter("sandrun_consensus_total", "Consensus jobs settled, by "

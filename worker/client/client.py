@@ -30,7 +30,7 @@ from celery.result import AsyncResult
 
 from worker.broker.factory import make_app
 from worker.broker.publisher import Publisher
-from worker.client.replicas import check_fleet, replica_publications
+from worker.client.replicas import FleetCheck, replica_publications
 from worker.errors import (
     ConfigurationError,
     InvalidJob,
@@ -164,6 +164,7 @@ class Sandrun:
         self.producer = f"{socket.gethostname()}:{id(self):x}"
         self._outputs = output_store_for(str(app.conf.result_backend))
         self.publisher = Publisher(app, settings.publish_retry_seconds)
+        self.check_fleet = FleetCheck(app)
 
     @classmethod
     def create(cls, *, plugins: Sequence[PluginSpec | PluginRef] | None = None,
@@ -211,7 +212,7 @@ class Sandrun:
             eta=job.scheduled_time, headers={**ctx.headers,
                                              SUBMITTED_HEADER: f"{time.time():.6f}"})
         if job.quorum.n > 1:
-            check_fleet(self.app, job, queue)
+            self.check_fleet(job, queue)
         for message in replica_publications(publication, job):
             self._publish_job(message, job, ctx)
         ctx.duration = time.perf_counter() - started

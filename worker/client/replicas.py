@@ -12,12 +12,15 @@ and stores the final one under the job's id, which is what ``JobExecution`` read
 Replicas run on distinct workers, so a fleet with fewer than ``n`` live workers that
 serve the job's queue and run the ``consensus`` plugin (they advertise
 ``extra["consensus"]``) cannot run the job: :func:`check_fleet` refuses it at submit
-with :class:`~worker.errors.ConsensusUnavailable` instead of letting it wait.
+with :class:`~worker.errors.ConsensusUnavailable` instead of letting it wait (a
+client remembers a queue that passed for ``FLEET_CHECK_TTL`` seconds: :class:`FleetCheck`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
@@ -31,6 +34,29 @@ from worker.stores import registry
 #: What a worker running the ``consensus`` plugin puts in its ``WorkerInfo.extra``.
 ADVERTISED = "consensus"
 PING_TIMEOUT = 1.0
+#: Seconds a client trusts that a queue has enough workers (see FleetCheck).
+FLEET_CHECK_TTL = 10.0
+
+
+class FleetCheck:
+    """:func:`check_fleet` for one client, remembering for ``ttl`` seconds that a queue
+    had enough workers, so that a stream of consensus jobs pays for one look-up (a ping
+    waits for the workers' replies) every ``ttl`` seconds, not one per job. A worker
+    that stops inside that window is not noticed at submit: its replica is offered to
+    the others until the consensus plugin's ``max_requeues``, then counts as failed."""
+
+    def __init__(self, app: Celery, ttl: float = FLEET_CHECK_TTL,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.app, self.ttl, self.clock = app, ttl, clock
+        self._enough: dict[tuple[str, int], float] = {}
+
+    def __call__(self, job: Job, queue: str) -> None:
+        """Raise ConsensusUnavailable unless ``job``'s replicas can run on ``queue``."""
+        key = (queue, job.quorum.n)
+        if self.clock() < self._enough.get(key, float("-inf")):
+            return
+        check_fleet(self.app, job, queue)
+        self._enough[key] = self.clock() + self.ttl
 
 
 def check_fleet(app: Celery, job: Job, queue: str, *, timeout: float = PING_TIMEOUT) -> None:

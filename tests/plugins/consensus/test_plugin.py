@@ -27,12 +27,14 @@ class RecordingFleet:
     def __init__(self) -> None:
         self.finals: list[JobResult] = []
         self.cancelled: list[str] = []
+        self.terminated: list[str] = []
 
     def store_final(self, result: JobResult) -> None:
         self.finals.append(result)
 
-    def cancel(self, task_ids: list[str]) -> None:
+    def cancel(self, task_ids: list[str], running: list[str]) -> None:
         self.cancelled.extend(task_ids)
+        self.terminated.extend(running)
 
 
 Loaded = tuple[PluginManager, RecordingFleet, ListStore, InMemoryMetrics]
@@ -82,7 +84,7 @@ def test_two_of_three_agree_and_the_last_replica_is_cancelled() -> None:
     assert [(v.node, v.status) for v in final.consensus.replicas] == [
         ("a", "completed"), ("b", "completed"), (None, "cancelled")]
     assert final.cost is not None and final.cost.amount == "0.75"
-    assert fleet.cancelled == [replica_task_id(job.id, 2)]
+    assert fleet.cancelled == fleet.terminated == [replica_task_id(job.id, 2)]
     assert metrics.value("sandrun_consensus_total", outcome="agreed") == 1
     assert letters.letters == []
     with pytest.raises(DuplicateDelivery, match="settled"):
@@ -103,6 +105,7 @@ def test_disagreement_is_disputed_with_every_node_and_digest_and_dead_lettered()
     digests = [v.digest for v in final.consensus.replicas]
     assert digests[0] and digests[1] and digests[0] != digests[1] and digests[2] is None
     assert fleet.cancelled == [replica_task_id(job.id, 2)]
+    assert fleet.terminated == []  # it never started: nothing to terminate
     assert metrics.value("sandrun_consensus_total", outcome="disputed") == 1
     (letter,) = letters.letters
     assert letter.id == job.id and letter.source == "consensus" and "disputed" in letter.reason
