@@ -23,21 +23,31 @@ RUN_JOB = "sandrun.run_job"
 SUBMITTED_HEADER = "sandrun_submitted_at"
 
 
-#: How a replica's task id is made from its job's: ``<job id>.replica-<i>``.
+#: Label the client stamps on a consensus job at each submit: one vote per submission, so
+#: a job submitted again under its id (``sandrun dead replay``) is voted on afresh.
+ROUND_LABEL = "sandrun.consensus-round"
+#: How a replica's task id ends: ``<job id>.<round>.replica-<i>``.
 REPLICA_SUFFIX = ".replica-"
 
 
-def replica_task_id(job_id: str, replica: int) -> str:
+def consensus_round(job: Job) -> str:
+    """The submission a consensus job's replicas belong to: ``<job id>.<round label>``
+    (the label is in the signed body), the prefix of their task ids and vote records."""
+    label = job.labels.get(ROUND_LABEL)
+    return f"{job.id}.{label}" if label else job.id
+
+
+def replica_task_id(job: Job, replica: int) -> str:
     """The task id of replica ``replica`` (0-based) of a consensus job: each replica is its
     own message, signed and stored under its own id; the job's id holds the final result."""
-    return f"{job_id}{REPLICA_SUFFIX}{replica}"
+    return f"{consensus_round(job)}{REPLICA_SUFFIX}{replica}"
 
 
 def replica_index(task_id: str, job: Job) -> int | None:
     """Which replica of ``job`` the task ``task_id`` is, or None when it is none of the
     job's ``n`` replicas (a plain job, or a task id that does not match)."""
     head, sep, tail = task_id.rpartition(REPLICA_SUFFIX)
-    if job.quorum.n == 1 or not sep or head != job.id or not tail.isdigit():
+    if job.quorum.n == 1 or not sep or head != consensus_round(job) or not tail.isdigit():
         return None
     index = int(tail)
     return index if index < job.quorum.n and tail == str(index) else None

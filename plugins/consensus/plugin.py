@@ -72,6 +72,7 @@ from worker import (
     SetDefault,
     WorkerContext,
     WorkerInfo,
+    consensus_round,
     hook,
     replica_index,
     replica_task_id,
@@ -134,18 +135,18 @@ class ConsensusPlugin(BasePlugin):
                               "with Sandrun.submit, which sends one message per replica")
         ttl = self.options.record_ttl
         owner, decision = self._storage().batch(
-            SetDefault(f"{job.id}:node:{context.node_id}", replica, ttl),
-            Get(f"{job.id}:decision"))
+            SetDefault(_key(job, "node", context.node_id), replica, ttl),
+            Get(_key(job, "decision")))
         if decision is not None:
             raise DuplicateDelivery(f"the vote on job {job.id} is settled ({decision}); "
                                     f"replica {replica} is not needed")
         if owner != replica:
             self._requeue(job, replica, owner, context)
-        self._storage().set(f"{job.id}:started:{replica}", context.node_id, ttl)
+        self._storage().set(_key(job, "started", replica), context.node_id, ttl)
 
     def _requeue(self, job: Job, replica: int, owner: Any, context: ExecutionContext) -> None:
         """Offer ``replica`` to another worker, or refuse it once no other took it."""
-        offers = self._storage().incr(f"{job.id}:requeues:{replica}",
+        offers = self._storage().incr(_key(job, "requeues", replica),
                                       ttl=self.options.record_ttl)
         if offers > self.options.max_requeues:
             raise JobRejected(f"replica {replica} of job {job.id} was offered {offers - 1} "
@@ -193,14 +194,14 @@ class ConsensusPlugin(BasePlugin):
         k, n = job.quorum
         ttl = self.options.record_ttl
         _, *raw = self._storage().batch(
-            Set(f"{job.id}:vote:{vote.replica}", vote.model_dump(mode="json"), ttl),
-            *(Get(f"{job.id}:vote:{i}") for i in range(n)))
+            Set(_key(job, "vote", vote.replica), vote.model_dump(mode="json"), ttl),
+            *(Get(_key(job, "vote", i)) for i in range(n)))
         recorded = {i: ReplicaVote.model_validate(v) for i, v in enumerate(raw) if v}
         settled = tally(recorded, k, n, latest=vote.digest)
         if settled is None or (settled.outcome == "agreed" and vote.digest != settled.digest):
             return  # open, or agreed on a digest whose replica will settle it
         mine = {"outcome": settled.outcome, "by": f"{vote.task_id}:{secrets.token_hex(8)}"}
-        if self._storage().batch(SetDefault(f"{job.id}:decision", mine, ttl))[0] != mine:
+        if self._storage().batch(SetDefault(_key(job, "decision"), mine, ttl))[0] != mine:
             return  # another replica's tally settled it first
         self._settle(job, settled, recorded, vote, result)
 
@@ -209,7 +210,7 @@ class ConsensusPlugin(BasePlugin):
         """Report (count, log, dead-letter), store the final result, and stop the replicas
         that have not voted."""
         k, n = job.quorum
-        replicas = [recorded.get(i) or ReplicaVote(replica=i, task_id=replica_task_id(job.id, i),
+        replicas = [recorded.get(i) or ReplicaVote(replica=i, task_id=replica_task_id(job, i),
                                                    status="cancelled") for i in range(n)]
         summary = ConsensusSummary(k=k, n=n, outcome=settled.outcome, digest=settled.digest,
                                    canonical=vote.task_id if settled.digest else None,
@@ -218,7 +219,7 @@ class ConsensusPlugin(BasePlugin):
         self._report(job, settled, summary, pending)  # before the result: whoever reads
         self.fleet.store_final(self._final(job, settled, summary, result))  # it finds both
         if pending:
-            started = self._storage().batch(*(Get(f"{job.id}:started:{v.replica}")
+            started = self._storage().batch(*(Get(_key(job, "started", v.replica))
                                               for v in pending))
             self.fleet.cancel([v.task_id for v in pending],
                               [v.task_id for v, node in zip(pending, started, strict=True)
@@ -267,6 +268,11 @@ class ConsensusPlugin(BasePlugin):
         if self.storage is None:
             raise ConfigurationError("the consensus plugin was used before on_init")
         return self.storage
+
+
+def _key(job: Job, *parts: object) -> str:
+    """A storage key of this submission's vote: ``<job id>.<round>:<part>:...``."""
+    return ":".join([consensus_round(job), *map(str, parts)])
 
 
 def _total_cost(summary: ConsensusSummary, result: JobResult | None) -> Cost | None:

@@ -13,16 +13,19 @@ import json
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from celery.result import AsyncResult
 
 from plugins.auth import auth_plugin
 from plugins.auth.tokens import HMACProvider
 from tests.conftest import RedisServer
 from tests.integration.conftest import ROOT, Worker, WorkerFactory, broker_url, worker_env
+from worker.cli.fleet import replay_letter
 from worker.client.client import Sandrun
 from worker.errors import ConsensusUnavailable
 from worker.models import Job, JobResult
@@ -105,6 +108,29 @@ def test_two_of_three_on_three_workers_agrees(client: Sandrun, broker: RedisServ
     assert json.loads(shown.stdout)["consensus"]["outcome"] == "agreed"
 
 
+def slow_first(marker: Path) -> str:
+    """Code whose first run (the replica that creates ``marker``) takes 100 s; the
+    others answer at once."""
+    return (f"import os, time\ntry:\n    os.close(os.open({str(marker)!r}, os.O_CREAT | "
+            "os.O_EXCL))\nexcept FileExistsError:\n    pass\nelse:\n    time.sleep(100)\n"
+            "print('the answer is 42')")
+
+
+def test_a_replica_still_running_once_two_agree_is_terminated(client: Sandrun,
+                                                              tmp_path: Path) -> None:
+    marker = tmp_path / "slow"
+    job = Job(code=slow_first(marker), consensus="2-of-3", queue="honest", timeout=150)
+    result = client.submit(job).wait(timeout=120)
+    assert marker.exists() and result.status == "completed"
+    assert result.consensus is not None
+    (slow,) = [v for v in result.consensus.replicas if v.status == "cancelled"]
+    replica = AsyncResult(slow.task_id, app=client.app)
+    deadline = time.monotonic() + 60  # a bound for failure, not a timing assertion
+    while replica.state != "REVOKED" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert replica.state == "REVOKED"
+
+
 def test_a_corrupt_worker_is_outvoted_two_of_three(client: Sandrun) -> None:
     result = client.submit(Job(code=CODE, consensus="2-of-3", queue="mixed")).wait(timeout=120)
     assert (result.status, result.stdout) == ("completed", "the answer is 42\n")
@@ -126,10 +152,18 @@ def test_a_corrupt_worker_disputes_three_of_three(client: Sandrun) -> None:
     assert "bad" in by_node and by_node["bad"].digest is not None
     honest = [v.digest for node, v in by_node.items() if node in {"h1", "h2"}]
     assert honest and all(d is not None and d != by_node["bad"].digest for d in honest)
-    letter = dead_letter_store_for(str(client.app.conf.result_backend)).get(run.id)
+    store = dead_letter_store_for(str(client.app.conf.result_backend))
+    letter = store.get(run.id)
     assert letter is not None and letter.source == "consensus"
     assert "disputed" in letter.reason and "bad@" in letter.reason
     assert consensus_total(list(PORTS.values()), "disputed") == 1
+
+    store.remove(run.id)  # as `sandrun dead replay` does: the job is voted on afresh
+    replay_letter(client, letter)
+    again = client.execution(run.id).wait(timeout=120)
+    assert again.status == "disputed" and again.consensus is not None
+    assert {v.task_id for v in again.consensus.replicas}.isdisjoint(
+        v.task_id for v in summary.replicas)
 
 
 def test_one_worker_cannot_run_two_of_three_and_submit_says_so(client: Sandrun) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import socket
 import time
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,7 +44,14 @@ from worker.models.builder import JobBuilder
 from worker.plugin.context import BuildContext, PublishContext, SubmissionContext
 from worker.plugin.loader import PluginRef, PluginSpec, parse_plugin_specs
 from worker.plugin.manager import PluginManager
-from worker.protocol import RUN_JOB, SUBMITTED_HEADER, Publication, job_queue, replica_task_id
+from worker.protocol import (
+    ROUND_LABEL,
+    RUN_JOB,
+    SUBMITTED_HEADER,
+    Publication,
+    job_queue,
+    replica_task_id,
+)
 from worker.settings import Settings, load_settings
 from worker.stores.deadletter import dead_letter_store_for
 from worker.stores.outputs import OutputStore, output_store_for
@@ -57,13 +65,13 @@ class JobExecution:
     """A handle on one submitted job."""
 
     def __init__(self, job_id: str, app: Celery, outputs: OutputStore, *,
-                 replicas: int = 1) -> None:
-        """``replicas``: how many replica messages a consensus job was sent as (its
-        ``n``), which :meth:`cancel` revokes with it."""
+                 replicas: Sequence[str] = ()) -> None:
+        """``replicas``: the task ids of a consensus job's replica messages, which
+        :meth:`cancel` revokes with it."""
         self.id = job_id
         self._app = app
         self._outputs = outputs
-        self.replicas = replicas
+        self.replicas = list(replicas)
 
     def __repr__(self) -> str:
         return f"JobExecution({self.id!r})"
@@ -127,10 +135,8 @@ class JobExecution:
         """Revoke the job; a running one is terminated (its whole process tree with it).
         A consensus job's replicas are revoked with it, and its id stored as revoked
         (no replica is left to store a final result there)."""
-        ids = [self.id] + [replica_task_id(self.id, i) for i in range(self.replicas)
-                           if self.replicas > 1]
-        self._app.control.revoke(ids, terminate=True, signal="SIGTERM")
-        if self.replicas > 1:
+        self._app.control.revoke([self.id, *self.replicas], terminate=True, signal="SIGTERM")
+        if self.replicas:
             self._app.backend.mark_as_revoked(self.id, reason="cancelled")
 
     def _output_key(self) -> str:
@@ -206,17 +212,20 @@ class Sandrun:
             raise InvalidJob([("timeout", f"{job.timeout:g}s is longer than this deployment "
                                f"allows ({self.settings.max_job_timeout:g}s, "
                                "SANDRUN_MAX_JOB_TIMEOUT)")], source=f"job {job.id}")
+        if job.quorum.n > 1:  # replicas: enough workers, and a vote of their own
+            self.check_fleet(job, queue)
+            job = job.replace(labels={**job.labels, ROUND_LABEL: uuid.uuid4().hex[:16]})
         publication = Publication(
             task=RUN_JOB, task_id=job.id, queue=queue,
             args=[job.model_dump(mode="json", exclude_defaults=True)],
             eta=job.scheduled_time, headers={**ctx.headers,
                                              SUBMITTED_HEADER: f"{time.time():.6f}"})
-        if job.quorum.n > 1:
-            self.check_fleet(job, queue)
         for message in replica_publications(publication, job):
             self._publish_job(message, job, ctx)
         ctx.duration = time.perf_counter() - started
-        return JobExecution(job.id, self.app, self._outputs, replicas=job.quorum.n)
+        replicas = [replica_task_id(job, i) for i in range(job.quorum.n)] if job.quorum.n > 1 \
+            else []
+        return JobExecution(job.id, self.app, self._outputs, replicas=replicas)
 
     def _publish_job(self, publication: Publication, job: Job, ctx: SubmissionContext) -> None:
         """``on_publish`` over one message of ``job`` (the job, or one of its replicas),
@@ -245,9 +254,9 @@ class Sandrun:
                 f"timeout ({horizon}s); the job could run twice. Load the scheduling plugin, "
                 "which holds far-future jobs until they are due")
 
-    def execution(self, job_id: str, *, replicas: int = 1) -> JobExecution:
-        """A handle on a job submitted earlier (by id; ``replicas``: a consensus job's n,
-        for :meth:`JobExecution.cancel`)."""
+    def execution(self, job_id: str, *, replicas: Sequence[str] = ()) -> JobExecution:
+        """A handle on a job submitted earlier (by id; ``replicas``: a consensus job's
+        replica task ids, for :meth:`JobExecution.cancel`)."""
         return JobExecution(job_id, self.app, self._outputs, replicas=replicas)
 
     def close(self) -> None:

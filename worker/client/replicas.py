@@ -2,7 +2,7 @@
 replicas, then make one message per replica.
 
 A job whose consensus level asks for ``n`` replicas (``Job.quorum``) runs as ``n``
-messages, one per replica, with task ids ``<job id>.replica-<i>``
+messages, one per replica, with task ids ``<job id>.<round>.replica-<i>``
 (:func:`~worker.protocol.replica_task_id`) and the same job in their bodies. Each goes
 through ``on_publish`` on its own, so the ``auth`` plugin signs each with its own
 nonce: replicas are never replays of each other, and a copy of one replica is a replay
@@ -97,5 +97,5 @@ def replica_publications(publication: Publication, job: Job) -> list[Publication
     n = job.quorum.n
     if n == 1:
         return [publication]
-    return [dataclasses.replace(publication, task_id=replica_task_id(job.id, i),
+    return [dataclasses.replace(publication, task_id=replica_task_id(job, i),
                                 headers=dict(publication.headers)) for i in range(n)]

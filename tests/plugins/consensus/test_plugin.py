@@ -48,7 +48,7 @@ def load(config: dict[str, Any] | None = None, **kwargs: Any) -> Loaded:
 
 
 def execute(manager: PluginManager, job: Job, replica: int, node: str) -> None:
-    task_id = replica_task_id(job.id, replica)
+    task_id = replica_task_id(job, replica)
     manager.on_execute(Execution(task=RUN_JOB, task_id=task_id, job=job),
                        ExecutionContext(node_id=node, pool_id="1", task_id=task_id))
 
@@ -58,7 +58,7 @@ def finish(manager: PluginManager, job: Job, replica: int, node: str,
     fields: dict[str, Any] = {"id": job.id, "status": "completed", "outcome": "completed",
                               "exit_code": 0, "stdout": stdout, **changes}
     return manager.on_result(JobResult.model_validate(fields), ResultContext(
-        node_id=node, task_id=replica_task_id(job.id, replica), job=job))
+        node_id=node, task_id=replica_task_id(job, replica), job=job))
 
 
 def test_the_worker_advertises_that_it_runs_replicas() -> None:
@@ -80,11 +80,11 @@ def test_two_of_three_agree_and_the_last_replica_is_cancelled() -> None:
     (final,) = fleet.finals
     assert final.id == job.id and final.status == "completed" and final.stdout == "42\n"
     assert final.consensus is not None and final.consensus.outcome == "agreed"
-    assert final.consensus.canonical == replica_task_id(job.id, 1)
+    assert final.consensus.canonical == replica_task_id(job, 1)
     assert [(v.node, v.status) for v in final.consensus.replicas] == [
         ("a", "completed"), ("b", "completed"), (None, "cancelled")]
     assert final.cost is not None and final.cost.amount == "0.75"
-    assert fleet.cancelled == fleet.terminated == [replica_task_id(job.id, 2)]
+    assert fleet.cancelled == fleet.terminated == [replica_task_id(job, 2)]
     assert metrics.value("sandrun_consensus_total", outcome="agreed") == 1
     assert letters.letters == []
     with pytest.raises(DuplicateDelivery, match="settled"):
@@ -104,7 +104,7 @@ def test_disagreement_is_disputed_with_every_node_and_digest_and_dead_lettered()
     assert final.consensus is not None
     digests = [v.digest for v in final.consensus.replicas]
     assert digests[0] and digests[1] and digests[0] != digests[1] and digests[2] is None
-    assert fleet.cancelled == [replica_task_id(job.id, 2)]
+    assert fleet.cancelled == [replica_task_id(job, 2)]
     assert fleet.terminated == []  # it never started: nothing to terminate
     assert metrics.value("sandrun_consensus_total", outcome="disputed") == 1
     (letter,) = letters.letters
@@ -118,7 +118,7 @@ def test_failed_replicas_count_against_the_quorum() -> None:
     finish(manager, job, 1, "b", status="timeout", outcome="timeout", exit_code=None)
     assert fleet.finals == []
     manager.on_error(RuntimeError("sandbox broke"), ErrorContext(
-        operation="execute", job=job, task_id=replica_task_id(job.id, 2)))
+        operation="execute", job=job, task_id=replica_task_id(job, 2)))
     (final,) = fleet.finals
     assert final.status == "failed" and final.error is not None
     assert final.error.type == "ConsensusUnreachable"

@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from plugins.consensus import canonical_digest, tally
 from worker.models import Job, JobResult, OutputFile, Quorum, ReplicaVote, quorum
-from worker.protocol import replica_index, replica_task_id
+from worker.protocol import ROUND_LABEL, replica_index, replica_task_id
 
 SHA = "ab" * 32
 
@@ -29,11 +29,19 @@ def test_bad_levels_are_refused_with_what_is_accepted(level: str) -> None:
 
 def test_replica_task_ids_belong_to_their_job_only() -> None:
     job = Job(id="job-1", code="1", consensus="2-of-3")
-    assert [replica_index(replica_task_id(job.id, i), job) for i in range(3)] == [0, 1, 2]
+    assert [replica_index(replica_task_id(job, i), job) for i in range(3)] == [0, 1, 2]
     for other in ["job-1", "job-1.replica-3", "job-1.replica-01", "job-2.replica-0",
                   "job-1.replica-x", "xjob-1.replica-0"]:
         assert replica_index(other, job) is None
     assert replica_index("job-1.replica-0", Job(id="job-1", code="1")) is None
+
+
+def test_each_submission_of_a_job_has_replicas_of_its_own() -> None:
+    first = Job(id="job-1", code="1", consensus="2-of-3", labels={ROUND_LABEL: "a1"})
+    again = first.replace(labels={ROUND_LABEL: "b2"})
+    assert replica_task_id(first, 0) == "job-1.a1.replica-0"
+    assert replica_index(replica_task_id(first, 1), first) == 1
+    assert replica_index(replica_task_id(first, 1), again) is None
 
 
 def result(stdout: str = "42\n", exit_code: int | None = 0, outcome: str = "completed",
