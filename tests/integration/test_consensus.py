@@ -101,11 +101,29 @@ def test_two_of_three_on_three_workers_agrees(client: Sandrun, broker: RedisServ
     ran = [n for n, v in zip(nodes(result), summary.replicas, strict=True) if v.node]
     assert len(ran) == len(set(ran)) and set(ran) <= {"h1", "h2", "h3"}
     assert run.download("answer.txt", tmp_path).read_text() == "42"
-    shown = subprocess.run([sys.executable, "-m", "worker.cli", "result", run.id, "--json"],
-                           cwd=ROOT, env=worker_env(broker, tmp_path), capture_output=True,
-                           text=True, timeout=60, check=False)
+    shown = sandrun_cli(broker, tmp_path, "result", run.id, "--json")
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["consensus"]["outcome"] == "agreed"
+
+
+def sandrun_cli(broker: RedisServer, tmp_path: Path, *args: str
+                ) -> subprocess.CompletedProcess[str]:
+    """``sandrun ...`` as a producer of the honest queue, signing with the fleet's key."""
+    signer = {"name": "auth", "config": {"provider": {"type": "hmac", "key_id": "k1",
+                                                      "secret": KEY}}}
+    env = worker_env(broker, tmp_path, SANDRUN_DEFAULT_QUEUE="honest",
+                     SANDRUN_PLUGINS=json.dumps([signer]))
+    return subprocess.run([sys.executable, "-m", "worker.cli", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_sandrun_submit_runs_replicas_and_prints_the_vote(broker: RedisServer, tmp_path: Path,
+                                                         fleet: list[Worker]) -> None:
+    done = sandrun_cli(broker, tmp_path, "submit", "--code", "print(7)", "--consensus",
+                       "2-of-3", "--wait", "--wait-timeout", "100")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "consensus 2-of-3 agreed" in done.stdout
+    assert done.stdout.count("  replica ") == 3
 
 
 def slow_first(marker: Path) -> str:
