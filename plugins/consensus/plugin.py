@@ -31,10 +31,12 @@ Only a replica that has the agreed digest stores an ``agreed`` result (it holds 
 result to keep); votes are written before each tally reads them, so the last of the
 ``k`` agreeing replicas always sees the agreement.
 
-What it does not give: a claim on a node is made before ``auth`` verifies the message
-(so a deferred copy is not counted as a delivery), so whoever can write to the broker
-can make replicas wait for other nodes; the replicas themselves still cannot be forged
-or replayed.
+What it does not give: availability against whoever can write to the broker. A claim
+on a node is made before ``auth`` verifies the message (so a deferred copy is not
+counted as a delivery), so forged copies can make replicas wait for other nodes; and a
+forged copy under a replica's task id is rejected, which counts as that replica's
+failed vote, so it can make a consensus job fail. It can never make one agree on an
+outcome no replica produced: only a replica that ran has a digest.
 """
 
 from __future__ import annotations

@@ -46,8 +46,9 @@ def free_port() -> int:
 
 def plugins(port: int, *extra: object) -> str:
     metrics = {"name": "metrics", "config": {"port": port, "address": "127.0.0.1"}}
-    return json.dumps([{"name": "auth", "config": {"keys": {"k1": KEY}}}, metrics,
-                       {"name": "consensus", "config": {"requeue_delay": 0.1}}, *extra])
+    consensus = {"name": "consensus", "config": {"requeue_delay": 0.1, "max_requeues": 30}}
+    return json.dumps([{"name": "auth", "config": {"keys": {"k1": KEY}}}, metrics, consensus,
+                       *extra])
 
 
 def consensus_total(ports: list[int], outcome: str) -> float:
@@ -187,3 +188,21 @@ def test_a_corrupt_worker_disputes_three_of_three(client: Sandrun) -> None:
 def test_one_worker_cannot_run_two_of_three_and_submit_says_so(client: Sandrun) -> None:
     with pytest.raises(ConsensusUnavailable, match=r"3 replicas on distinct workers.*1 live"):
         client.submit(Job(code=CODE, consensus="2-of-3", queue="single"))
+
+
+def test_a_replica_no_other_worker_takes_is_refused_and_fails_the_job(
+        client: Sandrun, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the submit check (a worker that stopped since, here skipped): the only worker
+    runs one replica and re-queues the other, still signed, until it gives up on it."""
+    monkeypatch.setattr(client, "check_fleet", lambda job, queue: None)
+    run = client.submit(Job(code=CODE, consensus="2-of-2", queue="single"))
+    result = run.wait(timeout=120)
+    assert result.status == "failed" and result.error is not None
+    assert result.error.type == "ConsensusUnreachable"
+    assert result.consensus is not None
+    statuses = sorted(v.status for v in result.consensus.replicas)
+    assert statuses == ["completed", "rejected"]
+    (refused,) = [v for v in result.consensus.replicas if v.status == "rejected"]
+    own = client.execution(refused.task_id).result()
+    assert own is not None and own.error is not None
+    assert "was offered 30 times and only reached nodes that already ran" in own.error.message
