@@ -29,6 +29,7 @@ from worker.cli.fleet import replay_letter
 from worker.client.client import Sandrun
 from worker.errors import ConsensusUnavailable
 from worker.models import Job, JobResult
+from worker.protocol import Publication
 from worker.stores.deadletter import dead_letter_store_for
 
 pytestmark = pytest.mark.slow
@@ -206,3 +207,38 @@ def test_a_replica_no_other_worker_takes_is_refused_and_fails_the_job(
     own = client.execution(refused.task_id).result()
     assert own is not None and own.error is not None
     assert "was offered 30 times and only reached nodes that already ran" in own.error.message
+
+
+def test_a_copy_of_a_finished_replica_never_runs(client: Sandrun, fleet: list[Worker],
+                                                 tmp_path: Path) -> None:
+    """Replicas are separate signed messages (each verified, none a replay of another);
+    the exact message of one sent again after the vote never runs (the replay check of
+    an open vote is the auth plugin's own, tests/plugins/auth)."""
+    runs = tmp_path / "runs"
+    sent: list[Publication] = []
+    publish = client.publish
+
+    def recording(publication: Publication) -> None:
+        sent.append(publication)
+        publish(publication)
+
+    client.publish = recording  # type: ignore[method-assign]
+    code = f"open({str(runs)!r}, 'a').write('ran\\n')\nprint('the answer is 42')"
+    result = client.submit(Job(code=code, consensus="2-of-3", queue="honest")).wait(timeout=120)
+    assert result.status == "completed" and len(sent) == 3
+    assert all(p.headers.get("sandrun_auth") for p in sent)
+    assert len({p.headers["sandrun_auth"] for p in sent}) == 3  # one signature each
+    before = runs.read_text().count("ran")
+    assert result.consensus is not None
+    voted = {v.task_id for v in result.consensus.replicas if v.status == "completed"}
+    copy = next(p for p in sent if p.task_id in voted)  # a revoked one is simply discarded
+    publish(copy)
+    deadline = time.monotonic() + 60  # a bound for failure, not a timing assertion
+    # the worker finds the replica's stored result (or, while its vote is open, auth
+    # refuses the copy as a replay): either way it logs that it did not run it
+    handled = ("already_finished=True", "delivery_dropped")
+    while not any(copy.task_id in line and any(h in line for h in handled)
+                  for w in fleet for line in w.output().splitlines()):
+        assert time.monotonic() < deadline, "the copy was neither dropped nor run"
+        time.sleep(0.1)
+    assert runs.read_text().count("ran") == before
