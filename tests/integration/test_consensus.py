@@ -242,3 +242,21 @@ def test_a_copy_of_a_finished_replica_never_runs(client: Sandrun, fleet: list[Wo
         assert time.monotonic() < deadline, "the copy was neither dropped nor run"
         time.sleep(0.1)
     assert runs.read_text().count("ran") == before
+
+
+def test_cancelling_a_consensus_job_revokes_its_replicas(client: Sandrun,
+                                                         tmp_path: Path) -> None:
+    started = tmp_path / "started"
+    code = f"import time\nopen({str(started)!r}, 'a').write('x')\ntime.sleep(100)"
+    run = client.submit(Job(code=code, consensus="2-of-3", queue="honest", timeout=150))
+    deadline = time.monotonic() + 60  # a bound for failure, not a timing assertion
+    while not (started.exists() and len(started.read_text()) == 3):
+        assert time.monotonic() < deadline, "the replicas did not start"
+        time.sleep(0.1)
+    run.cancel()
+    assert run.wait(timeout=60).status == "cancelled"
+    states = {AsyncResult(task_id, app=client.app).state for task_id in run.replicas}
+    while states != {"REVOKED"}:
+        assert time.monotonic() < deadline + 60, f"replicas not all revoked: {states}"
+        time.sleep(0.1)
+        states = {AsyncResult(task_id, app=client.app).state for task_id in run.replicas}
