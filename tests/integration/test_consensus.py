@@ -68,8 +68,13 @@ QUEUES = {"h1": "honest,mixed,single", "h2": "honest,mixed", "h3": "honest", "ba
 
 
 @pytest.fixture(scope="module")
-def fleet(start_worker: WorkerFactory) -> list[Worker]:
+def fleet(start_worker: WorkerFactory, tmp_path_factory: pytest.TempPathFactory
+          ) -> list[Worker]:
+    # job directories of this fleet's own: a worker sweeps its jobs root when it starts,
+    # and other fleets on this host must not sweep these workers' running jobs
+    work = str(tmp_path_factory.mktemp("jobs"))
     started = [start_worker(name=name, concurrency=1, queues=QUEUES[name], ready=False,
+                            SANDRUN_WORKDIR_ROOT=work,
                             SANDRUN_PLUGINS=plugins(port, *(
                                 ["tests.support.corrupt:CorruptPlugin"] if name == "bad" else [])))
                for name, port in PORTS.items()]
@@ -204,9 +209,19 @@ def test_a_replica_no_other_worker_takes_is_refused_and_fails_the_job(
     statuses = sorted(v.status for v in result.consensus.replicas)
     assert statuses == ["completed", "rejected"]
     (refused,) = [v for v in result.consensus.replicas if v.status == "rejected"]
-    own = client.execution(refused.task_id).result()
-    assert own is not None and own.error is not None
+    # the replica whose vote settles the job stores its own result just after the job's
+    own = client.execution(refused.task_id).wait(timeout=60)
+    assert own.error is not None
     assert "was offered 30 times and only reached nodes that already ran" in own.error.message
+
+
+def ended(client: Sandrun, fleet: list[Worker], task_id: str) -> bool:
+    """Whether a replica is over: its result or revocation stored, or a worker dropped it
+    (the vote was settled when it arrived: nothing is stored then)."""
+    if AsyncResult(task_id, app=client.app).state in {"SUCCESS", "REVOKED"}:
+        return True
+    return any(task_id in line and "delivery_dropped" in line
+               for w in fleet for line in w.output().splitlines())
 
 
 def test_a_copy_of_a_finished_replica_never_runs(client: Sandrun, fleet: list[Worker],
@@ -228,6 +243,10 @@ def test_a_copy_of_a_finished_replica_never_runs(client: Sandrun, fleet: list[Wo
     assert result.status == "completed" and len(sent) == 3
     assert all(p.headers.get("sandrun_auth") for p in sent)
     assert len({p.headers["sandrun_auth"] for p in sent}) == 3  # one signature each
+    deadline = time.monotonic() + 60  # a bound for failure, not a timing assertion
+    while not all(ended(client, fleet, p.task_id) for p in sent):
+        assert time.monotonic() < deadline, "the third replica neither ended nor was revoked"
+        time.sleep(0.1)  # the third replica may still be running, and write its line
     before = runs.read_text().count("ran")
     assert result.consensus is not None
     voted = {v.task_id for v in result.consensus.replicas if v.status == "completed"}
