@@ -28,6 +28,7 @@ how to fix it; they are meant to be shown to a person as they are.
     └── HookControl               raised by hooks on purpose; never isolated, always propagates
         ├── SubmissionRejected    ``on_submit`` or ``on_publish`` vetoes a job: it is not published
         │   ├── PaymentRejected   the payment cannot cover the job's worst-case cost
+        │   ├── ConsensusUnavailable  fewer live workers than a consensus job's replicas
         │   └── QueueFull         the target queue is at its configured size (backpressure)
         ├── PublicationHeld       ``on_publish`` took the message over: stored, to be sent later
         ├── RetryRequested        ``on_error`` asks for the task to run again after a delay
@@ -195,6 +196,11 @@ class StartupRefused(HookControl):
 
 class PaymentRejected(SubmissionRejected):
     """The job's payment is missing, in the wrong currency, or below its worst-case cost."""
+
+
+class ConsensusUnavailable(SubmissionRejected):
+    """A consensus job needs ``n`` distinct workers (serving its queue, running the
+    ``consensus`` plugin) and fewer answer: it is refused at submit, never published."""
 
 
 class JobRejected(HookControl):

@@ -1,11 +1,12 @@
-"""Wire names the producer and the worker must agree on, in one small module both import.
+"""Wire names the producer and the worker must agree on, in one small module both
+import.
 
 The task name, the header a producer stamps with its publish time, the headers
 that carry a job's :class:`~worker.models.context.JobContext` (:func:`context_headers`,
-:func:`context_from_headers`), which queue a job is published to, what a job
-message shows of itself (:func:`job_reprs`), and :class:`Publication`, the message
-as it is sent. It imports nothing heavier
-than the models, so a producer gets these without loading the node or the sandbox.
+:func:`context_from_headers`), which queue a job is published to, the task ids of a
+consensus job's replicas, what a job message shows of itself (:func:`job_reprs`), and
+:class:`Publication`, the message as it is sent. It imports nothing heavier than the
+models, so a producer gets these without loading the node or the sandbox.
 """
 
 from __future__ import annotations
@@ -73,6 +74,36 @@ def context_from_headers(headers: Mapping[str, Any]) -> tuple[JobContext, list[s
                 for field, error in zip(fields, errors, strict=True)]
     kept = {field: value for field, value in given.items() if field not in fields}
     return JobContext.model_validate(kept), oversized + problems
+
+
+#: Label the client stamps on a consensus job at each submit: one vote per submission, so
+#: a job submitted again under its id (``sandrun dead replay``) is voted on afresh.
+ROUND_LABEL = "sandrun.consensus-round"
+#: How a replica's task id ends: ``<job id>.<round>.replica-<i>``.
+REPLICA_SUFFIX = ".replica-"
+
+
+def consensus_round(job: Job) -> str:
+    """The submission a consensus job's replicas belong to: ``<job id>.<round label>``
+    (the label is in the signed body), the prefix of their task ids and vote records."""
+    label = job.labels.get(ROUND_LABEL)
+    return f"{job.id}.{label}" if label else job.id
+
+
+def replica_task_id(job: Job, replica: int) -> str:
+    """The task id of replica ``replica`` (0-based) of a consensus job: each replica is its
+    own message, signed and stored under its own id; the job's id holds the final result."""
+    return f"{consensus_round(job)}{REPLICA_SUFFIX}{replica}"
+
+
+def replica_index(task_id: str, job: Job) -> int | None:
+    """Which replica of ``job`` the task ``task_id`` is, or None when it is none of the
+    job's ``n`` replicas (a plain job, or a task id that does not match)."""
+    head, sep, tail = task_id.rpartition(REPLICA_SUFFIX)
+    if job.quorum.n == 1 or not sep or head != consensus_round(job) or not tail.isdigit():
+        return None
+    index = int(tail)
+    return index if index < job.quorum.n and tail == str(index) else None
 
 
 def job_queue(job: Job, default_queue: str) -> str:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +37,7 @@ from pydantic import ValidationError
 
 from worker.broker.factory import make_app
 from worker.broker.publisher import Publisher
+from worker.client.replicas import FleetCheck, replica_publications
 from worker.errors import (
     BrokerUnavailable,
     ConfigurationError,
@@ -52,7 +54,15 @@ from worker.plugin.loader import PluginRef, PluginSpec, parse_plugin_specs
 from worker.plugin.manager import PluginManager
 from worker.plugin.permissions import parse_plugin_permissions
 from worker.plugin.provenance import PROVENANCE_HEADER, to_header
-from worker.protocol import RUN_JOB, SUBMITTED_HEADER, Publication, context_headers, job_queue
+from worker.protocol import (
+    ROUND_LABEL,
+    RUN_JOB,
+    SUBMITTED_HEADER,
+    Publication,
+    context_headers,
+    job_queue,
+    replica_task_id,
+)
 from worker.settings import Settings, load_settings
 from worker.stores.deadletter import dead_letter_store_for
 from worker.stores.outputs import OutputStore, output_store_for
@@ -71,11 +81,14 @@ class JobExecution:
     tenant, baggage), None for a handle made from a job id."""
 
     def __init__(self, job_id: str, app: Celery, outputs: OutputStore,
-                 context: JobContext | None = None) -> None:
+                 context: JobContext | None = None, *, replicas: Sequence[str] = ()) -> None:
+        """``replicas``: the task ids of a consensus job's replica messages, which
+        :meth:`cancel` revokes with it."""
         self.id = job_id
         self.context = context
         self._app = app
         self._outputs = outputs
+        self.replicas = list(replicas)
 
     @property
     def correlation_id(self) -> str | None:
@@ -141,12 +154,24 @@ class JobExecution:
         return (result.stdout, result.stderr) if result else ("", "")
 
     def cancel(self) -> None:
-        """Revoke the job; a running one is terminated (its whole process tree with it)."""
-        self._app.control.revoke(self.id, terminate=True, signal="SIGTERM")
+        """Revoke the job; a running one is terminated (its whole process tree with it).
+        A consensus job's replicas are revoked with it, and its id stored as revoked
+        (no replica is left to store a final result there)."""
+        self._app.control.revoke([self.id, *self.replicas], terminate=True, signal="SIGTERM")
+        if self.replicas:
+            self._app.backend.mark_as_revoked(self.id, reason="cancelled")
+
+    def _output_key(self) -> str:
+        """Where this job's outputs are stored: under its id, or, for a consensus job,
+        under the replica whose result the vote kept (``consensus.canonical``)."""
+        result = self.result()
+        if result is not None and result.consensus is not None and result.consensus.canonical:
+            return result.consensus.canonical
+        return self.id
 
     def download(self, path: str, dest: str | Path) -> Path:
         """Write output ``path`` of the finished job to ``dest`` (a file or a directory)."""
-        data = self._outputs.get(self.id, path)
+        data = self._outputs.get(self._output_key(), path)
         if data is None:
             raise SandrunError(f"job {self.id} has no output {path!r} (finished? expired? "
                                "see result().outputs)")
@@ -167,6 +192,7 @@ class Sandrun:
         self.producer = f"{socket.gethostname()}:{id(self):x}"
         self._outputs = output_store_for(str(app.conf.result_backend))
         self.publisher = Publisher(app, settings.publish_retry_seconds)
+        self.check_fleet = FleetCheck(app)
 
     @classmethod
     def create(cls, *, plugins: Sequence[PluginSpec | PluginRef] | None = None,
@@ -223,7 +249,9 @@ class Sandrun:
                 raise
             raise reported from exc
         ctx.duration = time.perf_counter() - started
-        return JobExecution(job.id, self.app, self._outputs, travelled)
+        replicas = [replica_task_id(job, i) for i in range(job.quorum.n)] if job.quorum.n > 1 \
+            else []
+        return JobExecution(job.id, self.app, self._outputs, travelled, replicas=replicas)
 
     def _accepted(self, job: Job, ctx: SubmissionContext) -> Job:
         """``on_submit`` between the payment checks: the Job to publish."""
@@ -236,6 +264,9 @@ class Sandrun:
             raise InvalidJob([("timeout", f"{job.timeout:g}s is longer than this deployment "
                                f"allows ({self.settings.max_job_timeout:g}s, "
                                "SANDRUN_MAX_JOB_TIMEOUT)")], source=f"job {job.id}")
+        if job.quorum.n > 1:  # replicas: enough workers, and a vote of their own
+            self.check_fleet(job, job_queue(job, self.settings.default_queue))
+            job = job.replace(labels={**job.labels, ROUND_LABEL: uuid.uuid4().hex[:16]})
         return job
 
     @staticmethod
@@ -255,7 +286,8 @@ class Sandrun:
                               for e in exc.errors()], source=f"context of job {job.id}") from None
 
     def _send(self, job: Job, ctx: SubmissionContext, travelled: JobContext) -> None:
-        """Build the message, run ``on_publish`` over it and publish what it returns."""
+        """Build the message (one per replica of a consensus job), run ``on_publish`` over
+        each and publish what it returns."""
         headers = {**ctx.headers, **context_headers(travelled),
                    SUBMITTED_HEADER: f"{time.time():.6f}"}
         if ctx.provenance:  # which plugins changed the job, for its stored result
@@ -264,6 +296,12 @@ class Sandrun:
             task=RUN_JOB, task_id=job.id, queue=job_queue(job, self.settings.default_queue),
             args=[job.model_dump(mode="json", exclude_defaults=True)],
             eta=job.scheduled_time, headers=headers)
+        for message in replica_publications(publication, job):
+            self._publish_job(message, job, ctx)
+
+    def _publish_job(self, publication: Publication, job: Job, ctx: SubmissionContext) -> None:
+        """``on_publish`` over one message of ``job`` (the job, or one of its replicas),
+        then send what it returns unless a plugin took the message over."""
         try:
             publication = self.manager.on_publish(publication, PublishContext(
                 job=job, producer=self.producer, metadata=ctx.metadata,
@@ -289,9 +327,10 @@ class Sandrun:
                 f"timeout ({horizon}s); the job could run twice. Load the scheduling plugin, "
                 "which holds far-future jobs until they are due")
 
-    def execution(self, job_id: str) -> JobExecution:
-        """A handle on a job submitted earlier (by id)."""
-        return JobExecution(job_id, self.app, self._outputs)
+    def execution(self, job_id: str, *, replicas: Sequence[str] = ()) -> JobExecution:
+        """A handle on a job submitted earlier (by id; ``replicas``: a consensus job's
+        replica task ids, for :meth:`JobExecution.cancel`)."""
+        return JobExecution(job_id, self.app, self._outputs, replicas=replicas)
 
     def close(self) -> None:
         """Unload plugins (``on_destroy``) and release broker connections."""

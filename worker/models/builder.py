@@ -19,8 +19,8 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Generic, TypeVar
 
+from worker.models.consensus import Consensus
 from worker.models.job import GPURequirements, Job
-from worker.models.limits import Consensus
 
 T = TypeVar("T")
 

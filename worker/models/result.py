@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, StringConstraints
 
+from worker.models.consensus import ConsensusSummary
 from worker.models.context import JobContext
 from worker.models.limits import FROZEN, Identifier, JobStatus, Outcome
 
@@ -104,6 +105,8 @@ class JobResult(BaseModel):
         "which plugins' hooks changed the job and its result, in order"))
     context: JobContext | None = Field(default=None, description=(
         "the correlation id, tenant and baggage the job travelled with"))
+    consensus: ConsensusSummary | None = Field(default=None, description=(
+        "a consensus job's vote: on its final result, every replica's node and digest"))
 
     def replace(self, **changes: Any) -> JobResult:
         """Return a validated copy with ``changes`` applied (``on_result`` hooks use this)."""

@@ -24,7 +24,7 @@ from worker.models import (
 from worker.node.runtime import Runtime, current
 from worker.node.taskbase import SandrunTask
 from worker.plugin.context import ExecutionContext
-from worker.protocol import RUN_JOB
+from worker.protocol import RUN_JOB, replica_index
 from worker.sandbox.executor import run_in_sandbox
 from worker.sandbox.gpu import allocate, suitable
 
@@ -49,8 +49,10 @@ def _span_attributes(job: Job) -> dict[str, str]:
 
 
 def execute_job(job: Job, rt: Runtime, queue: str | None = None,
-                node_id: str | None = None) -> JobResult:
-    """Run ``job`` on this worker: check what it asks for, hold GPUs, sandbox, store outputs."""
+                node_id: str | None = None, output_key: str | None = None) -> JobResult:
+    """Run ``job`` on this worker: check what it asks for, hold GPUs, sandbox, store outputs
+    (under ``output_key``, default the job's id: a consensus job's replicas each keep
+    their own, under their task ids, and the vote names the one kept)."""
     longest = rt.settings.max_job_timeout
     if job.timeout > longest:
         return JobResult(id=job.id, status="rejected", outcome="rejected", error=ErrorInfo(
@@ -70,7 +72,7 @@ def execute_job(job: Job, rt: Runtime, queue: str | None = None,
             gpu_type = devices[0].type
         with rt.manager.span("sandrun.sandbox", _span_attributes(job)):
             run = run_in_sandbox(job, rt.sandbox, env, warm_next=False)  # after the store
-    rt.outputs.put(job.id, run.outputs)
+    rt.outputs.put(output_key or job.id, run.outputs)
     pricing = rt.settings.pricing
     return JobResult(
         id=job.id, status=STATUS_BY_OUTCOME.get(run.outcome, "failed"),
@@ -91,7 +93,10 @@ def run_job(execution: Execution, context: ExecutionContext) -> JobResult:
     worker (on the queue and node the context names); the adapter stores the result."""
     if execution.job is None:
         raise TypeError(f"{RUN_JOB} runs a Job; execution {execution.task_id} carries none")
-    return execute_job(execution.job, current(), context.queue, context.node_id)
+    job = execution.job
+    replica = replica_index(context.task_id, job)
+    return execute_job(job, current(), context.queue, context.node_id,
+                       output_key=None if replica is None else context.task_id)
 
 
 class RunJobTask(SandrunTask):
