@@ -96,6 +96,9 @@ class ConsensusPlugin(BasePlugin):
         description="k-of-n replicated jobs on distinct workers, voted on by digest",
         keywords=["consensus", "replication", "quorum", "boinc"],
         apis=["on_worker_start", "on_execute", "on_result", "on_error"],
+        # it re-queues replicas (a veto), replaces a replica's result with the vote's,
+        # keeps the vote in its storage and revokes replicas over the broker
+        permissions=["job:veto", "result:transform", "storage", "network"],
         configuration=ConsensusConfig)
 
     def __init__(self, options: ConsensusConfig | None = None, *, fleet: Fleet | None = None,
