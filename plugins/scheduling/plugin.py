@@ -32,6 +32,9 @@ producers and workers alike, and run ``sandrun beat`` once or more per fleet.
   ``reject``) or is waited on up to ``block_timeout`` s (``block``). It is a soft
   limit: producers checking at the same moment may overshoot by their number.
 
+* ``deadline``: a held or fair job claimed after its deadline is not published; it is
+  stored as expired (``expiry``), as a worker stores a message whose ``expires`` passed.
+
 Exactly once: a held or fair job is claimed by one Lua script (so concurrent
 beats never take the same job), published, then forgotten. If the publisher
 dies between publishing and forgetting (a few microseconds), the claim is put
@@ -50,6 +53,7 @@ from dataclasses import replace
 from typing import Any, NoReturn
 
 from plugins.scheduling.config import HOLD_PRIORITY, SchedulingConfig, celery_priority
+from plugins.scheduling.expiry import past_deadline, store_expired
 from plugins.scheduling.hooks import BEAT_HOOK
 from plugins.scheduling.leases import LeaseKeeper, Semaphore
 from plugins.scheduling.store import Connections, SchedulingStore, load_publication
@@ -235,6 +239,13 @@ class SchedulingPlugin(BasePlugin):
             self.store.done(task_id, queue)
             return 0
         pub = load_publication(raw)
+        if past_deadline(pub, time.time()):
+            store_expired(self.connections.celery_app(), pub)
+            self.store.done(task_id, queue)
+            self._count("jobs_expired", "Held or fair jobs whose deadline passed unpublished")
+            self.logger.info("job_expired", job_id=task_id, queue=pub.queue,
+                             fair=queue is not None)
+            return 0
         pub.headers[SUBMITTED_HEADER] = f"{time.time():.6f}"
         self.publisher(pub)  # raises: the claim stays and is recovered after claim_timeout
         self.store.done(task_id, queue)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
@@ -22,6 +23,9 @@ from worker.errors import SandrunError
 if TYPE_CHECKING:
     from worker.client.client import JobExecution, Sandrun
     from worker.models import JobResult
+    from worker.models.builder import JobBuilder
+
+T = TypeVar("T")
 
 
 def _make_client() -> Sandrun:
@@ -69,6 +73,51 @@ def wait_all(runs: list[JobExecution], timeout: float | None, quiet: bool) -> li
     return results
 
 
+def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """``--expires-in``: seconds, or a duration such as 30s, 5m, 1h30m."""
+    if value is None:
+        return None
+    from worker.models.durations import parse_duration
+
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _instant(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+    """``--deadline``: an ISO 8601 time with its timezone (``2030-01-01T12:00:00Z``)."""
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 time such as "
+                                 "2030-01-01T12:00:00Z") from None
+    if when.tzinfo is None:
+        raise click.BadParameter(f"{value!r} has no timezone; add one, e.g. Z or +02:00")
+    return when
+
+
+def expiry_options(func: Callable[..., None]) -> Callable[..., None]:
+    """``--expires-in`` and ``--deadline``, shared by ``submit`` and ``schedule add``."""
+    func = click.option("--deadline", callback=_instant, metavar="ISO8601", help=(
+        "Never start the job after this time (with a timezone); it ends expired."))(func)
+    return click.option("--expires-in", callback=_duration, metavar="DURATION", help=(
+        "Never start the job later than this after submit (30s, 5m, 1h); it ends "
+        "expired."))(func)
+
+
+def with_expiry(builder: JobBuilder[T], expires_in: float | None,
+                deadline: datetime | None) -> JobBuilder[T]:
+    """``builder`` with the expiry the options gave (at most one of them)."""
+    if expires_in is not None and deadline is not None:
+        raise click.UsageError("give --expires-in or --deadline, not both")
+    if expires_in is not None:
+        return builder.expires_in(expires_in)
+    return builder if deadline is None else builder.deadline(deadline)
+
+
 @click.command()
 @click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @click.option("--code", help="Inline code to run instead of a job directory.")
@@ -78,9 +127,11 @@ def wait_all(runs: list[JobExecution], timeout: float | None, quiet: bool) -> li
 @click.option("--wait", is_flag=True, help="Wait for the results.")
 @click.option("--wait-timeout", type=float, default=None, help="Give up waiting after N s.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON only.")
+@expiry_options
 def submit(*, paths: tuple[Path, ...], code: str | None, interpreter: str | None,
             args: tuple[str, ...], timeout: float | None, wait: bool,
-            wait_timeout: float | None, as_json: bool) -> None:
+            wait_timeout: float | None, as_json: bool, expires_in: float | None,
+            deadline: datetime | None) -> None:
     """Submit job directories (holding job.json), job.json files, or --code."""
     if bool(paths) == bool(code):
         raise click.UsageError("give job PATHs or --code, not both and not neither")
@@ -96,6 +147,7 @@ def submit(*, paths: tuple[Path, ...], code: str | None, interpreter: str | None
                 builders += [sandrun.job().with_fields(manifest_fields(p)) for p in paths]
             if timeout is not None:
                 builders = [b.timeout(timeout) for b in builders]
+            builders = [with_expiry(b, expires_in, deadline) for b in builders]
             runs = [b.submit() for b in builders]
             if not wait:
                 for run in runs:

@@ -10,7 +10,7 @@ runs the task. It only translates:
    dead-lettered, never run);
 2. begin the attempt (Celery's ``retries`` + 1): a redelivered message counts a
    delivery; a job or a redelivered message looks for a stored final result in
-   the same round trip;
+   the same round trip; a job past its ``deadline`` ends ``expired`` there, unrun;
 3. build the :class:`~worker.plugin.context.ExecutionContext` from the request
    (headers, args, eta, redelivered, queue, node);
 4. :func:`~worker.node.lifecycle.run_lifecycle` runs the hooks and the body
@@ -84,6 +84,8 @@ class SandrunTask(Task[Any, Any]):
         if execution.job is not None:
             self.request.update(sandrun_job_id=execution.job.id)
         attempt, stored = self._begin(rt, execution)
+        if stored is None and execution.job is not None and execution.job.expired():
+            return self._expired(execution.job, attempt.number - 1)
         outcome = run_lifecycle(rt.manager, attempt, execution,
                                 self._context(rt, execution, attempt), self._run_body,
                                 max_attempts=rt.settings.max_attempts, stored=stored,
@@ -233,6 +235,17 @@ class SandrunTask(Task[Any, Any]):
         """Seconds since this delivery reached the task, to its outcome stored."""
         started = self.request.get("sandrun_started")
         return None if started is None else round(time.monotonic() - started, 6)
+
+    def _expired(self, job: Job, attempts: int) -> dict[str, Any]:
+        """A job delivered after its deadline is never run. Celery's ``expires`` stops
+        most of them before this task is called; this catches a message that lost it (a
+        hand-built publish, a broker writer's copy): the job's own, signed, deadline."""
+        assert job.deadline is not None
+        log.info("job_expired", job_id=job.id, deadline=job.deadline.isoformat())
+        return JobResult(id=job.id, status="expired", outcome="expired", attempts=attempts,
+                         error=ErrorInfo(type="JobExpired", message=(
+                             f"the job's deadline {job.deadline.isoformat()} passed before "
+                             "it started"))).model_dump(mode="json")
 
     def _invalid(self, exc: Exception) -> dict[str, Any]:
         """A ``sandrun.run_job`` message whose payload is not a valid Job: rejected."""
