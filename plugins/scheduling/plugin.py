@@ -27,6 +27,11 @@ producers and workers alike, and run ``sandrun beat`` once or more per fleet.
   (``JobDeferred``: re-published after ``defer_seconds`` plus up to 50 % jitter),
   never waiting in a slot. Leases are given back in ``on_result`` and
   ``on_error`` (rejected, failed and retried jobs pass one of them).
+* ``rate``: at most that many job starts per period (``"100/m"``, ``"5/s"``) per
+  queue (or value of label ``rate_label``), across the fleet: a token bucket in
+  Redis (``rates``) that reserves a job over the rate its start time and defers it
+  until then (``JobDeferred``), never sleeping in a slot. ``rate_burst`` starts may
+  come at once (default 1: evenly spaced).
 * ``queue_size``: at submit, a queue already holding that many jobs (broker lists
   plus fair jobs not yet moved) raises ``QueueFull`` (``queue_full_policy``
   ``reject``) or is waited on up to ``block_timeout`` s (``block``). It is a soft
@@ -56,6 +61,7 @@ from plugins.scheduling.config import HOLD_PRIORITY, SchedulingConfig, celery_pr
 from plugins.scheduling.expiry import past_deadline, store_expired
 from plugins.scheduling.hooks import BEAT_HOOK
 from plugins.scheduling.leases import LeaseKeeper, Semaphore
+from plugins.scheduling.rates import RateGate
 from plugins.scheduling.store import Connections, SchedulingStore, load_publication
 from worker import (
     RUN_JOB,
@@ -115,6 +121,9 @@ class SchedulingPlugin(BasePlugin):
                                        self.settings.publish_retry_seconds)
         self.publisher = self._publisher or self.connections.send
         self.leases = LeaseKeeper(lambda: self.semaphore, self.options.lease_ttl, logger)
+        self.rates = RateGate(self.options.rate, self.options.rate_label,
+                              self.options.rate_burst, lambda: self.store.client,
+                              self.settings.default_queue)
 
     def on_init(self, context: PluginContext) -> None:
         super().on_init(context)
@@ -270,10 +279,18 @@ class SchedulingPlugin(BasePlugin):
         job, limit = execution.job, self.options.max_concurrent
         if job is None:
             return
-        if limit is not None:
-            scope = self.scope(job, context.queue)
-            if not self.semaphore.acquire(scope, context.task_id, limit, self.options.lease_ttl):
-                self._defer(scope, limit)
+        scope = None if limit is None else self.scope(job, context.queue)
+        if scope is not None and limit is not None and not self.semaphore.acquire(
+                scope, context.task_id, limit, self.options.lease_ttl):
+            self._defer(scope, limit)
+        try:
+            self.rates.check(job, context, self.logger, lambda: self._count(
+                "jobs_rate_deferred", "Jobs put back until their start under the rate"))
+        except JobDeferred:  # it does not run now: its place under the cap is given back
+            if scope is not None:
+                self.semaphore.release(scope, context.task_id)
+            raise
+        if scope is not None:
             self.leases.add(context.task_id, scope, job.timeout)
         if self.options.strategy == "fair":  # on_result moves this queue's next fair job
             self._queues[context.task_id] = context.queue
