@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # what mypy and readers see; at run time __getattr__ imports 
     from worker.broker.urls import is_redis, kombu_url, redis_client, redis_url
     from worker.cli.common import fail as cli_fail
     from worker.client.client import JobExecution, Sandrun
+    from worker.client.schedules import ScheduleRunner
     from worker.collector import InMemoryMetrics, MetricsCollector
     from worker.errors import (
         BrokerUnavailable,
@@ -140,6 +141,7 @@ __all__ = [
     "RetryRequested",
     "Sandrun",
     "SandrunError",
+    "ScheduleRunner",
     "Set",
     "SetDefault",
     "Settings",
@@ -172,6 +174,7 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     "worker.broker.publisher": ("Publisher",),
     "worker.broker.urls": ("is_redis", "kombu_url", "redis_client", "redis_url"),
     "worker.client.client": ("JobExecution", "Sandrun"),
+    "worker.client.schedules": ("ScheduleRunner",),
     "worker.collector": ("InMemoryMetrics", "MetricsCollector"),
     "worker.errors": (
         "BrokerUnavailable", "ConfigurationError", "DuplicateDelivery", "InvalidJob",

@@ -79,6 +79,9 @@ class Settings(BaseSettings):
         "celeryconfig sets Celery's result_expires from the same variable"))
     output_ttl: int = Field(default=OUTPUT_TTL_SECONDS, ge=1, description=(
         "seconds a finished job's output files are kept for download (Redis)"))
+    schedule_grace: float = Field(default=60.0, gt=0, allow_inf_nan=False, description=(
+        "how late (seconds) sandrun beat still submits a periodic job's run; runs missed "
+        "by more (every beat was down) are skipped, not backfilled"))
     dead_letter_ttl: int = Field(default=DEAD_LETTER_TTL_SECONDS, ge=1, description=(
         "seconds a dead letter (a job that exhausted its attempts, a bad message) is kept"))
     stream_cap_bytes: int = Field(default=1 << 20, ge=1024)

@@ -58,12 +58,16 @@ def _beat_manager() -> PluginManager:
 def beat_command(interval: float, once: bool) -> None:
     """Release scheduled jobs: every INTERVAL seconds, dispatch on_beat to the configured
     plugins (the scheduling plugin's process_queue publishes held jobs that are due and
-    moves fair queues). Runs no jobs and holds no worker slot; several beats may run at
-    once (each job is claimed by one), so run one per host for redundancy."""
-    from worker import WorkerContext
+    moves fair queues) and submit the periodic jobs that are due (``sandrun schedule``),
+    through the same plugins, so they are signed like any job. Runs no jobs and holds no
+    worker slot; several beats may run at once (each job and each due run is claimed by
+    one), so run one per host for redundancy."""
+    from worker import ScheduleRunner, WorkerContext, load_settings
 
     try:
         manager = _beat_manager()
+        periodic = ScheduleRunner.for_beat(manager, load_settings(),
+                                           os.environ["SANDRUN_BROKER_URL"])
     except SandrunError as exc:
         cli_fail(exc)
     stop = threading.Event()
@@ -74,8 +78,11 @@ def beat_command(interval: float, once: bool) -> None:
     try:
         while not stop.is_set():
             manager.execute_hook(BEAT_HOOK, datetime.now(UTC), context)  # failures are logged
+            periodic.tick()  # failures are logged
             if once:
                 break
             stop.wait(interval)
     finally:
+        periodic.close()
         manager.close()
+
