@@ -21,7 +21,7 @@ from plugins.scheduling.hooks import BEAT_HOOK
 from worker import ConfigurationError, SandrunError, cli_fail
 
 if TYPE_CHECKING:
-    from worker import PluginManager
+    from worker import PluginManager, ScheduleRunner
 
 
 def _beat_manager() -> PluginManager:
@@ -66,10 +66,14 @@ def beat_command(interval: float, once: bool) -> None:
 
     try:
         manager = _beat_manager()
-        periodic = ScheduleRunner.for_beat(manager, load_settings(),
-                                           os.environ["SANDRUN_BROKER_URL"])
     except SandrunError as exc:
         cli_fail(exc)
+    try:
+        periodic: ScheduleRunner | None = ScheduleRunner.for_beat(
+            manager, load_settings(), os.environ["SANDRUN_BROKER_URL"])
+    except ConfigurationError as exc:  # held jobs still need releasing: say so, go on
+        click.echo(f"sandrun beat: periodic jobs are off: {exc}", err=True)
+        periodic = None
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -78,11 +82,13 @@ def beat_command(interval: float, once: bool) -> None:
     try:
         while not stop.is_set():
             manager.execute_hook(BEAT_HOOK, datetime.now(UTC), context)  # failures are logged
-            periodic.tick()  # failures are logged
+            if periodic is not None:
+                periodic.tick()  # failures are logged
             if once:
                 break
             stop.wait(interval)
     finally:
-        periodic.close()
+        if periodic is not None:
+            periodic.close()
         manager.close()
 

@@ -62,7 +62,7 @@ def schedule_add(*, name: str, path: Path | None, cron: str, code: str | None,
             if timeout is not None:
                 builder = builder.timeout(timeout)
             made = schedule_from(name, cron, builder.build(), expires_in)
-            ScheduleStore.for_broker(str(sandrun.app.conf.broker_url)).add(made, replace=replace)
+            ScheduleStore.for_client(sandrun).add(made, replace=replace)
         except SandrunError as exc:
             fail(exc)
         except ValueError as exc:  # pydantic validation of builder fields
@@ -78,7 +78,7 @@ def schedule_list(as_json: bool) -> None:
 
     with client() as sandrun:
         try:
-            found = ScheduleStore.for_broker(str(sandrun.app.conf.broker_url)).list()
+            found = ScheduleStore.for_client(sandrun).list()
         except SandrunError as exc:
             fail(exc)
     if as_json:
@@ -105,7 +105,7 @@ def schedule_remove(name: str) -> None:
 
     with client() as sandrun:
         try:
-            removed = ScheduleStore.for_broker(str(sandrun.app.conf.broker_url)).remove(name)
+            removed = ScheduleStore.for_client(sandrun).remove(name)
         except SandrunError as exc:
             fail(exc)
     if not removed:

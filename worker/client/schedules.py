@@ -1,4 +1,6 @@
-"""Periodic jobs: named cron schedules kept in the broker's Redis, fired by ``sandrun beat``.
+"""Periodic jobs: named cron schedules kept in Redis, fired by ``sandrun beat``.
+
+The Redis is the broker's, or on a RabbitMQ fleet the result backend's.
 
 ``sandrun schedule add NAME --cron "*/5 * * * *" DIR`` stores a :class:`Schedule`
 (the job as it will be submitted, its cron expression, an optional ``expires_in``
@@ -122,14 +124,22 @@ class ScheduleStore:
         self.client = client
 
     @classmethod
-    def for_broker(cls, broker_url: str) -> ScheduleStore:
-        """The store on the broker's Redis; a ConfigurationError for another broker."""
-        client = redis_client(broker_url)
+    def for_urls(cls, broker_url: str, result_backend: str | None = None) -> ScheduleStore:
+        """The store on the broker's Redis, else the result backend's (a RabbitMQ fleet);
+        a ConfigurationError when neither is Redis."""
+        client = redis_client(broker_url) or redis_client(result_backend or "")
         if client is None:
             raise ConfigurationError(
-                f"periodic schedules are kept in Redis, but the broker is {broker_url!r}; "
-                "set SANDRUN_BROKER_URL to a redis:// URL")
+                f"periodic schedules are kept in Redis, but the broker is {broker_url!r} "
+                f"and the result backend {result_backend!r}; set SANDRUN_BROKER_URL or "
+                "SANDRUN_RESULT_BACKEND to a redis:// URL")
         return cls(client)
+
+    @classmethod
+    def for_client(cls, client: Sandrun) -> ScheduleStore:
+        """The store the client's broker and result backend point at."""
+        conf = client.app.conf
+        return cls.for_urls(str(conf.broker_url), str(conf.result_backend or ""))
 
     def add(self, schedule: Schedule, *, replace: bool = False) -> None:
         """Store ``schedule``; one of that name already stored is an error unless ``replace``."""
@@ -179,10 +189,15 @@ class ScheduleRunner:
         from worker.broker.factory import make_app
         from worker.client.client import Sandrun
 
-        store = ScheduleStore.for_broker(broker_url)
         app = make_app(broker_url, os.environ.get("SANDRUN_RESULT_BACKEND")
                        or settings.result_backend)
-        return cls(Sandrun(app, manager, settings), store, settings.schedule_grace)
+        client = Sandrun(app, manager, settings)
+        try:
+            store = ScheduleStore.for_client(client)
+        except ConfigurationError:
+            app.close()
+            raise
+        return cls(client, store, settings.schedule_grace)
 
     def close(self) -> None:
         """Release the broker connections (the plugins belong to the caller)."""

@@ -91,7 +91,8 @@ def test_the_store_adds_lists_refuses_a_duplicate_and_removes(
 
 def test_only_redis_holds_schedules() -> None:
     with pytest.raises(ConfigurationError, match="kept in Redis"):
-        ScheduleStore.for_broker("filesystem://")
+        ScheduleStore.for_urls("filesystem://", "file:///tmp/results")
+    assert ScheduleStore.for_urls("amqp://h", "redis://h:6379/0") is not None
 
 
 def test_two_runners_ticking_together_submit_each_due_run_once(
