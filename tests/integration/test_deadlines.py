@@ -20,6 +20,8 @@ from tests.integration.conftest import ROOT, Worker, WorkerFactory, broker_url, 
 from worker import PluginSpec
 from worker.client.client import JobExecution, Sandrun
 from worker.errors import InvalidJob
+from worker.models import Job
+from worker.protocol import RUN_JOB, Publication
 
 pytestmark = pytest.mark.slow
 
@@ -91,6 +93,25 @@ def test_a_job_queued_past_its_deadline_is_never_run_and_ends_expired(
         assert lasting.wait(timeout=60).status == "completed" and timely.exists()
     finally:
         worker.stop()
+
+
+def test_a_message_that_lost_its_expires_is_still_expired_by_the_jobs_own_deadline(
+        client: Client, start_worker: WorkerFactory, tmp_path: Path) -> None:
+    """A broker writer's copy (or a hand-built publish) without Celery's expires: the
+    worker reads the deadline in the job itself and never runs it."""
+    producer, late = client(), tmp_path / "late"
+    job = Job(code=marker(late), queue="dx", deadline=datetime.now(UTC) + timedelta(seconds=0.5))
+    producer.publish(Publication(task=RUN_JOB, task_id=job.id, queue="dx",
+                                 args=[job.model_dump(mode="json", exclude_defaults=True)]))
+    wait_until_past(job.deadline or datetime.now(UTC))
+    worker = start_worker(concurrency=1, name="dx", queues="dx")
+    try:
+        run = producer.execution(job.id)
+        assert_expired(run, late)
+        assert run.wait(timeout=5).error is not None
+    finally:
+        worker.stop()
+    assert "job_expired" in worker.output()
 
 
 def test_a_deadline_already_past_is_refused_at_submit(client: Client) -> None:
