@@ -20,6 +20,8 @@ def past_deadline(pub: Publication, now: float) -> bool:
     return pub.expires is not None and pub.expires.timestamp() <= now
 
 
-def store_expired(app: Any, pub: Publication) -> None:
+def store_expired(app: Any, pub: Publication, logger: Any, fair: bool) -> None:
     """Record ``pub`` as Celery records an expired message: REVOKED, reason ``expired``."""
     app.backend.mark_as_revoked(pub.task_id, "expired")
+    logger.info("job_expired", job_id=pub.task_id, queue=pub.queue, fair=fair,
+                deadline=pub.expires.isoformat() if pub.expires else None)

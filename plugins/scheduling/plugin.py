@@ -27,18 +27,14 @@ producers and workers alike, and run ``sandrun beat`` once or more per fleet.
   (``JobDeferred``: re-published after ``defer_seconds`` plus up to 50 % jitter),
   never waiting in a slot. Leases are given back in ``on_result`` and
   ``on_error`` (rejected, failed and retried jobs pass one of them).
-* ``rate``: at most that many job starts per period (``"100/m"``, ``"5/s"``) per
-  queue (or value of label ``rate_label``), across the fleet: a token bucket in
-  Redis (``rates``) that reserves a job over the rate its start time and defers it
-  until then (``JobDeferred``), never sleeping in a slot. ``rate_burst`` starts may
-  come at once (default 1: evenly spaced).
+* ``rate``: job starts per period (``"100/m"``) per queue or ``rate_label`` value,
+  fleet-wide; a job over it is deferred to the start it reserved (``rates``).
 * ``queue_size``: at submit, a queue already holding that many jobs (broker lists
   plus fair jobs not yet moved) raises ``QueueFull`` (``queue_full_policy``
   ``reject``) or is waited on up to ``block_timeout`` s (``block``). It is a soft
   limit: producers checking at the same moment may overshoot by their number.
-
-* ``deadline``: a held or fair job claimed after its deadline is not published; it is
-  stored as expired (``expiry``), as a worker stores a message whose ``expires`` passed.
+* ``deadline``: a held or fair job claimed past its deadline is stored expired, never
+  published (``expiry``).
 
 Exactly once: a held or fair job is claimed by one Lua script (so concurrent
 beats never take the same job), published, then forgotten. If the publisher
@@ -249,11 +245,9 @@ class SchedulingPlugin(BasePlugin):
             return 0
         pub = load_publication(raw)
         if past_deadline(pub, time.time()):
-            store_expired(self.connections.celery_app(), pub)
+            store_expired(self.connections.celery_app(), pub, self.logger, queue is not None)
             self.store.done(task_id, queue)
             self._count("jobs_expired", "Held or fair jobs whose deadline passed unpublished")
-            self.logger.info("job_expired", job_id=task_id, queue=pub.queue,
-                             fair=queue is not None)
             return 0
         pub.headers[SUBMITTED_HEADER] = f"{time.time():.6f}"
         self.publisher(pub)  # raises: the claim stays and is recovered after claim_timeout
@@ -283,17 +277,18 @@ class SchedulingPlugin(BasePlugin):
         if scope is not None and limit is not None and not self.semaphore.acquire(
                 scope, context.task_id, limit, self.options.lease_ttl):
             self._defer(scope, limit)
-        try:
-            self.rates.check(job, context, self.logger, lambda: self._count(
-                "jobs_rate_deferred", "Jobs put back until their start under the rate"))
-        except JobDeferred:  # it does not run now: its place under the cap is given back
-            if scope is not None:
-                self.semaphore.release(scope, context.task_id)
-            raise
+        self.rates.check(job, context, self.logger,
+                         lambda: self._rate_deferred(scope, context.task_id))
         if scope is not None:
             self.leases.add(context.task_id, scope, job.timeout)
         if self.options.strategy == "fair":  # on_result moves this queue's next fair job
             self._queues[context.task_id] = context.queue
+
+    def _rate_deferred(self, lease: str | None, task_id: str) -> None:
+        """A job over its rate does not run now: its place under the cap goes back."""
+        if lease is not None:
+            self.semaphore.release(lease, task_id)
+        self._count("jobs_rate_deferred", "Jobs put back until their start under the rate")
 
     def _defer(self, scope: str, limit: int) -> NoReturn:
         countdown = self.options.defer_seconds * (1 + random.random() / 2)

@@ -119,8 +119,9 @@ class RateGate:
         return f"queue:{queue or job.queue or self.default_queue}"
 
     def check(self, job: Job, context: ExecutionContext, logger: Any,
-              count: Callable[[], None]) -> None:
-        """Return if ``job`` may start; raise ``JobDeferred`` to its reserved start if not."""
+              deferring: Callable[[], None]) -> None:
+        """Return if ``job`` may start; raise ``JobDeferred`` to its reserved start if not,
+        calling ``deferring`` first (the plugin gives back the lease the job took)."""
         if self.rate is None:
             return
         if self._limiter is None:
@@ -129,7 +130,7 @@ class RateGate:
         wait = self._limiter.take(scope, context.task_id, self.rate, self.burst)
         if wait <= 0:
             return
-        count()
+        deferring()
         logger.info("job_deferred_over_rate", scope=scope, countdown=round(wait, 3))
         raise JobDeferred(wait, f"jobs of {scope} start at most {self.rate.count:g} per "
                                 f"{self.rate.period:g}s (rate); this one starts in {wait:.2f}s")
