@@ -182,7 +182,9 @@ class MetricsPlugin(BasePlugin):
         author="Sandrun", license="Apache-2.0",
         description="Prometheus metrics for jobs and plugins, one endpoint per worker",
         keywords=["prometheus", "metrics"], configuration=MetricsConfig,
-        apis=["on_submit", "on_execute", "on_result", "on_error", "on_worker_start"])
+        apis=["on_submit", "on_execute", "on_result", "on_error", "on_worker_start",
+              "on_worker_stop"],
+        permissions=["network"])  # it serves /metrics; it changes and stops nothing
 
     def __init__(self, options: MetricsConfig | None = None) -> None:
         self._options = options

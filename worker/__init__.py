@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # what mypy and readers see; at run time __getattr__ imports 
         JobFailed,
         JobRejected,
         PaymentRejected,
+        PermissionRefused,
         PluginError,
         PublicationHeld,
         QueueFull,
@@ -55,9 +56,12 @@ if TYPE_CHECKING:  # what mypy and readers see; at run time __getattr__ imports 
         ErrorInfo,
         Execution,
         Job,
+        JobContext,
         JobResult,
         RetryPolicy,
+        Transform,
         WorkerInfo,
+        current_job_context,
     )
     from worker.models.builder import JobBuilder
     from worker.plugin.context import (
@@ -75,7 +79,14 @@ if TYPE_CHECKING:  # what mypy and readers see; at run time __getattr__ imports 
     from worker.plugin.loader import PluginSpec, parse_plugin_specs
     from worker.plugin.manager import PluginEvent, PluginManager
     from worker.plugin.spec import Plugin, PluginDependency, PluginManifest, hook
-    from worker.protocol import RUN_JOB, SUBMITTED_HEADER, Publication, job_queue
+    from worker.protocol import (
+        CONTEXT_HEADERS,
+        RUN_JOB,
+        SUBMITTED_HEADER,
+        TENANT_HEADER,
+        Publication,
+        job_queue,
+    )
     from worker.settings import Settings, load_settings
     from worker.stores.deadletter import DeadLetter, DeadLetterStore
     from worker.stores.ops import Get, Incr, Set, SetDefault
@@ -89,12 +100,14 @@ if TYPE_CHECKING:  # what mypy and readers see; at run time __getattr__ imports 
     celery: Celery
 
 __all__ = [
+    "CONTEXT_HEADERS",
     "LEVELS",
     "MAX_CPU_SECONDS",
     "MAX_MEMORY_MB",
     "MAX_TIMEOUT_SECONDS",
     "RUN_JOB",
     "SUBMITTED_HEADER",
+    "TENANT_HEADER",
     "BasePlugin",
     "BrokerUnavailable",
     "BuildContext",
@@ -113,6 +126,7 @@ __all__ = [
     "InvalidJob",
     "Job",
     "JobBuilder",
+    "JobContext",
     "JobDeferred",
     "JobExecution",
     "JobFailed",
@@ -121,6 +135,7 @@ __all__ = [
     "MemoryStorageBackend",
     "MetricsCollector",
     "PaymentRejected",
+    "PermissionRefused",
     "Plugin",
     "PluginContext",
     "PluginDependency",
@@ -149,10 +164,12 @@ __all__ = [
     "StorageError",
     "SubmissionContext",
     "SubmissionRejected",
+    "Transform",
     "WorkerContext",
     "WorkerInfo",
     "cli_fail",
     "configure_logging",
+    "current_job_context",
     "ensure_broker_configured",
     "hook",
     "is_redis",
@@ -178,13 +195,15 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     "worker.collector": ("InMemoryMetrics", "MetricsCollector"),
     "worker.errors": (
         "BrokerUnavailable", "ConfigurationError", "DuplicateDelivery", "InvalidJob",
-        "JobDeferred", "JobFailed", "JobRejected", "PaymentRejected", "PluginError",
+        "JobDeferred", "JobFailed", "JobRejected", "PaymentRejected", "PermissionRefused",
+        "PluginError",
         "PublicationHeld", "QueueFull", "RetryRequested", "SandrunError", "StartupRefused",
         "StorageError", "SubmissionRejected"),
     "worker.logs": ("LEVELS", "configure_logging"),
     "worker.models": (
         "MAX_CPU_SECONDS", "MAX_MEMORY_MB", "MAX_TIMEOUT_SECONDS", "ErrorInfo", "Execution",
-        "Job", "JobResult", "RetryPolicy", "WorkerInfo"),
+        "Job", "JobContext", "JobResult", "RetryPolicy", "Transform", "WorkerInfo",
+        "current_job_context"),
     "worker.models.builder": ("JobBuilder",),
     "worker.plugin.context": (
         "BuildContext", "ErrorContext", "ExecutionContext", "PluginContext", "PublishContext",
@@ -194,7 +213,8 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     "worker.plugin.loader": ("PluginSpec", "parse_plugin_specs"),
     "worker.plugin.manager": ("PluginEvent", "PluginManager"),
     "worker.plugin.spec": ("Plugin", "PluginDependency", "PluginManifest", "hook"),
-    "worker.protocol": ("RUN_JOB", "SUBMITTED_HEADER", "Publication", "job_queue"),
+    "worker.protocol": ("CONTEXT_HEADERS", "RUN_JOB", "SUBMITTED_HEADER", "TENANT_HEADER",
+                        "Publication", "job_queue"),
     "worker.settings": ("Settings", "load_settings"),
     "worker.stores.deadletter": ("DeadLetter", "DeadLetterStore"),
     "worker.stores.ops": ("Get", "Incr", "Set", "SetDefault"),

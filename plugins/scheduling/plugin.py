@@ -99,6 +99,9 @@ class SchedulingPlugin(BasePlugin):
         description="Priorities, scheduled jobs, concurrency caps, backpressure, fair queues",
         keywords=["scheduling", "priority", "eta", "concurrency", "fairness"],
         apis=["on_submit", "on_publish", "on_execute", "on_result", "on_error", BEAT_HOOK],
+        # sets the Celery priority, refuses (QueueFull), holds and defers jobs, talks to
+        # its own Redis, and stores whole messages (env and signature) to send later
+        permissions=["job:transform", "job:veto", "network", "secrets"],
         configuration=SchedulingConfig)
 
     def __init__(self, options: SchedulingConfig | None = None, *,

@@ -1,7 +1,8 @@
 """Data shapes that travel between producers, brokers, workers and plugins.
 
 ``job`` holds what a producer submits (Job and its parts, Execution), ``result``
-what comes back (JobResult, WorkerInfo), ``limits`` the bounds and names both
+what comes back (JobResult, WorkerInfo), ``context`` what travels with a job
+(JobContext: correlation id, tenant, baggage), ``limits`` the bounds and names both
 share, ``jobdir`` the ``job.json`` directory format behind ``Job.from_manifest``,
 ``builder`` the fluent JobBuilder (producers build with it, ``on_build`` hooks set
 its defaults) and ``pricing`` the pricing table. Import the shapes from
@@ -11,6 +12,7 @@ never this package, so it has no import cycle.
 
 from __future__ import annotations
 
+from worker.models.context import JobContext, current_job_context, new_correlation_id
 from worker.models.job import (
     Execution,
     GPURequirements,
@@ -44,6 +46,7 @@ from worker.models.result import (
     ExecutionInfo,
     JobResult,
     OutputFile,
+    Transform,
     WorkerInfo,
     cap_text,
 )
@@ -53,6 +56,7 @@ __all__ = [
     "FORBIDDEN_ENV_KEYS", "FORBIDDEN_ENV_PREFIXES", "INTERPRETERS_BY_EXTENSION",
     "MAX_CPU_SECONDS", "MAX_JOB_BYTES", "MAX_MEMORY_MB", "MAX_TIMEOUT_SECONDS",
     "TRUNCATION_MARKER", "Consensus", "Cost", "ErrorInfo", "Execution", "ExecutionInfo",
-    "GPURequirements", "Isolation", "Job", "JobFile", "JobResult", "JobStatus", "Outcome",
-    "OutputFile", "Payment", "RetryPolicy", "WorkerInfo", "cap_text", "check_relative_path",
+    "GPURequirements", "Isolation", "Job", "JobContext", "JobFile", "JobResult", "JobStatus",
+    "Outcome", "OutputFile", "Payment", "RetryPolicy", "Transform", "WorkerInfo", "cap_text",
+    "check_relative_path", "current_job_context", "new_correlation_id",
 ]

@@ -21,6 +21,7 @@ from worker.errors import ConfigurationError
 from worker.models import WorkerInfo
 from worker.plugin.loader import parse_plugin_specs
 from worker.plugin.manager import PluginManager
+from worker.plugin.permissions import parse_grants
 from worker.sandbox.config import check_sandbox, sandbox_config
 from worker.sandbox.confine import IsolationError
 from worker.sandbox.executor import SandboxConfig, release_slots
@@ -63,7 +64,8 @@ def build_runtime(settings: Settings | None = None, *, load_plugins: bool = True
     storage: StorageBackend = RedisStorageBackend(client) if client else MemoryStorageBackend()
     manager = PluginManager(storage=storage, dead_letters=dead_letter_store_for(
                                 backend, ttl=settings.dead_letter_ttl),
-                            hook_timeout=settings.hook_timeout)
+                            hook_timeout=settings.hook_timeout,
+                            permissions=parse_grants(settings.plugin_permissions))
     if load_plugins:
         manager.load_all(parse_plugin_specs(settings.plugins))
     sandbox = sandbox_config(settings)
