@@ -128,7 +128,9 @@ def test_a_job_deferred_over_max_concurrent_past_its_deadline_ends_expired(
     producer, busy, late = client(**config), tmp_path / "busy", tmp_path / "late"
     try:
         holder = producer.job().code(marker(busy, sleep=3)).queue("dd").submit()
+        started = time.monotonic() + 30
         while holder.status() != "running":
+            assert time.monotonic() < started, "the first job never started"
             time.sleep(0.05)
         deferred = producer.job().code(marker(late)).queue("dd").expires_in(1).submit()
         assert_expired(deferred, late)
