@@ -99,13 +99,17 @@ def _instant(ctx: click.Context, param: click.Parameter, value: str | None) -> d
     return when
 
 
+def expires_in_option(help: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """``--expires-in DURATION`` (read by :func:`~worker.models.durations.parse_duration`)."""
+    return click.option("--expires-in", callback=_duration, metavar="DURATION", help=help)
+
+
 def expiry_options(func: Callable[..., None]) -> Callable[..., None]:
-    """``--expires-in`` and ``--deadline``, shared by ``submit`` and ``schedule add``."""
+    """``--expires-in`` and ``--deadline`` of ``submit``."""
     func = click.option("--deadline", callback=_instant, metavar="ISO8601", help=(
         "Never start the job after this time (with a timezone); it ends expired."))(func)
-    return click.option("--expires-in", callback=_duration, metavar="DURATION", help=(
-        "Never start the job later than this after submit (30s, 5m, 1h); it ends "
-        "expired."))(func)
+    return expires_in_option("Never start the job later than this after submit (30s, 5m, "
+                             "1h); it ends expired.")(func)
 
 
 def with_expiry(builder: JobBuilder[T], expires_in: float | None,

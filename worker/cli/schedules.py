@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from worker.cli.common import console, fail
-from worker.cli.jobs import client, expiry_options
+from worker.cli.jobs import client, expires_in_option
 from worker.errors import SandrunError
 
 
@@ -34,10 +34,12 @@ def schedule() -> None:
 @click.option("--arg", "args", multiple=True, help="Argument for --code (repeatable).")
 @click.option("--timeout", type=float, default=None, help="Job timeout in seconds.")
 @click.option("--replace", is_flag=True, help="Replace a schedule of the same name.")
-@expiry_options
+@expires_in_option("A run not started this long after its due time (30s, 5m, 1h) ends "
+                   "expired, never run.")
+@click.option("--deadline", hidden=True, help="Refused: runs have no fixed deadline.")
 def schedule_add(*, name: str, path: Path | None, cron: str, code: str | None,
                  interpreter: str | None, args: tuple[str, ...], timeout: float | None,
-                 replace: bool, expires_in: float | None, deadline: object) -> None:
+                 replace: bool, expires_in: float | None, deadline: str | None) -> None:
     """Store schedule NAME: the job in PATH (a job directory or job.json), or --code, run
     at every --cron time. --expires-in bounds each run: not started that long after its
     due time, it ends expired."""
