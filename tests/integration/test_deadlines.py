@@ -114,6 +114,26 @@ def test_a_message_that_lost_its_expires_is_still_expired_by_the_jobs_own_deadli
     assert "job_expired" in worker.output()
 
 
+def test_an_unsigned_copy_past_its_deadline_is_rejected_not_stored_expired(
+        client: Client, start_worker: WorkerFactory, tmp_path: Path) -> None:
+    """The job's own deadline is checked after on_execute: a broker writer's unsigned
+    message cannot get an ``expired`` result stored, only the auth plugin's rejection."""
+    keys = {"k1": "deadline-test-key-0123456789abcdef0123"}
+    verify = json.dumps([{"name": "auth", "config": {"keys": keys}}])
+    producer, late = client(), tmp_path / "late"
+    job = Job(code=marker(late), queue="du", deadline=datetime.now(UTC) + timedelta(seconds=0.5))
+    producer.publish(Publication(task=RUN_JOB, task_id=job.id, queue="du",
+                                 args=[job.model_dump(mode="json", exclude_defaults=True)]))
+    wait_until_past(job.deadline or datetime.now(UTC))
+    worker = start_worker(concurrency=1, name="du", queues="du", SANDRUN_PLUGINS=verify)
+    try:
+        result = producer.execution(job.id).wait(timeout=60)
+    finally:
+        worker.stop()
+    assert result.status == "rejected", result
+    assert not late.exists()
+
+
 def test_a_deadline_already_past_is_refused_at_submit(client: Client) -> None:
     producer = client()
     with pytest.raises(InvalidJob, match=r"deadline.*has already passed"):
