@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # what mypy and readers see; at run time __getattr__ imports 
     from worker.broker.urls import is_amqp, is_redis, kombu_url, redis_client, redis_url
     from worker.cli.common import fail as cli_fail
     from worker.client.client import JobExecution, Sandrun
+    from worker.client.schedules import ScheduleRunner
     from worker.collector import InMemoryMetrics, MetricsCollector
     from worker.errors import (
         BrokerUnavailable,
@@ -168,6 +169,7 @@ __all__ = [
     "RetryRequested",
     "Sandrun",
     "SandrunError",
+    "ScheduleRunner",
     "Set",
     "SetDefault",
     "Settings",
@@ -209,6 +211,7 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     "worker.broker.publisher": ("Publisher",),
     "worker.broker.urls": ("is_amqp", "is_redis", "kombu_url", "redis_client", "redis_url"),
     "worker.client.client": ("JobExecution", "Sandrun"),
+    "worker.client.schedules": ("ScheduleRunner",),
     "worker.collector": ("InMemoryMetrics", "MetricsCollector"),
     "worker.errors": (
         "BrokerUnavailable", "ConfigurationError", "ConsensusUnavailable", "DuplicateDelivery",
