@@ -12,7 +12,7 @@ from plugins.consensus import ConsensusPlugin
 from tests.plugins.test_retry import ListStore
 from worker import PluginManager
 from worker.collector import InMemoryMetrics
-from worker.errors import DuplicateDelivery, JobDeferred, JobRejected
+from worker.errors import DuplicateDelivery, JobDeferred, JobRejected, StorageError
 from worker.models import Execution, Job, JobResult, WorkerInfo
 from worker.plugin.context import (
     ErrorContext,
@@ -168,3 +168,31 @@ def test_the_digest_is_configurable_by_name() -> None:
     finish(manager, job, 1, "b", stdout="same\nnoise 2\n")
     (final,) = fleet.finals
     assert final.consensus is not None and final.consensus.digest == "same"
+
+
+def test_a_storage_outage_defers_a_replica_rather_than_guess_where_others_ran(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    manager, *_ = load()
+    plugin = manager.get("consensus")
+    assert isinstance(plugin, ConsensusPlugin) and plugin.storage is not None
+
+    def outage(*ops: Any) -> list[Any]:
+        raise StorageError("redis is down")
+
+    monkeypatch.setattr(plugin.storage, "batch", outage)
+    with pytest.raises(JobDeferred, match="cannot place replica 0"):
+        execute(manager, Job(code="1", consensus="2-of-3"), 0, "a")
+
+
+def broken_digest(result: JobResult) -> str | None:
+    raise ValueError("cannot hash this")
+
+
+def test_a_failing_digest_counts_against_the_quorum_instead_of_losing_the_vote() -> None:
+    manager, fleet, *_ = load({"digest": "tests.plugins.consensus.test_plugin:broken_digest"})
+    job = Job(code="1", consensus="2-of-2")
+    own = finish(manager, job, 0, "a")
+    assert own.consensus is not None and own.consensus.replicas[0].digest is None
+    finish(manager, job, 1, "b")
+    (final,) = fleet.finals
+    assert final.status == "failed"
