@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/auth.py
 	$(BIN)/python benchmarks/sandbox.py
 	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/brokers.py
 	$(BIN)/python benchmarks/scaling.py
 	$(BIN)/python benchmarks/cli.py
 	$(BIN)/python benchmarks/throughput.py

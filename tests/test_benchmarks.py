@@ -47,6 +47,19 @@ def test_overhead_benchmark_prints_ratio_and_latency() -> None:
 
 
 @pytest.mark.slow
+def test_brokers_benchmark_prints_redis_beside_rabbitmq() -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "brokers.py"), "--quick"],
+                          capture_output=True, text=True, timeout=300, check=False, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert [r[0] for r in rows] == ["1", "2"] and all(float(r[1]) > 0 < float(r[2])
+                                                      for r in rows)
+    assert "median ratio rabbitmq/redis" in proc.stdout
+    for broker in ("redis", "rabbitmq"):
+        assert re.search(rf"submit-to-result {broker}: +p50 ", proc.stdout), proc.stdout
+
+
+@pytest.mark.slow
 def test_scaling_benchmark_prints_efficiency_tables() -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scaling.py"), "--quick"],
                           capture_output=True, text=True, timeout=300, check=False, cwd=ROOT)

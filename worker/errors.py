@@ -23,7 +23,8 @@ how to fix it; they are meant to be shown to a person as they are.
     │   ├── PluginNotLoaded       unload/lookup of a name that is not loaded
     │   ├── UnloadRefused         another loaded plugin still depends on it
     │   ├── HookCallError         a hook was called the wrong way (async from a loop)
-    │   └── HookTimeout           a hook ran past its timeout and was abandoned
+    │   ├── HookTimeout           a hook ran past its timeout and was abandoned
+    │   └── PermissionRefused     a plugin used a capability it was not granted
     └── HookControl               raised by hooks on purpose; never isolated, always propagates
         ├── SubmissionRejected    ``on_submit`` or ``on_publish`` vetoes a job: it is not published
         │   ├── PaymentRejected   the payment cannot cover the job's worst-case cost
@@ -149,6 +150,18 @@ class HookTimeout(PluginError):
         super().__init__(f"hook {hook} of plugin {plugin!r} {what}; the chain went on with "
                          "the data unchanged (a plugin that needs longer sets hook_timeout, "
                          "or @hook(timeout=...); the default is SANDRUN_HOOK_TIMEOUT)")
+
+
+class PermissionRefused(PluginError):
+    """A plugin used a capability (storage, network) it was not granted; raised at the
+    call that tried, logged and counted with ``kind="permission"``."""
+
+    def __init__(self, plugin: str, permission: str, tried: str) -> None:
+        self.plugin, self.permission, self.tried = plugin, permission, tried
+        super().__init__(f"plugin {plugin!r} tried to {tried}, which needs the {permission!r} "
+                         "permission it was not granted; declare it in the plugin's "
+                         "manifest (permissions=[...]) and, if the operator narrowed it, "
+                         "grant it in SANDRUN_PLUGIN_PERMISSIONS")
 
 
 class HookControl(SandrunError):

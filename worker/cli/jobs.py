@@ -106,20 +106,31 @@ def _builders(sandrun: Sandrun, paths: tuple[Path, ...], code: str | None,
 @click.option("--wait", is_flag=True, help="Wait for the results.")
 @click.option("--wait-timeout", type=float, default=None, help="Give up waiting after N s.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON only.")
+@click.option("--correlation-id", default=None,
+              help="Correlation id of these jobs (default: a new one per job).")
+@click.option("--tenant", default=None, help="Tenant of these jobs (default: their tenant "
+              "label, else the auth plugin's key id).")
+@click.option("--baggage", "baggage_items", multiple=True, metavar="KEY=VALUE",
+              help="Baggage that travels with the jobs to their workers (repeatable).")
 def submit(*, paths: tuple[Path, ...], code: str | None, interpreter: str | None,
             args: tuple[str, ...], timeout: float | None, consensus: str | None, wait: bool,
-            wait_timeout: float | None, as_json: bool) -> None:
+            wait_timeout: float | None, as_json: bool, correlation_id: str | None,
+            tenant: str | None, baggage_items: tuple[str, ...]) -> None:
     """Submit job directories (holding job.json), job.json files, or --code."""
     if bool(paths) == bool(code):
         raise click.UsageError("give job PATHs or --code, not both and not neither")
+    baggage = _baggage(baggage_items)
     with client() as sandrun:
         try:
-            runs = [b.submit() for b in _builders(sandrun, paths, code, interpreter, args,
-                                                  timeout=timeout, consensus=consensus)]
+            runs = [sandrun.submit(b.build(), correlation_id=correlation_id, tenant=tenant,
+                                   baggage=baggage)
+                    for b in _builders(sandrun, paths, code, interpreter, args,
+                                       timeout=timeout, consensus=consensus)]
             if not wait:
                 for run in runs:
-                    click.echo(json.dumps({"id": run.id, "status": "queued"}) if as_json
-                               else run.id)
+                    click.echo(json.dumps({"id": run.id, "status": "queued",
+                                           "correlation_id": run.correlation_id})
+                               if as_json else run.id)
                 return
             results = wait_all(runs, wait_timeout, as_json)
         except SandrunError as exc:
@@ -129,6 +140,17 @@ def submit(*, paths: tuple[Path, ...], code: str | None, interpreter: str | None
     for res in results:
         print_result(res, as_json)
     sys.exit(EXIT_OK if all(r.status == "completed" for r in results) else EXIT_JOB_FAILED)
+
+
+def _baggage(items: tuple[str, ...]) -> dict[str, str]:
+    """``--baggage KEY=VALUE`` options as a dict (the client validates keys and values)."""
+    baggage: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.UsageError(f"--baggage {item!r} is not KEY=VALUE")
+        baggage[key] = value
+    return baggage
 
 
 @click.command()

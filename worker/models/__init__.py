@@ -1,8 +1,9 @@
 """Data shapes that travel between producers, brokers, workers and plugins.
 
 ``job`` holds what a producer submits (Job and its parts, Execution), ``result``
-what comes back (JobResult, WorkerInfo), ``limits`` the bounds and names both share,
-``jobdir`` the ``job.json`` directory format behind ``Job.from_manifest``,
+what comes back (JobResult, WorkerInfo), ``context`` what travels with a job
+(JobContext: correlation id, tenant, baggage), ``limits`` the bounds and names both
+share, ``jobdir`` the ``job.json`` directory format behind ``Job.from_manifest``,
 ``consensus`` the k-of-n levels and the vote's summary, ``builder`` the fluent
 JobBuilder (producers build with it, ``on_build`` hooks set its defaults) and
 ``pricing`` the pricing table. Import the shapes from ``worker.models`` itself;
@@ -20,6 +21,7 @@ from worker.models.consensus import (
     ReplicaVote,
     quorum,
 )
+from worker.models.context import JobContext, current_job_context, new_correlation_id
 from worker.models.job import (
     Execution,
     GPURequirements,
@@ -52,6 +54,7 @@ from worker.models.result import (
     ExecutionInfo,
     JobResult,
     OutputFile,
+    Transform,
     WorkerInfo,
     cap_text,
 )
@@ -79,6 +82,7 @@ __all__ = [
     "GPURequirements",
     "Isolation",
     "Job",
+    "JobContext",
     "JobFile",
     "JobResult",
     "JobStatus",
@@ -88,8 +92,11 @@ __all__ = [
     "Quorum",
     "ReplicaVote",
     "RetryPolicy",
+    "Transform",
     "WorkerInfo",
     "cap_text",
     "check_relative_path",
+    "current_job_context",
+    "new_correlation_id",
     "quorum",
 ]

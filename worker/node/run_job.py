@@ -13,7 +13,14 @@ from typing import Any
 
 from celery import Celery
 
-from worker.models import ErrorInfo, Execution, ExecutionInfo, Job, JobResult
+from worker.models import (
+    ErrorInfo,
+    Execution,
+    ExecutionInfo,
+    Job,
+    JobResult,
+    current_job_context,
+)
 from worker.node.runtime import Runtime, current
 from worker.node.taskbase import SandrunTask
 from worker.plugin.context import ExecutionContext
@@ -27,6 +34,18 @@ STATUS_BY_OUTCOME = {"completed": "completed", "timeout": "timeout"}
 def _refuse(job: Job, outcome: str, message: str) -> JobResult:
     return JobResult(id=job.id, status="failed", outcome=outcome,
                      error=ErrorInfo(type="Unsatisfiable", message=message))
+
+
+def _span_attributes(job: Job) -> dict[str, str]:
+    """The sandboxed run's span attributes: the job, and its correlation id and tenant."""
+    attributes = {"sandrun.job_id": job.id, "sandrun.interpreter": job.interpreter or ""}
+    travelled = current_job_context()
+    if travelled is not None:
+        for key, value in (("correlation_id", travelled.correlation_id),
+                           ("tenant", travelled.tenant)):
+            if value is not None:
+                attributes[f"sandrun.{key}"] = value
+    return attributes
 
 
 def execute_job(job: Job, rt: Runtime, queue: str | None = None,
@@ -51,7 +70,8 @@ def execute_job(job: Job, rt: Runtime, queue: str | None = None,
             ids = stack.enter_context(allocate(devices, job.gpu.count, rt.lock_dir, job.timeout))
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, ids))
             gpu_type = devices[0].type
-        run = run_in_sandbox(job, rt.sandbox, env, warm_next=False)  # after the store
+        with rt.manager.span("sandrun.sandbox", _span_attributes(job)):
+            run = run_in_sandbox(job, rt.sandbox, env, warm_next=False)  # after the store
     rt.outputs.put(output_key or job.id, run.outputs)
     pricing = rt.settings.pricing
     return JobResult(
