@@ -98,11 +98,9 @@ class ConsensusPlugin(BasePlugin):
         description="k-of-n replicated jobs on distinct workers, voted on by digest",
         keywords=["consensus", "replication", "quorum", "boinc"],
         apis=["on_worker_start", "on_execute", "on_result", "on_error"],
-        # job:veto: re-queue (JobDeferred), refuse (JobRejected) or drop (DuplicateDelivery)
-        # a replica; result:transform: a replica's result carries its vote; storage: the
-        # vote; network: the settling hook stores the final result and revokes replicas
-        # through the worker's result backend and broker
-        permissions=["job:veto", "result:transform", "storage", "network"],
+        # veto: re-queue, refuse, drop replicas; network: store the final result, revoke;
+        # secrets: a dispute's dead letter keeps the job's env for `sandrun dead replay`
+        permissions=["job:veto", "result:transform", "storage", "network", "secrets"],
         configuration=ConsensusConfig)
 
     def __init__(self, options: ConsensusConfig | None = None, *, fleet: Fleet | None = None,
