@@ -263,7 +263,8 @@ class ConsensusPlugin(BasePlugin):
                 f"{failed} of {summary.n} replicas of job {job.id} failed, so {summary.k} can "
                 "no longer agree; see each replica's result under consensus.replicas"))
         return JobResult(id=job.id, status=settled.outcome, outcome=settled.outcome,
-                         error=error, consensus=summary, cost=cost)
+                         error=error, consensus=summary, cost=cost,
+                         context=result.context if result is not None else None)
 
     def _report(self, job: Job, settled: Tally, summary: ConsensusSummary,
                 cancelled: list[ReplicaVote]) -> None:

@@ -97,8 +97,9 @@ def test_disagreement_is_disputed_with_every_node_and_digest_and_dead_lettered()
     manager, fleet, letters, metrics = load()
     job = Job(code="print(42)", consensus="3-of-3")
     finish(manager, job, 0, "a")
-    finish(manager, job, 1, "b", stdout="corrupt\n")
+    finish(manager, job, 1, "b", stdout="corrupt\n", context={"correlation_id": "c-1"})
     (final,) = fleet.finals
+    assert final.context is not None and final.context.correlation_id == "c-1"
     assert final.status == "disputed" and final.error is not None
     assert final.error.type == "ConsensusDisputed"
     assert final.consensus is not None
