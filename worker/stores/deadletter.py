@@ -112,6 +112,7 @@ class RedisDeadLetterStore(DeadLetterStore):
                  metrics: MetricsCollector | None = None) -> None:
         super().__init__(metrics)
         self.client, self.ttl = client, ttl
+        self._remove = client.register_script(_REMOVE)
 
     def _put(self, letter: DeadLetter) -> None:
         pipe = self.client.pipeline()
@@ -131,8 +132,8 @@ class RedisDeadLetterStore(DeadLetterStore):
 
     def remove(self, letter_id: str, *, only: DeadLetter | None = None) -> bool:
         dead_at = "" if only is None else only.model_dump(mode="json")["dead_at"]
-        return bool(self.client.eval(_REMOVE, 2, f"{INDEX_KEY}:{letter_id}", INDEX_KEY,
-                                     letter_id, dead_at))
+        return bool(self._remove(keys=[f"{INDEX_KEY}:{letter_id}", INDEX_KEY],
+                                 args=[letter_id, dead_at]))
 
 
 class FileDeadLetterStore(DeadLetterStore):
