@@ -1,8 +1,9 @@
 """Wire names the producer and the worker must agree on, in one small module both import.
 
-The task name, the header a producer stamps with its publish time, which queue
-a job is published to, what a job message shows of itself (:func:`job_reprs`),
-and :class:`Publication`, the message as it is sent. It imports nothing heavier
+The task name, the header a producer stamps with its publish time, the state a
+running job's progress is stored as, which queue a job is published to, what a job
+message shows of itself (:func:`job_reprs`), and :class:`Publication`, the message
+as it is sent. It imports nothing heavier
 than the models, so a producer gets these without loading the node or the sandbox.
 """
 
@@ -19,6 +20,9 @@ from worker.models import Job
 RUN_JOB = "sandrun.run_job"
 #: Message header: the producer's publish time (Unix seconds, a decimal string).
 SUBMITTED_HEADER = "sandrun_submitted_at"
+#: The task state a running job's latest progress report is stored as (its meta: the
+#: report, :class:`~worker.models.Progress`); Flower shows it from ``task-progress`` events.
+PROGRESS_STATE = "PROGRESS"
 
 
 def job_queue(job: Job, default_queue: str) -> str:

@@ -18,18 +18,21 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal, overload
 
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
+from pydantic import ValidationError
 
 from worker.broker.factory import make_app
 from worker.broker.publisher import Publisher
+from worker.broker.urls import redis_client
+from worker.client.follow import LogLine, follow, result_lines
 from worker.errors import (
     ConfigurationError,
     InvalidJob,
@@ -37,28 +40,32 @@ from worker.errors import (
     SandrunError,
     WaitTimeout,
 )
-from worker.models import ErrorInfo, Job, JobResult
+from worker.models import ErrorInfo, Job, JobResult, Progress
 from worker.models.builder import JobBuilder
 from worker.plugin.context import BuildContext, PublishContext, SubmissionContext
 from worker.plugin.loader import PluginRef, PluginSpec, parse_plugin_specs
 from worker.plugin.manager import PluginManager
-from worker.protocol import RUN_JOB, SUBMITTED_HEADER, Publication, job_queue
+from worker.protocol import PROGRESS_STATE, RUN_JOB, SUBMITTED_HEADER, Publication, job_queue
 from worker.settings import Settings, load_settings
 from worker.stores.deadletter import dead_letter_store_for
+from worker.stores.livelogs import LiveLog
 from worker.stores.outputs import OutputStore, output_store_for
 
 WAIT_SLICE = 1.0
 STATE_NAMES = {"PENDING": "queued", "RECEIVED": "queued", "STARTED": "running",
-               "RETRY": "retrying", "REVOKED": "cancelled", "FAILURE": "failed"}
+               "PROGRESS": "running", "RETRY": "retrying", "REVOKED": "cancelled",
+               "FAILURE": "failed"}
 
 
 class JobExecution:
     """A handle on one submitted job."""
 
-    def __init__(self, job_id: str, app: Celery, outputs: OutputStore) -> None:
+    def __init__(self, job_id: str, app: Celery, outputs: OutputStore,
+                 live: LiveLog | None = None) -> None:
         self.id = job_id
         self._app = app
         self._outputs = outputs
+        self._live = live
 
     def __repr__(self) -> str:
         return f"JobExecution({self.id!r})"
@@ -67,12 +74,24 @@ class JobExecution:
         return AsyncResult(self.id, app=self._app)
 
     def status(self) -> str:
-        """queued, running, retrying, or the final JobResult status."""
+        """queued, running, retrying, or the final JobResult status (a running job's
+        progress, if it reports any, is :meth:`progress`)."""
         meta = self._app.backend.get_task_meta(self.id)
         if meta["status"] == "SUCCESS":
             return str(JobResult.model_validate(meta["result"]).status)
         state = str(meta["status"])
         return STATE_NAMES.get(state, state.lower())
+
+    def progress(self) -> Progress | None:
+        """The latest progress the running job reported (``SANDRUN_PROGRESS_FD``, see
+        docs/operations.md), or None: it reported none, or it is not running."""
+        meta = self._app.backend.get_task_meta(self.id)
+        if meta["status"] != PROGRESS_STATE:
+            return None
+        try:
+            return Progress.model_validate(meta["result"])
+        except ValidationError:
+            return None
 
     def result(self) -> JobResult | None:
         """The result if the job has finished, else None (never blocks)."""
@@ -113,10 +132,31 @@ class JobExecution:
             if result is not None:
                 return result
 
-    def logs(self) -> tuple[str, str]:
-        """(stdout, stderr) of a finished job; empty while it runs."""
+    @overload
+    def logs(self, follow: Literal[False] = False, timeout: float | None = None
+             ) -> tuple[str, str]: ...
+
+    @overload
+    def logs(self, follow: Literal[True], timeout: float | None = None
+             ) -> Iterator[LogLine]: ...
+
+    def logs(self, follow: bool = False, timeout: float | None = None
+             ) -> tuple[str, str] | Iterator[LogLine]:
+        """(stdout, stderr) of a finished job, empty while it runs; with ``follow``, an
+        iterator of the job's lines (:class:`LogLine`) as it prints them, which ends when
+        the job has a final result (WaitTimeout after ``timeout`` seconds without one).
+
+        Following needs a Redis result backend; with another, it waits for the result
+        and yields its stdout and stderr."""
+        if follow:
+            return self._follow(timeout)
         result = self.result()
         return (result.stdout, result.stderr) if result else ("", "")
+
+    def _follow(self, timeout: float | None) -> Iterator[LogLine]:
+        if self._live is None:
+            return result_lines(self.wait(timeout))
+        return follow(self._live, self.id, self.result, timeout)
 
     def cancel(self) -> None:
         """Revoke the job; a running one is terminated (its whole process tree with it)."""
@@ -144,6 +184,8 @@ class Sandrun:
         self.settings = settings
         self.producer = f"{socket.gethostname()}:{id(self):x}"
         self._outputs = output_store_for(str(app.conf.result_backend))
+        backend = redis_client(str(app.conf.result_backend))
+        self._live = LiveLog(backend) if backend is not None else None
         self.publisher = Publisher(app, settings.publish_retry_seconds)
 
     @classmethod
@@ -199,7 +241,7 @@ class Sandrun:
         else:
             self.publish(publication)
         ctx.duration = time.perf_counter() - started
-        return JobExecution(job.id, self.app, self._outputs)
+        return JobExecution(job.id, self.app, self._outputs, self._live)
 
     def publish(self, publication: Publication) -> None:
         """Send one message to the broker as it is (no hooks), riding out short outages.
@@ -220,7 +262,7 @@ class Sandrun:
 
     def execution(self, job_id: str) -> JobExecution:
         """A handle on a job submitted earlier (by id)."""
-        return JobExecution(job_id, self.app, self._outputs)
+        return JobExecution(job_id, self.app, self._outputs, self._live)
 
     def close(self) -> None:
         """Unload plugins (``on_destroy``) and release broker connections."""

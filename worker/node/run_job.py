@@ -11,9 +11,10 @@ import os
 from contextlib import ExitStack
 from typing import Any
 
-from celery import Celery
+from celery import Celery, Task
 
 from worker.models import ErrorInfo, Execution, ExecutionInfo, Job, JobResult
+from worker.node.livefeed import JobFeed, job_feed
 from worker.node.runtime import Runtime, current
 from worker.node.taskbase import SandrunTask
 from worker.plugin.context import ExecutionContext
@@ -30,8 +31,9 @@ def _refuse(job: Job, outcome: str, message: str) -> JobResult:
 
 
 def execute_job(job: Job, rt: Runtime, queue: str | None = None,
-                node_id: str | None = None) -> JobResult:
-    """Run ``job`` on this worker: check what it asks for, hold GPUs, sandbox, store outputs."""
+                node_id: str | None = None, feed: JobFeed | None = None) -> JobResult:
+    """Run ``job`` on this worker: check what it asks for, hold GPUs, sandbox (its output
+    and progress live to ``feed`` while it runs), store outputs."""
     longest = rt.settings.max_job_timeout
     if job.timeout > longest:
         return JobResult(id=job.id, status="rejected", outcome="rejected", error=ErrorInfo(
@@ -49,7 +51,12 @@ def execute_job(job: Job, rt: Runtime, queue: str | None = None,
             ids = stack.enter_context(allocate(devices, job.gpu.count, rt.lock_dir, job.timeout))
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, ids))
             gpu_type = devices[0].type
-        run = run_in_sandbox(job, rt.sandbox, env, warm_next=False)  # after the store
+        try:
+            run = run_in_sandbox(job, rt.sandbox, env, warm_next=False,  # after the store
+                                 live=feed)
+        finally:
+            if feed is not None:
+                feed.end()
     rt.outputs.put(job.id, run.outputs)
     pricing = rt.settings.pricing
     return JobResult(
@@ -66,19 +73,23 @@ def execute_job(job: Job, rt: Runtime, queue: str | None = None,
         error=ErrorInfo(type="SandboxError", message=run.error) if run.error else None)
 
 
-def run_job(execution: Execution, context: ExecutionContext) -> JobResult:
+def run_job(execution: Execution, context: ExecutionContext,
+            task: Task[Any, Any] | None = None) -> JobResult:
     """The body of ``sandrun.run_job``: the Job parsed from the message, run on this
-    worker (on the queue and node the context names); the adapter stores the result."""
+    worker (on the queue and node the context names), its output streamed live and its
+    progress stored as ``task``'s state; the adapter stores the result."""
     if execution.job is None:
         raise TypeError(f"{RUN_JOB} runs a Job; execution {execution.task_id} carries none")
-    return execute_job(execution.job, current(), context.queue, context.node_id)
+    rt = current()
+    feed = job_feed(rt, execution.job.id, task, execution.task_id)
+    return execute_job(execution.job, rt, context.queue, context.node_id, feed)
 
 
 class RunJobTask(SandrunTask):
     """The task class of ``sandrun.run_job``: its body is :func:`run_job`."""
 
     def body(self, execution: Execution, context: ExecutionContext) -> JobResult:
-        return run_job(execution, context)
+        return run_job(execution, context, self)
 
 
 def job_message(job: dict[str, Any]) -> JobResult:

@@ -12,8 +12,10 @@ socket, nothing to read). A report is one line of at most :data:`MAX_LINE` bytes
 The message is the rest of the line: control characters are dropped and it is cut to
 :data:`~worker.models.MAX_PROGRESS_MESSAGE` characters. Anything else (a longer line,
 numbers out of range, NaN, text) is ignored: the job is a stranger, and a bad report
-must cost it its report, never the worker anything. Only the latest report matters,
-so of each read only the last few complete lines are looked at, however many arrived;
+must cost it its report, never the worker anything. Only the latest report matters:
+each read is scanned from its last line back to the first valid report, so a read of
+valid reports costs one parse, and a flood of invalid ones at most a cheap failed match
+per line (the job waits on the pipe meanwhile; it cannot make the worker fall behind).
 :mod:`worker.sandbox.live` forwards at most a few reports a second.
 """
 
@@ -27,9 +29,6 @@ from worker.models import MAX_PROGRESS_MESSAGE, Progress
 
 #: Longest report line, newline excluded; longer ones are skipped whole.
 MAX_LINE = 256
-#: Complete lines of one read that are looked at (from the last), so that a flood of
-#: reports costs a bounded parse per read.
-LINES_PER_READ = 8
 ENV_VAR = "SANDRUN_PROGRESS_FD"
 
 _LINE = re.compile(rb"\s*(?:(\d{1,13})\s*/\s*(\d{1,13})|(\d{1,3}(?:\.\d{1,6})?)\s*%)"
@@ -78,10 +77,11 @@ class ProgressReader:
                 lines[0] = self._partial + lines[0]
             self._partial, self._skipping = b"", False
         latest = None
-        for line in reversed(lines[-LINES_PER_READ:]):
-            latest = parse_line(line)
-            if latest is not None:
-                break
+        for line in reversed(lines):
+            if line and len(line) <= MAX_LINE:  # the cheap refusals first
+                latest = parse_line(line)
+                if latest is not None:
+                    break
         self._keep(tail)
         return latest
 
