@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/scaling.py
 	$(BIN)/python benchmarks/cli.py
 	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/python benchmarks/logs.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -12,6 +12,7 @@ reported by the job's timeout plus a grace period is told to kill its tree.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import selectors
 import signal
@@ -25,6 +26,7 @@ from worker.sandbox.live import Tee
 from worker.sandbox.reaping import release
 
 GRACE_SECONDS = 5.0
+PIPE_BYTES = 1 << 20
 PROGRESS_DRAIN_READS = 16  # reads of the progress pipe after the job ended (64 KiB each)
 STRAYS_MARKER = "\n[sandrun: killed {count} process(es) the job left running]\n"
 
@@ -113,6 +115,17 @@ def _pump(streams: dict[int, bytearray], report_fd: int, cap: int, deadline: flo
     return bytes(report), dropped, open_fds == 0
 
 
+def output_pipe() -> tuple[int, int]:
+    """A pipe for a job's stdout or stderr, with room for :data:`PIPE_BYTES` (where the
+    host allows; else the default 64 KiB): a job printing fast keeps running while the
+    pool process is busy for a moment (teeing to the live sink, a thread switch)
+    instead of blocking on a full pipe."""
+    read_end, write_end = os.pipe()
+    with contextlib.suppress(OSError):  # over /proc/sys/fs/pipe-max-size: keep the default
+        fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    return read_end, write_end
+
+
 def _reap_launcher(pid: int, finished: bool) -> None:
     """Reap the launcher; one that outlived the grace period is told to kill its tree."""
     if not finished:
@@ -126,8 +139,8 @@ def execute(spec: Callable[[int, int, int], LaunchSpec], timeout: float, cap: in
     """Launch the job (``spec`` of its stdout, stderr and progress pipes' write ends) and
     capture its output while it runs, teeing it to ``tee``: the launcher's report, then
     stdout and stderr, each with whether it was cut."""
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
+    out_r, out_w = output_pipe()
+    err_r, err_w = output_pipe()
     progress_r, progress_w = os.pipe()
     try:
         launched = spec(out_w, err_w, progress_w)

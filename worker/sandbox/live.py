@@ -5,9 +5,11 @@ reads into a :class:`Tee`, which batches it for a :class:`LiveSink` that the nod
 passes in (the sandbox wing knows nothing of Redis or Celery). Batching is what keeps
 streaming cheap: output is handed on when :data:`FLUSH_BYTES` have gathered or
 :data:`FLUSH_SECONDS` after the first unsent byte, in chunks of at most
-:data:`CHUNK_BYTES`, so a job printing a line per millisecond costs about ten hand-overs
-a second, not a thousand. Progress reports (:mod:`worker.sandbox.progress`) are handed
-on at most every :data:`PROGRESS_SECONDS` (the latest wins) and once more at the end.
+:data:`CHUNK_BYTES`, so a job printing a line per millisecond costs about twenty
+hand-overs a second, not a thousand (and the node's sink writes them to Redis from a
+thread of its own, :mod:`worker.node.livefeed`). Progress reports
+(:mod:`worker.sandbox.progress`) are handed on at most every :data:`PROGRESS_SECONDS`
+(the latest wins) and once more at the end.
 
 A job may print without end: after ``budget`` bytes the tee hands on one ``note`` and
 then nothing more (the result still keeps the first ``stream_cap_bytes`` of each
@@ -26,8 +28,8 @@ import structlog
 from worker.models import Progress
 from worker.sandbox.progress import ProgressReader
 
-FLUSH_BYTES = 64 << 10
-FLUSH_SECONDS = 0.1
+FLUSH_BYTES = 256 << 10
+FLUSH_SECONDS = 0.05
 CHUNK_BYTES = 16 << 10
 PROGRESS_SECONDS = 0.5
 BUDGET_NOTE = "live output stopped after {budget} bytes; the result keeps the first part"

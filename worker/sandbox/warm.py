@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from worker.sandbox.capture import collect
+from worker.sandbox.capture import collect, output_pipe
 from worker.sandbox.launcher import LaunchReport, LaunchSpec, launch
 from worker.sandbox.live import Tee
 from worker.sandbox.reaping import release
@@ -116,8 +116,8 @@ def prestart(key: tuple[object, object], workdir: Path, spec: LaunchSpec) -> War
     block_r, block_w = os.pipe()
     control_r, control_w = os.pipe()
     script_r, script_w = os.pipe()
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
+    out_r, out_w = output_pipe()
+    err_r, err_w = output_pipe()
     progress_r, progress_w = os.pipe()
     argv = [spec.argv[0], "--block-fd", str(block_r), *spec.argv[1:]]
     warm_spec = replace(spec, argv=argv, stdout_fd=out_w, stderr_fd=err_w,
