@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # what mypy and readers see; at run time __getattr__ imports 
     from worker.broker.urls import is_redis, kombu_url, redis_client, redis_url
     from worker.cli.common import fail as cli_fail
     from worker.client.client import JobExecution, Sandrun
+    from worker.client.follow import LogLine
     from worker.collector import InMemoryMetrics, MetricsCollector
     from worker.errors import (
         BrokerUnavailable,
@@ -55,6 +56,7 @@ if TYPE_CHECKING:  # what mypy and readers see; at run time __getattr__ imports 
         Execution,
         Job,
         JobResult,
+        Progress,
         RetryPolicy,
         WorkerInfo,
     )
@@ -117,6 +119,7 @@ __all__ = [
     "JobFailed",
     "JobRejected",
     "JobResult",
+    "LogLine",
     "MemoryStorageBackend",
     "MetricsCollector",
     "PaymentRejected",
@@ -129,6 +132,7 @@ __all__ = [
     "PluginManifest",
     "PluginSpec",
     "PluginStorage",
+    "Progress",
     "Publication",
     "PublicationHeld",
     "PublishContext",
@@ -172,6 +176,7 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     "worker.broker.publisher": ("Publisher",),
     "worker.broker.urls": ("is_redis", "kombu_url", "redis_client", "redis_url"),
     "worker.client.client": ("JobExecution", "Sandrun"),
+    "worker.client.follow": ("LogLine",),
     "worker.collector": ("InMemoryMetrics", "MetricsCollector"),
     "worker.errors": (
         "BrokerUnavailable", "ConfigurationError", "DuplicateDelivery", "InvalidJob",
@@ -181,7 +186,7 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     "worker.logs": ("LEVELS", "configure_logging"),
     "worker.models": (
         "MAX_CPU_SECONDS", "MAX_MEMORY_MB", "MAX_TIMEOUT_SECONDS", "ErrorInfo", "Execution",
-        "Job", "JobResult", "RetryPolicy", "WorkerInfo"),
+        "Job", "JobResult", "Progress", "RetryPolicy", "WorkerInfo"),
     "worker.models.builder": ("JobBuilder",),
     "worker.plugin.context": (
         "BuildContext", "ErrorContext", "ExecutionContext", "PluginContext", "PublishContext",
