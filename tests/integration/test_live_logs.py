@@ -12,12 +12,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from celery.events.state import State
 
 from tests.conftest import RedisServer
 from tests.integration.conftest import ROOT, Worker, WorkerFactory, broker_url, worker_env
@@ -128,11 +131,34 @@ def test_sandrun_logs_follow_streams_and_exits_with_the_jobs_status(
     assert result is not None and result.exit_code == exit_code
 
 
-def test_progress_reaches_status_while_the_job_runs(client: Sandrun, broker: RedisServer,
-                                                    tmp_path: Path) -> None:
+@pytest.fixture
+def events(client: Sandrun) -> Iterator[list[dict[str, Any]]]:
+    """Every Celery event on the broker during the test (what Flower sees), from the
+    first worker heartbeat on (then the receiver is listening)."""
+    seen: list[dict[str, Any]] = []
+    with client.app.connection_for_read() as conn:
+        receiver = client.app.events.Receiver(conn, handlers={"*": seen.append})
+        thread = threading.Thread(target=receiver.capture, kwargs={"limit": None}, daemon=True)
+        thread.start()
+        until("a worker heartbeat", lambda: bool(seen))
+        yield seen
+        receiver.should_stop = True
+        thread.join(5)
+
+
+def test_progress_reaches_status_while_the_job_runs(
+        client: Sandrun, broker: RedisServer, tmp_path: Path,
+        events: list[dict[str, Any]]) -> None:
     gate = tmp_path / "gate"
     run = gated(client, GATED + "progress('4/10 training')\nwait_for_gate()\n", gate)
     until("the job's progress", lambda: run.progress() is not None)
+    until("the task-progress event", lambda: any(
+        e.get("type") == "task-progress" and e.get("uuid") == run.id for e in events))
+    flower = State()  # Flower's own model of the cluster, fed the events it would get
+    for event in list(events):
+        flower.event(event)
+    assert flower.tasks[run.id].state == "PROGRESS"
+    assert (flower.tasks[run.id].percent, flower.tasks[run.id].message) == (40.0, "training")
     progress = run.progress()
     assert progress is not None and run.result() is None
     assert (progress.percent, progress.done, progress.total, progress.message) == (
