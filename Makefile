@@ -38,10 +38,12 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/auth.py
 	$(BIN)/python benchmarks/sandbox.py
 	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/brokers.py
 	$(BIN)/python benchmarks/scaling.py
 	$(BIN)/python benchmarks/cli.py
 	$(BIN)/python benchmarks/throughput.py
 	$(BIN)/python benchmarks/logs.py
+	$(BIN)/python benchmarks/consensus.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

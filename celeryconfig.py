@@ -91,6 +91,10 @@ result_backend_transport_options = {
                      "interval_max": 0.5},
 }
 
+# RabbitMQ's settings (publisher confirms, topic exchanges, the queue layout) are applied by
+# worker/broker/factory.py's make_app whenever the app's broker is amqp://, also when a
+# producer passes its URL explicitly: see worker/broker/amqp.py (amqp_settings).
+
 # The filesystem fallback (worker/broker/embedded.py) keeps everything under the state
 # directory: messages in SANDRUN_BROKER_FOLDER, kombu's exchange routing tables beside it
 # in ``control`` (kombu's default is a relative ``control/`` in the current directory, so

@@ -47,6 +47,19 @@ def test_overhead_benchmark_prints_ratio_and_latency() -> None:
 
 
 @pytest.mark.slow
+def test_brokers_benchmark_prints_redis_beside_rabbitmq() -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "brokers.py"), "--quick"],
+                          capture_output=True, text=True, timeout=300, check=False, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert [r[0] for r in rows] == ["1", "2"] and all(float(r[1]) > 0 < float(r[2])
+                                                      for r in rows)
+    assert "median ratio rabbitmq/redis" in proc.stdout
+    for broker in ("redis", "rabbitmq"):
+        assert re.search(rf"submit-to-result {broker}: +p50 ", proc.stdout), proc.stdout
+
+
+@pytest.mark.slow
 def test_scaling_benchmark_prints_efficiency_tables() -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scaling.py"), "--quick"],
                           capture_output=True, text=True, timeout=300, check=False, cwd=ROOT)
@@ -104,3 +117,14 @@ def test_logs_benchmark_prints_both_shapes_side_by_side() -> None:
     rows = re.findall(r"^(job wall time|whole call) +([0-9.]+) s +([0-9.]+) s +([0-9.]+)$",
                       proc.stdout, re.MULTILINE)
     assert len(rows) == 4 and all(float(ratio) > 0 for *_, ratio in rows)
+
+
+@pytest.mark.slow
+def test_consensus_benchmark_prints_both_latencies_and_the_difference() -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "consensus.py"),
+                           "--quick"], capture_output=True, text=True, timeout=300,
+                          check=False, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for name in ("plain print(1)", "2-of-3 print(1)"):
+        assert re.search(rf"submit to result  {re.escape(name)} +p50 ", proc.stdout), proc.stdout
+    assert re.search(r"added by 2-of-3   p50 [+-][0-9.]+ ms   ratio [0-9.]+x", proc.stdout)

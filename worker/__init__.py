@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # what mypy and readers see; at run time __getattr__ imports these
     from celery import Celery
 
+    from worker.broker.amqp import queue_depth
     from worker.broker.embedded import ensure_broker_configured
     from worker.broker.factory import make_app
     from worker.broker.publisher import Publisher
-    from worker.broker.urls import is_redis, kombu_url, redis_client, redis_url
+    from worker.broker.urls import is_amqp, is_redis, kombu_url, redis_client, redis_url
     from worker.cli.common import fail as cli_fail
     from worker.client.client import JobExecution, Sandrun
     from worker.client.follow import LogLine
@@ -32,12 +33,14 @@ if TYPE_CHECKING:  # what mypy and readers see; at run time __getattr__ imports 
     from worker.errors import (
         BrokerUnavailable,
         ConfigurationError,
+        ConsensusUnavailable,
         DuplicateDelivery,
         InvalidJob,
         JobDeferred,
         JobFailed,
         JobRejected,
         PaymentRejected,
+        PermissionRefused,
         PluginError,
         PublicationHeld,
         QueueFull,
@@ -52,13 +55,19 @@ if TYPE_CHECKING:  # what mypy and readers see; at run time __getattr__ imports 
         MAX_CPU_SECONDS,
         MAX_MEMORY_MB,
         MAX_TIMEOUT_SECONDS,
+        ConsensusSummary,
+        Cost,
         ErrorInfo,
         Execution,
         Job,
+        JobContext,
         JobResult,
         Progress,
+        ReplicaVote,
         RetryPolicy,
+        Transform,
         WorkerInfo,
+        current_job_context,
     )
     from worker.models.builder import JobBuilder
     from worker.plugin.context import (
@@ -75,8 +84,19 @@ if TYPE_CHECKING:  # what mypy and readers see; at run time __getattr__ imports 
     from worker.plugin.impl import HookImpl
     from worker.plugin.loader import PluginSpec, parse_plugin_specs
     from worker.plugin.manager import PluginEvent, PluginManager
+    from worker.plugin.permissions import parse_plugin_permissions
     from worker.plugin.spec import Plugin, PluginDependency, PluginManifest, hook
-    from worker.protocol import RUN_JOB, SUBMITTED_HEADER, Publication, job_queue
+    from worker.protocol import (
+        CONTEXT_HEADERS,
+        RUN_JOB,
+        SUBMITTED_HEADER,
+        TENANT_HEADER,
+        Publication,
+        consensus_round,
+        job_queue,
+        replica_index,
+        replica_task_id,
+    )
     from worker.settings import Settings, load_settings
     from worker.stores.deadletter import DeadLetter, DeadLetterStore
     from worker.stores.ops import Get, Incr, Set, SetDefault
@@ -90,16 +110,21 @@ if TYPE_CHECKING:  # what mypy and readers see; at run time __getattr__ imports 
     celery: Celery
 
 __all__ = [
+    "CONTEXT_HEADERS",
     "LEVELS",
     "MAX_CPU_SECONDS",
     "MAX_MEMORY_MB",
     "MAX_TIMEOUT_SECONDS",
     "RUN_JOB",
     "SUBMITTED_HEADER",
+    "TENANT_HEADER",
     "BasePlugin",
     "BrokerUnavailable",
     "BuildContext",
     "ConfigurationError",
+    "ConsensusSummary",
+    "ConsensusUnavailable",
+    "Cost",
     "DeadLetter",
     "DeadLetterStore",
     "DuplicateDelivery",
@@ -114,6 +139,7 @@ __all__ = [
     "InvalidJob",
     "Job",
     "JobBuilder",
+    "JobContext",
     "JobDeferred",
     "JobExecution",
     "JobFailed",
@@ -123,6 +149,7 @@ __all__ = [
     "MemoryStorageBackend",
     "MetricsCollector",
     "PaymentRejected",
+    "PermissionRefused",
     "Plugin",
     "PluginContext",
     "PluginDependency",
@@ -139,6 +166,7 @@ __all__ = [
     "Publisher",
     "QueueFull",
     "RedisStorageBackend",
+    "ReplicaVote",
     "ResultContext",
     "RetryPolicy",
     "RetryRequested",
@@ -151,42 +179,53 @@ __all__ = [
     "StorageError",
     "SubmissionContext",
     "SubmissionRejected",
+    "Transform",
     "WorkerContext",
     "WorkerInfo",
     "cli_fail",
     "configure_logging",
+    "consensus_round",
+    "current_job_context",
     "ensure_broker_configured",
     "hook",
+    "is_amqp",
     "is_redis",
     "job_queue",
     "kombu_url",
     "load_settings",
     "make_app",
+    "parse_plugin_permissions",
     "parse_plugin_specs",
+    "queue_depth",
     "redis_client",
     "redis_url",
+    "replica_index",
+    "replica_task_id",
     "with_logging",
     "with_metrics",
 ]
 
 #: Where each public name lives, imported on first use by ``__getattr__``.
 _SOURCES: dict[str, tuple[str, ...]] = {
+    "worker.broker.amqp": ("queue_depth",),
     "worker.broker.embedded": ("ensure_broker_configured",),
     "worker.broker.factory": ("make_app",),
     "worker.broker.publisher": ("Publisher",),
-    "worker.broker.urls": ("is_redis", "kombu_url", "redis_client", "redis_url"),
+    "worker.broker.urls": ("is_amqp", "is_redis", "kombu_url", "redis_client", "redis_url"),
     "worker.client.client": ("JobExecution", "Sandrun"),
     "worker.client.follow": ("LogLine",),
     "worker.collector": ("InMemoryMetrics", "MetricsCollector"),
     "worker.errors": (
-        "BrokerUnavailable", "ConfigurationError", "DuplicateDelivery", "InvalidJob",
-        "JobDeferred", "JobFailed", "JobRejected", "PaymentRejected", "PluginError",
+        "BrokerUnavailable", "ConfigurationError", "ConsensusUnavailable", "DuplicateDelivery",
+        "InvalidJob", "JobDeferred", "JobFailed", "JobRejected", "PaymentRejected",
+        "PermissionRefused", "PluginError",
         "PublicationHeld", "QueueFull", "RetryRequested", "SandrunError", "StartupRefused",
         "StorageError", "SubmissionRejected"),
     "worker.logs": ("LEVELS", "configure_logging"),
     "worker.models": (
-        "MAX_CPU_SECONDS", "MAX_MEMORY_MB", "MAX_TIMEOUT_SECONDS", "ErrorInfo", "Execution",
-        "Job", "JobResult", "Progress", "RetryPolicy", "WorkerInfo"),
+        "MAX_CPU_SECONDS", "MAX_MEMORY_MB", "MAX_TIMEOUT_SECONDS", "ConsensusSummary", "Cost",
+        "ErrorInfo", "Execution", "Job", "JobContext", "JobResult", "Progress",
+        "ReplicaVote", "RetryPolicy", "Transform", "WorkerInfo", "current_job_context"),
     "worker.models.builder": ("JobBuilder",),
     "worker.plugin.context": (
         "BuildContext", "ErrorContext", "ExecutionContext", "PluginContext", "PublishContext",
@@ -195,8 +234,11 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     "worker.plugin.impl": ("HookImpl",),
     "worker.plugin.loader": ("PluginSpec", "parse_plugin_specs"),
     "worker.plugin.manager": ("PluginEvent", "PluginManager"),
+    "worker.plugin.permissions": ("parse_plugin_permissions",),
     "worker.plugin.spec": ("Plugin", "PluginDependency", "PluginManifest", "hook"),
-    "worker.protocol": ("RUN_JOB", "SUBMITTED_HEADER", "Publication", "job_queue"),
+    "worker.protocol": ("CONTEXT_HEADERS", "RUN_JOB", "SUBMITTED_HEADER", "TENANT_HEADER",
+                        "Publication", "job_queue", "consensus_round", "replica_index",
+                        "replica_task_id"),
     "worker.settings": ("Settings", "load_settings"),
     "worker.stores.deadletter": ("DeadLetter", "DeadLetterStore"),
     "worker.stores.ops": ("Get", "Incr", "Set", "SetDefault"),

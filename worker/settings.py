@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     broker_url: str | None = None
     result_backend: str | None = None
     plugins: str | None = Field(default=None, description="JSON list of plugin specs")
+    plugin_permissions: str | None = Field(default=None, description=(
+        "narrow what plugins are granted: 'name=perm,perm;other=' (a subset of what each "
+        "declares; see worker.plugin.permissions)"))
     state_dir: Path = Field(default_factory=default_state_dir)
     embedded: str = Field(default="auto", pattern="^(auto|redis|filesystem)$")
     default_queue: str = "sandrun"

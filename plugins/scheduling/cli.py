@@ -32,6 +32,7 @@ def _beat_manager() -> PluginManager:
         RedisStorageBackend,
         ensure_broker_configured,
         load_settings,
+        parse_plugin_permissions,
         parse_plugin_specs,
         redis_client,
     )
@@ -39,9 +40,11 @@ def _beat_manager() -> PluginManager:
     ensure_broker_configured()
     settings = load_settings()
     url = os.environ["SANDRUN_BROKER_URL"]
-    client = redis_client(url)
+    # plugin storage lives in the broker's Redis, or on RabbitMQ in the result backend's
+    client = redis_client(url) or redis_client(os.environ.get("SANDRUN_RESULT_BACKEND") or "")
     storage = None if client is None else RedisStorageBackend(client)
-    manager = PluginManager(storage=storage, hook_timeout=settings.hook_timeout)
+    manager = PluginManager(storage=storage, hook_timeout=settings.hook_timeout,
+                            permissions=parse_plugin_permissions(settings.plugin_permissions))
     manager.load_all(parse_plugin_specs(settings.plugins))
     if BEAT_HOOK not in manager.hook_plan():
         manager.close()

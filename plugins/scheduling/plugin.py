@@ -43,6 +43,7 @@ lost: a claim is only dropped after its publish returned.
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections.abc import Callable
@@ -73,6 +74,7 @@ from worker import (
     SubmissionContext,
     SubmissionRejected,
     hook,
+    is_amqp,
     job_queue,
     load_settings,
 )
@@ -93,6 +95,9 @@ class SchedulingPlugin(BasePlugin):
         description="Priorities, scheduled jobs, concurrency caps, backpressure, fair queues",
         keywords=["scheduling", "priority", "eta", "concurrency", "fairness"],
         apis=["on_submit", "on_publish", "on_execute", "on_result", "on_error", BEAT_HOOK],
+        # sets the Celery priority, refuses (QueueFull), holds and defers jobs, talks to
+        # its own Redis, and stores whole messages (env and signature) to send later
+        permissions=["job:transform", "job:veto", "network", "secrets"],
         configuration=SchedulingConfig)
 
     def __init__(self, options: SchedulingConfig | None = None, *,
@@ -116,6 +121,11 @@ class SchedulingPlugin(BasePlugin):
         super().on_init(context)
         self.options = self._options or context.config or SchedulingConfig()
         self._connect(self.logger)
+        if (self.options.strategy == "priority-first" and is_amqp(self.connections.url)
+                and os.environ.get("SANDRUN_AMQP_QUEUES", "quorum") == "quorum"):
+            self.logger.warning(
+                "priority_not_honoured", broker="rabbitmq", queues="quorum",
+                fix="SANDRUN_AMQP_QUEUES=priority declares classic queues with priorities")
 
     @property
     def store(self) -> SchedulingStore:

@@ -35,8 +35,10 @@ from worker import (
     ConfigurationError,
     Publication,
     Publisher,
+    is_amqp,
     is_redis,
     kombu_url,
+    queue_depth,
     redis_url,
 )
 
@@ -76,9 +78,10 @@ if redis.call('SADD', KEYS[3], ARGV[3]) == 1 then redis.call('RPUSH', KEYS[2], A
 redis.call('SADD', KEYS[4], ARGV[4])
 """
 # KEYS: ring, members, claimed, origin, payload, broker lists... ARGV: tenant list prefix,
-# window, now. Takes the next tenant's oldest job while the queue holds fewer than window.
+# window, now, jobs waiting in a broker outside this Redis (RabbitMQ). Takes the next
+# tenant's oldest job while the queue holds fewer than window.
 _FAIR_CLAIM = """
-local depth = redis.call('ZCARD', KEYS[3])
+local depth = redis.call('ZCARD', KEYS[3]) + tonumber(ARGV[4])
 for i = 6, #KEYS do depth = depth + redis.call('LLEN', KEYS[i]) end
 if depth >= tonumber(ARGV[2]) then return false end
 while true do
@@ -140,12 +143,16 @@ class SchedulingStore:
     """Held jobs and fair queues in one Redis (the broker's).
 
     ``broker_lists(queue)`` names the broker's lists of a queue (one per priority
-    step), so queue depth counts what is waiting in the broker itself."""
+    step) when the broker is this Redis; ``outside_depth(queue)`` counts the jobs
+    waiting in a broker elsewhere (RabbitMQ), so queue depth counts what is waiting
+    in the broker itself either way."""
 
     def __init__(self, client: redis.Redis[bytes],
-                 broker_lists: Callable[[str], list[str]]) -> None:
+                 broker_lists: Callable[[str], list[str]],
+                 outside_depth: Callable[[str], int] = lambda queue: 0) -> None:
         self.client = client
         self.broker_lists = broker_lists
+        self.outside_depth = outside_depth
         self._hold = client.register_script(_HOLD)
         self._claim_due = client.register_script(_CLAIM_DUE)
         self._recover_held = client.register_script(_RECOVER_HELD)
@@ -209,7 +216,8 @@ class SchedulingStore:
         keys = [self._fair(queue, "ring"), self._fair(queue, "members"),
                 self._fair(queue, "claimed"), self._fair(queue, "origin"),
                 PREFIX + "payload", *self.broker_lists(queue)]
-        got = self._fair_claim(keys=keys, args=[self._fair(queue, "t:"), window, now])
+        got = self._fair_claim(keys=keys, args=[self._fair(queue, "t:"), window, now,
+                                                self.outside_depth(queue)])
         return (_text(got[0]), _text(got[1])) if got else None
 
     def fair_queues(self) -> list[str]:
@@ -223,20 +231,24 @@ class SchedulingStore:
         return waiting + int(self.client.zcard(self._fair(queue, "claimed")))
 
     def depth(self, queue: str) -> int:
-        """Jobs waiting for ``queue``: in the broker's lists plus fair jobs not yet there."""
+        """Jobs waiting for ``queue``: in the broker plus fair jobs not yet there."""
         pipe = self.client.pipeline(transaction=False)
         for key in self.broker_lists(queue):
             pipe.llen(key)
-        return sum(int(n) for n in pipe.execute()) + self.pending(queue)
+        waiting = sum(int(n) for n in pipe.execute()) + self.outside_depth(queue)
+        return waiting + self.pending(queue)
 
 
 class Connections:
     """What the plugin talks to, made on first use: the store and the semaphore on the
-    broker's Redis, and a Celery app that only publishes (held and fair jobs)."""
+    broker's Redis (on RabbitMQ, the result backend's Redis), and a Celery app that only
+    publishes (held and fair jobs) and, on RabbitMQ, reads queue depths."""
 
     def __init__(self, url: str | None, publish_retry_seconds: float) -> None:
         url = url or os.environ.get("SANDRUN_BROKER_URL") or ""
         self.url = kombu_url(url)
+        self.redis_url = self.url if not is_amqp(self.url) else kombu_url(
+            os.environ.get("SANDRUN_RESULT_BACKEND") or "")
         self.publish_retry_seconds = publish_retry_seconds
         self._store: SchedulingStore | None = None
         self._semaphore: Semaphore | None = None
@@ -247,13 +259,14 @@ class Connections:
     def store(self) -> SchedulingStore:
         """Held jobs and fair queues; a ConfigurationError if the broker is not Redis."""
         if self._store is None:
-            if not is_redis(self.url):
+            if not is_redis(self.redis_url):
                 raise ConfigurationError(
                     "the scheduling plugin keeps held jobs, fair queues and leases in Redis, "
                     f"but the broker is {self.url or 'not set'!r}; set SANDRUN_BROKER_URL (or "
-                    "the plugin's broker_url option) to a redis:// URL")
-            self._store = SchedulingStore(redis.Redis.from_url(redis_url(self.url)),
-                                          self.broker_lists)
+                    "the plugin's broker_url option) to a redis:// URL, or with RabbitMQ "
+                    "SANDRUN_RESULT_BACKEND to one")
+            self._store = SchedulingStore(redis.Redis.from_url(redis_url(self.redis_url)),
+                                          self.broker_lists, self.outside_depth)
         return self._store
 
     @property
@@ -272,11 +285,18 @@ class Connections:
         return self._app
 
     def broker_lists(self, queue: str) -> list[str]:
-        """The broker's Redis lists of ``queue``, one per priority step (kombu's names)."""
+        """The broker's Redis lists of ``queue``, one per priority step (kombu's names);
+        none on RabbitMQ."""
+        if is_amqp(self.url):
+            return []
         options = self.celery_app().conf.broker_transport_options
         sep = options.get("sep", KOMBU_SEP)
         return [f"{queue}{sep}{p}" if p else queue
                 for p in options.get("priority_steps", [0, 3, 6, 9])]
+
+    def outside_depth(self, queue: str) -> int:
+        """Jobs ready in RabbitMQ queue ``queue`` (a passive declare); 0 on Redis."""
+        return queue_depth(self.celery_app(), queue) if is_amqp(self.url) else 0
 
     def send(self, pub: Publication) -> None:
         """Publish ``pub`` as it is, riding out a short broker outage."""

@@ -77,7 +77,7 @@ def test_dashboard_queries_are_valid_promql_on_exported_metrics(tmp_path: Path) 
 
 
 def test_kubernetes_manifests_pass_the_schema_validator() -> None:
-    manifests = sorted(str(p) for p in (DEPLOY / "k8s").glob("*.yaml"))
+    manifests = sorted(str(p) for p in (DEPLOY / "k8s").glob("**/*.yaml"))
     proc = subprocess.run([str(BIN / "kubernetes-validate"), "--strict", *manifests],
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -141,7 +141,9 @@ def test_dockerfile_runs_the_worker_as_a_non_root_user() -> None:
     lines = [x.strip() for x in (DEPLOY / "Dockerfile").read_text().splitlines()]
     user = [x for x in lines if x.startswith("USER ")]
     assert user and user[-1] != "USER root"
-    assert 'ENTRYPOINT ["sandrun", "worker"]' in lines
+    # tini as PID 1 reaps orphans (worker.sandbox.reaping); bwrap builds the jobs' views
+    assert 'ENTRYPOINT ["tini", "--", "sandrun", "worker"]' in lines
+    assert any("bubblewrap tini" in x for x in lines)
     assert lines[0].startswith("#") and any(x.startswith("FROM python:3.11-slim") for x in lines)
 
 
@@ -154,3 +156,62 @@ def test_procfile_commands_exist() -> None:
         proc = subprocess.run([str(BIN / "sandrun"), argv[1], "--help"], capture_output=True,
                               text=True, timeout=60, check=False)
         assert proc.returncode == 0, proc.stderr
+
+
+def consumer_timeout_ms(config: str) -> int:
+    """RabbitMQ's consumer_timeout (ms) in a rabbitmq.conf text."""
+    found = re.findall(r"^\s*consumer_timeout\s*=\s*(\d+)\s*$", config, re.MULTILINE)
+    assert len(found) == 1, config
+    return int(found[0])
+
+
+def test_rabbitmq_variant_prometheus_config_and_alerts_pass_promtool() -> None:
+    proc = promtool("check", "config", str(DEPLOY / "prometheus" / "prometheus-rabbitmq.yml"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = promtool("check", "rules", str(DEPLOY / "prometheus" / "alerts-rabbitmq.yml"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts-rabbitmq.yml").read_text())
+    alerts = {r["alert"]: r["expr"] for g in rules["groups"] for r in g["rules"]}
+    assert set(alerts) == {"SandrunRabbitBacklog", "SandrunRabbitDeadLettersWaiting",
+                           "SandrunRabbitDown"}
+    # queue names as worker/broker/amqp.py declares them
+    assert 'queue="sandrun.dead"' in alerts["SandrunRabbitDeadLettersWaiting"]
+    scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus-rabbitmq.yml").read_text())
+    jobs = {c["job_name"]: c for c in scrape["scrape_configs"]}
+    assert jobs["rabbitmq"]["metrics_path"] == "/metrics/per-object"
+    assert set(scrape["rule_files"]) == {"alerts.yml", "alerts-rabbitmq.yml"}
+
+
+def test_rabbitmq_compose_override_passes_the_schema_and_pairs_rabbitmq_with_redis() -> None:
+    path = DEPLOY / "compose.rabbitmq.yaml"
+    proc = subprocess.run([str(BIN / "check-jsonschema"), "--builtin-schema",
+                           "vendor.compose-spec", str(path)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    services = yaml.safe_load(path.read_text())["services"]
+    base = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    assert set(services) - {"rabbitmq"} <= set(base)
+    for name in ("worker", "flower", "beat"):
+        env = services[name]["environment"]
+        assert env["SANDRUN_BROKER_URL"].startswith("amqp://")
+        assert env["SANDRUN_RESULT_BACKEND"].startswith("redis://")
+    mounts = services["rabbitmq"]["volumes"]
+    assert "./rabbitmq/enabled_plugins:/etc/rabbitmq/enabled_plugins:ro" in mounts
+    assert "rabbitmq_prometheus" in (DEPLOY / "rabbitmq" / "enabled_plugins").read_text()
+    assert consumer_timeout_ms((DEPLOY / "rabbitmq" / "rabbitmq.conf").read_text()) > 3600_000
+
+
+def test_rabbitmq_kubernetes_variant_scales_on_the_job_queue() -> None:
+    scaled, auth = yaml.safe_load_all((DEPLOY / "k8s" / "rabbitmq" / "keda.yaml").read_text())
+    [deployment] = load_all("worker.yaml")[:1]
+    assert scaled["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]  # type: ignore[index]
+    [trigger] = scaled["spec"]["triggers"]
+    assert trigger["type"] == "rabbitmq" and trigger["metadata"]["queueName"] == "sandrun"
+    assert trigger["metadata"]["mode"] == "QueueLength"
+    assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
+    [cluster] = yaml.safe_load_all((DEPLOY / "k8s" / "rabbitmq" / "rabbitmq.yaml").read_text())
+    assert cluster["kind"] == "RabbitmqCluster" and cluster["spec"]["replicas"] % 2 == 1
+    assert consumer_timeout_ms(cluster["spec"]["rabbitmq"]["additionalConfig"]) > 3600_000
+    container = deployment["spec"]["template"]["spec"]["containers"][0]  # type: ignore[index]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["SANDRUN_RESULT_BACKEND"]["valueFrom"]["secretKeyRef"]["optional"] is True

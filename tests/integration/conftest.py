@@ -1,5 +1,9 @@
 """Real worker processes for integration tests: a private redis-server per module and
-``celery worker`` subprocesses (prefork) that are always stopped, even on failure."""
+``celery worker`` subprocesses (prefork) that are always stopped, even on failure.
+
+``stack`` runs a module twice, once per broker: on its private Redis alone, and on a
+private virtual host of the shared RabbitMQ with that Redis as result backend and
+store (``tests.support.rabbit``); ``start_stack_worker`` starts workers on it."""
 
 from __future__ import annotations
 
@@ -10,11 +14,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import RedisServer, private_redis
+from tests.support.rabbit import private_vhost
+from worker.client.client import Sandrun
 from worker.sandbox.launcher import dying_with_parent
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,9 +71,42 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
         yield server
 
 
-def worker_env(broker: RedisServer, state: Path, **extra: str) -> dict[str, str]:
+@dataclass
+class Stack:
+    """The brokers of one run of a module: ``kind`` is ``redis`` or ``rabbitmq``; ``redis``
+    is the private Redis (results and stores, and the broker when kind is redis)."""
+
+    kind: str
+    redis: RedisServer
+    url: str
+
+    @property
+    def backend(self) -> str:
+        return broker_url(self.redis)
+
+    def client(self, **kwargs: object) -> Sandrun:
+        """A producer on this stack (``plugins`` etc. as for ``Sandrun.create``)."""
+        return Sandrun.create(broker_url=self.url, result_backend=self.backend, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module", params=["redis", "rabbitmq"])
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[Stack]:
+    with private_redis(tmp_path_factory.mktemp("stack")) as server:
+        if request.param == "redis":
+            yield Stack("redis", server, broker_url(server))
+            return
+        with private_vhost(request.module.__name__.rsplit(".", 1)[-1]) as url:
+            yield Stack("rabbitmq", server, url)
+
+
+def worker_env(broker: RedisServer | Stack, state: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SANDRUN_", "CELERY_"))}
-    env.update({"SANDRUN_BROKER_URL": broker_url(broker), "SANDRUN_STATE_DIR": str(state),
+    if isinstance(broker, Stack):
+        env.update({"SANDRUN_BROKER_URL": broker.url, "SANDRUN_RESULT_BACKEND": broker.backend})
+    else:
+        env["SANDRUN_BROKER_URL"] = broker_url(broker)
+    env.update({"SANDRUN_STATE_DIR": str(state),
                 "PYTHONPATH": str(ROOT),
                 # Integration jobs leave marks in the tests' own (private) directories, reach
                 # local servers and one kills its pool process, which the sandbox's defaults
@@ -90,13 +130,28 @@ WorkerFactory = Callable[..., Worker]
 def start_worker(broker: RedisServer, tmp_path_factory: pytest.TempPathFactory
                  ) -> Iterator[WorkerFactory]:
     """Start workers against the module's broker; all are stopped at module end."""
+    yield from _workers(broker, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def start_stack_worker(stack: Stack, tmp_path_factory: pytest.TempPathFactory
+                       ) -> Iterator[WorkerFactory]:
+    """Start workers on the module's ``stack``; all are stopped at module end."""
+    yield from _workers(stack, tmp_path_factory)
+
+
+def _workers(broker: RedisServer | Stack, tmp_path_factory: pytest.TempPathFactory
+             ) -> Iterator[WorkerFactory]:
     started: list[Worker] = []
     state = tmp_path_factory.mktemp("state")
 
     def start(*, concurrency: int = 2, name: str = "w1", queues: str = "sandrun",
               include: str = "tests.support.tasks", cli: bool = False, ready: bool = True,
-              **env: str) -> Worker:
-        if cli:
+              command: list[str] | None = None, **env: str) -> Worker:
+        """A worker (``command``: another ``sandrun`` command, e.g. ``["beat"]``)."""
+        if command:
+            argv = [sys.executable, "-m", "worker.cli", "--log-level", "info", *command]
+        elif cli:
             argv = [sys.executable, "-m", "worker.cli", "worker", "-c", str(concurrency),
                     "-n", f"{name}@%h", "-Q", queues]
         else:

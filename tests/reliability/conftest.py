@@ -35,6 +35,7 @@ class ScenarioRow:
     lost: int
     duplicated: int
     note: str = ""
+    broker: str = "redis"
 
 
 @dataclass
@@ -44,17 +45,21 @@ class ScenarioReport:
     rows: list[ScenarioRow] = field(default_factory=list)
 
     def record(self, name: str, submitted: int, completed: int, lost: int, duplicated: int,
-               *, note: str = "") -> None:
-        self.rows.append(ScenarioRow(name, submitted, completed, lost, duplicated, note))
+               *, note: str = "", broker: str = "redis") -> None:
+        self.rows.append(ScenarioRow(name, submitted, completed, lost, duplicated, note,
+                                     broker))
 
     def table(self) -> list[str]:
-        heads = ("scenario", "submitted", "completed", "lost", "duplicated", "note")
-        cells = [heads] + [(r.name, str(r.submitted), str(r.completed), str(r.lost),
-                            str(r.duplicated), r.note) for r in self.rows]
+        """The rows, a scenario's brokers side by side (adjacent, in the order first seen)."""
+        heads = ("scenario", "broker", "submitted", "completed", "lost", "duplicated", "note")
+        names = list(dict.fromkeys(r.name for r in self.rows))
+        rows = sorted(self.rows, key=lambda r: names.index(r.name))
+        cells = [heads] + [(r.name, r.broker, str(r.submitted), str(r.completed), str(r.lost),
+                            str(r.duplicated), r.note) for r in rows]
         widths = [max(len(row[i]) for row in cells) for i in range(len(heads))]
 
         def line(row: tuple[str, ...]) -> str:
-            return "  ".join(c.ljust(w) if i in (0, 5) else c.rjust(w)
+            return "  ".join(c.ljust(w) if i in (0, 1, 6) else c.rjust(w)
                              for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip()
 
         return [line(cells[0]), line(tuple("-" * w for w in widths)),
@@ -75,10 +80,12 @@ def scenario_report(pytestconfig: pytest.Config) -> ScenarioReport:
     return pytestconfig.stash.setdefault(REPORT_KEY, ScenarioReport())
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    """A private broker (no AOF) with the ledger, watcher and client; workers on demand."""
-    made = Cluster(tmp_path)
+@pytest.fixture(params=["redis", "rabbitmq"])
+def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
+    """A private broker with the ledger, watcher and client; workers on demand. Once on a
+    private Redis (no AOF), once on a private vhost of the shared RabbitMQ with that Redis
+    as result backend and store."""
+    made = Cluster(tmp_path, kind=request.param)
     try:
         yield made
     finally:
@@ -90,6 +97,18 @@ def aof_cluster(tmp_path: Path) -> Iterator[Cluster]:
     """The same, with a redis-server that keeps an append-only file (fsync always), so
     ``aof_cluster.broker.kill()`` then ``.start()`` restarts it with its data."""
     made = Cluster(tmp_path, aof=True)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def crash_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
+    """A cluster whose ``transport`` can be SIGKILLed and restarted with its data: a
+    redis-server with an append-only file (fsync always), or a rabbitmq-server node of
+    the test's own (never the shared one)."""
+    made = Cluster(tmp_path, aof=True, kind=request.param, own_node=True)
     try:
         yield made
     finally:

@@ -6,6 +6,11 @@ with SIGKILL and restarted on the same socket with its data. :class:`Cluster`
 adds real ``celery worker`` processes (prefork), the side-effect ledger, the
 result watcher and a producer client; :meth:`Cluster.close` stops all of them,
 whatever happened, ending only processes it started (by pid or process group).
+
+``kind="rabbitmq"`` carries the jobs over RabbitMQ instead, with the Redis kept as
+result backend and store: a private virtual host of the shared node, or with
+``own_node=True`` a ``rabbitmq-server`` of the test's own that ``transport`` can
+SIGKILL and restart (``tests.support.rabbit``).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import redis
 
 from tests.integration.conftest import Worker, worker_env
 from tests.support.ledger import LedgerServer, parent_of
+from tests.support.rabbit import RabbitNode, own_rabbit, private_vhost
 from tests.support.results import ResultWatch
 from worker.client.client import JobExecution, Sandrun
 from worker.sandbox.launcher import dying_with_parent
@@ -91,16 +97,32 @@ class Broker:
 
 
 class Cluster:
-    """One test's broker, workers, ledger, result watcher and client."""
+    """One test's broker, workers, ledger, result watcher and client.
 
-    def __init__(self, directory: Path, *, aof: bool = False) -> None:
+    ``broker`` is always the private Redis (results and stores, and the jobs' broker
+    when ``kind`` is redis); ``transport`` is what carries the jobs, with ``kill`` and
+    ``start`` (the Redis itself, or the own RabbitMQ node)."""
+
+    def __init__(self, directory: Path, *, aof: bool = False, kind: str = "redis",
+                 own_node: bool = False) -> None:
         self.directory = directory
+        self.kind = kind
         self.workers: list[Worker] = []
+        self._resources = contextlib.ExitStack()
         self.broker = Broker(directory, aof=aof)
+        self._resources.callback(self.broker.stop)
+        self.transport: Broker | RabbitNode = self.broker
+        self.broker_url = self.broker.url
+        if kind == "rabbitmq" and own_node:
+            self.transport = self._resources.enter_context(own_rabbit(directory / "rabbit"))
+            self.broker_url = self.transport.url
+        elif kind == "rabbitmq":
+            self.broker_url = self._resources.enter_context(private_vhost("reliability"))
         self.ledger_server = LedgerServer(self.owns)
         self.ledger = self.ledger_server.ledger
         self.watch = ResultWatch(self.broker.client)
-        self.client = Sandrun.create(broker_url=self.broker.url, plugins=[])
+        self.client = Sandrun.create(broker_url=self.broker_url, result_backend=self.broker.url,
+                                     plugins=[])
 
     def owns(self, pid: int) -> bool:
         """Whether ``pid`` is a pool process of a worker this cluster started."""
@@ -108,7 +130,8 @@ class Cluster:
 
     def env(self, **extra: str) -> dict[str, str]:
         env = worker_env(self.broker, self.directory / "state")  # type: ignore[arg-type]
-        env.update(extra)
+        env.update({"SANDRUN_BROKER_URL": self.broker_url,
+                    "SANDRUN_RESULT_BACKEND": self.broker.url, **extra})
         return env
 
     def start_worker(self, name: str, *, concurrency: int = 2, **env: str) -> Worker:
@@ -143,6 +166,6 @@ class Cluster:
             with contextlib.suppress(Exception):
                 worker.stop()
         for step in (self.client.close, self.watch.close, self.ledger_server.close,
-                     self.broker.stop):
+                     self._resources.close):
             with contextlib.suppress(Exception):
                 step()

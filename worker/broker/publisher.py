@@ -10,8 +10,11 @@ retries are never stacked.
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
 from typing import Any
 
+from worker.broker.amqp import delays_natively, prepare_delayed_delivery
 from worker.broker.policies import TRANSIENT_PUBLISH_ERRORS, publish_policy, transient_publish_error
 from worker.errors import BrokerUnavailable
 from worker.protocol import Publication
@@ -30,6 +33,8 @@ class Publisher:
         try:
             for attempt in publish_policy(self.retry_seconds):
                 with attempt:
+                    if publication.eta is not None:
+                        self._prepare_delay(publication)
                     self.app.send_task(publication.task, args=publication.args,
                                        kwargs=publication.kwargs, **publication.options())
         except (*TRANSIENT_PUBLISH_ERRORS, RuntimeError) as exc:
@@ -39,3 +44,16 @@ class Publisher:
                 f"cannot publish job {publication.task_id}: the broker stayed unreachable for "
                 f"{self.retry_seconds:g}s ({exc}); check SANDRUN_BROKER_URL and that the "
                 "broker is running") from exc
+
+    def _prepare_delay(self, publication: Publication) -> None:
+        """On RabbitMQ's native delayed delivery: make sure the delay exchanges exist and
+        lead to the queue, and wait out an ETA less than a second away (whole seconds
+        only there; the ETA itself is kept, a signature covers it)."""
+        if not delays_natively(self.app.conf):
+            return
+        prepare_delayed_delivery(self.app, publication.queue)
+        assert publication.eta is not None
+        eta = publication.eta if publication.eta.tzinfo else publication.eta.replace(tzinfo=UTC)
+        wait = (eta - datetime.now(UTC)).total_seconds()
+        if 0 < wait < 1:
+            time.sleep(wait)

@@ -13,12 +13,19 @@ import redis
 
 #: Schemes served by Redis, in either spelling.
 REDIS_SCHEMES = ("redis://", "rediss://", "redis+socket://", "unix://")
+#: Schemes served by RabbitMQ (kombu's py-amqp transport).
+AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
 
 
 def is_redis(url: str) -> bool:
     """True for URLs served by Redis (``redis://``, ``rediss://``, ``redis+socket://``,
     ``unix://``)."""
     return url.startswith(REDIS_SCHEMES)
+
+
+def is_amqp(url: str) -> bool:
+    """True for URLs served by RabbitMQ (``amqp://``, ``amqps://``, ``pyamqp://``)."""
+    return url.startswith(AMQP_SCHEMES)
 
 
 def redis_url(url: str) -> str:

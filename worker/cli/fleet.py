@@ -94,7 +94,8 @@ def dead_show(letter_id: str) -> None:
 
 
 def replay_letter(sandrun: Sandrun, letter: DeadLetter) -> str:
-    """Publish a dead job again under its own id (its old result is forgotten first)."""
+    """Publish a dead job again under its own id (its old result is forgotten first), with
+    the correlation id, tenant and baggage it had."""
     if letter.source == "broker":
         raise SandrunError("it is a message the worker could not decode or did not know; "
                            "fix the producer and send it again (its raw body is in "
@@ -103,7 +104,12 @@ def replay_letter(sandrun: Sandrun, letter: DeadLetter) -> str:
 
     sandrun.app.backend.forget(letter.id)
     if letter.job is not None:
-        return sandrun.submit(Job.model_validate(letter.job)).id
+        context = letter.context
+        if context is None:
+            return sandrun.submit(Job.model_validate(letter.job)).id
+        return sandrun.submit(Job.model_validate(letter.job), tenant=context.tenant,
+                              correlation_id=context.correlation_id,
+                              baggage=context.baggage).id
     handle = sandrun.app.send_task(letter.task, args=letter.task_args, kwargs=letter.task_kwargs,
                                    task_id=letter.id)
     return str(handle.id)

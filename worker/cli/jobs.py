@@ -22,6 +22,7 @@ from worker.errors import SandrunError
 if TYPE_CHECKING:
     from worker.client.client import JobExecution, Sandrun
     from worker.models import JobResult
+    from worker.models.builder import JobBuilder
 
 
 def _make_client() -> Sandrun:
@@ -52,6 +53,12 @@ def print_result(res: JobResult, as_json: bool) -> None:
                f"{res.execution_time or 0:.2f}s")
     if res.error:
         click.echo(f"  {res.error.type}: {res.error.message}")
+    vote = res.consensus
+    if vote is not None and vote.outcome != "replica":
+        click.echo(f"  consensus {vote.k}-of-{vote.n} {vote.outcome}")
+        for replica in vote.replicas:
+            click.echo(f"    replica {replica.replica}  {replica.node or '-'}  {replica.status}"
+                       f"  {replica.digest or '-'}")
 
 
 def wait_all(runs: list[JobExecution], timeout: float | None, quiet: bool) -> list[JobResult]:
@@ -69,38 +76,61 @@ def wait_all(runs: list[JobExecution], timeout: float | None, quiet: bool) -> li
     return results
 
 
+def _builders(sandrun: Sandrun, paths: tuple[Path, ...], code: str | None,
+              interpreter: str | None, args: tuple[str, ...], *, timeout: float | None,
+              consensus: str | None) -> list[JobBuilder[JobExecution]]:
+    """One builder per job ``sandrun submit`` was given, with its options applied."""
+    builders = []
+    if code is not None:
+        builder = sandrun.job().code(code).args(list(args))
+        builders.append(builder.interpreter(interpreter) if interpreter else builder)
+    if paths:
+        from worker.models.jobdir import manifest_fields
+
+        builders += [sandrun.job().with_fields(manifest_fields(p)) for p in paths]
+    if timeout is not None:
+        builders = [b.timeout(timeout) for b in builders]
+    if consensus is not None:
+        builders = [b.consensus(consensus) for b in builders]
+    return builders
+
+
 @click.command()
 @click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @click.option("--code", help="Inline code to run instead of a job directory.")
 @click.option("--interpreter", default=None, help="Interpreter for --code (default python3).")
 @click.option("--arg", "args", multiple=True, help="Argument for --code (repeatable).")
 @click.option("--timeout", type=float, default=None, help="Job timeout in seconds.")
+@click.option("--consensus", default=None, metavar="LEVEL",
+              help="Run as k-of-n replicas: none, low, medium, high or k-of-n (2-of-3).")
 @click.option("--wait", is_flag=True, help="Wait for the results.")
 @click.option("--wait-timeout", type=float, default=None, help="Give up waiting after N s.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON only.")
+@click.option("--correlation-id", default=None,
+              help="Correlation id of these jobs (default: a new one per job).")
+@click.option("--tenant", default=None, help="Tenant of these jobs (default: their tenant "
+              "label, else the auth plugin's key id).")
+@click.option("--baggage", "baggage_items", multiple=True, metavar="KEY=VALUE",
+              help="Baggage that travels with the jobs to their workers (repeatable).")
 def submit(*, paths: tuple[Path, ...], code: str | None, interpreter: str | None,
-            args: tuple[str, ...], timeout: float | None, wait: bool,
-            wait_timeout: float | None, as_json: bool) -> None:
+            args: tuple[str, ...], timeout: float | None, consensus: str | None, wait: bool,
+            wait_timeout: float | None, as_json: bool, correlation_id: str | None,
+            tenant: str | None, baggage_items: tuple[str, ...]) -> None:
     """Submit job directories (holding job.json), job.json files, or --code."""
     if bool(paths) == bool(code):
         raise click.UsageError("give job PATHs or --code, not both and not neither")
+    baggage = _baggage(baggage_items)
     with client() as sandrun:
         try:
-            builders = []
-            if code is not None:
-                builder = sandrun.job().code(code).args(list(args))
-                builders.append(builder.interpreter(interpreter) if interpreter else builder)
-            if paths:
-                from worker.models.jobdir import manifest_fields
-
-                builders += [sandrun.job().with_fields(manifest_fields(p)) for p in paths]
-            if timeout is not None:
-                builders = [b.timeout(timeout) for b in builders]
-            runs = [b.submit() for b in builders]
+            runs = [sandrun.submit(b.build(), correlation_id=correlation_id, tenant=tenant,
+                                   baggage=baggage)
+                    for b in _builders(sandrun, paths, code, interpreter, args,
+                                       timeout=timeout, consensus=consensus)]
             if not wait:
                 for run in runs:
-                    click.echo(json.dumps({"id": run.id, "status": "queued"}) if as_json
-                               else run.id)
+                    click.echo(json.dumps({"id": run.id, "status": "queued",
+                                           "correlation_id": run.correlation_id})
+                               if as_json else run.id)
                 return
             results = wait_all(runs, wait_timeout, as_json)
         except SandrunError as exc:
@@ -110,6 +140,17 @@ def submit(*, paths: tuple[Path, ...], code: str | None, interpreter: str | None
     for res in results:
         print_result(res, as_json)
     sys.exit(EXIT_OK if all(r.status == "completed" for r in results) else EXIT_JOB_FAILED)
+
+
+def _baggage(items: tuple[str, ...]) -> dict[str, str]:
+    """``--baggage KEY=VALUE`` options as a dict (the client validates keys and values)."""
+    baggage: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.UsageError(f"--baggage {item!r} is not KEY=VALUE")
+        baggage[key] = value
+    return baggage
 
 
 @click.command()

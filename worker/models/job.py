@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from worker.errors import InvalidJob
+from worker.models.consensus import Consensus, Quorum, quorum
 from worker.models.limits import (
     DEFAULT_CPU_SECONDS,
     DEFAULT_MEMORY_MB,
@@ -40,7 +41,6 @@ from worker.models.limits import (
     MAX_JOB_BYTES,
     MAX_MEMORY_MB,
     MAX_TIMEOUT_SECONDS,
-    Consensus,
     EnvKey,
     Identifier,
     Isolation,
@@ -253,6 +253,12 @@ class Job(BaseModel):
     def replace(self, **changes: Any) -> Job:
         """Return a validated copy with ``changes`` applied (hooks use this)."""
         return Job.model_validate({**self.model_dump(), **changes})
+
+    @property
+    def quorum(self) -> Quorum:
+        """How many replicas run (n) and how many must agree (k): see
+        :mod:`worker.models.consensus`."""
+        return quorum(self.consensus)
 
     @property
     def needs_gpu(self) -> bool:

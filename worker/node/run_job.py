@@ -13,12 +13,19 @@ from typing import Any
 
 from celery import Celery, Task
 
-from worker.models import ErrorInfo, Execution, ExecutionInfo, Job, JobResult
+from worker.models import (
+    ErrorInfo,
+    Execution,
+    ExecutionInfo,
+    Job,
+    JobResult,
+    current_job_context,
+)
 from worker.node.livefeed import JobFeed, job_feed
 from worker.node.runtime import Runtime, current
 from worker.node.taskbase import SandrunTask
 from worker.plugin.context import ExecutionContext
-from worker.protocol import RUN_JOB
+from worker.protocol import RUN_JOB, replica_index
 from worker.sandbox.executor import run_in_sandbox
 from worker.sandbox.gpu import allocate, suitable
 
@@ -30,10 +37,25 @@ def _refuse(job: Job, outcome: str, message: str) -> JobResult:
                      error=ErrorInfo(type="Unsatisfiable", message=message))
 
 
+def _span_attributes(job: Job) -> dict[str, str]:
+    """The sandboxed run's span attributes: the job, and its correlation id and tenant."""
+    attributes = {"sandrun.job_id": job.id, "sandrun.interpreter": job.interpreter or ""}
+    travelled = current_job_context()
+    if travelled is not None:
+        for key, value in (("correlation_id", travelled.correlation_id),
+                           ("tenant", travelled.tenant)):
+            if value is not None:
+                attributes[f"sandrun.{key}"] = value
+    return attributes
+
+
 def execute_job(job: Job, rt: Runtime, queue: str | None = None,
-                node_id: str | None = None, feed: JobFeed | None = None) -> JobResult:
+                node_id: str | None = None, output_key: str | None = None,
+                feed: JobFeed | None = None) -> JobResult:
     """Run ``job`` on this worker: check what it asks for, hold GPUs, sandbox (its output
-    and progress live to ``feed`` while it runs), store outputs."""
+    and progress live to ``feed`` while it runs), store outputs (under ``output_key``,
+    default the job's id: a consensus job's replicas each keep their own, under their
+    task ids, and the vote names the one kept)."""
     longest = rt.settings.max_job_timeout
     if job.timeout > longest:
         return JobResult(id=job.id, status="rejected", outcome="rejected", error=ErrorInfo(
@@ -51,13 +73,14 @@ def execute_job(job: Job, rt: Runtime, queue: str | None = None,
             ids = stack.enter_context(allocate(devices, job.gpu.count, rt.lock_dir, job.timeout))
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, ids))
             gpu_type = devices[0].type
-        try:
-            run = run_in_sandbox(job, rt.sandbox, env, warm_next=False,  # after the store
-                                 live=feed)
-        finally:
-            if feed is not None:
-                feed.end()
-    rt.outputs.put(job.id, run.outputs)
+        with rt.manager.span("sandrun.sandbox", _span_attributes(job)):
+            try:
+                run = run_in_sandbox(job, rt.sandbox, env, warm_next=False,  # after the store
+                                     live=feed)
+            finally:
+                if feed is not None:
+                    feed.end()
+    rt.outputs.put(output_key or job.id, run.outputs)
     pricing = rt.settings.pricing
     return JobResult(
         id=job.id, status=STATUS_BY_OUTCOME.get(run.outcome, "failed"),
@@ -80,9 +103,14 @@ def run_job(execution: Execution, context: ExecutionContext,
     progress stored as ``task``'s state; the adapter stores the result."""
     if execution.job is None:
         raise TypeError(f"{RUN_JOB} runs a Job; execution {execution.task_id} carries none")
+    job = execution.job
+    replica = replica_index(context.task_id, job)
+    output_key = None if replica is None else context.task_id
     rt = current()
-    feed = job_feed(rt, execution.job.id, task, execution.task_id)
-    return execute_job(execution.job, rt, context.queue, context.node_id, feed)
+    # a consensus job's replicas stream under their own task ids, as they keep outputs
+    feed = job_feed(rt, output_key or job.id, task, execution.task_id)
+    return execute_job(job, rt, context.queue, context.node_id, output_key=output_key,
+                       feed=feed)
 
 
 class RunJobTask(SandrunTask):

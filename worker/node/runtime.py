@@ -21,6 +21,7 @@ from worker.errors import ConfigurationError
 from worker.models import WorkerInfo
 from worker.plugin.loader import parse_plugin_specs
 from worker.plugin.manager import PluginManager
+from worker.plugin.permissions import parse_plugin_permissions
 from worker.sandbox.config import check_sandbox, sandbox_config
 from worker.sandbox.confine import IsolationError
 from worker.sandbox.executor import SandboxConfig, release_slots
@@ -62,7 +63,8 @@ def build_runtime(settings: Settings | None = None, *, load_plugins: bool = True
     client = redis_client(backend)
     storage: StorageBackend = RedisStorageBackend(client) if client else MemoryStorageBackend()
     manager = PluginManager(storage=storage, dead_letters=dead_letter_store_for(backend),
-                            hook_timeout=settings.hook_timeout)
+                            hook_timeout=settings.hook_timeout,
+                            permissions=parse_plugin_permissions(settings.plugin_permissions))
     if load_plugins:
         manager.load_all(parse_plugin_specs(settings.plugins))
     sandbox = sandbox_config(settings)

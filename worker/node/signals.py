@@ -10,6 +10,7 @@ This is the only module of :mod:`worker` that talks to ``celery.signals``.
 * :class:`StartupChecks`, a worker bootstep, runs in the main process before any
   pool process starts: it refuses settings that would lose or duplicate jobs
   (a visibility timeout shorter than the longest job) and broken plugin sets,
+  declares the job queues on RabbitMQ (before Celery binds them to its delays),
   loads the plugins in the main process, dispatches ``on_worker_start`` (which
   may refuse the start) and advertises the worker.
 * :class:`~worker.node.health.HealthFiles`, a consumer bootstep: heartbeat and readiness
@@ -41,6 +42,7 @@ from celery.signals import (
 )
 
 from worker import logs
+from worker.broker.amqp import declare_job_queues, delays_natively
 from worker.broker.urls import is_redis
 from worker.models import WorkerInfo
 from worker.node import runtime
@@ -61,6 +63,8 @@ class StartupChecks(bootsteps.Step):
         conf = parent.app.conf
         if is_redis(str(conf.broker_url)):
             check_visibility_timeout(int(conf.broker_transport_options["visibility_timeout"]))
+        elif delays_natively(conf):
+            _declare_job_queues(parent.app)
         rt = runtime.start()
         info = WorkerInfo(hostname=str(parent.hostname), pid=os.getpid(),
                           queues=sorted(parent.app.amqp.queues.consume_from or {}),
@@ -77,6 +81,16 @@ class StartupChecks(bootsteps.Step):
             log.warning("sandbox_layer_missing", note=note)
 
 
+
+
+def _declare_job_queues(app: Any) -> None:
+    """RabbitMQ: declare the job queues before Celery binds them to its delay exchanges
+    (a queue nobody declared yet would fail that, and delays with it). A broker that is
+    not there yet is logged: Celery's own connection retry follows."""
+    try:
+        declare_job_queues(app)
+    except Exception as exc:  # Celery reconnects and declares what it consumes itself
+        log.warning("job_queues_not_declared", error=repr(exc))
 
 
 def _keep_sandrun_logging(**_: Any) -> None:
