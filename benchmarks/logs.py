@@ -88,7 +88,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer rounds (smoke test)")
     opts = parser.parse_args()
     configure_logging("warning")
-    size, rounds = (2_000_000, 3) if opts.quick else (10_000_000, 9)
+    size, rounds = (2_000_000, 3) if opts.quick else (10_000_000, 15)
     with tempfile.TemporaryDirectory(prefix="sandrun-bench-") as tmp:
         os.chmod(tmp, 0o755)  # job users pass through it to their directories
         with bench_broker(Path(tmp)) as (url, _):

@@ -77,7 +77,7 @@ class Settings(BaseSettings):
         "bytes of a job's stdout/stderr streamed live per job (sandrun logs -f); past it "
         "a note says so and the rest is only counted. 0: no live output"))
     live_output_entries: int = Field(default=1000, ge=10, le=100_000, description=(
-        "entries (chunks of at most 16 KiB) a job's live stream keeps, oldest trimmed"))
+        "entries (chunks of at most 64 KiB) a job's live stream keeps, oldest trimmed"))
     live_output_ttl: int = Field(default=3600, ge=60, description=(
         "seconds a job's live stream is kept after its last write"))
     output_file_cap_bytes: int = Field(default=10 << 20, ge=0)

@@ -25,6 +25,7 @@ from celery.events.state import State
 from tests.conftest import RedisServer
 from tests.integration.conftest import ROOT, Worker, WorkerFactory, broker_url, worker_env
 from worker.client.client import JobExecution, Sandrun
+from worker.sandbox.live import CHUNK_BYTES
 from worker.stores.livelogs import live_key
 
 pytestmark = pytest.mark.slow
@@ -115,13 +116,20 @@ def test_sandrun_logs_follow_streams_and_exits_with_the_jobs_status(
     gate = tmp_path / "gate"
     run = gated(client, TICKING, gate, EXIT=str(exit_code))
     proc = sandrun_cli(broker, tmp_path, "logs", "-f", run.id, "--wait-timeout", "120")
+    watchdog = threading.Timer(180, proc.kill)  # the reads below block until it exits
+    watchdog.start()
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline()
         assert first == "tick 0\n" and run.result() is None  # printed while the job runs
         gate.touch()
-        rest, err = proc.communicate(timeout=120)
+        # read on through the same buffered streams (communicate() would read the pipes
+        # beneath them and miss what readline already buffered); stderr is a few bytes
+        rest = proc.stdout.read()
+        err = proc.stderr.read() if proc.stderr is not None else ""
+        proc.wait(timeout=120)
     finally:
+        watchdog.cancel()
         proc.kill()
         proc.wait()
     assert first + rest == "".join(f"tick {i}\n" for i in range(6))
@@ -207,7 +215,7 @@ def test_a_flooding_job_is_capped_in_live_output_and_progress(
     assert 0 < ttl <= 120  # the stream expires
     kept = store.xrange(live_key(run.id))
     assert sum(len(fields[b"d"]) for _, fields in kept) <= CAP_BYTES + 200
-    assert all(len(fields[b"d"]) <= 16 << 10 for _, fields in kept)
+    assert all(len(fields[b"d"]) <= CHUNK_BYTES for _, fields in kept)
     gate.touch()
     assert list(lines) == []  # nothing more after the note, and the follow ends
     result = run.wait(timeout=60)

@@ -6,9 +6,9 @@ what comes back (JobResult, WorkerInfo), ``context`` what travels with a job
 share, ``jobdir`` the ``job.json`` directory format behind ``Job.from_manifest``,
 ``consensus`` the k-of-n levels and the vote's summary, ``progress`` what a running
 job reports of itself, ``builder`` the fluent JobBuilder (producers build with it,
-``on_build`` hooks set its defaults) and ``pricing`` the pricing table. Import the shapes from ``worker.models`` itself;
-modules inside this package import each other directly, never this package, so it
-has no import cycle.
+``on_build`` hooks set its defaults) and ``pricing`` the pricing table. Import the
+shapes from ``worker.models`` itself; modules inside this package import each other
+directly, never this package, so it has no import cycle.
 """
 
 from __future__ import annotations

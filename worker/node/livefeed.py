@@ -41,10 +41,10 @@ class _Writer(threading.Thread):
     """Appends a job's output chunks to its stream off the thread that pumps the job's
     pipes, so that a round trip to Redis never keeps the pump from reading.
 
-    It writes :data:`WRITE_SECONDS` after the first chunk of a batch arrives (at once
-    when the job has ended, :meth:`finish`), everything queued by then in one round
-    trip: a job printing as fast as it can does not share its CPU with a round trip
-    per batch, and one that prints for less than that long is written after it ended. The queue is
+    It wakes every :data:`WRITE_SECONDS` (at once when the job has ended, :meth:`finish`)
+    and writes everything queued by then in one round trip: a job printing as fast as it
+    can does not share its CPU with a round trip per batch, and one that prints for less
+    than that long is written after it ended. The queue is
     bounded by the tee's budget. A Redis error stops the writes for the rest of the
     job (logged once, without the output)."""
 
@@ -65,8 +65,10 @@ class _Writer(threading.Thread):
     def run(self) -> None:
         done = False
         while not done:
-            batch = [self.queue.get()]
-            self._hurry.wait(WRITE_SECONDS)  # let more gather, unless the job has ended
+            # wake on a timer, not per batch: a thread woken for every batch would take the
+            # GIL from the pump each time, and the pump is what keeps the job's pipes empty
+            self._hurry.wait(WRITE_SECONDS)
+            batch = []
             while not self.queue.empty():
                 batch.append(self.queue.get_nowait())
             done = None in batch
@@ -89,14 +91,15 @@ class JobFeed:
     def __init__(self, live: LiveLog, job_id: str, task: Task[Any, Any] | None,
                  task_id: str | None) -> None:
         self.live, self.job_id, self.task, self.task_id = live, job_id, task, task_id
-        self._writer: _Writer | None = None
+        # started now, before the job: starting a thread waits for it to run, which the
+        # pump should not do while a job fills its pipes
+        self._writer: _Writer | None = _Writer(live, job_id)
+        self._writer.start()
 
     def output(self, chunks: Sequence[tuple[str, bytes]]) -> None:
         """Queue the chunks for the job's stream (written by a thread of this process)."""
-        if self._writer is None:
-            self._writer = _Writer(self.live, self.job_id)
-            self._writer.start()
-        self._writer.queue.put(list(chunks))
+        if self._writer is not None:
+            self._writer.queue.put(list(chunks))
 
     def progress(self, report: Progress) -> None:
         """Store the report as the task's PROGRESS state, and tell Flower."""

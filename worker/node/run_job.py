@@ -50,7 +50,7 @@ def _span_attributes(job: Job) -> dict[str, str]:
 
 
 def execute_job(job: Job, rt: Runtime, queue: str | None = None,
-                node_id: str | None = None, output_key: str | None = None,
+                node_id: str | None = None, *, output_key: str | None = None,
                 feed: JobFeed | None = None) -> JobResult:
     """Run ``job`` on this worker: check what it asks for, hold GPUs, sandbox (its output
     and progress live to ``feed`` while it runs), store outputs (under ``output_key``,
@@ -74,12 +74,8 @@ def execute_job(job: Job, rt: Runtime, queue: str | None = None,
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, ids))
             gpu_type = devices[0].type
         with rt.manager.span("sandrun.sandbox", _span_attributes(job)):
-            try:
-                run = run_in_sandbox(job, rt.sandbox, env, warm_next=False,  # after the store
-                                     live=feed)
-            finally:
-                if feed is not None:
-                    feed.end()
+            run = run_in_sandbox(job, rt.sandbox, env, warm_next=False,  # after the store
+                                 live=feed)
     rt.outputs.put(output_key or job.id, run.outputs)
     pricing = rt.settings.pricing
     return JobResult(
@@ -109,8 +105,12 @@ def run_job(execution: Execution, context: ExecutionContext,
     rt = current()
     # a consensus job's replicas stream under their own task ids, as they keep outputs
     feed = job_feed(rt, output_key or job.id, task, execution.task_id)
-    return execute_job(job, rt, context.queue, context.node_id, output_key=output_key,
-                       feed=feed)
+    try:
+        return execute_job(job, rt, context.queue, context.node_id, output_key=output_key,
+                           feed=feed)
+    finally:
+        if feed is not None:
+            feed.end()  # before the adapter stores the result: followers see it all first
 
 
 class RunJobTask(SandrunTask):

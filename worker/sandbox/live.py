@@ -30,7 +30,7 @@ from worker.sandbox.progress import ProgressReader
 
 FLUSH_BYTES = 256 << 10
 FLUSH_SECONDS = 0.05
-CHUNK_BYTES = 16 << 10
+CHUNK_BYTES = 64 << 10
 PROGRESS_SECONDS = 0.5
 BUDGET_NOTE = "live output stopped after {budget} bytes; the result keeps the first part"
 log = structlog.get_logger("sandrun.sandbox")
@@ -56,7 +56,7 @@ class Tee:
         self.sink: LiveSink | None = sink
         self.budget, self.clock = budget, clock
         self.sent = 0  # output bytes handed on or pending, against the budget
-        self._pending: list[tuple[str, bytearray]] = []
+        self._pending: list[tuple[str, bytes | bytearray]] = []
         self._pending_bytes = 0
         self._since: float | None = None  # when the oldest pending byte arrived
         self._reader = ProgressReader()
@@ -103,6 +103,8 @@ class Tee:
             self._send_report(self.clock())
 
     def _add(self, stream: str, data: bytes) -> None:
+        """Queue ``data``: small pieces of one stream are merged up to a chunk, a large
+        read is kept as it came (no copy: the pump's buffer becomes the chunk)."""
         if not data:
             return
         if self._since is None:
@@ -110,10 +112,13 @@ class Tee:
         if stream != "note":
             self.sent += len(data)
         self._pending_bytes += len(data)
-        if self._pending and self._pending[-1][0] == stream:
-            self._pending[-1][1].extend(data)  # a bytearray: small writes cost no copies
+        last = self._pending[-1] if self._pending else None
+        if last is not None and last[0] == stream and len(last[1]) + len(data) <= CHUNK_BYTES:
+            merged = last[1] if isinstance(last[1], bytearray) else bytearray(last[1])
+            merged.extend(data)
+            self._pending[-1] = (stream, merged)
         else:
-            self._pending.append((stream, bytearray(data)))
+            self._pending.append((stream, data))
 
     def _flush(self) -> None:
         pending, self._pending, self._pending_bytes, self._since = self._pending, [], 0, None
