@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # what mypy and readers see; at run time __getattr__ imports 
     from worker.cli.common import fail as cli_fail
     from worker.client.client import JobExecution, Sandrun
     from worker.client.follow import LogLine
+    from worker.client.schedules import ScheduleRunner
     from worker.collector import InMemoryMetrics, MetricsCollector
     from worker.errors import (
         BrokerUnavailable,
@@ -172,6 +173,7 @@ __all__ = [
     "RetryRequested",
     "Sandrun",
     "SandrunError",
+    "ScheduleRunner",
     "Set",
     "SetDefault",
     "Settings",
@@ -214,6 +216,7 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     "worker.broker.urls": ("is_amqp", "is_redis", "kombu_url", "redis_client", "redis_url"),
     "worker.client.client": ("JobExecution", "Sandrun"),
     "worker.client.follow": ("LogLine",),
+    "worker.client.schedules": ("ScheduleRunner",),
     "worker.collector": ("InMemoryMetrics", "MetricsCollector"),
     "worker.errors": (
         "BrokerUnavailable", "ConfigurationError", "ConsensusUnavailable", "DuplicateDelivery",

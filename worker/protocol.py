@@ -182,6 +182,9 @@ class Publication:
     eta: datetime | None = None
     priority: int | None = None
     headers: dict[str, Any] = field(default_factory=dict)
+    #: Celery's ``expires``: a worker receiving the message later stores it as revoked
+    #: with the reason ``expired`` instead of running it (a job's ``deadline``).
+    expires: datetime | None = None
 
     def options(self) -> dict[str, Any]:
         """The keyword arguments of ``Celery.send_task`` for this message (a job's
@@ -194,4 +197,6 @@ class Publication:
             options["eta"] = self.eta
         if self.priority is not None:
             options["priority"] = self.priority
+        if self.expires is not None:
+            options["expires"] = self.expires
         return options

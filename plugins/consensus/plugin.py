@@ -72,6 +72,7 @@ from worker import (
     ResultContext,
     Set,
     SetDefault,
+    StorageError,
     WorkerContext,
     WorkerInfo,
     consensus_round,
@@ -83,6 +84,7 @@ from worker import (
 #: What a worker advertises in ``WorkerInfo.extra`` (the producer counts these workers).
 ADVERTISED = "consensus"
 VOTE_PRIORITY = -2500
+STORAGE_RETRY_SECONDS = 5.0
 
 
 class ConsensusPlugin(BasePlugin):
@@ -96,6 +98,9 @@ class ConsensusPlugin(BasePlugin):
         description="k-of-n replicated jobs on distinct workers, voted on by digest",
         keywords=["consensus", "replication", "quorum", "boinc"],
         apis=["on_worker_start", "on_execute", "on_result", "on_error"],
+        # veto: re-queue, refuse, drop replicas; network: store the final result, revoke;
+        # secrets: a dispute's dead letter keeps the job's env for `sandrun dead replay`
+        permissions=["job:veto", "result:transform", "storage", "network", "secrets"],
         configuration=ConsensusConfig)
 
     def __init__(self, options: ConsensusConfig | None = None, *, fleet: Fleet | None = None,
@@ -136,12 +141,17 @@ class ConsensusPlugin(BasePlugin):
                               f"as task {context.task_id}, none of its replicas; submit it "
                               "with Sandrun.submit, which sends one message per replica")
         ttl = self.options.record_ttl
-        owner, decision = self._storage().batch(
-            SetDefault(_key(job, "node", context.node_id), replica, ttl),
-            Get(_key(job, "decision")))
+        try:
+            owner, decision = self._storage().batch(
+                SetDefault(_key(job, "node", context.node_id), replica, ttl),
+                Get(_key(job, "decision")))
+        except StorageError as exc:  # cannot tell where replicas ran: try again, never guess
+            raise JobDeferred(STORAGE_RETRY_SECONDS, f"cannot place replica {replica} of "
+                              f"job {job.id} now ({exc})") from None
         if decision is not None:
-            raise DuplicateDelivery(f"the vote on job {job.id} is settled ({decision}); "
-                                    f"replica {replica} is not needed")
+            raise DuplicateDelivery(f"the vote on job {job.id} is settled "
+                                    f"({decision.get('outcome')}); replica {replica} is not "
+                                    "needed")
         if owner != replica:
             self._requeue(job, replica, owner, context)
         self._storage().set(_key(job, "started", replica), context.node_id, ttl)
@@ -170,26 +180,33 @@ class ConsensusPlugin(BasePlugin):
         if job is None or replica is None:
             return None
         vote = ReplicaVote(replica=replica, task_id=context.task_id, node=context.node_id,
-                           status=result.status, digest=self.digest(result),
+                           status=result.status, digest=self._digest_of(result, job),
                            cost=result.cost.amount if result.cost else None)
         self._cast(job, vote, result)
         k, n = job.quorum
         return result.replace(consensus=ConsensusSummary(
             k=k, n=n, outcome="replica", digest=vote.digest, replicas=[vote]).model_dump())
 
+    def _digest_of(self, result: JobResult, job: Job) -> str | None:
+        """The replica's digest; a digest function that fails gives none (the replica then
+        counts against the quorum) rather than losing the vote."""
+        try:
+            return self.digest(result)
+        except Exception as exc:
+            self.logger.error("consensus_digest_failed", job_id=job.id, error=repr(exc))
+            return None
+
     @hook(priority=VOTE_PRIORITY)
     def on_error(self, error: BaseException, context: ErrorContext) -> None:
         """A replica that raised (and is not retried) votes without a digest. A job that
         ended other than completed comes here as JobFailed and then to ``on_result``,
         which records it."""
-        job = context.job
-        if context.operation != "execute" or job is None or context.task_id is None or \
-                isinstance(error, JobFailed):
-            return
-        replica = replica_index(context.task_id, job)
-        if replica is not None:
-            self._cast(job, ReplicaVote(replica=replica, task_id=context.task_id,
-                                        status="failed"), None)
+        job, task_id = context.job, context.task_id
+        raised = context.operation == "execute" and not isinstance(error, JobFailed)
+        replica = replica_index(task_id, job) if raised and job and task_id else None
+        if job is not None and task_id is not None and replica is not None:
+            self._cast(job, ReplicaVote(replica=replica, task_id=task_id, status="failed"),
+                       None)
 
     def _cast(self, job: Job, vote: ReplicaVote, result: JobResult | None) -> None:
         """Write ``vote`` and read every vote in one batch; settle the job if decided."""
@@ -246,7 +263,8 @@ class ConsensusPlugin(BasePlugin):
                 f"{failed} of {summary.n} replicas of job {job.id} failed, so {summary.k} can "
                 "no longer agree; see each replica's result under consensus.replicas"))
         return JobResult(id=job.id, status=settled.outcome, outcome=settled.outcome,
-                         error=error, consensus=summary, cost=cost)
+                         error=error, consensus=summary, cost=cost,
+                         context=result.context if result is not None else None)
 
     def _report(self, job: Job, settled: Tally, summary: ConsensusSummary,
                 cancelled: list[ReplicaVote]) -> None:

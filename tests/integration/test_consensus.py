@@ -167,7 +167,8 @@ def test_a_corrupt_worker_is_outvoted_two_of_three(client: Sandrun) -> None:
 
 
 def test_a_corrupt_worker_disputes_three_of_three(client: Sandrun) -> None:
-    run = client.submit(Job(code=CODE, consensus="3-of-3", queue="mixed"))
+    run = client.submit(Job(code=CODE, consensus="3-of-3", queue="mixed",
+                            env={"API_KEY": "kept-for-replay"}))
     result = run.wait(timeout=120)
     assert result.status == "disputed" and result.error is not None
     assert result.error.type == "ConsensusDisputed"
@@ -181,6 +182,7 @@ def test_a_corrupt_worker_disputes_three_of_three(client: Sandrun) -> None:
     letter = store.get(run.id)
     assert letter is not None and letter.source == "consensus"
     assert "disputed" in letter.reason and "bad@" in letter.reason
+    assert letter.job is not None and letter.job["env"] == {"API_KEY": "kept-for-replay"}
     assert consensus_total(list(PORTS.values()), "disputed") == 1
 
     store.remove(run.id)  # as `sandrun dead replay` does: the job is voted on afresh

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from worker.client.client import JobExecution, Sandrun
     from worker.models import JobResult
     from worker.models.builder import JobBuilder
+
+T = TypeVar("T")
 
 
 def _make_client() -> Sandrun:
@@ -78,7 +81,8 @@ def wait_all(runs: list[JobExecution], timeout: float | None, quiet: bool) -> li
 
 def _builders(sandrun: Sandrun, paths: tuple[Path, ...], code: str | None,
               interpreter: str | None, args: tuple[str, ...], *, timeout: float | None,
-              consensus: str | None) -> list[JobBuilder[JobExecution]]:
+              consensus: str | None, expires_in: float | None = None,
+              deadline: datetime | None = None) -> list[JobBuilder[JobExecution]]:
     """One builder per job ``sandrun submit`` was given, with its options applied."""
     builders = []
     if code is not None:
@@ -92,7 +96,54 @@ def _builders(sandrun: Sandrun, paths: tuple[Path, ...], code: str | None,
         builders = [b.timeout(timeout) for b in builders]
     if consensus is not None:
         builders = [b.consensus(consensus) for b in builders]
-    return builders
+    return [with_expiry(b, expires_in, deadline) for b in builders]
+def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """``--expires-in``: seconds, or a duration such as 30s, 5m, 1h30m."""
+    if value is None:
+        return None
+    from worker.models.durations import parse_duration
+
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _instant(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+    """``--deadline``: an ISO 8601 time with its timezone (``2030-01-01T12:00:00Z``)."""
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 time such as "
+                                 "2030-01-01T12:00:00Z") from None
+    if when.tzinfo is None:
+        raise click.BadParameter(f"{value!r} has no timezone; add one, e.g. Z or +02:00")
+    return when
+
+
+def expires_in_option(help: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """``--expires-in DURATION`` (read by :func:`~worker.models.durations.parse_duration`)."""
+    return click.option("--expires-in", callback=_duration, metavar="DURATION", help=help)
+
+
+def expiry_options(func: Callable[..., None]) -> Callable[..., None]:
+    """``--expires-in`` and ``--deadline`` of ``submit``."""
+    func = click.option("--deadline", callback=_instant, metavar="ISO8601", help=(
+        "Never start the job after this time (with a timezone); it ends expired."))(func)
+    return expires_in_option("Never start the job later than this after submit (30s, 5m, "
+                             "1h); it ends expired.")(func)
+
+
+def with_expiry(builder: JobBuilder[T], expires_in: float | None,
+                deadline: datetime | None) -> JobBuilder[T]:
+    """``builder`` with the expiry the options gave (at most one of them)."""
+    if expires_in is not None and deadline is not None:
+        raise click.UsageError("give --expires-in or --deadline, not both")
+    if expires_in is not None:
+        return builder.expires_in(expires_in)
+    return builder if deadline is None else builder.deadline(deadline)
 
 
 @click.command()
@@ -112,10 +163,12 @@ def _builders(sandrun: Sandrun, paths: tuple[Path, ...], code: str | None,
               "label, else the auth plugin's key id).")
 @click.option("--baggage", "baggage_items", multiple=True, metavar="KEY=VALUE",
               help="Baggage that travels with the jobs to their workers (repeatable).")
+@expiry_options
 def submit(*, paths: tuple[Path, ...], code: str | None, interpreter: str | None,
             args: tuple[str, ...], timeout: float | None, consensus: str | None, wait: bool,
             wait_timeout: float | None, as_json: bool, correlation_id: str | None,
-            tenant: str | None, baggage_items: tuple[str, ...]) -> None:
+            tenant: str | None, baggage_items: tuple[str, ...], expires_in: float | None,
+            deadline: datetime | None) -> None:
     """Submit job directories (holding job.json), job.json files, or --code."""
     if bool(paths) == bool(code):
         raise click.UsageError("give job PATHs or --code, not both and not neither")
@@ -125,7 +178,8 @@ def submit(*, paths: tuple[Path, ...], code: str | None, interpreter: str | None
             runs = [sandrun.submit(b.build(), correlation_id=correlation_id, tenant=tenant,
                                    baggage=baggage)
                     for b in _builders(sandrun, paths, code, interpreter, args,
-                                       timeout=timeout, consensus=consensus)]
+                                       timeout=timeout, consensus=consensus,
+                                       expires_in=expires_in, deadline=deadline)]
             if not wait:
                 for run in runs:
                     click.echo(json.dumps({"id": run.id, "status": "queued",

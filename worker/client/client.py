@@ -81,6 +81,13 @@ STATE_NAMES = {"PENDING": "queued", "RECEIVED": "queued", "STARTED": "running",
 SUBMIT_FAILURES = (SubmissionRejected, BrokerUnavailable, InvalidJob)
 
 
+def _expired(revoked: Any) -> bool:
+    """Whether a REVOKED state is Celery's ``expires`` (or the scheduling plugin's
+    release path) discarding a job past its deadline, not a cancel: Celery stores
+    ``TaskRevokedError('expired')`` for those."""
+    return str(revoked) == "expired"
+
+
 class JobExecution:
     """A handle on one submitted job; ``context`` is what it travels with (correlation id,
     tenant, baggage), None for a handle made from a job id."""
@@ -115,6 +122,8 @@ class JobExecution:
         if meta["status"] == "SUCCESS":
             return str(JobResult.model_validate(meta["result"]).status)
         state = str(meta["status"])
+        if state == "REVOKED" and _expired(meta["result"]):
+            return "expired"
         return STATE_NAMES.get(state, state.lower())
 
     def progress(self) -> Progress | None:
@@ -136,6 +145,10 @@ class JobExecution:
     def _to_result(self, state: str, value: Any) -> JobResult | None:
         if state == "SUCCESS":
             return JobResult.model_validate(value)
+        if state == "REVOKED" and _expired(value):
+            return JobResult(id=self.id, status="expired", outcome="expired",
+                             error=ErrorInfo(type="JobExpired", message=(
+                                 "the job's deadline passed before it started")))
         if state == "REVOKED":
             return JobResult(id=self.id, status="cancelled", outcome="cancelled")
         if state == "FAILURE":
@@ -230,7 +243,7 @@ class Sandrun:
         self.manager = manager
         self.settings = settings
         self.producer = f"{socket.gethostname()}:{id(self):x}"
-        self._outputs = output_store_for(str(app.conf.result_backend))
+        self._outputs = output_store_for(str(app.conf.result_backend), settings.output_ttl)
         backend = redis_client(str(app.conf.result_backend))
         self._live = LiveLog(backend) if backend is not None else None
         self.publisher = Publisher(app, settings.publish_retry_seconds)
@@ -244,7 +257,8 @@ class Sandrun:
         with ``plugins`` (default: ``SANDRUN_PLUGINS``)."""
         settings = settings or load_settings()
         app = make_app(broker_url, result_backend)
-        manager = PluginManager(dead_letters=dead_letter_store_for(str(app.conf.result_backend)),
+        manager = PluginManager(dead_letters=dead_letter_store_for(
+            str(app.conf.result_backend), ttl=settings.dead_letter_ttl),
                                 hook_timeout=settings.hook_timeout,
                                 permissions=parse_plugin_permissions(settings.plugin_permissions))
         specs = parse_plugin_specs(settings.plugins) if plugins is None else list(plugins)
@@ -307,6 +321,7 @@ class Sandrun:
             raise InvalidJob([("timeout", f"{job.timeout:g}s is longer than this deployment "
                                f"allows ({self.settings.max_job_timeout:g}s, "
                                "SANDRUN_MAX_JOB_TIMEOUT)")], source=f"job {job.id}")
+        self._check_deadline(job)
         if job.quorum.n > 1:  # replicas: enough workers, and a vote of their own
             self.check_fleet(job, job_queue(job, self.settings.default_queue))
             job = job.replace(labels={**job.labels, ROUND_LABEL: uuid.uuid4().hex[:16]})
@@ -338,7 +353,7 @@ class Sandrun:
         publication = Publication(
             task=RUN_JOB, task_id=job.id, queue=job_queue(job, self.settings.default_queue),
             args=[job.model_dump(mode="json", exclude_defaults=True)],
-            eta=job.scheduled_time, headers=headers)
+            eta=job.scheduled_time, expires=job.deadline, headers=headers)
         for message in replica_publications(publication, job):
             self._publish_job(message, job, ctx)
 
@@ -361,6 +376,14 @@ class Sandrun:
         if publication.eta is not None:
             self._check_eta(publication.eta)
         self.publisher.publish(publication)
+
+    @staticmethod
+    def _check_deadline(job: Job) -> None:
+        """A job whose deadline has passed could never run: refuse it at submit."""
+        if job.deadline is not None and job.expired():
+            raise InvalidJob([("deadline", f"{job.deadline.isoformat()} has already passed; "
+                               "give a deadline in the future or an expires_in")],
+                             source=f"job {job.id}")
 
     def _check_eta(self, when: datetime) -> None:
         horizon = int(self.app.conf.broker_transport_options.get("visibility_timeout", 3600))

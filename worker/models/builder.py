@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any, Generic, TypeVar
 
@@ -101,6 +101,17 @@ class JobBuilder(Generic[T]):
 
     def schedule(self, at: datetime) -> JobBuilder[T]:
         return self._with(scheduled_time=at)
+
+    def deadline(self, at: datetime) -> JobBuilder[T]:
+        """Never start the job after ``at`` (timezone-aware); it ends ``expired`` then."""
+        return JobBuilder({**{k: v for k, v in self._fields.items() if k != "expires_in"},
+                           "deadline": at}, self._submit)
+
+    def expires_in(self, duration: float | str | timedelta) -> JobBuilder[T]:
+        """Never start the job later than ``duration`` (seconds, ``"30s"``, ``"5m"``)
+        after it is built (at ``submit()``); it ends ``expired`` then."""
+        return JobBuilder({**{k: v for k, v in self._fields.items() if k != "deadline"},
+                           "expires_in": duration}, self._submit)
 
     def queue(self, name: str) -> JobBuilder[T]:
         return self._with(queue=name)

@@ -110,7 +110,7 @@ def run_lifecycle(manager: PluginManager, attempt: Attempt, execution: Execution
        time: it is failed (``worker_lost``), not run;
     4. ``on_execute`` may veto (rejected, never run), defer or drop it;
     5. the body; an exception goes through ``on_error`` (retry, or raise);
-    6. a result other than completed or rejected goes through ``on_error`` as
+    6. a result other than completed, rejected or expired goes through ``on_error`` as
        :class:`~worker.errors.JobFailed`; ``on_result`` then decides what is stored.
 
     The attempt is finished whenever the delivery ends on its own terms.
@@ -213,7 +213,7 @@ class _Delivery:
     def conclude(self, result: JobResult) -> Outcome:
         """End the attempt with ``result``: ``on_error`` for a job that did not complete
         (which may retry it or replace its error), then ``on_result``."""
-        if result.status not in {"completed", "rejected"}:
+        if result.status not in {"completed", "rejected", "expired"}:
             failure = JobFailed(f"job {result.id} ended {result.status}"
                                 f" ({result.outcome or 'no detail'})", result)
             reported = self.on_error(failure)

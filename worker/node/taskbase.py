@@ -15,7 +15,8 @@ runs the task. It only translates:
    (headers, args, eta, redelivered, queue, node, and the job's context: correlation
    id, tenant and baggage from their headers, each dropped and logged when not valid);
 4. :func:`~worker.node.lifecycle.run_lifecycle` runs the hooks and the body
-   (:meth:`SandrunTask.body`, after storing STARTED) and says how the delivery ended;
+   (:meth:`SandrunTask.body`, after storing STARTED; a job past its ``deadline`` ends
+   ``expired`` instead, unrun) and says how the delivery ended;
 5. that outcome becomes Celery's: a result to store, ``Ignore`` (dropped, or
    deferred after publishing the same message again with a countdown), or
    ``Task.retry(countdown=...)`` so no worker slot sleeps.
@@ -104,7 +105,10 @@ class SandrunTask(Task[Any, Any]):
 
     def _run_body(self, execution: Execution, context: ExecutionContext) -> Any:
         """What the lifecycle runs once the hooks let this delivery run: STARTED is
-        stored (as Celery's ``task_track_started`` would), then :meth:`body`."""
+        stored (as Celery's ``task_track_started`` would), then :meth:`body`; a job past
+        its deadline gets an ``expired`` result instead, and never starts."""
+        if execution.job is not None and execution.job.expired():
+            return self._expired(execution.job)
         request = self.request
         if self.app.conf.task_track_started and not request.is_eager and not self.ignore_result:
             where = {"pid": os.getpid(), "hostname": request.hostname}
@@ -271,6 +275,18 @@ class SandrunTask(Task[Any, Any]):
         """Seconds since this delivery reached the task, to its outcome stored."""
         started = self.request.get("sandrun_started")
         return None if started is None else round(time.monotonic() - started, 6)
+
+    def _expired(self, job: Job) -> JobResult:
+        """A job delivered after its deadline is never run. Celery's ``expires`` stops
+        most of them before this task is called; this catches a message that lost it (a
+        hand-built publish, a broker writer's copy): the job's own deadline, checked after
+        ``on_execute`` so that only a verified message (``auth``) can store a result."""
+        assert job.deadline is not None
+        log.info("job_expired", job_id=job.id, deadline=job.deadline.isoformat())
+        return JobResult(id=job.id, status="expired", outcome="expired",
+                         error=ErrorInfo(type="JobExpired", message=(
+                             f"the job's deadline {job.deadline.isoformat()} passed before "
+                             "it started")))
 
     def _invalid(self, exc: Exception) -> dict[str, Any]:
         """A ``sandrun.run_job`` message whose payload is not a valid Job: rejected."""

@@ -2,9 +2,9 @@
 
 A dead letter holds the job (or the task name and arguments of a user task),
 why it died, its whole attempt history and its context (correlation id, tenant,
-baggage). Letters expire after a TTL (seven
-days by default). Redis keeps them under ``sandrun:dead:<id>`` with an index
-sorted by time; the embedded ``file://`` mode keeps one JSON file each.
+baggage). Letters expire after a TTL (seven days by default,
+``SANDRUN_DEAD_LETTER_TTL``). Redis keeps them under ``sandrun:dead:<id>`` with an
+index sorted by time; the embedded ``file://`` mode keeps one JSON file each.
 ``sandrun dead list|show|replay`` reads them.
 """
 
@@ -23,8 +23,9 @@ from worker.broker.urls import redis_client
 from worker.collector import MetricsCollector
 from worker.errors import ConfigurationError
 from worker.models import JobContext, current_job_context
+from worker.settings import DEAD_LETTER_TTL_SECONDS
 
-DEAD_TTL_SECONDS = 7 * 24 * 3600
+DEAD_TTL_SECONDS = DEAD_LETTER_TTL_SECONDS
 INDEX_KEY = "sandrun:dead"
 
 
@@ -147,15 +148,16 @@ class FileDeadLetterStore(DeadLetterStore):
         return existed
 
 
-def dead_letter_store_for(result_backend: str, metrics: MetricsCollector | None = None
-                          ) -> DeadLetterStore:
-    """The store that fits a result backend URL: Redis, or ``file://`` directories."""
+def dead_letter_store_for(result_backend: str, metrics: MetricsCollector | None = None,
+                          ttl: int = DEAD_TTL_SECONDS) -> DeadLetterStore:
+    """The store that fits a result backend URL: Redis, or ``file://`` directories;
+    letters are kept ``ttl`` seconds (``SANDRUN_DEAD_LETTER_TTL``)."""
     if result_backend.startswith("file://"):
         return FileDeadLetterStore(Path(result_backend.removeprefix("file://")) / "dead",
-                                   metrics=metrics)
+                                   ttl=ttl, metrics=metrics)
     client = redis_client(result_backend)
     if client is None:
         raise ConfigurationError(
             f"dead letters are kept in Redis or under file://, and the result backend is "
             f"{result_backend!r}; set SANDRUN_RESULT_BACKEND to a redis:// URL")
-    return RedisDeadLetterStore(client, metrics=metrics)
+    return RedisDeadLetterStore(client, ttl=ttl, metrics=metrics)

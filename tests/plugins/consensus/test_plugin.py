@@ -12,7 +12,7 @@ from plugins.consensus import ConsensusPlugin
 from tests.plugins.test_retry import ListStore
 from worker import PluginManager
 from worker.collector import InMemoryMetrics
-from worker.errors import DuplicateDelivery, JobDeferred, JobRejected
+from worker.errors import DuplicateDelivery, JobDeferred, JobRejected, StorageError
 from worker.models import Execution, Job, JobResult, WorkerInfo
 from worker.plugin.context import (
     ErrorContext,
@@ -97,8 +97,9 @@ def test_disagreement_is_disputed_with_every_node_and_digest_and_dead_lettered()
     manager, fleet, letters, metrics = load()
     job = Job(code="print(42)", consensus="3-of-3")
     finish(manager, job, 0, "a")
-    finish(manager, job, 1, "b", stdout="corrupt\n")
+    finish(manager, job, 1, "b", stdout="corrupt\n", context={"correlation_id": "c-1"})
     (final,) = fleet.finals
+    assert final.context is not None and final.context.correlation_id == "c-1"
     assert final.status == "disputed" and final.error is not None
     assert final.error.type == "ConsensusDisputed"
     assert final.consensus is not None
@@ -168,3 +169,31 @@ def test_the_digest_is_configurable_by_name() -> None:
     finish(manager, job, 1, "b", stdout="same\nnoise 2\n")
     (final,) = fleet.finals
     assert final.consensus is not None and final.consensus.digest == "same"
+
+
+def test_a_storage_outage_defers_a_replica_rather_than_guess_where_others_ran(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    manager, *_ = load()
+    plugin = manager.get("consensus")
+    assert isinstance(plugin, ConsensusPlugin) and plugin.storage is not None
+
+    def outage(*ops: Any) -> list[Any]:
+        raise StorageError("redis is down")
+
+    monkeypatch.setattr(plugin.storage, "batch", outage)
+    with pytest.raises(JobDeferred, match="cannot place replica 0"):
+        execute(manager, Job(code="1", consensus="2-of-3"), 0, "a")
+
+
+def broken_digest(result: JobResult) -> str | None:
+    raise ValueError("cannot hash this")
+
+
+def test_a_failing_digest_counts_against_the_quorum_instead_of_losing_the_vote() -> None:
+    manager, fleet, *_ = load({"digest": "tests.plugins.consensus.test_plugin:broken_digest"})
+    job = Job(code="1", consensus="2-of-2")
+    own = finish(manager, job, 0, "a")
+    assert own.consensus is not None and own.consensus.replicas[0].digest is None
+    finish(manager, job, 1, "b")
+    (final,) = fleet.finals
+    assert final.status == "failed"
