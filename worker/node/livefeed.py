@@ -44,9 +44,9 @@ class _Writer(threading.Thread):
     It wakes every :data:`WRITE_SECONDS` (at once when the job has ended, :meth:`finish`)
     and writes everything queued by then in one round trip: a job printing as fast as it
     can does not share its CPU with a round trip per batch, and one that prints for less
-    than that long is written after it ended. The queue is
-    bounded by the tee's budget. A Redis error stops the writes for the rest of the
-    job (logged once, without the output)."""
+    than that long is written after it ended. The queue is bounded by the tee's budget.
+    A Redis error stops the writes for the rest of the job (logged once, without the
+    output)."""
 
     def __init__(self, live: LiveLog, job_id: str) -> None:
         super().__init__(name=f"sandrun-live-{job_id[:12]}", daemon=True)
@@ -91,15 +91,17 @@ class JobFeed:
     def __init__(self, live: LiveLog, job_id: str, task: Task[Any, Any] | None,
                  task_id: str | None) -> None:
         self.live, self.job_id, self.task, self.task_id = live, job_id, task, task_id
-        # started now, before the job: starting a thread waits for it to run, which the
-        # pump should not do while a job fills its pipes
-        self._writer: _Writer | None = _Writer(live, job_id)
-        self._writer.start()
+        self._writer: _Writer | None = None
 
     def output(self, chunks: Sequence[tuple[str, bytes]]) -> None:
-        """Queue the chunks for the job's stream (written by a thread of this process)."""
-        if self._writer is not None:
-            self._writer.queue.put(list(chunks))
+        """Queue the chunks for the job's stream (written by a thread of this process).
+
+        The thread starts with the job's first output, so that it never exists when the
+        launcher is forked (a fork copies no thread, but would copy a lock one holds)."""
+        if self._writer is None:
+            self._writer = _Writer(self.live, self.job_id)
+            self._writer.start()
+        self._writer.queue.put(list(chunks))
 
     def progress(self, report: Progress) -> None:
         """Store the report as the task's PROGRESS state, and tell Flower."""
