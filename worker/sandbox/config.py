@@ -23,6 +23,7 @@ def sandbox_config(settings: Settings) -> SandboxConfig:
     """The executor's configuration from the ``SANDRUN_*`` settings."""
     return SandboxConfig(
         stream_cap_bytes=settings.stream_cap_bytes,
+        live_output_bytes=settings.live_output_bytes,
         output_file_cap_bytes=settings.output_file_cap_bytes,
         output_total_cap_bytes=settings.output_total_cap_bytes,
         output_max_files=settings.output_max_files,

@@ -9,7 +9,8 @@ what the host offers (:mod:`worker.sandbox.plan`), refusing the job when a
 required layer is missing; start the interpreter through the launcher, inside a
 bubblewrap view where the host has one (new namespaces, seccomp, rlimits,
 subreaper, wall-clock kill of the whole tree), with its memory cgroup armed;
-capture stdout/stderr up to a cap while it runs; collect outputs by the job's
+capture stdout/stderr up to a cap while it runs, teeing them and the job's progress
+reports to the node's live sink; collect outputs by the job's
 globs; classify the outcome; always remove the directory.
 """
 
@@ -31,6 +32,7 @@ from worker.sandbox.collect import CollectLimits, collect_outputs, remove_tree
 from worker.sandbox.confine import IsolationError
 from worker.sandbox.isolation import HostSupport, IsolationUnavailable, hand_over, job_user_ids
 from worker.sandbox.launcher import LaunchReport, LaunchSpec, Limits
+from worker.sandbox.live import LiveSink, Tee
 from worker.sandbox.outcome import classify
 from worker.sandbox.plan import JobNeeds, Plan, Policy, plan_confinement
 from worker.sandbox.prepare import (
@@ -42,6 +44,7 @@ from worker.sandbox.prepare import (
     job_environment,
     write_files,
 )
+from worker.sandbox.progress import ENV_VAR as PROGRESS_ENV
 from worker.sandbox.reaping import reap_all_launchers, reap_finished_launchers
 from worker.stores.outputs import CollectedOutput
 
@@ -54,6 +57,7 @@ class SandboxConfig:
     """Caps and policy of one worker's sandbox."""
 
     stream_cap_bytes: int = 1 << 20
+    live_output_bytes: int = 16 << 20  # teed to a live sink per job (worker.sandbox.live)
     output_file_cap_bytes: int = 10 << 20
     output_total_cap_bytes: int = 50 << 20
     output_max_files: int = 1000
@@ -239,23 +243,13 @@ def _plan(job: Job | None, config: SandboxConfig, root: Path, slot: jobdirs.Slot
 
 
 def _run(job: Job, config: SandboxConfig, root: Path, plan: Plan, *, ready: _Prepared,
-         box: warm.Warm | None) -> SandboxRun:
+         box: warm.Warm | None, live: LiveSink | None) -> SandboxRun:
     memory = cgroups.slot() if plan.cgroup else None
     if memory is not None:
         memory.arm(job.memory_mb * 1024 * 1024)
-    limits = _limits(job, config, plan)
     try:
-        if box is not None:
-            rlimit = (limits.memory_kind, limits.memory_bytes) if limits.memory_bytes else None
-            report, stdout, out_cut, stderr, err_cut = box.run(
-                warm.script(ready.argv, ready.env, job.cpu_seconds, rlimit), job.timeout,
-                config.stream_cap_bytes)
-        else:
-            report, stdout, out_cut, stderr, err_cut = execute(
-                lambda out, err: LaunchSpec(ready.argv, str(root), ready.env, limits, out,
-                                            err, job.timeout, plan.confinement,
-                                            tuple(ready.fds), plan.view),
-                job.timeout, config.stream_cap_bytes)
+        report, stdout, out_cut, stderr, err_cut = _launch(job, config, root, plan,
+                                                           ready=ready, box=box, live=live)
     finally:
         for fd in ready.fds:
             os.close(fd)
@@ -278,6 +272,25 @@ def _run(job: Job, config: SandboxConfig, root: Path, plan: Plan, *, ready: _Pre
         isolation=plan.isolation, error=report.error)
 
 
+def _launch(job: Job, config: SandboxConfig, root: Path, plan: Plan, *, ready: _Prepared,
+            box: warm.Warm | None, live: LiveSink | None
+            ) -> tuple[LaunchReport, str, bool, str, bool]:
+    """Start the job (through ``box`` when it has one, else cold) with its progress pipe
+    named in ``SANDRUN_PROGRESS_FD``, and capture it, teeing to ``live``."""
+    limits = _limits(job, config, plan)
+    tee = Tee(live, config.live_output_bytes) if live is not None else None
+    if box is not None:
+        rlimit = (limits.memory_kind, limits.memory_bytes) if limits.memory_bytes else None
+        env = {**ready.env, PROGRESS_ENV: str(box.progress_fd)}
+        return box.run(warm.script(ready.argv, env, job.cpu_seconds, rlimit), job.timeout,
+                       config.stream_cap_bytes, tee)
+    return execute(
+        lambda out, err, progress: LaunchSpec(
+            ready.argv, str(root), {**ready.env, PROGRESS_ENV: str(progress)}, limits, out,
+            err, job.timeout, plan.confinement, (*ready.fds, progress), plan.view),
+        job.timeout, config.stream_cap_bytes, tee)
+
+
 def _exit_status_through_bwrap(report: LaunchReport) -> None:
     """bwrap exits 128+N when the job died of signal N: report it as that signal."""
     code = report.exit_code
@@ -297,15 +310,16 @@ _pending: dict[int, tuple[SandboxConfig, jobdirs.Slot | None, Plan]] = {}
 
 
 def run_in_sandbox(job: Job, config: SandboxConfig | None = None,
-                   extra_env: dict[str, str] | None = None, *, warm_next: bool = True
-                   ) -> SandboxRun:
+                   extra_env: dict[str, str] | None = None, *, warm_next: bool = True,
+                   live: LiveSink | None = None) -> SandboxRun:
     """Run ``job`` to completion and return what happened; never raises for job faults.
 
-    A job the host cannot confine as the settings demand ends ``isolation_unavailable``
-    without running. Afterwards the next job's sandbox is pre-started (``warm_next``),
-    or left for :func:`prestart_pending`."""
+    What the job prints and reports as progress goes to ``live`` while it runs
+    (:mod:`worker.sandbox.live`). A job the host cannot confine as the settings demand
+    ends ``isolation_unavailable`` without running. Afterwards the next job's sandbox is
+    pre-started (``warm_next``), or left for :func:`prestart_pending`."""
     with _one_job_at_a_time:
-        return _run_alone(job, config or SandboxConfig(), extra_env, warm_next)
+        return _run_alone(job, config or SandboxConfig(), extra_env, warm_next, live)
 
 
 #: A process runs one job at a time: its slot (one uid, one disk), its memory cgroup and
@@ -315,7 +329,7 @@ _one_job_at_a_time = threading.Lock()
 
 
 def _run_alone(job: Job, config: SandboxConfig, extra_env: dict[str, str] | None,
-               warm_next: bool) -> SandboxRun:
+               warm_next: bool, live: LiveSink | None) -> SandboxRun:
     box: warm.Warm | None = None
     try:
         slot = slot_of_this_process(config)
@@ -336,7 +350,7 @@ def _run_alone(job: Job, config: SandboxConfig, extra_env: dict[str, str] | None
             return SandboxRun(outcome="isolation_unavailable", error=str(exc))
         except (SandboxError, IsolationError) as exc:
             return SandboxRun(outcome="failed", error=str(exc))
-        return _run(job, config, root, plan, ready=ready, box=box)
+        return _run(job, config, root, plan, ready=ready, box=box, live=live)
     finally:
         if box is not None and not box.used:  # the job never reached it (refused, bad input)
             box.discard()
