@@ -26,16 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from worker.models import Job
-from worker.sandbox.prepare import BASE_PATH
+from worker.sandbox.layers import layer_for
+from worker.sandbox.prepare import BASE_PATH, EnvironmentUnavailable
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 INTERPRETER_NAMES = ("python3", "python")
 VERSION_TIMEOUT_SECONDS = 10
-
-
-class EnvironmentUnavailable(Exception):
-    """The job's environment or requirements cannot be provided here (outcome
-    ``environment_error``); the message says what is missing and how to fix it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,8 +142,6 @@ def job_setup(job: Job, *, environments_dir: str | None, wheel_cache: str | None
     for the Python version of the interpreter that will run the job).
 
     Raises EnvironmentUnavailable."""
-    from worker.sandbox.layers import layer_for
-
     search = BASE_PATH
     binds: tuple[str, ...] = ()
     if job.environment is not None:

@@ -31,7 +31,7 @@ from worker.sandbox import bwrap, cgroups, jobdirs, seccomp, warm
 from worker.sandbox.capture import execute
 from worker.sandbox.collect import CollectLimits, collect_outputs, remove_tree
 from worker.sandbox.confine import IsolationError
-from worker.sandbox.environments import EnvironmentUnavailable, Setup, job_setup, needs_setup
+from worker.sandbox.environments import Setup, job_setup, needs_setup
 from worker.sandbox.isolation import HostSupport, IsolationUnavailable, hand_over, job_user_ids
 from worker.sandbox.launcher import LaunchReport, LaunchSpec, Limits
 from worker.sandbox.outcome import classify
@@ -40,6 +40,7 @@ from worker.sandbox.prepare import (
     BASE_PATH,
     DATA_LIMITED,
     DEFAULT_INTERPRETERS,
+    EnvironmentUnavailable,
     SandboxError,
     command,
     job_environment,

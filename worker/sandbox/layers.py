@@ -32,8 +32,7 @@ from pathlib import Path
 import structlog
 
 from worker.models.requirements import requirement_key
-from worker.sandbox.environments import EnvironmentUnavailable
-from worker.sandbox.prepare import BASE_PATH
+from worker.sandbox.prepare import BASE_PATH, EnvironmentUnavailable
 
 PIP_TIMEOUT_SECONDS = 300
 LAYERS_DIR = "sandrun-layers"

@@ -26,6 +26,12 @@ class SandboxError(Exception):
     """The job cannot be run as given (bad file layout, interpreter not allowed)."""
 
 
+class EnvironmentUnavailable(Exception):
+    """The job's environment or requirements cannot be provided here (outcome
+    ``environment_error``, :mod:`worker.sandbox.environments`); the message says what is
+    missing and how to fix it."""
+
+
 def job_environment(job: Job, workdir: str, extra: dict[str, str] | None = None) -> dict[str, str]:
     """The job's whole environment: a minimal base, worker-chosen extras, then the job's env."""
     for key in job.env:
