@@ -19,6 +19,7 @@ from tests.support.wheels import make_wheel
 from worker.models import Job
 from worker.sandbox.executor import SandboxConfig, SandboxRun, run_in_sandbox
 from worker.sandbox.isolation import job_user_ids, probe
+from worker.sandbox.layers import missing_names, pip_command
 
 SUPPORT = probe(job_user_ids(SandboxConfig().job_user))
 IMPORTS = """
@@ -139,3 +140,18 @@ def test_without_environments_a_named_one_is_refused() -> None:
     run = run_in_sandbox(Job(code="print('ran')", environment="tiny-env"))
     assert run.outcome == "environment_error"
     assert "SANDRUN_ENVIRONMENTS_DIR" in str(run.error) and run.stdout == ""
+
+
+def test_missing_names_are_read_from_pips_error() -> None:
+    stderr = ("ERROR: Could not find a version that satisfies the requirement tomli>=9 "
+              "(from versions: 2.0.1)\nERROR: No matching distribution found for tomli>=9\n")
+    assert missing_names(stderr) == ["tomli>=9"]
+    assert missing_names("ERROR: something else") == []
+
+
+def test_pip_never_asks_an_index_nor_builds_from_source() -> None:
+    cmd = pip_command(("tomli",), "/cache", "/layer", "3.11")
+    for flag in ("--isolated", "--no-index", "--no-build-isolation"):
+        assert flag in cmd
+    assert cmd[cmd.index("--only-binary") + 1] == ":all:"
+    assert cmd[-2:] == ["--", "tomli"]  # requirements can never be read as options
