@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from worker import JobBuilder
 from worker.errors import InvalidJob
 from worker.models import Job
 from worker.models.requirements import (
@@ -83,3 +84,9 @@ def test_jobs_and_manifests_check_requirements_when_built() -> None:
         Job.from_manifest({"entrypoint": "main.py", "requirements": ["-r x"]},
                           files={"main.py": ""})
 
+
+
+def test_the_builder_adds_requirements_and_an_environment() -> None:
+    job = JobBuilder().code("x").requirements("tomli").requirements("Attrs>1") \
+        .environment("py311").build()
+    assert (job.requirements, job.environment) == (["attrs>1", "tomli"], "py311")
