@@ -10,6 +10,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,7 +20,8 @@ from tests.support.wheels import make_wheel
 from worker.models import Job
 from worker.sandbox.executor import SandboxConfig, SandboxRun, run_in_sandbox
 from worker.sandbox.isolation import job_user_ids, probe
-from worker.sandbox.layers import missing_names, pip_command
+from worker.sandbox.layers import layer_for, missing_names, pip_command
+from worker.sandbox.prepare import EnvironmentUnavailable
 
 SUPPORT = probe(job_user_ids(SandboxConfig().job_user))
 IMPORTS = """
@@ -155,3 +157,22 @@ def test_pip_never_asks_an_index_nor_builds_from_source() -> None:
         assert flag in cmd
     assert cmd[cmd.index("--only-binary") + 1] == ":all:"
     assert cmd[-2:] == ["--", "tomli"]  # requirements can never be read as options
+
+
+def test_two_builders_of_one_set_at_once_leave_one_whole_layer(config: SandboxConfig) -> None:
+    layers = Path(str(config.layers_dir))
+    with ThreadPoolExecutor(2) as pool:
+        built = list(pool.map(lambda _: layer_for(
+            ("sandrun-tiny",), wheel_cache=config.wheel_cache, layers_dir=str(layers),
+            python="3.11"), range(2)))
+    assert built[0] == built[1]
+    assert [p.name for p in layers.iterdir()] == [Path(built[0]).name]  # no .build-* left
+    assert (Path(built[0]) / "sandrun_tiny" / "__init__.py").is_file()
+
+
+def test_a_planted_layers_directory_is_refused(config: SandboxConfig, shared_dir: Path) -> None:
+    (shared_dir / "elsewhere").mkdir()
+    (shared_dir / "planted").symlink_to(shared_dir / "elsewhere")
+    with pytest.raises(EnvironmentUnavailable, match="link or another user's"):
+        layer_for(("sandrun-tiny",), wheel_cache=config.wheel_cache,
+                  layers_dir=str(shared_dir / "planted"), python="3.11")
