@@ -31,6 +31,7 @@ from worker.sandbox.prepare import BASE_PATH, EnvironmentUnavailable
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 INTERPRETER_NAMES = ("python3", "python")
+MIN_PREFIX_PARTS = 3  # "/", "opt", "python3.12"
 VERSION_TIMEOUT_SECONDS = 10
 
 
@@ -121,12 +122,20 @@ def find_environment(root: str | None, name: str) -> Environment:
 
 
 def _binds(env: Environment) -> tuple[str, ...]:
-    """The prefix and the base interpreter's prefix, leaving out what /usr already shows."""
-    base = Path(os.path.realpath(env.interpreter)).parent.parent
-    out = []
-    for path in (env.prefix, str(base)):
-        if not (path == "/usr" or path.startswith("/usr/")) and path not in out:
-            out.append(path)
+    """The prefix and the base interpreter's prefix, leaving out what /usr already shows.
+
+    A prefix fewer than two levels deep (``/``, ``/opt``) is refused: binding it would
+    show the job far more of the host than one interpreter."""
+    if len(Path(env.prefix).parts) < MIN_PREFIX_PARTS:
+        raise EnvironmentUnavailable(f"environment {env.name!r} resolves to {env.prefix}; a "
+                                     "prefix must be at least two levels deep, such as "
+                                     "/opt/python3.12")
+    base = Path(os.path.realpath(env.interpreter)).parent.parent  # a virtualenv's Python
+    out: list[str] = []
+    for path in (Path(env.prefix), base):
+        deep = len(path.parts) >= MIN_PREFIX_PARTS
+        if deep and path.parts[1] != "usr" and str(path) not in out:
+            out.append(str(path))
     return tuple(out)
 
 
@@ -147,14 +156,18 @@ def job_setup(job: Job, *, environments_dir: str | None, wheel_cache: str | None
     if job.environment is not None:
         env = find_environment(environments_dir, job.environment)
         search, binds = f"{env.prefix}/bin:{BASE_PATH}", _binds(env)
-    target = shutil.which(job.interpreter or "python3", path=search)
     requirements = job.requirement_set()
     if not requirements:
         return Setup(search, binds)
+    interpreter = job.interpreter or "python3"
+    if interpreter not in INTERPRETER_NAMES:  # checked before anything is run for it
+        raise EnvironmentUnavailable(f"the job has requirements, which are Python packages, "
+                                     f"but runs {interpreter!r}; use python3 or drop them")
+    target = shutil.which(interpreter, path=search)
     version = python_version(target) if target else None
     if version is None:
         raise EnvironmentUnavailable(f"the job has requirements, but its interpreter "
-                                     f"{job.interpreter!r} is not a Python that runs here")
+                                     f"{interpreter!r} is not a Python that runs here")
     layer = layer_for(requirements, wheel_cache=wheel_cache, layers_dir=layers_dir,
                       python=version)
     return Setup(search, (*binds, layer), layer)

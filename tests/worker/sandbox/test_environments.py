@@ -176,3 +176,22 @@ def test_a_planted_layers_directory_is_refused(config: SandboxConfig, shared_dir
     with pytest.raises(EnvironmentUnavailable, match="link or another user's"):
         layer_for(("sandrun-tiny",), wheel_cache=config.wheel_cache,
                   layers_dir=str(shared_dir / "planted"), python="3.11")
+
+
+def test_requirements_of_a_job_that_is_not_python_run_nothing(config: SandboxConfig) -> None:
+    run = run_in_sandbox(Job(code="echo ran", interpreter="bash",
+                             requirements=["sandrun-tiny"]), config)
+    assert run.outcome == "environment_error" and "'bash'" in str(run.error)
+    assert not Path(str(config.layers_dir)).exists()  # nothing was installed, nor run
+
+
+def test_an_environment_that_is_the_whole_root_is_refused(tmp_path: Path) -> None:
+    envs = tmp_path / "envs"
+    envs.mkdir()
+    (envs / "everything").symlink_to("/")  # "/bin/python3" exists on merged-/usr hosts
+    if not Path("/bin/python3").exists():
+        pytest.skip("needs /bin/python3")
+    run = run_in_sandbox(Job(code="print('ran')", environment="everything"),
+                         SandboxConfig(environments_dir=str(envs)))
+    assert run.outcome == "environment_error" and "two levels deep" in str(run.error)
+    assert run.stdout == ""
