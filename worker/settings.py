@@ -127,6 +127,16 @@ class Settings(BaseSettings):
         "user (name or uid) a worker running as root runs jobs as; root keeps them root, "
         "without a process limit"))
     interpreters: list[str] | None = None
+    environments_dir: Path | None = Field(default=None, description=(
+        "a directory of operator-prepared environments (virtualenvs or interpreter "
+        "prefixes, one subdirectory each, named by it) that jobs pick by 'environment'; "
+        "unset: jobs naming one end environment_error"))
+    wheel_cache: Path | None = Field(default=None, description=(
+        "a directory of wheels jobs' 'requirements' are installed from (pip --no-index "
+        "--find-links, wheels only); unset: jobs with requirements end environment_error"))
+    layers_dir: Path | None = Field(default=None, description=(
+        "where installed requirement sets are kept, one directory per set's SHA-256 "
+        "(default: <system tmp>/sandrun-layers); job users must be able to traverse it"))
 
     @field_validator("network_isolation", mode="before")
     @classmethod

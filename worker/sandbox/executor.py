@@ -4,7 +4,9 @@ Steps: take this process's slot (a uid and a disk of its own, :mod:`worker.sandb
 and make the job's directory in it; write the job's files (paths re-checked,
 nothing followed outside it); build the environment from a minimal base plus the
 job's ``env`` (the worker's own environment, broker URLs and ``SANDRUN_*``/``CELERY_*``
-variables never reach the job); decide the job's confinement from the policy and
+variables never reach the job); resolve its prepared environment and requirement layer
+(:mod:`worker.sandbox.environments`, ``environment_error`` when they cannot be had);
+decide the job's confinement from the policy and
 what the host offers (:mod:`worker.sandbox.plan`), refusing the job when a
 required layer is missing; start the interpreter through the launcher, inside a
 bubblewrap view where the host has one (new namespaces, seccomp, rlimits,
@@ -30,6 +32,7 @@ from worker.sandbox import bwrap, cgroups, jobdirs, seccomp, warm
 from worker.sandbox.capture import execute
 from worker.sandbox.collect import CollectLimits, collect_outputs, remove_tree
 from worker.sandbox.confine import IsolationError
+from worker.sandbox.environments import Setup, job_setup, needs_setup
 from worker.sandbox.isolation import HostSupport, IsolationUnavailable, hand_over, job_user_ids
 from worker.sandbox.launcher import LaunchReport, LaunchSpec, Limits
 from worker.sandbox.live import LiveSink, Tee
@@ -39,6 +42,7 @@ from worker.sandbox.prepare import (
     BASE_PATH,
     DATA_LIMITED,
     DEFAULT_INTERPRETERS,
+    EnvironmentUnavailable,
     SandboxError,
     command,
     job_environment,
@@ -74,6 +78,9 @@ class SandboxConfig:
     tmp_bytes: int = 64 << 20  # the job's private /tmp and /dev/shm, each
     warm: bool = True  # pre-start the next job's view after each job (worker.sandbox.warm)
     support: HostSupport | None = None  # None: probe this host
+    environments_dir: str | None = None  # prepared environments (worker.sandbox.environments)
+    wheel_cache: str | None = None  # wheels requirement layers are installed from
+    layers_dir: str | None = None  # where layers are kept (None: <tmp>/sandrun-layers)
 
 
 @dataclass(slots=True)
@@ -163,29 +170,31 @@ def release_slots() -> None:
             log.warning("memory_cgroup_left", error=str(exc))
 
 
-def _view(config: SandboxConfig, root: Path, plan: Plan, argv: list[str], gpu: bool
-          ) -> _Prepared:
+def _view(config: SandboxConfig, root: Path, plan: Plan, argv: list[str], gpu: bool, *,
+          read_only: tuple[str, ...] = ()) -> _Prepared:
     """bwrap's command running ``argv`` in the job's view, and the descriptors it reads."""
     uid, gid = plan.confinement.user or (os.getuid(), os.getgid())
     gpus = tuple(d for d in plan.confinement.devices if d.startswith(("/dev/nvidia", "/dev/dri")))
     view = bwrap.View(str(root), uid, gid, network=plan.network, tmp_bytes=config.tmp_bytes,
-                      shm_bytes=config.tmp_bytes, devices=gpus if gpu else ())
+                      shm_bytes=config.tmp_bytes, devices=gpus if gpu else (),
+                      read_only=read_only)
     filter_fd = seccomp.filter_fd() if plan.seccomp else None
     cmd = bwrap.command(view, argv, filter_fd)
     return _Prepared(cmd.argv, {}, cmd.fds + ([filter_fd] if filter_fd is not None else []))
 
 
 def _prepare(job: Job, config: SandboxConfig, root: Path, plan: Plan, *,
-             extra_env: dict[str, str] | None, warm_box: warm.Warm | None) -> _Prepared:
+             extra_env: dict[str, str] | None, warm_box: warm.Warm | None,
+             setup: Setup) -> _Prepared:
     """The job's files written, its argv (through bwrap when the plan has a view and no
     warm sandbox waits for it), its environment, and the descriptors to hand to bwrap."""
     write_files(job, root)
-    argv = command(job, root, config.interpreters)
-    env = job_environment(job, str(root), extra_env)
+    argv = command(job, root, config.interpreters, setup.search_path)
+    env = setup.apply(job_environment(job, str(root), extra_env), job)
     hand_over(root, plan.confinement.user)
     if not plan.view or warm_box is not None:
         return _Prepared(argv, env, [])
-    viewed = _view(config, root, plan, argv, job.needs_gpu)
+    viewed = _view(config, root, plan, argv, job.needs_gpu, read_only=setup.binds)
     return _Prepared(viewed.argv, env, viewed.fds)
 
 
@@ -199,7 +208,8 @@ def _take_warm(config: SandboxConfig, job: Job) -> warm.Warm | None:
     caller still checks that the job's plan is the one it was built with."""
     pid = os.getpid()
     box = _warm.get(pid)
-    if box is None or ((job.network or job.needs_gpu) and box.key[0] == config):
+    if box is None or ((job.network or job.needs_gpu or needs_setup(job))
+                       and box.key[0] == config):
         return None  # kept for the next job it was built for
     del _warm[pid]
     if box.key[0] == config and box.alive():
@@ -345,9 +355,14 @@ def _run_alone(job: Job, config: SandboxConfig, extra_env: dict[str, str] | None
             if box is not None and box.key != (config, plan):
                 box.discard()  # built for another plan; its directory serves a cold launch
                 box = None
-            ready = _prepare(job, config, root, plan, extra_env=extra_env, warm_box=box)
+            setup = job_setup(job, environments_dir=config.environments_dir,
+                              wheel_cache=config.wheel_cache, layers_dir=config.layers_dir)
+            ready = _prepare(job, config, root, plan, extra_env=extra_env, warm_box=box,
+                             setup=setup)
         except IsolationUnavailable as exc:
             return SandboxRun(outcome="isolation_unavailable", error=str(exc))
+        except EnvironmentUnavailable as exc:
+            return SandboxRun(outcome="environment_error", error=str(exc))
         except (SandboxError, IsolationError) as exc:
             return SandboxRun(outcome="failed", error=str(exc))
         return _run(job, config, root, plan, ready=ready, box=box, live=live)
