@@ -214,7 +214,7 @@ def _take_warm(config: SandboxConfig, job: Job) -> warm.Warm | None:
     del _warm[pid]
     if box.key[0] == config and box.alive():
         return box
-    box.discard()
+    box.discard(wait=True)  # its processes hold the slot uid: gone before the next job
     remove_tree(box.workdir)
     return None
 
@@ -353,7 +353,7 @@ def _run_alone(job: Job, config: SandboxConfig, extra_env: dict[str, str] | None
         try:
             plan = _plan(job, config, root, slot)
             if box is not None and box.key != (config, plan):
-                box.discard()  # built for another plan; its directory serves a cold launch
+                box.discard(wait=True)  # another plan; its directory serves a cold launch
                 box = None
             setup = job_setup(job, environments_dir=config.environments_dir,
                               wheel_cache=config.wheel_cache, layers_dir=config.layers_dir)
