@@ -26,6 +26,8 @@ from pathlib import Path
 import amqp
 import pytest
 
+from worker.sandbox.launcher import dying_with_parent
+
 SHARED_HOST, SHARED_PORT = "127.0.0.1", 5672
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 
@@ -117,15 +119,18 @@ class RabbitNode:
         self.process: subprocess.Popen[bytes] | None = None
         # An epmd of its own, started here (not daemonised) so stop() ends it by pid.
         epmd = shutil.which("epmd") or "/usr/lib/erlang/bin/epmd"
-        self.epmd = subprocess.Popen([epmd, "-port", str(self.epmd_port), "-address",
-                                      "127.0.0.1"], env=self.env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        argv = [epmd, "-port", str(self.epmd_port), "-address", "127.0.0.1"]
+        self.epmd = subprocess.Popen(dying_with_parent(argv), env=self.env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
         self.start()
 
     def start(self, timeout: float = 60) -> None:
         """Start the node (again) and wait until it accepts AMQP connections."""
         log = open(self.directory / "server.out", "ab")  # noqa: SIM115 (the child keeps it)
-        self.process = subprocess.Popen([str(RABBIT_BIN / "rabbitmq-server")], env=self.env,
+        # dying with the test process too, should it be killed before its cleanup runs
+        self.process = subprocess.Popen(dying_with_parent([str(RABBIT_BIN / "rabbitmq-server")]),
+                                        env=self.env,
                                         cwd=self.directory, stdout=log,
                                         stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
