@@ -38,7 +38,6 @@ from worker import (
     is_amqp,
     is_redis,
     kombu_url,
-    queue_depth,
     redis_url,
 )
 
@@ -296,7 +295,11 @@ class Connections:
 
     def outside_depth(self, queue: str) -> int:
         """Jobs ready in RabbitMQ queue ``queue`` (a passive declare); 0 on Redis."""
-        return queue_depth(self.celery_app(), queue) if is_amqp(self.url) else 0
+        if not is_amqp(self.url):
+            return 0
+        from worker import queue_depth  # Celery's AMQP layer, only on RabbitMQ
+
+        return queue_depth(self.celery_app(), queue)
 
     def send(self, pub: Publication) -> None:
         """Publish ``pub`` as it is, riding out a short broker outage."""

@@ -14,7 +14,6 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from worker.broker.amqp import delays_natively, prepare_delayed_delivery
 from worker.broker.policies import TRANSIENT_PUBLISH_ERRORS, publish_policy, transient_publish_error
 from worker.errors import BrokerUnavailable
 from worker.protocol import Publication
@@ -49,6 +48,10 @@ class Publisher:
         """On RabbitMQ's native delayed delivery: make sure the delay exchanges exist and
         lead to the queue, and wait out an ETA less than a second away (whole seconds
         only there; the ETA itself is kept, a signature covers it)."""
+        # imported here: the publisher is imported by processes that never load Celery's
+        # AMQP layer (the CLI's plugin commands, through the scheduling plugin)
+        from worker.broker.amqp import delays_natively, prepare_delayed_delivery
+
         if not delays_natively(self.app.conf):
             return
         prepare_delayed_delivery(self.app, publication.queue)
