@@ -30,6 +30,10 @@ result_serializer = "json"
 accept_content = ["json"]
 result_accept_content = ["json"]
 
+# How long results are kept: Sandrun's SANDRUN_RESULT_TTL (worker.settings reads the same
+# variable, default a day), so that one setting governs results everywhere.
+result_expires = int(os.environ.get("SANDRUN_RESULT_TTL", "86400"))
+
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1

@@ -55,7 +55,7 @@ def main() -> None:
     context = PublishContext(job=job)
     signed = plugin.on_publish(publication(job), context)
     keyring = Keyring({"k1": SECRET})
-    message = Message(signed.task, signed.task_id, signed.queue, signed.args, {})
+    message = Message(signed.task, signed.task_id, signed.queue, signed.args, {}, signed.headers)
 
     def baseline() -> None:
         publication(job)

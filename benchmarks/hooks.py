@@ -8,6 +8,11 @@ median nanoseconds per call and the ratio to pluggy. Two shapes:
 * observe: every implementation returns None (data unchanged);
 * transform: every implementation returns its input (data replaced each time).
 
+``--declared``: our plugins declare a manifest granting only ``job:transform``, so
+each handler also runs behind the permission machinery a restricted plugin pays for
+(secrets hidden, the network marker set); by default they declare nothing and hold
+every permission, the path of the built-in-free plugin chains above.
+
 Run: ``.venv/bin/python benchmarks/hooks.py`` (``--quick`` for a short run).
 """
 
@@ -21,7 +26,7 @@ from typing import Any
 
 import pluggy
 
-from worker import Job, Plugin, PluginManager, SubmissionContext
+from worker import Job, Plugin, PluginManager, PluginManifest, SubmissionContext
 from worker.logs import configure_logging
 
 hookspec = pluggy.HookspecMarker("bench")
@@ -47,13 +52,15 @@ def make_pluggy(n: int, transform: bool) -> Callable[[Any, Any], Any]:
     return lambda job, context: call(job=job, context=context)
 
 
-def make_ours(n: int, transform: bool) -> Callable[[Any, Any], Any]:
+def make_ours(n: int, transform: bool, declared: bool = False) -> Callable[[Any, Any], Any]:
     manager = PluginManager()
     for i in range(n):
         body: Callable[..., Any] = ((lambda self, job, context: job) if transform
                                     else (lambda self, job, context: None))
-        cls = type(f"P{i}", (Plugin,), {"name": f"p{i}", "on_submit": body})
-        manager.load(cls)
+        attrs: dict[str, Any] = {"name": f"p{i}", "on_submit": body}
+        if declared:
+            attrs["manifest"] = PluginManifest(apis=["on_submit"], permissions=["job:transform"])
+        manager.load(type(f"P{i}", (Plugin,), attrs))
     execute = manager.execute_hook
     return lambda job, context: execute("on_submit", job, context)
 
@@ -66,6 +73,8 @@ def per_call_ns(fn: Callable[[Any, Any], Any], job: Job, ctx: SubmissionContext,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (smoke test)")
+    parser.add_argument("--declared", action="store_true",
+                        help="plugins declare only job:transform (restricted plugins)")
     opts = parser.parse_args()
     configure_logging("warning")
     rounds, number = (3, 2_000) if opts.quick else (15, 20_000)
@@ -73,7 +82,7 @@ def main() -> None:
     print(f"{'shape':<10}{'plugins':>8}{'sandrun ns':>12}{'pluggy ns':>11}{'ratio':>8}")
     for transform in (False, True):
         for n in (1, 5, 20):
-            ours, theirs = make_ours(n, transform), make_pluggy(n, transform)
+            ours, theirs = make_ours(n, transform, opts.declared), make_pluggy(n, transform)
             a: list[float] = []
             b: list[float] = []
             for _ in range(rounds):

@@ -54,7 +54,7 @@ class DefaultsPlugin(BasePlugin):
         author="Sandrun", license="Apache-2.0",
         description="Fleet-wide default labels, queue and limits for jobs",
         keywords=["defaults", "labels"], apis=["on_build", "on_submit"],
-        configuration=DefaultsConfig)
+        permissions=["job:transform"], configuration=DefaultsConfig)
     config: DefaultsConfig
 
     def _builder_defaults(self) -> dict[str, Any]:

@@ -5,7 +5,9 @@ Options as in the seed: ``format`` json | text | structured (structured), ``leve
 (true). It configures structlog once per process that hosts plugins (through
 :mod:`worker.logs`, the one place that configures logging) so Celery's own
 records come out in the same format; every line logged while a job runs
-carries job_id, task_id, attempt, queue and node. It logs ``job_submitted``,
+carries job_id, task_id, attempt, queue and node, and the job's correlation_id,
+tenant and baggage when it has them. It logs ``job_submitted`` (with the
+correlation id, so a producer's line finds the worker's),
 ``job_started`` and ``operation_failed`` with their fields; the worker itself logs
 ``job_finished`` (sizes and timings, never the job's output) for every job, with
 or without this plugin.
@@ -53,7 +55,7 @@ class LoggingPlugin(BasePlugin):
         author="Sandrun", license="Apache-2.0",
         description="Structured logs (structlog) for workers and producers",
         keywords=["logging", "structlog"], configuration=LoggingConfig,
-        apis=["on_submit", "on_execute", "on_error"])
+        apis=["on_submit", "on_execute", "on_error"], permissions=[])
 
     def __init__(self, options: LoggingConfig | None = None) -> None:
         self._options = options
@@ -68,7 +70,8 @@ class LoggingPlugin(BasePlugin):
                           outputs=self.options.outputs)
 
     def on_submit(self, job: Job, context: SubmissionContext) -> None:
-        extra: dict[str, Any] = {"queue": context.queue, "producer": context.producer}
+        extra: dict[str, Any] = {"queue": context.queue, "producer": context.producer,
+                                 "correlation_id": context.correlation_id}
         self.logger.info("job_submitted", job_id=job.id, interpreter=job.interpreter,
                          gpu=job.gpu.type if job.gpu else None, consensus=job.consensus,
                          payment=job.payment.model_dump() if job.payment else None,

@@ -10,7 +10,8 @@ other plugins'), ``jobs_completed_total{status,gpu_type}``,
 through the collector it installs for the host, ``dead_letter_total{source}``,
 ``plugin_hook_duration_seconds{plugin,hook}`` and
 ``plugin_hook_errors_total{plugin,hook,kind}`` (kind ``error``: raised,
-``timeout``: abandoned past its hook timeout). Labels never hold job ids, users or
+``timeout``: abandoned past its hook timeout, ``permission``: refused, a change, veto,
+storage or network use the plugin was not granted). Labels never hold job ids, users or
 code. ``enabled_metrics`` globs select metrics; ``labels`` are added to all.
 
 Per worker, one endpoint: ``on_worker_start`` (main process, before the pool
@@ -182,7 +183,9 @@ class MetricsPlugin(BasePlugin):
         author="Sandrun", license="Apache-2.0",
         description="Prometheus metrics for jobs and plugins, one endpoint per worker",
         keywords=["prometheus", "metrics"], configuration=MetricsConfig,
-        apis=["on_submit", "on_execute", "on_result", "on_error", "on_worker_start"])
+        apis=["on_submit", "on_execute", "on_result", "on_error", "on_worker_start",
+              "on_worker_stop"],
+        permissions=["network"])  # it serves /metrics; it changes and stops nothing
 
     def __init__(self, options: MetricsConfig | None = None) -> None:
         self._options = options

@@ -117,7 +117,8 @@ class RetryPlugin(BasePlugin):
         author="Sandrun", license="Apache-2.0",
         description="Retry failed jobs with backoff; dead-letter them when attempts run out",
         keywords=["retry", "backoff", "dead-letter"], apis=["on_error", "on_result"],
-        configuration=RetryConfig)
+        # asks for retries, keeps attempt history, dead-letters whole jobs (for replay)
+        permissions=["result:transform", "storage", "secrets"], configuration=RetryConfig)
 
     def __init__(self, options: RetryConfig | None = None, *,
                  on_retry: Callable[[int, BaseException], None] | None = None,

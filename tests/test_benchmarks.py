@@ -104,3 +104,14 @@ def test_cli_benchmark_times_each_command_in_both_trees() -> None:
     assert "sandrun submit --code 'print(1)' --wait" in proc.stdout
     rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("  ")]
     assert len(rows) == 2 * 6 and all(r[-1] == "(n=2)" for r in rows)
+
+
+@pytest.mark.slow
+def test_consensus_benchmark_prints_both_latencies_and_the_difference() -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "consensus.py"),
+                           "--quick"], capture_output=True, text=True, timeout=300,
+                          check=False, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for name in ("plain print(1)", "2-of-3 print(1)"):
+        assert re.search(rf"submit to result  {re.escape(name)} +p50 ", proc.stdout), proc.stdout
+    assert re.search(r"added by 2-of-3   p50 [+-][0-9.]+ ms   ratio [0-9.]+x", proc.stdout)

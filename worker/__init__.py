@@ -28,16 +28,19 @@ if TYPE_CHECKING:  # what mypy and readers see; at run time __getattr__ imports 
     from worker.broker.urls import is_amqp, is_redis, kombu_url, redis_client, redis_url
     from worker.cli.common import fail as cli_fail
     from worker.client.client import JobExecution, Sandrun
+    from worker.client.schedules import ScheduleRunner
     from worker.collector import InMemoryMetrics, MetricsCollector
     from worker.errors import (
         BrokerUnavailable,
         ConfigurationError,
+        ConsensusUnavailable,
         DuplicateDelivery,
         InvalidJob,
         JobDeferred,
         JobFailed,
         JobRejected,
         PaymentRejected,
+        PermissionRefused,
         PluginError,
         PublicationHeld,
         QueueFull,
@@ -52,12 +55,18 @@ if TYPE_CHECKING:  # what mypy and readers see; at run time __getattr__ imports 
         MAX_CPU_SECONDS,
         MAX_MEMORY_MB,
         MAX_TIMEOUT_SECONDS,
+        ConsensusSummary,
+        Cost,
         ErrorInfo,
         Execution,
         Job,
+        JobContext,
         JobResult,
+        ReplicaVote,
         RetryPolicy,
+        Transform,
         WorkerInfo,
+        current_job_context,
     )
     from worker.models.builder import JobBuilder
     from worker.plugin.context import (
@@ -74,8 +83,19 @@ if TYPE_CHECKING:  # what mypy and readers see; at run time __getattr__ imports 
     from worker.plugin.impl import HookImpl
     from worker.plugin.loader import PluginSpec, parse_plugin_specs
     from worker.plugin.manager import PluginEvent, PluginManager
+    from worker.plugin.permissions import parse_plugin_permissions
     from worker.plugin.spec import Plugin, PluginDependency, PluginManifest, hook
-    from worker.protocol import RUN_JOB, SUBMITTED_HEADER, Publication, job_queue
+    from worker.protocol import (
+        CONTEXT_HEADERS,
+        RUN_JOB,
+        SUBMITTED_HEADER,
+        TENANT_HEADER,
+        Publication,
+        consensus_round,
+        job_queue,
+        replica_index,
+        replica_task_id,
+    )
     from worker.settings import Settings, load_settings
     from worker.stores.deadletter import DeadLetter, DeadLetterStore
     from worker.stores.ops import Get, Incr, Set, SetDefault
@@ -89,16 +109,21 @@ if TYPE_CHECKING:  # what mypy and readers see; at run time __getattr__ imports 
     celery: Celery
 
 __all__ = [
+    "CONTEXT_HEADERS",
     "LEVELS",
     "MAX_CPU_SECONDS",
     "MAX_MEMORY_MB",
     "MAX_TIMEOUT_SECONDS",
     "RUN_JOB",
     "SUBMITTED_HEADER",
+    "TENANT_HEADER",
     "BasePlugin",
     "BrokerUnavailable",
     "BuildContext",
     "ConfigurationError",
+    "ConsensusSummary",
+    "ConsensusUnavailable",
+    "Cost",
     "DeadLetter",
     "DeadLetterStore",
     "DuplicateDelivery",
@@ -113,6 +138,7 @@ __all__ = [
     "InvalidJob",
     "Job",
     "JobBuilder",
+    "JobContext",
     "JobDeferred",
     "JobExecution",
     "JobFailed",
@@ -121,6 +147,7 @@ __all__ = [
     "MemoryStorageBackend",
     "MetricsCollector",
     "PaymentRejected",
+    "PermissionRefused",
     "Plugin",
     "PluginContext",
     "PluginDependency",
@@ -136,11 +163,13 @@ __all__ = [
     "Publisher",
     "QueueFull",
     "RedisStorageBackend",
+    "ReplicaVote",
     "ResultContext",
     "RetryPolicy",
     "RetryRequested",
     "Sandrun",
     "SandrunError",
+    "ScheduleRunner",
     "Set",
     "SetDefault",
     "Settings",
@@ -148,10 +177,13 @@ __all__ = [
     "StorageError",
     "SubmissionContext",
     "SubmissionRejected",
+    "Transform",
     "WorkerContext",
     "WorkerInfo",
     "cli_fail",
     "configure_logging",
+    "consensus_round",
+    "current_job_context",
     "ensure_broker_configured",
     "hook",
     "is_amqp",
@@ -160,10 +192,13 @@ __all__ = [
     "kombu_url",
     "load_settings",
     "make_app",
+    "parse_plugin_permissions",
     "parse_plugin_specs",
     "queue_depth",
     "redis_client",
     "redis_url",
+    "replica_index",
+    "replica_task_id",
     "with_logging",
     "with_metrics",
 ]
@@ -176,16 +211,19 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     "worker.broker.publisher": ("Publisher",),
     "worker.broker.urls": ("is_amqp", "is_redis", "kombu_url", "redis_client", "redis_url"),
     "worker.client.client": ("JobExecution", "Sandrun"),
+    "worker.client.schedules": ("ScheduleRunner",),
     "worker.collector": ("InMemoryMetrics", "MetricsCollector"),
     "worker.errors": (
-        "BrokerUnavailable", "ConfigurationError", "DuplicateDelivery", "InvalidJob",
-        "JobDeferred", "JobFailed", "JobRejected", "PaymentRejected", "PluginError",
+        "BrokerUnavailable", "ConfigurationError", "ConsensusUnavailable", "DuplicateDelivery",
+        "InvalidJob", "JobDeferred", "JobFailed", "JobRejected", "PaymentRejected",
+        "PermissionRefused", "PluginError",
         "PublicationHeld", "QueueFull", "RetryRequested", "SandrunError", "StartupRefused",
         "StorageError", "SubmissionRejected"),
     "worker.logs": ("LEVELS", "configure_logging"),
     "worker.models": (
-        "MAX_CPU_SECONDS", "MAX_MEMORY_MB", "MAX_TIMEOUT_SECONDS", "ErrorInfo", "Execution",
-        "Job", "JobResult", "RetryPolicy", "WorkerInfo"),
+        "MAX_CPU_SECONDS", "MAX_MEMORY_MB", "MAX_TIMEOUT_SECONDS", "ConsensusSummary", "Cost",
+        "ErrorInfo", "Execution", "Job", "JobContext", "JobResult", "ReplicaVote",
+        "RetryPolicy", "Transform", "WorkerInfo", "current_job_context"),
     "worker.models.builder": ("JobBuilder",),
     "worker.plugin.context": (
         "BuildContext", "ErrorContext", "ExecutionContext", "PluginContext", "PublishContext",
@@ -194,8 +232,11 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     "worker.plugin.impl": ("HookImpl",),
     "worker.plugin.loader": ("PluginSpec", "parse_plugin_specs"),
     "worker.plugin.manager": ("PluginEvent", "PluginManager"),
+    "worker.plugin.permissions": ("parse_plugin_permissions",),
     "worker.plugin.spec": ("Plugin", "PluginDependency", "PluginManifest", "hook"),
-    "worker.protocol": ("RUN_JOB", "SUBMITTED_HEADER", "Publication", "job_queue"),
+    "worker.protocol": ("CONTEXT_HEADERS", "RUN_JOB", "SUBMITTED_HEADER", "TENANT_HEADER",
+                        "Publication", "job_queue", "consensus_round", "replica_index",
+                        "replica_task_id"),
     "worker.settings": ("Settings", "load_settings"),
     "worker.stores.deadletter": ("DeadLetter", "DeadLetterStore"),
     "worker.stores.ops": ("Get", "Incr", "Set", "SetDefault"),

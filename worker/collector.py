@@ -5,13 +5,18 @@ The host never imports ``prometheus_client``: it talks to a
 (``collector.counter(name, ...).labels(status="ok").inc()``). Until the metrics
 plugin installs a Prometheus-backed collector, :class:`InMemoryMetrics` records
 every value in the process, which is also what tests read.
+
+Plugins get a :class:`SwitchedMetrics`, not the collector itself: a plugin loaded
+before the metrics plugin (``auth`` before ``metrics`` in ``SANDRUN_PLUGINS``) keeps
+the object it was given in ``on_init``, and every metric it makes, or made and kept,
+records into whichever collector is installed when it records.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Protocol, Self
+from typing import Any, Protocol, Self
 
 LabelKey = tuple[tuple[str, str], ...]
 
@@ -117,3 +122,63 @@ class InMemoryMetrics:
         """Every value a histogram sample observed, oldest first."""
         with self._lock:
             return list(self._observations.get((name, tuple(sorted(labels.items()))), []))
+
+
+class _Late:
+    """A metric of a :class:`SwitchedMetrics`: found in the installed collector (which
+    caches it by name) each time it records, with the labels given so far."""
+
+    __slots__ = ("_args", "_kind", "_labels", "_switch")
+
+    def __init__(self, switch: SwitchedMetrics, kind: str, args: tuple[Any, ...],
+                 labels: dict[str, str]) -> None:
+        self._switch, self._kind, self._args, self._labels = switch, kind, args, labels
+
+    def labels(self, **labels: str) -> Self:
+        return type(self)(self._switch, self._kind, self._args, {**self._labels, **labels})
+
+    def _target(self) -> Any:
+        metric = getattr(self._switch.target, self._kind)(*self._args)
+        return metric.labels(**self._labels) if self._labels else metric
+
+    def inc(self, amount: float = 1) -> None:
+        self._target().inc(amount)
+
+    def dec(self, amount: float = 1) -> None:
+        self._target().dec(amount)
+
+    def set(self, value: float) -> None:
+        self._target().set(value)
+
+    def observe(self, amount: float) -> None:
+        self._target().observe(amount)
+
+
+class SwitchedMetrics:
+    """The :class:`MetricsCollector` a plugin manager hands to plugins: it forwards to
+    ``target``, which :meth:`switch` replaces (the metrics plugin installing its
+    Prometheus collector). Other attributes (``value``, ``observations`` of an
+    :class:`InMemoryMetrics`) are the target's."""
+
+    def __init__(self, target: MetricsCollector) -> None:
+        self.target = target
+
+    def switch(self, target: MetricsCollector) -> None:
+        """Record into ``target`` from now on; values recorded before stay where they are."""
+        self.target = target.target if isinstance(target, SwitchedMetrics) else target
+
+    def counter(self, name: str, documentation: str = "",
+                labelnames: Sequence[str] = ()) -> Counter:
+        return _Late(self, "counter", (name, documentation, tuple(labelnames)), {})
+
+    def gauge(self, name: str, documentation: str = "", labelnames: Sequence[str] = ()) -> Gauge:
+        return _Late(self, "gauge", (name, documentation, tuple(labelnames)), {})
+
+    def histogram(self, name: str, documentation: str = "", labelnames: Sequence[str] = (),
+                  buckets: Sequence[float] | None = None) -> Histogram:
+        return _Late(self, "histogram", (name, documentation, tuple(labelnames), buckets), {})
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("_") or attr == "target":  # copy and pickle probe before __init__
+            raise AttributeError(attr)
+        return getattr(self.target, attr)

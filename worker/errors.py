@@ -23,10 +23,12 @@ how to fix it; they are meant to be shown to a person as they are.
     │   ├── PluginNotLoaded       unload/lookup of a name that is not loaded
     │   ├── UnloadRefused         another loaded plugin still depends on it
     │   ├── HookCallError         a hook was called the wrong way (async from a loop)
-    │   └── HookTimeout           a hook ran past its timeout and was abandoned
+    │   ├── HookTimeout           a hook ran past its timeout and was abandoned
+    │   └── PermissionRefused     a plugin used a capability it was not granted
     └── HookControl               raised by hooks on purpose; never isolated, always propagates
         ├── SubmissionRejected    ``on_submit`` or ``on_publish`` vetoes a job: it is not published
         │   ├── PaymentRejected   the payment cannot cover the job's worst-case cost
+        │   ├── ConsensusUnavailable  fewer live workers than a consensus job's replicas
         │   └── QueueFull         the target queue is at its configured size (backpressure)
         ├── PublicationHeld       ``on_publish`` took the message over: stored, to be sent later
         ├── RetryRequested        ``on_error`` asks for the task to run again after a delay
@@ -150,6 +152,18 @@ class HookTimeout(PluginError):
                          "or @hook(timeout=...); the default is SANDRUN_HOOK_TIMEOUT)")
 
 
+class PermissionRefused(PluginError):
+    """A plugin used a capability (storage, network) it was not granted; raised at the
+    call that tried, logged and counted with ``kind="permission"``."""
+
+    def __init__(self, plugin: str, permission: str, tried: str) -> None:
+        self.plugin, self.permission, self.tried = plugin, permission, tried
+        super().__init__(f"plugin {plugin!r} tried to {tried}, which needs the {permission!r} "
+                         "permission it was not granted; declare it in the plugin's "
+                         "manifest (permissions=[...]) and, if the operator narrowed it, "
+                         "grant it in SANDRUN_PLUGIN_PERMISSIONS")
+
+
 class HookControl(SandrunError):
     """Base of control-flow exceptions: raised by hooks on purpose, never isolated."""
 
@@ -182,6 +196,11 @@ class StartupRefused(HookControl):
 
 class PaymentRejected(SubmissionRejected):
     """The job's payment is missing, in the wrong currency, or below its worst-case cost."""
+
+
+class ConsensusUnavailable(SubmissionRejected):
+    """A consensus job needs ``n`` distinct workers (serving its queue, running the
+    ``consensus`` plugin) and fewer answer: it is refused at submit, never published."""
 
 
 class JobRejected(HookControl):

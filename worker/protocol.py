@@ -1,9 +1,12 @@
-"""Wire names the producer and the worker must agree on, in one small module both import.
+"""Wire names the producer and the worker must agree on, in one small module both
+import.
 
-The task name, the header a producer stamps with its publish time, which queue
-a job is published to, what a job message shows of itself (:func:`job_reprs`),
-and :class:`Publication`, the message as it is sent. It imports nothing heavier
-than the models, so a producer gets these without loading the node or the sandbox.
+The task name, the header a producer stamps with its publish time, the headers
+that carry a job's :class:`~worker.models.context.JobContext` (:func:`context_headers`,
+:func:`context_from_headers`), which queue a job is published to, the task ids of a
+consensus job's replicas, what a job message shows of itself (:func:`job_reprs`), and
+:class:`Publication`, the message as it is sent. It imports nothing heavier than the
+models, so a producer gets these without loading the node or the sandbox.
 """
 
 from __future__ import annotations
@@ -13,12 +16,94 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from worker.models import Job
+from worker.models.context import EMPTY, MAX_BAGGAGE_ITEMS, JobContext
 
 #: The Celery task that runs one Job in the sandbox.
 RUN_JOB = "sandrun.run_job"
 #: Message header: the producer's publish time (Unix seconds, a decimal string).
 SUBMITTED_HEADER = "sandrun_submitted_at"
+#: Message headers of a job's context: the correlation id and tenant (strings) and the
+#: baggage (an object of strings). The ``auth`` plugin signs exactly these.
+CORRELATION_HEADER = "sandrun_correlation_id"
+TENANT_HEADER = "sandrun_tenant"
+BAGGAGE_HEADER = "sandrun_baggage"
+CONTEXT_HEADERS = (CORRELATION_HEADER, TENANT_HEADER, BAGGAGE_HEADER)
+_FIELDS = {CORRELATION_HEADER: "correlation_id", TENANT_HEADER: "tenant",
+           BAGGAGE_HEADER: "baggage"}
+_HEADERS = {field: name for name, field in _FIELDS.items()}
+
+
+def context_headers(context: JobContext) -> dict[str, Any]:
+    """The headers that carry ``context`` (only those of fields that are set)."""
+    headers: dict[str, Any] = {}
+    if context.correlation_id is not None:
+        headers[CORRELATION_HEADER] = context.correlation_id
+    if context.tenant is not None:
+        headers[TENANT_HEADER] = context.tenant
+    if context.baggage:
+        headers[BAGGAGE_HEADER] = dict(context.baggage)
+    return headers
+
+
+def context_from_headers(headers: Mapping[str, Any]) -> tuple[JobContext, list[str]]:
+    """The JobContext a message's headers carry, and what was wrong with them.
+
+    Headers are the sender's word: a header that is not valid (wrong type, too long,
+    characters that could forge a log line) is left out, and named in the problems
+    by header and rule, never by its value. Never raises."""
+    given = {field: headers[name] for name, field in _FIELDS.items()
+             if headers.get(name) is not None}
+    if not given:
+        return EMPTY, []
+    baggage = given.get("baggage")
+    if isinstance(baggage, dict) and len(baggage) > MAX_BAGGAGE_ITEMS:  # before validating it
+        del given["baggage"]
+        oversized = [f"{BAGGAGE_HEADER}: more than {MAX_BAGGAGE_ITEMS} items"]
+    else:
+        oversized = []
+    try:
+        return JobContext.model_validate(given), oversized
+    except ValidationError as exc:
+        errors = exc.errors()
+    # a model-level rule (no location) is the baggage's total size
+    fields = [str(error["loc"][0]) if error["loc"] else "baggage" for error in errors]
+    problems = [f"{_HEADERS[field]}: {error['msg']}"
+                for field, error in zip(fields, errors, strict=True)]
+    kept = {field: value for field, value in given.items() if field not in fields}
+    return JobContext.model_validate(kept), oversized + problems
+
+
+#: Label the client stamps on a consensus job at each submit: one vote per submission, so
+#: a job submitted again under its id (``sandrun dead replay``) is voted on afresh.
+ROUND_LABEL = "sandrun.consensus-round"
+#: How a replica's task id ends: ``<job id>.<round>.replica-<i>``.
+REPLICA_SUFFIX = ".replica-"
+
+
+def consensus_round(job: Job) -> str:
+    """The submission a consensus job's replicas belong to: ``<job id>.<round label>``
+    (the label is in the signed body), the prefix of their task ids and vote records."""
+    label = job.labels.get(ROUND_LABEL)
+    return f"{job.id}.{label}" if label else job.id
+
+
+def replica_task_id(job: Job, replica: int) -> str:
+    """The task id of replica ``replica`` (0-based) of a consensus job: each replica is its
+    own message, signed and stored under its own id; the job's id holds the final result."""
+    return f"{consensus_round(job)}{REPLICA_SUFFIX}{replica}"
+
+
+def replica_index(task_id: str, job: Job) -> int | None:
+    """Which replica of ``job`` the task ``task_id`` is, or None when it is none of the
+    job's ``n`` replicas (a plain job, or a task id that does not match)."""
+    head, sep, tail = task_id.rpartition(REPLICA_SUFFIX)
+    if job.quorum.n == 1 or not sep or head != consensus_round(job) or not tail.isdigit():
+        return None
+    index = int(tail)
+    return index if index < job.quorum.n and tail == str(index) else None
 
 
 def job_queue(job: Job, default_queue: str) -> str:
@@ -93,6 +178,9 @@ class Publication:
     eta: datetime | None = None
     priority: int | None = None
     headers: dict[str, Any] = field(default_factory=dict)
+    #: Celery's ``expires``: a worker receiving the message later stores it as revoked
+    #: with the reason ``expired`` instead of running it (a job's ``deadline``).
+    expires: datetime | None = None
 
     def options(self) -> dict[str, Any]:
         """The keyword arguments of ``Celery.send_task`` for this message (a job's
@@ -105,4 +193,6 @@ class Publication:
             options["eta"] = self.eta
         if self.priority is not None:
             options["priority"] = self.priority
+        if self.expires is not None:
+            options["expires"] = self.expires
         return options

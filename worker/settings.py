@@ -30,6 +30,11 @@ from worker.models.pricing import Pricing
 #: The default of ``SANDRUN_VISIBILITY_MARGIN``: how much longer than the longest job
 #: the broker's visibility timeout must be.
 VISIBILITY_MARGIN_SECONDS = 600
+#: Retention defaults: results and outputs a day (Celery's own result_expires default),
+#: dead letters a week, time enough for an operator to look at them after a weekend.
+RESULT_TTL_SECONDS = 24 * 3600
+OUTPUT_TTL_SECONDS = 24 * 3600
+DEAD_LETTER_TTL_SECONDS = 7 * 24 * 3600
 
 
 def default_state_dir() -> Path:
@@ -54,6 +59,9 @@ class Settings(BaseSettings):
     broker_url: str | None = None
     result_backend: str | None = None
     plugins: str | None = Field(default=None, description="JSON list of plugin specs")
+    plugin_permissions: str | None = Field(default=None, description=(
+        "narrow what plugins are granted: 'name=perm,perm;other=' (a subset of what each "
+        "declares; see worker.plugin.permissions)"))
     state_dir: Path = Field(default_factory=default_state_dir)
     embedded: str = Field(default="auto", pattern="^(auto|redis|filesystem)$")
     default_queue: str = "sandrun"
@@ -69,6 +77,16 @@ class Settings(BaseSettings):
     gpus: list[GPUConfig] | None = None
     pricing: Pricing | None = None
     publish_retry_seconds: float = Field(default=10.0, ge=0)
+    result_ttl: int = Field(default=RESULT_TTL_SECONDS, ge=1, description=(
+        "seconds a job's result (and its state) is kept in the result backend; "
+        "celeryconfig sets Celery's result_expires from the same variable"))
+    output_ttl: int = Field(default=OUTPUT_TTL_SECONDS, ge=1, description=(
+        "seconds a finished job's output files are kept for download (Redis)"))
+    schedule_grace: float = Field(default=60.0, gt=0, allow_inf_nan=False, description=(
+        "how late (seconds) sandrun beat still submits a periodic job's run; runs missed "
+        "by more (every beat was down) are skipped, not backfilled"))
+    dead_letter_ttl: int = Field(default=DEAD_LETTER_TTL_SECONDS, ge=1, description=(
+        "seconds a dead letter (a job that exhausted its attempts, a bad message) is kept"))
     stream_cap_bytes: int = Field(default=1 << 20, ge=1024)
     output_file_cap_bytes: int = Field(default=10 << 20, ge=0)
     output_total_cap_bytes: int = Field(default=50 << 20, ge=0)

@@ -5,7 +5,9 @@ Anyone who can write to the broker could otherwise enqueue jobs. Producer side
 before any that holds it): make sure a valid token exists (refreshed when within
 ``refresh_threshold`` seconds of expiry, and in the background when
 ``auto_refresh`` is on), then sign the final message (body, task, id, queue,
-ETA) into the ``sandrun_auth`` header (see :mod:`plugins.auth.signing`). A job the
+ETA, and the job-context headers: correlation id, tenant, baggage) into the
+``sandrun_auth`` header; a message that names no tenant gets the signing key's id as
+its tenant, signed with the rest (see :mod:`plugins.auth.signing`). A job the
 ``scheduling`` plugin holds is stored signed and released with that signature.
 
 Worker side (``on_execute``, before other plugins see the job): verify it
@@ -42,6 +44,7 @@ In code: ``auth_plugin(provider=HMACProvider("k1", secret), ...)``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import threading
@@ -54,6 +57,7 @@ from plugins.auth.nonces import Nonces
 from plugins.auth.signing import AUTH_HEADER, AuthFailure, Keyring, Message, sign, verify
 from plugins.auth.tokens import AuthProvider, AuthToken, Clock, TokenStorage, token_storage_for
 from worker import (
+    TENANT_HEADER,
     BasePlugin,
     ConfigurationError,
     DeadLetter,
@@ -61,6 +65,7 @@ from worker import (
     ErrorContext,
     Execution,
     ExecutionContext,
+    JobContext,
     JobDeferred,
     JobRejected,
     JobResult,
@@ -97,7 +102,10 @@ class AuthPlugin(BasePlugin):
         author="Sandrun", license="Apache-2.0",
         description="Sign jobs at submit; run only jobs whose signature verifies",
         keywords=["auth", "jwt", "signature"],
-        apis=["on_publish", "on_execute", "on_result", "on_error"],
+        apis=["on_publish", "on_execute", "on_result", "on_error", "on_worker_start"],
+        # signs (a changed Publication), rejects, defers and drops deliveries, keeps
+        # nonces in plugin storage, and must see the auth header and the whole job
+        permissions=["job:transform", "job:veto", "storage", "secrets"],
         configuration=AuthConfig)
 
     def __init__(self, options: AuthConfig | None = None, *,
@@ -161,6 +169,9 @@ class AuthPlugin(BasePlugin):
         token = self.current_token()  # says what to configure when there is no provider
         assert self.provider is not None  # current_token() checked it
         key = self.provider.signing_key(token)
+        if TENANT_HEADER not in publication.headers:  # the tenant, unless one was named
+            with contextlib.suppress(ValueError):  # a key id that is no valid tenant: none
+                publication.headers[TENANT_HEADER] = JobContext(tenant=key.key_id).tenant
         publication.headers[AUTH_HEADER] = sign(publication, key, now=self.clock(),
                                                 ttl=self.options.signature_ttl)
 
@@ -196,7 +207,7 @@ class AuthPlugin(BasePlugin):
         if not self._protects(context):
             return
         message = Message(execution.task, context.task_id, context.queue, context.args,
-                          context.kwargs)
+                          context.kwargs, context.headers)
         try:
             claims = verify(context.headers.get(AUTH_HEADER), message, self.keyring,
                             now=self.clock(), leeway=self.options.leeway,

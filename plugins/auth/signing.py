@@ -4,13 +4,16 @@ A producer signs each message it publishes; the header ``sandrun_auth`` holds a
 compact JWS whose protected header names the key (``kid``) and whose claims are::
 
     iat, exp, jti (a random nonce), task, jid (task id), queue,
-    eta (ISO time or null), body (SHA-256 of the canonical JSON of args and kwargs)
+    eta (ISO time or null), body (SHA-256 of the canonical JSON of args and kwargs),
+    ctx (SHA-256 of the canonical JSON of the job-context headers present: correlation
+    id, tenant, baggage; null when there are none)
 
 plus ``tok`` for wallet keys (the issuer's token naming the wallet address).
 Canonical JSON: sorted keys, no spaces, UTF-8, exactly as the worker receives
 the body after decoding. A worker checks, in this order: a signature is there, the
 key id is in its keyring, the signature is valid, it has not expired, the message
-matches the claims (task, id, queue, body), it does not run before its signed ETA,
+matches the claims (task, id, queue, body, context headers), it does not run before
+its signed ETA,
 and (wallet keys) the token was valid when the job was signed. The nonce check
 lives with the plugin, which has the storage.
 """
@@ -22,7 +25,8 @@ import binascii
 import hashlib
 import json
 import secrets
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -31,12 +35,13 @@ import jwt
 
 from plugins.auth.tokens import MIN_SECRET, WALLET_PREFIX, SigningKey, b64url, public_key_of
 from worker import (
+    CONTEXT_HEADERS,
     ConfigurationError,
     Publication,
 )
 
 AUTH_HEADER = "sandrun_auth"
-CHECKED = ("task", "jid", "queue", "body")
+CHECKED = ("task", "jid", "queue", "body", "ctx")
 
 
 class AuthFailure(Exception):
@@ -55,13 +60,26 @@ def body_digest(args: list[Any], kwargs: dict[str, Any]) -> str:
     return b64url(hashlib.sha256(canonical.encode()).digest())
 
 
+def context_digest(headers: Mapping[str, Any]) -> str | None:
+    """SHA-256 (base64url) of the canonical JSON of the job-context headers a message
+    carries (``worker.CONTEXT_HEADERS``), or None when it carries none: a signature
+    made before these headers existed still verifies a message without them."""
+    present = {name: headers[name] for name in CONTEXT_HEADERS if headers.get(name) is not None}
+    if not present:
+        return None
+    canonical = json.dumps(present, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                           default=str)
+    return b64url(hashlib.sha256(canonical.encode()).digest())
+
+
 def sign(publication: Publication, key: SigningKey, *, now: float, ttl: float) -> str:
     """The JWS for ``publication``; valid for ``ttl`` seconds after its ETA (or now)."""
     start = max(now, publication.eta.timestamp()) if publication.eta else now
     claims = {**key.claims, "iat": int(now), "exp": start + ttl, "jti": secrets.token_urlsafe(16),
               "task": publication.task, "jid": publication.task_id, "queue": publication.queue,
               "eta": publication.eta.isoformat() if publication.eta else None,
-              "body": body_digest(publication.args, publication.kwargs)}
+              "body": body_digest(publication.args, publication.kwargs),
+              "ctx": context_digest(publication.headers)}
     return jwt.encode(claims, key.key, algorithm=key.algorithm, headers={"kid": key.key_id})
 
 
@@ -74,6 +92,7 @@ class Message:
     queue: str | None
     args: list[Any]
     kwargs: dict[str, Any]
+    headers: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Keyring:
@@ -216,7 +235,8 @@ def verify(token: str | None, message: Message, keyring: Keyring, *, now: float,
         raise AuthFailure("malformed", "the signature carries no nonce (jti)")
     _check_times(claims, now=now, leeway=leeway, max_ttl=max_ttl)
     actual = {"task": message.task, "jid": message.task_id, "queue": message.queue,
-              "body": body_digest(message.args, message.kwargs)}
+              "body": body_digest(message.args, message.kwargs),
+              "ctx": context_digest(message.headers)}
     changed = [name for name in CHECKED if claims.get(name) != actual[name]]
     if changed:
         raise AuthFailure("tampered", f"the message differs from what was signed in: "

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 #: ``on_publish`` priority: below the ``auth`` plugin's signature (-2000), so a held or
 #: fair job is stored signed. The Celery priority it sets is not signed (a delivery
@@ -24,6 +24,12 @@ class SchedulingConfig(BaseModel):
                                           "job label instead of per queue")
     lease_ttl: float = Field(default=30.0, gt=0, description="s a dead worker's lease lasts")
     defer_seconds: float = Field(default=1.0, gt=0, description="countdown over the cap")
+    rate: str | None = Field(default=None, description=(
+        "job starts per scope across the fleet, e.g. '100/m', '5/s', '10/5m' (rates)"))
+    rate_label: str | None = Field(default=None, description="rate per value of this job "
+                                   "label (a tenant) instead of per queue")
+    rate_burst: int = Field(default=1, ge=1, description="starts allowed at once before "
+                            "the rate spaces them (1: evenly spaced, as Celery's rate_limit)")
     queue_size: int | None = Field(default=None, ge=1, description="jobs a queue may hold")
     queue_full_policy: Literal["reject", "block"] = "reject"
     block_timeout: float = Field(default=30.0, ge=0)
@@ -36,6 +42,15 @@ class SchedulingConfig(BaseModel):
     release_batch: int = Field(default=100, ge=1)
     broker_url: str | None = Field(default=None, description="Redis holding held and fair "
                                    "jobs; default SANDRUN_BROKER_URL")
+
+    @field_validator("rate")
+    @classmethod
+    def _rate(cls, value: str | None) -> str | None:
+        if value is not None:
+            from plugins.scheduling.rates import parse_rate
+
+            parse_rate(value)  # a bad rate fails at load, naming the option
+        return value
 
 
 def celery_priority(priority: int, broker_url: str) -> int:

@@ -27,10 +27,14 @@ producers and workers alike, and run ``sandrun beat`` once or more per fleet.
   (``JobDeferred``: re-published after ``defer_seconds`` plus up to 50 % jitter),
   never waiting in a slot. Leases are given back in ``on_result`` and
   ``on_error`` (rejected, failed and retried jobs pass one of them).
+* ``rate``: job starts per period (``"100/m"``) per queue or ``rate_label`` value,
+  fleet-wide; a job over it is deferred to the start it reserved (``rates``).
 * ``queue_size``: at submit, a queue already holding that many jobs (broker lists
   plus fair jobs not yet moved) raises ``QueueFull`` (``queue_full_policy``
   ``reject``) or is waited on up to ``block_timeout`` s (``block``). It is a soft
   limit: producers checking at the same moment may overshoot by their number.
+* ``deadline``: a held or fair job claimed past its deadline is stored expired, never
+  published (``expiry``).
 
 Exactly once: a held or fair job is claimed by one Lua script (so concurrent
 beats never take the same job), published, then forgotten. If the publisher
@@ -51,8 +55,10 @@ from dataclasses import replace
 from typing import Any, NoReturn
 
 from plugins.scheduling.config import HOLD_PRIORITY, SchedulingConfig, celery_priority
+from plugins.scheduling.expiry import past_deadline, store_expired
 from plugins.scheduling.hooks import BEAT_HOOK
 from plugins.scheduling.leases import LeaseKeeper, Semaphore
+from plugins.scheduling.rates import RateGate
 from plugins.scheduling.store import Connections, SchedulingStore, load_publication
 from worker import (
     RUN_JOB,
@@ -95,6 +101,9 @@ class SchedulingPlugin(BasePlugin):
         description="Priorities, scheduled jobs, concurrency caps, backpressure, fair queues",
         keywords=["scheduling", "priority", "eta", "concurrency", "fairness"],
         apis=["on_submit", "on_publish", "on_execute", "on_result", "on_error", BEAT_HOOK],
+        # sets the Celery priority, refuses (QueueFull), holds and defers jobs, talks to
+        # its own Redis, and stores whole messages (env and signature) to send later
+        permissions=["job:transform", "job:veto", "network", "secrets"],
         configuration=SchedulingConfig)
 
     def __init__(self, options: SchedulingConfig | None = None, *,
@@ -113,6 +122,9 @@ class SchedulingPlugin(BasePlugin):
                                        self.settings.publish_retry_seconds)
         self.publisher = self._publisher or self.connections.send
         self.leases = LeaseKeeper(lambda: self.semaphore, self.options.lease_ttl, logger)
+        self.rates = RateGate(self.options.rate, self.options.rate_label,
+                              self.options.rate_burst, lambda: self.store.client,
+                              self.settings.default_queue)
 
     def on_init(self, context: PluginContext) -> None:
         super().on_init(context)
@@ -242,6 +254,11 @@ class SchedulingPlugin(BasePlugin):
             self.store.done(task_id, queue)
             return 0
         pub = load_publication(raw)
+        if past_deadline(pub, time.time()):
+            store_expired(self.connections.celery_app(), pub, self.logger, queue is not None)
+            self.store.done(task_id, queue)
+            self._count("jobs_expired", "Held or fair jobs whose deadline passed unpublished")
+            return 0
         pub.headers[SUBMITTED_HEADER] = f"{time.time():.6f}"
         self.publisher(pub)  # raises: the claim stays and is recovered after claim_timeout
         self.store.done(task_id, queue)
@@ -266,13 +283,22 @@ class SchedulingPlugin(BasePlugin):
         job, limit = execution.job, self.options.max_concurrent
         if job is None:
             return
-        if limit is not None:
-            scope = self.scope(job, context.queue)
-            if not self.semaphore.acquire(scope, context.task_id, limit, self.options.lease_ttl):
-                self._defer(scope, limit)
+        scope = None if limit is None else self.scope(job, context.queue)
+        if scope is not None and limit is not None and not self.semaphore.acquire(
+                scope, context.task_id, limit, self.options.lease_ttl):
+            self._defer(scope, limit)
+        self.rates.check(job, context, self.logger,
+                         lambda: self._rate_deferred(scope, context.task_id))
+        if scope is not None:
             self.leases.add(context.task_id, scope, job.timeout)
         if self.options.strategy == "fair":  # on_result moves this queue's next fair job
             self._queues[context.task_id] = context.queue
+
+    def _rate_deferred(self, lease: str | None, task_id: str) -> None:
+        """A job over its rate does not run now: its place under the cap goes back."""
+        if lease is not None:
+            self.semaphore.release(lease, task_id)
+        self._count("jobs_rate_deferred", "Jobs put back until their start under the rate")
 
     def _defer(self, scope: str, limit: int) -> NoReturn:
         countdown = self.options.defer_seconds * (1 + random.random() / 2)

@@ -124,14 +124,16 @@ def dump_publication(pub: Publication) -> str:
     return json.dumps({"task": pub.task, "task_id": pub.task_id, "queue": pub.queue,
                        "args": pub.args, "kwargs": pub.kwargs, "priority": pub.priority,
                        "eta": pub.eta.isoformat() if pub.eta else None,
+                       "expires": pub.expires.isoformat() if pub.expires else None,
                        "headers": pub.headers}, separators=(",", ":"))
 
 
 def load_publication(raw: str | bytes) -> Publication:
     """The message stored by :func:`dump_publication`, unchanged."""
     data: dict[str, Any] = json.loads(raw)
-    eta = data.pop("eta", None)
-    return Publication(**data, eta=datetime.fromisoformat(eta) if eta else None)
+    eta, expires = data.pop("eta", None), data.pop("expires", None)
+    return Publication(**data, eta=datetime.fromisoformat(eta) if eta else None,
+                       expires=datetime.fromisoformat(expires) if expires else None)
 
 
 def _text(value: Any) -> str:
@@ -297,7 +299,7 @@ class Connections:
         """Jobs ready in RabbitMQ queue ``queue`` (a passive declare); 0 on Redis."""
         if not is_amqp(self.url):
             return 0
-        from worker import queue_depth  # Celery's AMQP layer, only on RabbitMQ
+        from worker import queue_depth  # loads Celery's AMQP helpers: only on RabbitMQ
 
         return queue_depth(self.celery_app(), queue)
 

@@ -141,7 +141,9 @@ def test_dockerfile_runs_the_worker_as_a_non_root_user() -> None:
     lines = [x.strip() for x in (DEPLOY / "Dockerfile").read_text().splitlines()]
     user = [x for x in lines if x.startswith("USER ")]
     assert user and user[-1] != "USER root"
-    assert 'ENTRYPOINT ["sandrun", "worker"]' in lines
+    # tini as PID 1 reaps orphans (worker.sandbox.reaping); bwrap builds the jobs' views
+    assert 'ENTRYPOINT ["tini", "--", "sandrun", "worker"]' in lines
+    assert any("bubblewrap tini" in x for x in lines)
     assert lines[0].startswith("#") and any(x.startswith("FROM python:3.11-slim") for x in lines)
 
 

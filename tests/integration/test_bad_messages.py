@@ -100,3 +100,18 @@ def test_oversized_payload(broker: RedisServer, client: Sandrun) -> None:
     huge = "x = 1\n" * (3 * 1024 * 1024)
     publish(broker, body({"code": huge}), task_headers("sandrun.run_job", "huge"))
     assert "over the 16 MiB" in letter(broker, "huge", client).reason
+
+
+def test_a_dead_letter_keeps_the_valid_part_of_the_context_headers(
+        broker: RedisServer, client: Sandrun, worker: Worker) -> None:
+    context = {"sandrun_correlation_id": "lost-7", "sandrun_tenant": "bad\ntenant",
+               "sandrun_baggage": {"team": "ml"}}
+    publish(broker, body(1, 2), {**task_headers("no.such.task", "unknown-ctx"), **context})
+    buried = letter(broker, "unknown-ctx", client).context
+    assert buried is not None and buried.tenant is None
+    assert (buried.correlation_id, buried.baggage) == ("lost-7", {"team": "ml"})
+    publish(broker, body({"code": "1", "timeout": -5}),
+            {**task_headers("sandrun.run_job", "bad-schema-ctx"), **context})
+    rejected = letter(broker, "bad-schema-ctx", client).context
+    assert rejected is not None and rejected.correlation_id == "lost-7"
+    assert "job_context_dropped" in worker.output() and "bad\ntenant" not in worker.output()

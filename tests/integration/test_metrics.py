@@ -96,3 +96,32 @@ def test_sandrun_workers_lists_the_metrics_url(worker: Worker, broker: RedisServ
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     assert f"http://127.0.0.1:{port}/metrics" in proc.stdout and "sandrun" in proc.stdout
+
+
+AUTH_KEY = "metrics-order-key-0123456789abcdef"
+
+
+@pytest.mark.parametrize("order", [("auth", "metrics"), ("metrics", "auth")])
+def test_metrics_of_every_plugin_are_exported_whatever_the_load_order(
+        start_worker: WorkerFactory, broker: RedisServer, order: tuple[str, str]) -> None:
+    from plugins.auth import auth_plugin
+    from plugins.auth.tokens import HMACProvider
+
+    port = free_port()
+    configs = {"auth": {"keys": {"k1": AUTH_KEY}},
+               "metrics": {"port": port, "address": "127.0.0.1"}}
+    plugins = [{"name": name, "config": configs[name]} for name in order]
+    queue = f"order-{order[0]}"  # its own queue: the module's other worker serves sandrun
+    worker = start_worker(concurrency=1, name=queue, queues=queue,
+                          SANDRUN_PLUGINS=json.dumps(plugins))
+    try:
+        signer = auth_plugin(HMACProvider("k1", AUTH_KEY), auto_refresh=False)
+        with Sandrun.create(broker_url=broker_url(broker), plugins=[signer]) as client:
+            run = client.job().code("print(1)").queue(queue).submit()
+            assert run.wait(timeout=60).status == "completed"
+        samples = scrape(port)
+        assert sample(samples, "sandrun_auth_verified_total") == 1, order
+        assert sample(samples, "sandrun_jobs_completed_total", status="completed",
+                      gpu_type="none") == 1
+    finally:
+        worker.stop()

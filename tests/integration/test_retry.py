@@ -64,9 +64,10 @@ def test_a_policy_of_more_than_four_attempts_gets_them_all(client: Sandrun,
 def test_exhausted_job_is_dead_lettered_and_replayable(client: Sandrun, broker: RedisServer,
                                                        tmp_path: Path) -> None:
     counter, gate = tmp_path / "runs", tmp_path / "gate"
-    run = client.job().code(flaky(counter, 99, gate)).submit()
+    run = client.job().code(flaky(counter, 99, gate)).submit(correlation_id="flaky-1")
     result = run.wait(timeout=60)
     assert (result.status, result.attempts, result.exit_code) == ("failed", 3, 3)
+    assert result.context is not None and result.context.correlation_id == "flaky-1"
     listed = cli(broker, tmp_path, "dead", "list", "--json")
     letters = [json.loads(line) for line in listed.stdout.splitlines()]
     mine = [x for x in letters if x["id"] == run.id]
@@ -79,6 +80,7 @@ def test_exhausted_job_is_dead_lettered_and_replayable(client: Sandrun, broker: 
     assert replayed.returncode == 0, replayed.stderr
     again = client.execution(run.id).wait(timeout=60)
     assert again.status == "completed" and again.stdout == "run 4\n"
+    assert again.context is not None and again.context.correlation_id == "flaky-1"
     assert cli(broker, tmp_path, "dead", "show", run.id).returncode == 1
 
 

@@ -38,7 +38,8 @@ def test_each_step_is_an_event_with_fields() -> None:
     manager.load(logging_plugin(format="json", outputs=["stderr"]))
     job = Job(code="1", payment={"amount": "1", "currency": "USD"})
     with capture_logs() as logs:
-        manager.execute_hook("on_submit", job, SubmissionContext(queue="sandrun"))
+        manager.execute_hook("on_submit", job, SubmissionContext(queue="sandrun",
+                                                                 correlation_id="req-3"))
         manager.execute_hook("on_execute", Execution(task="sandrun.run_job", task_id=job.id,
                                                      job=job),
                              ExecutionContext(node_id="n", pool_id="7", task_id=job.id))
@@ -51,6 +52,7 @@ def test_each_step_is_an_event_with_fields() -> None:
     assert set(events) == {"job_submitted", "job_started", "operation_failed"}
     assert events["job_submitted"]["job_id"] == job.id
     assert events["job_submitted"]["queue"] == "sandrun"
+    assert events["job_submitted"]["correlation_id"] == "req-3"
     assert events["job_submitted"]["payment"] == {"amount": "1", "currency": "USD"}
     assert events["operation_failed"]["error_type"] == "ValueError"
     assert events["operation_failed"]["log_level"] == "error"

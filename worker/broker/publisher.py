@@ -48,8 +48,8 @@ class Publisher:
         """On RabbitMQ's native delayed delivery: make sure the delay exchanges exist and
         lead to the queue, and wait out an ETA less than a second away (whole seconds
         only there; the ETA itself is kept, a signature covers it)."""
-        # imported here: the publisher is imported by processes that never load Celery's
-        # AMQP layer (the CLI's plugin commands, through the scheduling plugin)
+        # imported here: the AMQP helpers load Celery's, which the modules that only need
+        # Publisher (plugins listed by ``sandrun plugins list``) must not pay for
         from worker.broker.amqp import delays_natively, prepare_delayed_delivery
 
         if not delays_natively(self.app.conf):

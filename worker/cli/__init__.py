@@ -1,7 +1,8 @@
 """The ``sandrun`` command line.
 
 Commands: ``submit``, ``status``, ``result``, ``logs``, ``cancel``, ``download``
-(jobs); ``worker``, ``beat``, ``workers``, ``dead``, ``broker``, ``demo`` (operations);
+(jobs); ``schedule`` (periodic jobs); ``worker``, ``beat``, ``workers``, ``dead``,
+``broker``, ``demo`` (operations);
 ``plugins`` (introspection); ``auth`` (credentials).
 Exit codes are the same everywhere: 0 success, 1 a job did not complete or a
 plugin problem, 2 bad usage or configuration, 3 broker unreachable, 4 timed out
@@ -43,6 +44,7 @@ BUILTIN_COMMANDS = {
     "plugins": "worker.cli.plugins:plugins",
     "workers": "worker.cli.fleet:workers",
     "dead": "worker.cli.fleet:dead",
+    "schedule": "worker.cli.schedules:schedule",
 }
 
 

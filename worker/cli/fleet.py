@@ -66,7 +66,8 @@ def dead_list(limit: int, as_json: bool) -> None:
     from worker.stores.deadletter import dead_letter_store_for
 
     with client() as sandrun:
-        letters = dead_letter_store_for(str(sandrun.app.conf.result_backend)).list(limit)
+        letters = dead_letter_store_for(str(sandrun.app.conf.result_backend),
+                                       ttl=sandrun.settings.dead_letter_ttl).list(limit)
     if as_json:
         for letter in letters:
             click.echo(letter.model_dump_json())
@@ -87,14 +88,16 @@ def dead_show(letter_id: str) -> None:
     from worker.stores.deadletter import dead_letter_store_for
 
     with client() as sandrun:
-        letter = dead_letter_store_for(str(sandrun.app.conf.result_backend)).get(letter_id)
+        letter = dead_letter_store_for(str(sandrun.app.conf.result_backend),
+                                       ttl=sandrun.settings.dead_letter_ttl).get(letter_id)
     if letter is None:
         fail(SandrunError(f"no dead letter {letter_id!r} (expired, replayed, or never dead)"))
     click.echo(json.dumps(letter.model_dump(mode="json"), indent=2))
 
 
 def replay_letter(sandrun: Sandrun, letter: DeadLetter) -> str:
-    """Publish a dead job again under its own id (its old result is forgotten first)."""
+    """Publish a dead job again under its own id (its old result is forgotten first), with
+    the correlation id, tenant and baggage it had."""
     if letter.source == "broker" or letter.raw is not None:
         raise SandrunError("it is a message the worker could not decode or did not know; "
                            "fix the producer and send it again (its raw body is in "
@@ -103,7 +106,12 @@ def replay_letter(sandrun: Sandrun, letter: DeadLetter) -> str:
 
     sandrun.app.backend.forget(letter.id)
     if letter.job is not None:
-        return sandrun.submit(Job.model_validate(letter.job)).id
+        context = letter.context
+        if context is None:
+            return sandrun.submit(Job.model_validate(letter.job)).id
+        return sandrun.submit(Job.model_validate(letter.job), tenant=context.tenant,
+                              correlation_id=context.correlation_id,
+                              baggage=context.baggage).id
     handle = sandrun.app.send_task(letter.task, args=letter.task_args, kwargs=letter.task_kwargs,
                                    task_id=letter.id)
     return str(handle.id)
@@ -120,7 +128,8 @@ def dead_replay(letter_id: str | None, replay_all: bool) -> None:
 
     failures = 0
     with client() as sandrun:
-        store = dead_letter_store_for(str(sandrun.app.conf.result_backend))
+        store = dead_letter_store_for(str(sandrun.app.conf.result_backend),
+                                       ttl=sandrun.settings.dead_letter_ttl)
         letters = store.list(10_000) if replay_all else [store.get(str(letter_id))]
         if letters == [None]:
             fail(SandrunError(f"no dead letter {letter_id!r}"))

@@ -44,6 +44,7 @@ def worker_command(concurrency: int | None, queues: str | None, hostname: str | 
     from worker.broker.urls import is_redis
     from worker.plugin.loader import parse_plugin_specs
     from worker.plugin.manager import PluginManager
+    from worker.plugin.permissions import parse_plugin_permissions
     from worker.sandbox.gpu import detect_gpus, worker_queues
     from worker.settings import check_visibility_timeout, load_settings
 
@@ -52,7 +53,8 @@ def worker_command(concurrency: int | None, queues: str | None, hostname: str | 
         ensure_broker_configured()
         if is_redis(os.environ["SANDRUN_BROKER_URL"]):
             check_visibility_timeout(settings.visibility_timeout)
-        PluginManager().validate(parse_plugin_specs(settings.plugins))
+        PluginManager(permissions=parse_plugin_permissions(settings.plugin_permissions)).validate(
+            parse_plugin_specs(settings.plugins))
     except SandrunError as exc:
         fail(exc)
     base = [q.strip() for q in (queues or settings.default_queue).split(",") if q.strip()]

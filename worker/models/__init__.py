@@ -1,16 +1,27 @@
 """Data shapes that travel between producers, brokers, workers and plugins.
 
 ``job`` holds what a producer submits (Job and its parts, Execution), ``result``
-what comes back (JobResult, WorkerInfo), ``limits`` the bounds and names both
+what comes back (JobResult, WorkerInfo), ``context`` what travels with a job
+(JobContext: correlation id, tenant, baggage), ``limits`` the bounds and names both
 share, ``jobdir`` the ``job.json`` directory format behind ``Job.from_manifest``,
-``builder`` the fluent JobBuilder (producers build with it, ``on_build`` hooks set
-its defaults) and ``pricing`` the pricing table. Import the shapes from
-``worker.models`` itself; modules inside this package import each other directly,
-never this package, so it has no import cycle.
+``consensus`` the k-of-n levels and the vote's summary, ``builder`` the fluent
+JobBuilder (producers build with it, ``on_build`` hooks set its defaults) and
+``pricing`` the pricing table. Import the shapes from ``worker.models`` itself;
+modules inside this package import each other directly, never this package, so it
+has no import cycle.
 """
 
 from __future__ import annotations
 
+from worker.models.consensus import (
+    MAX_REPLICAS,
+    Consensus,
+    ConsensusSummary,
+    Quorum,
+    ReplicaVote,
+    quorum,
+)
+from worker.models.context import JobContext, current_job_context, new_correlation_id
 from worker.models.job import (
     Execution,
     GPURequirements,
@@ -31,7 +42,6 @@ from worker.models.limits import (
     MAX_JOB_BYTES,
     MAX_MEMORY_MB,
     MAX_TIMEOUT_SECONDS,
-    Consensus,
     Isolation,
     JobStatus,
     Outcome,
@@ -44,15 +54,49 @@ from worker.models.result import (
     ExecutionInfo,
     JobResult,
     OutputFile,
+    Transform,
     WorkerInfo,
     cap_text,
 )
 
 __all__ = [
-    "DEFAULT_CPU_SECONDS", "DEFAULT_MEMORY_MB", "DEFAULT_TIMEOUT_SECONDS", "FINAL_STATUSES",
-    "FORBIDDEN_ENV_KEYS", "FORBIDDEN_ENV_PREFIXES", "INTERPRETERS_BY_EXTENSION",
-    "MAX_CPU_SECONDS", "MAX_JOB_BYTES", "MAX_MEMORY_MB", "MAX_TIMEOUT_SECONDS",
-    "TRUNCATION_MARKER", "Consensus", "Cost", "ErrorInfo", "Execution", "ExecutionInfo",
-    "GPURequirements", "Isolation", "Job", "JobFile", "JobResult", "JobStatus", "Outcome",
-    "OutputFile", "Payment", "RetryPolicy", "WorkerInfo", "cap_text", "check_relative_path",
+    "DEFAULT_CPU_SECONDS",
+    "DEFAULT_MEMORY_MB",
+    "DEFAULT_TIMEOUT_SECONDS",
+    "FINAL_STATUSES",
+    "FORBIDDEN_ENV_KEYS",
+    "FORBIDDEN_ENV_PREFIXES",
+    "INTERPRETERS_BY_EXTENSION",
+    "MAX_CPU_SECONDS",
+    "MAX_JOB_BYTES",
+    "MAX_MEMORY_MB",
+    "MAX_REPLICAS",
+    "MAX_TIMEOUT_SECONDS",
+    "TRUNCATION_MARKER",
+    "Consensus",
+    "ConsensusSummary",
+    "Cost",
+    "ErrorInfo",
+    "Execution",
+    "ExecutionInfo",
+    "GPURequirements",
+    "Isolation",
+    "Job",
+    "JobContext",
+    "JobFile",
+    "JobResult",
+    "JobStatus",
+    "Outcome",
+    "OutputFile",
+    "Payment",
+    "Quorum",
+    "ReplicaVote",
+    "RetryPolicy",
+    "Transform",
+    "WorkerInfo",
+    "cap_text",
+    "check_relative_path",
+    "current_job_context",
+    "new_correlation_id",
+    "quorum",
 ]

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any, Generic, TypeVar
 
+from worker.models.consensus import Consensus
 from worker.models.job import GPURequirements, Job
-from worker.models.limits import Consensus
 
 T = TypeVar("T")
 
@@ -31,7 +31,7 @@ class JobBuilder(Generic[T]):
     __slots__ = ("_fields", "_submit")
 
     def __init__(self, fields: Mapping[str, Any] | None = None,
-                 submit: Callable[[Job], T] | None = None) -> None:
+                 submit: Callable[..., T] | None = None) -> None:
         self._fields: Mapping[str, Any] = MappingProxyType(dict(fields or {}))
         self._submit = submit
 
@@ -102,6 +102,17 @@ class JobBuilder(Generic[T]):
     def schedule(self, at: datetime) -> JobBuilder[T]:
         return self._with(scheduled_time=at)
 
+    def deadline(self, at: datetime) -> JobBuilder[T]:
+        """Never start the job after ``at`` (timezone-aware); it ends ``expired`` then."""
+        return JobBuilder({**{k: v for k, v in self._fields.items() if k != "expires_in"},
+                           "deadline": at}, self._submit)
+
+    def expires_in(self, duration: float | str | timedelta) -> JobBuilder[T]:
+        """Never start the job later than ``duration`` (seconds, ``"30s"``, ``"5m"``)
+        after it is built (at ``submit()``); it ends ``expired`` then."""
+        return JobBuilder({**{k: v for k, v in self._fields.items() if k != "deadline"},
+                           "expires_in": duration}, self._submit)
+
     def queue(self, name: str) -> JobBuilder[T]:
         return self._with(queue=name)
 
@@ -117,8 +128,13 @@ class JobBuilder(Generic[T]):
         """Validate the fields into a Job."""
         return Job.model_validate(dict(self._fields))
 
-    def submit(self) -> T:
-        """Build and submit through the client this builder came from."""
+    def submit(self, *, correlation_id: str | None = None, tenant: str | None = None,
+               baggage: Mapping[str, str] | None = None) -> T:
+        """Build and submit through the client this builder came from; the job's
+        correlation id, tenant and baggage as ``Sandrun.submit`` takes them."""
         if self._submit is None:
             raise TypeError("this builder is not bound to a client; make it with client.job()")
-        return self._submit(self.build())
+        context = {key: value for key, value in (("correlation_id", correlation_id),
+                                                 ("tenant", tenant), ("baggage", baggage))
+                   if value is not None}
+        return self._submit(self.build(), **context)

@@ -14,7 +14,7 @@ import binascii
 import posixpath
 import uuid
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal, Self
 
@@ -28,6 +28,8 @@ from pydantic import (
 )
 
 from worker.errors import InvalidJob
+from worker.models.consensus import Consensus, Quorum, quorum
+from worker.models.durations import parse_duration
 from worker.models.limits import (
     DEFAULT_CPU_SECONDS,
     DEFAULT_MEMORY_MB,
@@ -40,7 +42,6 @@ from worker.models.limits import (
     MAX_JOB_BYTES,
     MAX_MEMORY_MB,
     MAX_TIMEOUT_SECONDS,
-    Consensus,
     EnvKey,
     Identifier,
     Isolation,
@@ -169,6 +170,10 @@ class Job(BaseModel):
     consensus: Consensus = "none"
     priority: int = Field(default=5, ge=0, le=9, description="0 lowest, 9 most urgent")
     scheduled_time: datetime | None = None
+    deadline: datetime | None = Field(default=None, description=(
+        "a job not started by then is never run and ends expired; give it, or expires_in "
+        "(seconds or a duration such as 30s, 5m), which becomes a deadline when the job "
+        "is built"))
     queue: Identifier | None = None
     labels: dict[LabelKey, Annotated[str, StringConstraints(max_length=256)]] = Field(
         default_factory=dict, max_length=32
@@ -206,12 +211,37 @@ class Job(BaseModel):
                                  "the interpreter or reach worker settings); remove it")
         return value
 
-    @field_validator("scheduled_time")
+    @field_validator("scheduled_time", "deadline")
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
         if value is not None and value.tzinfo is None:
-            raise ValueError("scheduled_time needs a timezone, e.g. 2030-01-01T12:00:00Z")
+            raise ValueError("needs a timezone, e.g. 2030-01-01T12:00:00Z")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expires_in(cls, data: Any) -> Any:
+        """``expires_in`` is not kept: it becomes the absolute ``deadline`` now, so the
+        job means the same thing wherever and whenever it is read again."""
+        if not isinstance(data, dict) or "expires_in" not in data:
+            return data
+        data = dict(data)
+        expires_in = data.pop("expires_in")
+        if expires_in is None:
+            return data
+        if data.get("deadline") is not None:
+            raise ValueError("give deadline or expires_in, not both")
+        data["deadline"] = datetime.now(UTC) + timedelta(seconds=parse_duration(expires_in))
+        return data
+
+    @model_validator(mode="after")
+    def _deadline_after_start(self) -> Self:
+        if (self.deadline is not None and self.scheduled_time is not None
+                and self.deadline <= self.scheduled_time):
+            raise ValueError(f"deadline {self.deadline.isoformat()} is not after "
+                             f"scheduled_time {self.scheduled_time.isoformat()}: the job "
+                             "would expire before it may start")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -253,6 +283,16 @@ class Job(BaseModel):
     def replace(self, **changes: Any) -> Job:
         """Return a validated copy with ``changes`` applied (hooks use this)."""
         return Job.model_validate({**self.model_dump(), **changes})
+
+    def expired(self, now: datetime | None = None) -> bool:
+        """True once the job's deadline has passed (it must not start any more)."""
+        return self.deadline is not None and (now or datetime.now(UTC)) >= self.deadline
+
+    @property
+    def quorum(self) -> Quorum:
+        """How many replicas run (n) and how many must agree (k): see
+        :mod:`worker.models.consensus`."""
+        return quorum(self.consensus)
 
     @property
     def needs_gpu(self) -> bool:

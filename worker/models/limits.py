@@ -46,15 +46,15 @@ FORBIDDEN_ENV_PREFIXES = ("SANDRUN_", "CELERY_", "DYLD_")
 Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 EnvKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
 LabelKey = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_./-]{0,62}$")]
-Consensus = Literal["none", "low", "medium", "high", "2-of-3", "3-of-5"]
-JobStatus = Literal["completed", "failed", "cancelled", "rejected", "timeout"]
+JobStatus = Literal["completed", "failed", "cancelled", "rejected", "timeout", "disputed",
+                    "expired"]
 #: Finer than the status: why a job ended the way it did.
 Outcome = Literal["completed", "failed", "timeout", "memory_limit", "cpu_limit", "process_limit",
                   "signal", "rejected", "cancelled", "worker_lost", "isolation_unavailable",
-                  "unsatisfiable"]
+                  "unsatisfiable", "disputed", "expired"]
 Isolation = Literal["process", "network"]
 FINAL_STATUSES: frozenset[str] = frozenset(
-    {"completed", "failed", "cancelled", "rejected", "timeout"})
+    {"completed", "failed", "cancelled", "rejected", "timeout", "disputed", "expired"})
 
 #: The config of every model: immutable, unknown fields refused.
 FROZEN = ConfigDict(frozen=True, extra="forbid")

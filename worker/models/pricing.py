@@ -7,7 +7,8 @@ Configure with ``SANDRUN_PRICING``::
 
 A job's cost is CPU-seconds x ``cpu_second`` plus, for GPU jobs, wall hours x
 ``gpu_hour`` of its type x GPU count. At submit, a job whose payment cannot
-cover its worst case (the whole timeout at those rates) is rejected.
+cover its worst case (the whole timeout at those rates, once per replica for a
+consensus job: each of its ``n`` replicas is a run of its own) is rejected.
 """
 
 from __future__ import annotations
@@ -44,9 +45,10 @@ class Pricing(BaseModel):
         return total.quantize(QUANTUM)
 
     def worst_case(self, job: Job) -> Decimal:
-        """The most the job can cost: its whole timeout at these rates."""
+        """The most the job can cost: its whole timeout at these rates, times its
+        replicas (``n`` of its consensus level)."""
         timeout = Decimal(str(job.timeout))
-        return self._price(job, timeout, timeout)
+        return self._price(job, timeout, timeout) * job.quorum.n
 
     def cost(self, job: Job, cpu_seconds: float, wall_seconds: float) -> Cost:
         """What a finished run cost."""
@@ -67,5 +69,10 @@ class Pricing(BaseModel):
         if job.payment.decimal() < worst:
             raise PaymentRejected(
                 f"job {job.id} offers {job.payment.amount} {self.currency}, but its worst case "
-                f"(timeout {job.timeout:g}s at the configured rates) costs {worst}; raise the "
-                "payment or lower the timeout")
+                f"(timeout {job.timeout:g}s at the configured rates{self._times(job)}) costs "
+                f"{worst}; raise the payment or lower the timeout")
+
+    @staticmethod
+    def _times(job: Job) -> str:
+        n = job.quorum.n
+        return f", x{n} replicas for consensus {job.consensus}" if n > 1 else ""

@@ -8,6 +8,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, StringConstraints
 
+from worker.models.consensus import ConsensusSummary
+from worker.models.context import JobContext
 from worker.models.limits import FROZEN, Identifier, JobStatus, Outcome
 
 
@@ -63,6 +65,18 @@ class ErrorInfo(BaseModel):
     message: str
 
 
+class Transform(BaseModel):
+    """Provenance: one hook call that changed a job or its result, as a stored result
+    records it. ``fields`` names what changed (``job.timeout``, ``labels``; ``*``: the
+    whole value was replaced). Entries from ``on_submit`` arrive in a message header,
+    so, like every header, they are the sender's word."""
+
+    model_config = FROZEN
+    plugin: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")]
+    hook: Annotated[str, StringConstraints(pattern=r"^on_[a-z0-9_]{1,60}$")]
+    fields: list[Annotated[str, StringConstraints(max_length=128)]] = Field(max_length=64)
+
+
 class JobResult(BaseModel):
     """The outcome of one job, as stored in the result backend and returned by ``wait``."""
 
@@ -87,6 +101,12 @@ class JobResult(BaseModel):
     isolation: str | None = None
     outputs_truncated: bool = False
     value: Any = Field(default=None, description="return value of a user task")
+    provenance: list[Transform] = Field(default_factory=list, max_length=64, description=(
+        "which plugins' hooks changed the job and its result, in order"))
+    context: JobContext | None = Field(default=None, description=(
+        "the correlation id, tenant and baggage the job travelled with"))
+    consensus: ConsensusSummary | None = Field(default=None, description=(
+        "a consensus job's vote: on its final result, every replica's node and digest"))
 
     def replace(self, **changes: Any) -> JobResult:
         """Return a validated copy with ``changes`` applied (``on_result`` hooks use this)."""

@@ -4,7 +4,8 @@ Celery logs and drops a message it cannot decode (invalid JSON, a content type
 outside ``accept_content`` such as pickle), one for a task it does not know,
 and one whose headers are not a task's. Each of those is a job somebody sent,
 so before Celery discards it this consumer keeps it in the dead-letter store
-(source ``broker``) with the reason and the first 64 KiB of its body, and logs
+(source ``broker``) with the reason, the first 64 KiB of its body and the job
+context its headers carry (correlation id, tenant, baggage, when valid), and logs
 ``message_dead_lettered``. The worker then goes on with the next message.
 
 It also applies celeryconfig's ``sandrun_worker_gossip`` and ``sandrun_worker_mingle``
@@ -21,6 +22,7 @@ import structlog
 from celery.worker.consumer import Consumer
 
 from worker.node import runtime
+from worker.protocol import context_from_headers
 from worker.stores.deadletter import DeadLetter
 
 RAW_LIMIT = 64 * 1024
@@ -34,12 +36,14 @@ def bury(message: Any, reason: str) -> None:
     raw = body[:RAW_LIMIT].decode("utf-8", errors="replace") if isinstance(body, bytes) \
         else str(body)[:RAW_LIMIT]
     letter_id = str(headers.get("id") or f"message-{uuid.uuid4().hex}")
+    travelled, _ = context_from_headers(headers if isinstance(headers, dict) else {})
     try:
         store = runtime.current().manager.dead_letters
         if store is not None:
             store.add(DeadLetter(id=letter_id, task=str(headers.get("task") or "?"),
                                  reason=reason, source="broker", raw=raw,
-                                 content_type=getattr(message, "content_type", None)))
+                                 content_type=getattr(message, "content_type", None),
+                                 context=travelled if travelled.log_fields() else None))
     except Exception as exc:  # the store being down must not stop the consumer
         log.error("dead_letter_failed", message_id=letter_id, error=repr(exc))
     log.error("message_dead_lettered", message_id=letter_id, reason=reason)

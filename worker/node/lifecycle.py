@@ -34,7 +34,8 @@ import structlog
 from structlog.contextvars import bound_contextvars
 
 from worker.errors import DuplicateDelivery, JobDeferred, JobFailed, JobRejected, RetryRequested
-from worker.models import ErrorInfo, Execution, JobResult
+from worker.models import ErrorInfo, Execution, JobContext, JobResult
+from worker.models.context import job_context_bound
 from worker.plugin.context import ErrorContext, ExecutionContext, ResultContext
 from worker.plugin.manager import PluginManager
 from worker.stores.attempts import Attempt
@@ -102,12 +103,14 @@ def run_lifecycle(manager: PluginManager, attempt: Attempt, execution: Execution
     if it found one (see the module docstring for what each outcome asks of it).
 
     1. a stored final result ends it: a finished job is not run again;
-    2. the log context gets job_id, task_id, attempt, queue and node;
+    2. the log context gets job_id, task_id, attempt, queue and node, and the job's
+       correlation id, tenant and baggage (also :func:`~worker.models.current_job_context`,
+       which dead letters read, and the result's ``context``);
     3. an attempt delivered more than ``max_attempts`` times killed its worker each
        time: it is failed (``worker_lost``), not run;
     4. ``on_execute`` may veto (rejected, never run), defer or drop it;
     5. the body; an exception goes through ``on_error`` (retry, or raise);
-    6. a result other than completed or rejected goes through ``on_error`` as
+    6. a result other than completed, rejected or expired goes through ``on_error`` as
        :class:`~worker.errors.JobFailed`; ``on_result`` then decides what is stored.
 
     The attempt is finished whenever the delivery ends on its own terms.
@@ -115,9 +118,13 @@ def run_lifecycle(manager: PluginManager, attempt: Attempt, execution: Execution
     if stored is not None:
         attempt.finish()
         return Stored(stored)
-    delivery = _Delivery(manager, attempt, execution, context)
+    travelled = JobContext.model_construct(  # validated from its headers by the adapter
+        correlation_id=context.correlation_id, tenant=context.tenant,
+        baggage=dict(context.baggage))
+    delivery = _Delivery(manager, attempt, execution, context, travelled)
     with bound_contextvars(job_id=context.job_id or context.task_id, task_id=context.task_id,
-                           attempt=attempt.number, queue=context.queue, node=context.node_id):
+                           attempt=attempt.number, queue=context.queue, node=context.node_id,
+                           **travelled.log_fields()), job_context_bound(travelled):
         if attempt.deliveries > max_attempts:
             return delivery.conclude(delivery.worker_lost())
         stopped = delivery.execute_hooks()
@@ -135,12 +142,12 @@ def run_lifecycle(manager: PluginManager, attempt: Attempt, execution: Execution
 class _Delivery:
     """The steps of :func:`run_lifecycle`, over the inputs they share."""
 
-    __slots__ = ("attempt", "context", "execution", "manager")
+    __slots__ = ("attempt", "context", "execution", "manager", "travelled")
 
     def __init__(self, manager: PluginManager, attempt: Attempt, execution: Execution,
-                 context: ExecutionContext) -> None:
+                 context: ExecutionContext, travelled: JobContext) -> None:
         self.manager, self.attempt = manager, attempt
-        self.execution, self.context = execution, context
+        self.execution, self.context, self.travelled = execution, context, travelled
 
     @property
     def result_id(self) -> str:
@@ -206,7 +213,7 @@ class _Delivery:
     def conclude(self, result: JobResult) -> Outcome:
         """End the attempt with ``result``: ``on_error`` for a job that did not complete
         (which may retry it or replace its error), then ``on_result``."""
-        if result.status not in {"completed", "rejected"}:
+        if result.status not in {"completed", "rejected", "expired"}:
             failure = JobFailed(f"job {result.id} ended {result.status}"
                                 f" ({result.outcome or 'no detail'})", result)
             reported = self.on_error(failure)
@@ -214,8 +221,13 @@ class _Delivery:
                 return reported
             if reported is not failure:
                 result = result.replace(error=error_info(reported).model_dump())
-        result = self.manager.on_result(result, ResultContext(
-            node_id=self.context.node_id, task_id=self.context.task_id,
-            attempt=self.attempt.number, job=self.execution.job))
+        if result.context is None and self.travelled.log_fields():
+            result = result.model_copy(update={"context": self.travelled})
+        context = ResultContext(node_id=self.context.node_id, task_id=self.context.task_id,
+                                attempt=self.attempt.number, job=self.execution.job,
+                                provenance=list(self.context.provenance))
+        result = self.manager.on_result(result, context)
+        if context.provenance:  # which plugins changed the job and its result, in order
+            result = result.replace(provenance=context.provenance)
         self.attempt.finish()
         return Finished(result)

@@ -13,11 +13,18 @@ from typing import Any
 
 from celery import Celery
 
-from worker.models import ErrorInfo, Execution, ExecutionInfo, Job, JobResult
+from worker.models import (
+    ErrorInfo,
+    Execution,
+    ExecutionInfo,
+    Job,
+    JobResult,
+    current_job_context,
+)
 from worker.node.runtime import Runtime, current
 from worker.node.taskbase import SandrunTask
 from worker.plugin.context import ExecutionContext
-from worker.protocol import RUN_JOB
+from worker.protocol import RUN_JOB, replica_index
 from worker.sandbox.executor import run_in_sandbox
 from worker.sandbox.gpu import allocate, suitable
 
@@ -29,9 +36,23 @@ def _refuse(job: Job, outcome: str, message: str) -> JobResult:
                      error=ErrorInfo(type="Unsatisfiable", message=message))
 
 
+def _span_attributes(job: Job) -> dict[str, str]:
+    """The sandboxed run's span attributes: the job, and its correlation id and tenant."""
+    attributes = {"sandrun.job_id": job.id, "sandrun.interpreter": job.interpreter or ""}
+    travelled = current_job_context()
+    if travelled is not None:
+        for key, value in (("correlation_id", travelled.correlation_id),
+                           ("tenant", travelled.tenant)):
+            if value is not None:
+                attributes[f"sandrun.{key}"] = value
+    return attributes
+
+
 def execute_job(job: Job, rt: Runtime, queue: str | None = None,
-                node_id: str | None = None) -> JobResult:
-    """Run ``job`` on this worker: check what it asks for, hold GPUs, sandbox, store outputs."""
+                node_id: str | None = None, output_key: str | None = None) -> JobResult:
+    """Run ``job`` on this worker: check what it asks for, hold GPUs, sandbox, store outputs
+    (under ``output_key``, default the job's id: a consensus job's replicas each keep
+    their own, under their task ids, and the vote names the one kept)."""
     longest = rt.settings.max_job_timeout
     if job.timeout > longest:
         return JobResult(id=job.id, status="rejected", outcome="rejected", error=ErrorInfo(
@@ -49,8 +70,9 @@ def execute_job(job: Job, rt: Runtime, queue: str | None = None,
             ids = stack.enter_context(allocate(devices, job.gpu.count, rt.lock_dir, job.timeout))
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, ids))
             gpu_type = devices[0].type
-        run = run_in_sandbox(job, rt.sandbox, env, warm_next=False)  # after the store
-    rt.outputs.put(job.id, run.outputs)
+        with rt.manager.span("sandrun.sandbox", _span_attributes(job)):
+            run = run_in_sandbox(job, rt.sandbox, env, warm_next=False)  # after the store
+    rt.outputs.put(output_key or job.id, run.outputs)
     pricing = rt.settings.pricing
     return JobResult(
         id=job.id, status=STATUS_BY_OUTCOME.get(run.outcome, "failed"),
@@ -71,7 +93,10 @@ def run_job(execution: Execution, context: ExecutionContext) -> JobResult:
     worker (on the queue and node the context names); the adapter stores the result."""
     if execution.job is None:
         raise TypeError(f"{RUN_JOB} runs a Job; execution {execution.task_id} carries none")
-    return execute_job(execution.job, current(), context.queue, context.node_id)
+    job = execution.job
+    replica = replica_index(context.task_id, job)
+    return execute_job(job, current(), context.queue, context.node_id,
+                       output_key=None if replica is None else context.task_id)
 
 
 class RunJobTask(SandrunTask):

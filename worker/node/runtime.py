@@ -21,6 +21,7 @@ from worker.errors import ConfigurationError
 from worker.models import WorkerInfo
 from worker.plugin.loader import parse_plugin_specs
 from worker.plugin.manager import PluginManager
+from worker.plugin.permissions import parse_plugin_permissions
 from worker.sandbox.config import check_sandbox, sandbox_config
 from worker.sandbox.confine import IsolationError
 from worker.sandbox.executor import SandboxConfig, release_slots
@@ -61,8 +62,10 @@ def build_runtime(settings: Settings | None = None, *, load_plugins: bool = True
     backend = os.environ.get("SANDRUN_RESULT_BACKEND") or settings.result_backend or broker
     client = redis_client(backend)
     storage: StorageBackend = RedisStorageBackend(client) if client else MemoryStorageBackend()
-    manager = PluginManager(storage=storage, dead_letters=dead_letter_store_for(backend),
-                            hook_timeout=settings.hook_timeout)
+    manager = PluginManager(storage=storage, dead_letters=dead_letter_store_for(
+                                backend, ttl=settings.dead_letter_ttl),
+                            hook_timeout=settings.hook_timeout,
+                            permissions=parse_plugin_permissions(settings.plugin_permissions))
     if load_plugins:
         manager.load_all(parse_plugin_specs(settings.plugins))
     sandbox = sandbox_config(settings)
@@ -70,7 +73,8 @@ def build_runtime(settings: Settings | None = None, *, load_plugins: bool = True
         isolation, notes = check_sandbox(sandbox)
     except IsolationError as exc:
         raise ConfigurationError(f"the sandbox cannot run jobs as configured: {exc}") from None
-    return Runtime(settings, manager, Attempts(client), output_store_for(backend), sandbox,
+    outputs = output_store_for(backend, settings.output_ttl)
+    return Runtime(settings, manager, Attempts(client), outputs, sandbox,
                    detect_gpus(settings.gpus), socket.gethostname(), client,
                    isolation=isolation, sandbox_notes=notes)
 

@@ -12,9 +12,11 @@ runs the task. It only translates:
    delivery; a job or a redelivered message looks for a stored final result in
    the same round trip;
 3. build the :class:`~worker.plugin.context.ExecutionContext` from the request
-   (headers, args, eta, redelivered, queue, node);
+   (headers, args, eta, redelivered, queue, node, and the job's context: correlation
+   id, tenant and baggage from their headers, each dropped and logged when not valid);
 4. :func:`~worker.node.lifecycle.run_lifecycle` runs the hooks and the body
-   (:meth:`SandrunTask.body`, after storing STARTED) and says how the delivery ended;
+   (:meth:`SandrunTask.body`, after storing STARTED; a job past its ``deadline`` ends
+   ``expired`` instead, unrun) and says how the delivery ended;
 5. that outcome becomes Celery's: a result to store, ``Ignore`` (dropped, or
    deferred after publishing the same message again with a countdown), or
    ``Task.retry(countdown=...)`` so no worker slot sleeps.
@@ -42,7 +44,8 @@ from pydantic import ValidationError
 
 from worker.broker.amqp import redelivery_options
 from worker.errors import InvalidJob, JobFailed
-from worker.models import ErrorInfo, Execution, Job, JobResult
+from worker.models import ErrorInfo, Execution, Job, JobContext, JobResult
+from worker.models.context import EMPTY
 from worker.node import joblog, runtime
 from worker.node.lifecycle import (
     Deferred,
@@ -55,7 +58,8 @@ from worker.node.lifecycle import (
     run_lifecycle,
 )
 from worker.plugin.context import ErrorContext, ExecutionContext
-from worker.protocol import RUN_JOB, SUBMITTED_HEADER, job_reprs
+from worker.plugin.provenance import PROVENANCE_HEADER, from_header
+from worker.protocol import RUN_JOB, SUBMITTED_HEADER, context_from_headers, job_reprs
 from worker.stores.attempts import Attempt
 from worker.stores.deadletter import DeadLetter
 
@@ -78,6 +82,7 @@ class SandrunTask(Task[Any, Any]):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.request.update(sandrun_started=time.monotonic())
         rt = runtime.current()
+        travelled = self._travelled()
         try:
             execution = self._execution(args, kwargs)
         except (ValidationError, KeyError, IndexError, TypeError) as exc:
@@ -86,7 +91,8 @@ class SandrunTask(Task[Any, Any]):
             self.request.update(sandrun_job_id=execution.job.id)
         attempt, stored = self._begin(rt, execution)
         outcome = run_lifecycle(rt.manager, attempt, execution,
-                                self._context(rt, execution, attempt), self._run_body,
+                                self._context(rt, execution, attempt, travelled),
+                                self._run_body,
                                 max_attempts=rt.settings.max_attempts, stored=stored,
                                 passthrough=CELERY_CONTROL)
         return self._to_celery(outcome, execution)
@@ -99,7 +105,10 @@ class SandrunTask(Task[Any, Any]):
 
     def _run_body(self, execution: Execution, context: ExecutionContext) -> Any:
         """What the lifecycle runs once the hooks let this delivery run: STARTED is
-        stored (as Celery's ``task_track_started`` would), then :meth:`body`."""
+        stored (as Celery's ``task_track_started`` would), then :meth:`body`; a job past
+        its deadline gets an ``expired`` result instead, and never starts."""
+        if execution.job is not None and execution.job.expired():
+            return self._expired(execution.job)
         request = self.request
         if self.app.conf.task_track_started and not request.is_eager and not self.ignore_result:
             where = {"pid": os.getpid(), "hostname": request.hostname}
@@ -135,8 +144,17 @@ class SandrunTask(Task[Any, Any]):
             meta = self.backend.decode_result(attempt.stored) if attempt.stored else {}
         return attempt, meta.get("result") if meta.get("status") == "SUCCESS" else None
 
-    def _context(self, rt: runtime.Runtime, execution: Execution,
-                 attempt: Attempt) -> ExecutionContext:
+    def _travelled(self) -> JobContext:
+        """The job's context from the message's headers (kept on the request for the log
+        events of its end); a header that is not valid is dropped and logged, by name."""
+        travelled, problems = context_from_headers(self.request.headers or {})
+        for problem in problems:
+            log.warning("job_context_dropped", task_id=str(self.request.id), problem=problem)
+        self.request.update(sandrun_context=travelled)
+        return travelled
+
+    def _context(self, rt: runtime.Runtime, execution: Execution, attempt: Attempt,
+                 travelled: JobContext) -> ExecutionContext:
         """What ``on_execute`` is told about this delivery and its message."""
         request = self.request
         delivery = request.delivery_info or {}
@@ -150,7 +168,21 @@ class SandrunTask(Task[Any, Any]):
             headers=dict(request.headers or {}), args=list(request.args or ()),
             kwargs=dict(request.kwargs or {}), eta=str(request.eta) if request.eta else None,
             redelivered=bool(delivery.get("redelivered")),
-            consumed_queues=self._consumed_queues())
+            consumed_queues=self._consumed_queues(), correlation_id=travelled.correlation_id,
+            tenant=travelled.tenant, baggage=dict(travelled.baggage),
+            provenance=self._provenance(getattr(request, PROVENANCE_HEADER, None)))
+
+    @staticmethod
+    def _provenance(raw: Any) -> list[Any]:
+        """The producer's record of the plugins that changed the job (the sender's word:
+        a record, never a control); a malformed one is dropped and logged."""
+        if raw is None:
+            return []
+        entries = from_header(raw)
+        if entries is None:
+            log.warning("provenance_header_dropped", size=len(str(raw)))
+            return []
+        return list(entries)
 
     def _consumed_queues(self) -> tuple[str, ...]:
         """The queues this worker consumes (its own -Q, or every declared queue): unlike
@@ -196,7 +228,10 @@ class SandrunTask(Task[Any, Any]):
         or a user task's value; a user task that did not complete must raise, so that
         Celery records a failure."""
         if execution.job is not None:
-            return result.model_dump(mode="json")
+            # an empty provenance is left out, so clients of earlier releases (whose
+            # JobResult forbids unknown fields) still read what this worker stores
+            return result.model_dump(mode="json",
+                                     exclude=None if result.provenance else {"provenance"})
         if result.status != "completed":
             error = result.error or ErrorInfo(type="JobFailed", message=result.status)
             raise JobFailed(f"{error.type}: {error.message}")
@@ -230,15 +265,28 @@ class SandrunTask(Task[Any, Any]):
         """The log context of this delivery, as :func:`run_lifecycle` binds it."""
         request = self.request
         task_id = str(request.id)
+        travelled: JobContext = request.get("sandrun_context") or EMPTY
         return {"job_id": request.get("sandrun_job_id") or task_id, "task_id": task_id,
                 "attempt": int(request.retries or 0) + 1,
                 "queue": (request.delivery_info or {}).get("routing_key"),
-                "node": request.hostname}
+                "node": request.hostname, **travelled.log_fields()}
 
     def _wall(self) -> float | None:
         """Seconds since this delivery reached the task, to its outcome stored."""
         started = self.request.get("sandrun_started")
         return None if started is None else round(time.monotonic() - started, 6)
+
+    def _expired(self, job: Job) -> JobResult:
+        """A job delivered after its deadline is never run. Celery's ``expires`` stops
+        most of them before this task is called; this catches a message that lost it (a
+        hand-built publish, a broker writer's copy): the job's own deadline, checked after
+        ``on_execute`` so that only a verified message (``auth``) can store a result."""
+        assert job.deadline is not None
+        log.info("job_expired", job_id=job.id, deadline=job.deadline.isoformat())
+        return JobResult(id=job.id, status="expired", outcome="expired",
+                         error=ErrorInfo(type="JobExpired", message=(
+                             f"the job's deadline {job.deadline.isoformat()} passed before "
+                             "it started")))
 
     def _invalid(self, exc: Exception) -> dict[str, Any]:
         """A ``sandrun.run_job`` message whose payload is not a valid Job: rejected."""
@@ -252,8 +300,10 @@ class SandrunTask(Task[Any, Any]):
         log.error("job_payload_invalid", task_id=task_id, error=str(error))
         rt.manager.on_error(error, ErrorContext(operation="parse", task_id=task_id))
         if rt.manager.dead_letters is not None:
+            travelled: JobContext = self.request.get("sandrun_context") or EMPTY
             rt.manager.dead_letters.add(DeadLetter(
                 id=task_id, task=self.name, reason=str(error), source="broker",
+                context=travelled if travelled != EMPTY else None,
                 raw=json.dumps(self.request.args, default=str)[:RAW_LIMIT]))
         return JobResult(id=task_id, status="rejected", outcome="rejected",
                          error=error_info(error)).model_dump(mode="json")

@@ -3,7 +3,9 @@
 A hook receives ``(data, context)``. The data is what a hook may replace (a Job,
 a JobResult, an exception); the context says where and when it is happening and
 is never replaced. ``job_id`` is on every context so that a failing hook can be
-logged with the job it was working on.
+logged with the job it was working on. ``provenance`` (submission, publish,
+execution and result contexts) lists the hook calls that changed the data so far
+(:mod:`worker.plugin.provenance`); the manager appends to it, plugins read it.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
 
     from worker.collector import MetricsCollector
-    from worker.models import Execution, Job
+    from worker.models import Execution, Job, Transform
     from worker.plugin.impl import HookTimer
     from worker.stores.deadletter import DeadLetterStore
     from worker.stores.storage import PluginStorage
+    from worker.tracing import Tracer
 
 
 def _now() -> datetime:
@@ -33,8 +36,10 @@ class PluginContext:
     """Given to ``on_init``: the plugin's validated config and its own tools.
 
     ``dead_letters`` is where jobs that will not run again go (None in a process
-    without a store); ``install_metrics`` replaces the collector the host and
-    later plugins use; ``time_hooks`` asks for every hook's duration."""
+    without a store); ``install_metrics`` replaces the collector the host and every
+    plugin record into (``metrics`` follows it, whenever the plugin was loaded);
+    ``time_hooks`` asks for every hook's duration; ``install_tracer`` gives the host a
+    :class:`~worker.tracing.Tracer` for its spans (submission, hook chains, sandbox)."""
 
     name: str
     config: Any
@@ -44,6 +49,7 @@ class PluginContext:
     dead_letters: DeadLetterStore | None = None
     install_metrics: Callable[[MetricsCollector], None] | None = None
     time_hooks: Callable[[HookTimer | None], None] | None = None
+    install_tracer: Callable[[Tracer | None], None] | None = None
 
 
 @dataclass(slots=True)
@@ -70,7 +76,11 @@ class SubmissionContext:
 
     ``headers`` become headers of the message; ``metadata`` is handed on to the
     message's :class:`PublishContext`, so a plugin can carry a decision from
-    ``on_submit`` to ``on_publish``."""
+    ``on_submit`` to ``on_publish``. ``correlation_id`` (the caller's, or a new one),
+    ``tenant`` (the caller's; None lets the job's ``tenant`` label name it, when that is
+    a valid tenant) and ``baggage`` travel to the worker as the job's
+    :class:`~worker.models.JobContext`; a hook may change them, and they are validated
+    after the chain (an invalid value fails the submit)."""
 
     submitted_at: datetime = field(default_factory=_now)
     producer: str = ""
@@ -79,6 +89,10 @@ class SubmissionContext:
     duration: float | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     job_id: str | None = None
+    provenance: list[Transform] = field(default_factory=list)
+    correlation_id: str | None = None
+    tenant: str | None = None
+    baggage: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -93,6 +107,7 @@ class PublishContext:
     producer: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
     job_id: str | None = None
+    provenance: list[Transform] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.job_id is None and self.job is not None:
@@ -107,7 +122,9 @@ class ExecutionContext:
     received), ``eta`` and ``redelivered`` describe the message itself, for plugins
     that check it (authentication). They are the sender's word, like ``attempt``
     (Celery's ``retries`` + 1) and ``queue`` (the routing key): whoever can write to
-    the broker sets them, so a check may refuse because of them, never accept."""
+    the broker sets them, so a check may refuse because of them, never accept.
+    ``correlation_id``, ``tenant`` and ``baggage`` are the job's context from its
+    headers (validated, and covered by the signature where the ``auth`` plugin is on)."""
 
     node_id: str
     pool_id: str
@@ -125,6 +142,10 @@ class ExecutionContext:
     eta: str | None = None
     redelivered: bool = False
     consumed_queues: tuple[str, ...] = ()
+    provenance: list[Transform] = field(default_factory=list)
+    correlation_id: str | None = None
+    tenant: str | None = None
+    baggage: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -137,6 +158,7 @@ class ResultContext:
     job: Job | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     job_id: str | None = None
+    provenance: list[Transform] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.job_id is None and self.job is not None:

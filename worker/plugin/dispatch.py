@@ -10,10 +10,16 @@ is, and the untimed path pays for no timer check. Tuples are swapped in whole, s
 running chain is never mutated under its feet and dispatch takes no lock.
 
 The loop has one shape: each step gets ``(data, context)``; a coroutine it returns is
-run to its end; a non-None result replaces ``data``; an exception other than the
-propagated kinds is handed to ``on_error`` and the chain goes on. It is written twice,
-line for line, because the async flavour must ``await`` inside the ``try``: sharing
-one body would cost a coroutine per handler, more than the whole loop costs now.
+run to its end; a non-None result that is another object than ``data`` goes to the
+manager's ``hook_changed``, which checks the plugin's permission, records which fields
+changed (provenance) and says what ``data`` becomes; an exception other than the
+propagated kinds is handed to ``hook_failed`` and the chain goes on; a propagated one
+of a plugin that lacks some permission goes to ``hook_raised`` first (a refused veto
+is ignored). Permission checks therefore cost nothing on a call that returns None or
+its input, and nothing at all for a plugin holding every permission it could use.
+It is written twice, line for line, because the async flavour must ``await`` inside
+the ``try``: sharing one body would cost a coroutine per handler, more than the whole
+loop costs now.
 
 Timeouts: a handler with ``timeout`` > 0 that runs longer is abandoned with a
 :class:`~worker.errors.HookTimeout`, handed to ``on_error`` like any fault, and the
@@ -37,28 +43,44 @@ from types import CoroutineType
 from typing import Any
 
 from worker.errors import HookCallError, HookControl, HookTimeout
+from worker.plugin import netguard
 from worker.plugin.hookthreads import HookThreads
-from worker.plugin.impl import Call, Chain, ErrorHandler, HookImpl, HookTimer, Steps
+from worker.plugin.impl import Call, Chain, HookImpl, HookTimer, Outcomes, Steps
+from worker.plugin.permissions import ALL
+from worker.plugin.redact import ahiding, hiding
 from worker.plugin.validation import CheckedPlugin
 
 
-def implementations(item: CheckedPlugin, order: int, default_timeout: float) -> list[HookImpl]:
+def implementations(item: CheckedPlugin, order: int, default_timeout: float,
+                    granted: frozenset[str] = ALL,
+                    refuse: netguard.Refuse | None = None) -> list[HookImpl]:
     """One plugin's handlers, ready to register. A handler's timeout is its
     ``@hook(timeout=...)``, else the plugin's ``hook_timeout``, else ``default_timeout``;
-    the timed ones share one HookThreads for the plugin."""
+    the timed ones share one HookThreads for the plugin. ``granted``: the plugin's
+    permissions (its handlers are ``restricted`` when it lacks one); without
+    ``network`` its handlers run marked for :mod:`worker.plugin.netguard`, which
+    reports refusals to ``refuse``."""
+    restricted = granted != ALL
+    no_network = "network" not in granted and refuse is not None
+    if no_network:
+        netguard.install()
     plugin_default = item.plugin.hook_timeout
     default = default_timeout if plugin_default is None else plugin_default
     threads = None
     impls = []
     for hook_name, options in item.hooks.items():
         fn = getattr(item.plugin, hook_name)
+        is_async = inspect.iscoroutinefunction(fn)
+        if no_network:
+            assert refuse is not None
+            fn = netguard.guarded(fn, item.name, hook_name, is_async, refuse)
         priority = item.priority if options.priority is None else options.priority
         timeout = float(default if options.timeout is None else options.timeout)
         if timeout and threads is None:
             threads = HookThreads(item.name)
         impls.append(HookImpl(item.name, hook_name, fn, priority, options.once,
-                              inspect.iscoroutinefunction(fn), order, timeout,
-                              threads if timeout else None))
+                              is_async, order, timeout,
+                              threads if timeout else None, granted, restricted))
     return impls
 
 
@@ -228,10 +250,14 @@ def _once(impl: HookImpl, call: Call, discard: Callable[[HookImpl], None]) -> Ca
 def _step(impl: HookImpl, timer: HookTimer | None, discard: Callable[[HookImpl], None],
           in_loop: bool) -> Call:
     """What dispatch calls for ``impl``: the handler itself, or it wrapped in its timeout
-    (``in_loop``: for :func:`acall_chain`), the timer and ``once``, in that order."""
+    (``in_loop``: for :func:`acall_chain`), the hiding of secrets (a plugin without
+    ``secrets``), the timer and ``once``, in that order."""
     call: Call = impl.function
     if impl.timeout:
         call = functools.partial(_acall_timed if in_loop else _call_timed, impl)
+    if "secrets" not in impl.granted:
+        call = ahiding(call) if in_loop else hiding(
+            call, functools.partial(run_sync, what=_describe(impl)))
     if timer is not None:
         call = (_atiming if in_loop else _timing)(impl, call, timer)
     if impl.once:
@@ -239,35 +265,39 @@ def _step(impl: HookImpl, timer: HookTimer | None, discard: Callable[[HookImpl],
     return call
 
 
-def call_chain(steps: Steps, data: Any, context: Any, on_error: ErrorHandler) -> Any:
+def call_chain(steps: Steps, data: Any, context: Any, outcomes: Outcomes) -> Any:
     """Run a hook's steps synchronously; async handlers are driven to completion."""
     for impl, call in steps:
         try:
             result = call(data, context)
             if type(result) is CoroutineType:
                 result = run_sync(result, _describe(impl))
-        except PROPAGATE:
+        except PROPAGATE as exc:
+            if impl.restricted and not outcomes.hook_raised(impl, exc, data, context):
+                continue
             raise
         except Exception as exc:
-            on_error(impl, exc, data, context)
+            outcomes.hook_failed(impl, exc, data, context)
             continue
-        if result is not None:
-            data = result
+        if result is not None and result is not data:
+            data = outcomes.hook_changed(impl, data, result, context)
     return data
 
 
-async def acall_chain(steps: Steps, data: Any, context: Any, on_error: ErrorHandler) -> Any:
+async def acall_chain(steps: Steps, data: Any, context: Any, outcomes: Outcomes) -> Any:
     """:func:`call_chain` inside an event loop: awaitables are awaited in it."""
     for impl, call in steps:
         try:
             result = call(data, context)
             if inspect.isawaitable(result):
                 result = await result
-        except PROPAGATE:
+        except PROPAGATE as exc:
+            if impl.restricted and not outcomes.hook_raised(impl, exc, data, context):
+                continue
             raise
         except Exception as exc:
-            on_error(impl, exc, data, context)
+            outcomes.hook_failed(impl, exc, data, context)
             continue
-        if result is not None:
-            data = result
+        if result is not None and result is not data:
+            data = outcomes.hook_changed(impl, data, result, context)
     return data

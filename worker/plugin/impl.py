@@ -9,15 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from worker.plugin.hookthreads import HookThreads
+from worker.plugin.permissions import ALL
 
 
 @dataclass(frozen=True, slots=True, eq=False)
 class HookImpl:
     """One plugin's implementation of one hook; ``timeout`` 0 means no limit, else
-    ``threads`` runs its sync calls."""
+    ``threads`` runs its sync calls. ``granted``: the plugin's permissions;
+    ``restricted``: it lacks some, so dispatch checks what its calls return or raise."""
 
     plugin: str
     hook: str
@@ -28,6 +30,8 @@ class HookImpl:
     order: int
     timeout: float = 0.0
     threads: HookThreads | None = None
+    granted: frozenset[str] = ALL
+    restricted: bool = False
 
 
 #: A hook's implementations in call order.
@@ -37,7 +41,21 @@ Call = Callable[[Any, Any], Any]
 #: A chain as dispatch runs it: each implementation beside the callable that runs it
 #: (the handler, wrapped in its timeout, the hook timer and ``once`` where they apply).
 Steps = tuple[tuple[HookImpl, Call], ...]
-#: Called with a handler that raised (or timed out), the exception, the data and context.
-ErrorHandler = Callable[[HookImpl, Exception, Any, Any], None]
+
+
+class Outcomes(Protocol):
+    """What dispatch reports a handler's outcomes to (the manager)."""
+
+    def hook_failed(self, impl: HookImpl, exc: Exception, data: Any, context: Any) -> None:
+        """A handler raised (or timed out): the chain goes on with ``data``."""
+
+    def hook_changed(self, impl: HookImpl, old: Any, new: Any, context: Any) -> Any:
+        """A handler returned ``new``, another object than ``old``: the data to go on with
+        (``new``, or ``old`` when the change is refused)."""
+
+    def hook_raised(self, impl: HookImpl, exc: BaseException, data: Any, context: Any) -> bool:
+        """A handler of a ``restricted`` plugin raised a control-flow exception: True to
+        let it propagate, False to ignore it (refused)."""
+
 #: Called with each handler and its duration in seconds, when hook timing is on.
 HookTimer = Callable[[HookImpl, float], None]

@@ -12,7 +12,8 @@ A reference is one of:
       quota = "sandrun_quota:QuotaPlugin"
 
 ``parse_plugin_specs`` reads the ``SANDRUN_PLUGINS`` setting: a JSON list whose
-items are references or ``{"name": ..., "config": {...}}`` objects.
+items are references or ``{"name": ..., "config": {...}, "permissions": [...]}``
+objects (``permissions``: grant the plugin only these of what it declares).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 from worker.errors import ConfigurationError, PluginNotFound
 from worker.logs import apply_deferred_logging
+from worker.plugin import permissions as perms
 from worker.plugin.spec import Plugin
 
 ENTRY_POINT_GROUP = "sandrun.plugins"
@@ -34,10 +36,17 @@ PluginRef = Plugin | type[Plugin] | str
 
 @dataclass(frozen=True, slots=True)
 class PluginSpec:
-    """A plugin reference with the configuration to load it with."""
+    """A plugin reference with the configuration to load it with and, optionally, the
+    subset of its declared permissions it is granted (None: all it declares)."""
 
     ref: PluginRef
     config: Any = field(default=None)
+    permissions: frozenset[str] | None = None
+
+    @property
+    def from_package(self) -> bool:
+        """Whether the reference is an entry-point name (an installed package's plugin)."""
+        return isinstance(self.ref, str) and ":" not in self.ref
 
 
 def available_entry_points() -> dict[str, EntryPoint]:
@@ -104,6 +113,24 @@ def resolve_ref(ref: PluginRef) -> Plugin:
     return _instantiate(obj, f"entry point {ref!r}")
 
 
+def _object_spec(item: dict[str, Any], where: str) -> PluginSpec:
+    extra = set(item) - {"name", "config", "permissions"}
+    config, granted = item.get("config"), item.get("permissions")
+    if extra or not (config is None or isinstance(config, dict)):
+        raise ConfigurationError(f"{where}: objects take 'name', an optional 'config' object "
+                                 f"and an optional 'permissions' list, got {item!r}")
+    if granted is not None:
+        if not isinstance(granted, list) or not all(isinstance(p, str) for p in granted):
+            raise ConfigurationError(f"{where}: 'permissions' must be a list of names such as "
+                                     '["storage", "job:transform"]')
+        bad = perms.unknown(granted)
+        if bad:
+            raise ConfigurationError(f"{where}: unknown permission(s) {', '.join(bad)}; use "
+                                     f"{', '.join(sorted(perms.ALL))}")
+        granted = frozenset(granted)
+    return PluginSpec(item["name"], config, granted)
+
+
 def parse_plugin_specs(raw: str | None, *, setting: str = "SANDRUN_PLUGINS") -> list[PluginSpec]:
     """Parse a JSON plugin list; raise ConfigurationError saying which item is wrong."""
     if raw is None or not raw.strip():
@@ -121,12 +148,7 @@ def parse_plugin_specs(raw: str | None, *, setting: str = "SANDRUN_PLUGINS") -> 
         if isinstance(item, str) and item:
             specs.append(PluginSpec(item))
         elif isinstance(item, dict) and isinstance(item.get("name"), str) and item["name"]:
-            extra = set(item) - {"name", "config"}
-            config = item.get("config")
-            if extra or not (config is None or isinstance(config, dict)):
-                raise ConfigurationError(f"{setting}[{index}]: objects take 'name' and an "
-                                         f"optional 'config' object, got {item!r}")
-            specs.append(PluginSpec(item["name"], config))
+            specs.append(_object_spec(item, f"{setting}[{index}]"))
         else:
             raise ConfigurationError(f"{setting}[{index}] is {item!r}; use a plugin name, "
                                      "'module:attr', or {\"name\": ..., \"config\": {...}}")

@@ -115,7 +115,14 @@ class PluginManifest(BaseModel):
     """Metadata for discovery and validation; ``configuration`` is a pydantic model class.
 
     ``name`` and ``version`` have one source, the plugin class's attributes: leave them
-    out here (None). A manifest that states them anyway must agree with the class."""
+    out here (None). A manifest that states them anyway must agree with the class.
+
+    ``apis``: every hook the plugin implements (spec hooks other than on_init and
+    on_destroy, and custom hooks); loading refuses a plugin whose methods differ.
+    ``permissions``: what its hooks may do, from :data:`worker.plugin.permissions.PERMISSIONS`.
+    Left as None, either is *undeclared*: apis are taken from the methods, and an
+    undeclared plugin gets every permission (plugins of installed packages must
+    declare both)."""
 
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
     name: str | None = None
@@ -125,8 +132,8 @@ class PluginManifest(BaseModel):
     license: str = ""
     keywords: list[str] = Field(default_factory=list)
     dependencies: list[PluginDependency] = Field(default_factory=list)
-    apis: list[str] = Field(default_factory=list)
-    permissions: list[str] = Field(default_factory=list)
+    apis: list[str] | None = None
+    permissions: list[str] | None = None
     configuration: type[BaseModel] | None = None
 
 

@@ -17,6 +17,7 @@ from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ValidationError
 
 from worker.errors import InvalidPlugin, PluginConfigError
+from worker.plugin import permissions as perms
 from worker.plugin.spec import (
     CHAIN_HOOKS,
     CUSTOM_HOOK_ARGS,
@@ -41,6 +42,9 @@ class CheckedPlugin:
     hooks: dict[str, HookOptions]
     custom_hooks: tuple[str, ...]
     config_model: type[BaseModel] | None
+    #: What the manifest declares; None: undeclared (every permission, see
+    #: :mod:`worker.plugin.permissions`).
+    permissions: frozenset[str] | None = None
 
 
 def _overridden(plugin: Plugin, attr: str) -> bool:
@@ -140,8 +144,38 @@ def _timeout_problems(plugin: Plugin, hooks: Mapping[str, HookOptions]) -> list[
                 or not math.isfinite(value) or value < 0)]
 
 
-def check_plugin(plugin: Plugin, known_custom_hooks: Collection[str] = ()) -> CheckedPlugin:
-    """Validate ``plugin`` against the spec; raise one InvalidPlugin listing every problem."""
+def _manifest_problems(plugin: Plugin, hooks: Collection[str], must_declare: bool
+                       ) -> list[str]:
+    """How the manifest's ``apis`` and ``permissions`` disagree with the plugin."""
+    manifest = plugin.manifest
+    apis = None if manifest is None else manifest.apis
+    declared = None if manifest is None else manifest.permissions
+    problems = []
+    if must_declare and (apis is None or declared is None):
+        problems.append("a plugin of an installed package must declare what it does: set "
+                        f"manifest = PluginManifest(apis={sorted(hooks)!r}, permissions=[...]) "
+                        f"(permissions among {', '.join(sorted(perms.ALL))})")
+    if apis is not None:
+        listed = set(apis) - set(LIFECYCLE_HOOKS)
+        missing, extra = sorted(set(hooks) - listed), sorted(listed - set(hooks))
+        if missing or extra:
+            diff = [f"implements {', '.join(missing)} not listed" if missing else "",
+                    f"lists {', '.join(extra)} it does not implement" if extra else ""]
+            problems.append(f"manifest apis do not match its methods: it "
+                            f"{'; it '.join(d for d in diff if d)}; set apis={sorted(hooks)!r}")
+    bad = perms.unknown(declared or ())
+    if bad:
+        problems.append(f"manifest permissions {', '.join(bad)} are unknown; use "
+                        f"{', '.join(sorted(perms.ALL))}")
+    return problems
+
+
+def check_plugin(plugin: Plugin, known_custom_hooks: Collection[str] = (), *,
+                 must_declare: bool = False) -> CheckedPlugin:
+    """Validate ``plugin`` against the spec; raise one InvalidPlugin listing every problem.
+
+    ``must_declare``: the manifest must state ``apis`` and ``permissions`` (plugins
+    loaded from installed packages by entry-point name)."""
     if not isinstance(plugin, Plugin):
         raise InvalidPlugin(f"{plugin!r} is not a Plugin; subclass worker.Plugin")
     name = plugin_name(plugin)
@@ -160,11 +194,14 @@ def check_plugin(plugin: Plugin, known_custom_hooks: Collection[str] = ()) -> Ch
     custom = _custom_hooks(plugin, problems)
     hooks = _hooks(plugin, {*known_custom_hooks, *custom}, problems)
     problems.extend(_timeout_problems(plugin, hooks))
+    problems.extend(_manifest_problems(plugin, hooks, must_declare))
     if problems:
         raise InvalidPlugin(f"plugin {name!r} ({type(plugin).__qualname__}) is invalid:\n"
                             + "\n".join(f"  - {p}" for p in problems))
     model = plugin.manifest.configuration if plugin.manifest else None
-    return CheckedPlugin(plugin, name, version, plugin.priority, deps, hooks, custom, model)
+    declared = plugin.manifest.permissions if plugin.manifest else None
+    return CheckedPlugin(plugin, name, version, plugin.priority, deps, hooks, custom, model,
+                         None if declared is None else frozenset(declared))
 
 
 def check_config(name: str, model: type[BaseModel] | None, config: Any) -> Any:

@@ -27,10 +27,11 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+from worker.sandbox.reaping import run_reaped
 
 #: Where bwrap is looked for: the system's, never one a job or $PATH could place.
 SEARCH_PATH = "/usr/bin:/bin:/usr/local/bin:/usr/sbin"
@@ -164,17 +165,15 @@ def unavailable(uid: int | None = None, network: bool = False) -> str | None:
     cmd = command(View(workdir, uid if uid is not None else os.getuid(), 0, network=network),
                   ["/usr/bin/true"])
     try:
-        run = subprocess.run(cmd.argv, pass_fds=cmd.fds, capture_output=True, timeout=30,
-                             user=uid, group=uid, extra_groups=[] if uid is not None else None,
-                             check=False)
-    except (OSError, subprocess.SubprocessError) as exc:
-        return f"bubblewrap cannot start: {exc}"
+        code, stderr = run_reaped(cmd.argv, pass_fds=cmd.fds, user=uid)
     finally:
         cmd.close()
         os.rmdir(workdir)
-    if run.returncode != 0:
-        why = run.stderr.decode(errors="replace").strip().splitlines()
-        return (f"bubblewrap cannot build a view here ({why[-1] if why else run.returncode}); "
+    if code < 0:
+        return f"bubblewrap cannot start: {stderr}"
+    if code != 0:
+        why = stderr.strip().splitlines()
+        return (f"bubblewrap cannot build a view here ({why[-1] if why else code}); "
                 "the host must allow unprivileged user namespaces "
                 "(sysctl user.max_user_namespaces > 0, kernel.unprivileged_userns_clone=1)")
     return None

@@ -5,12 +5,15 @@ outputs, even on a host where no filesystem view can be built. So a root worker
 never runs two jobs as the same user at once: each pool process takes a **slot**,
 one uid of ``SANDRUN_JOB_UIDS`` (default 200000-200999, uids no account on the
 host uses), held by an exclusive ``flock`` for the process's lifetime, so
-workers sharing a host never pick the same uid.
+workers sharing a host never pick the same uid. A uid is the host's, whatever job
+directory root a worker uses, so it is locked twice: in ``/run/sandrun/job-uids/``
+(root, 0700), shared by every worker of the host, and beneath the root, where the
+sweep of that root looks (and where workers before the host lock took theirs).
 
 Layout, beneath the job directory root (``/tmp`` unless configured)::
 
     sandrun-jobs/            root, 0711: others may pass, nobody may list
-      .locks/uid-<N>         root, 0700: the slot locks
+      .locks/uid-<N>         root, 0700: the slot locks of this root
       slot-<N>/              root, 0711; a tmpfs of SANDRUN_JOB_DISK_MB when root
         job-<random>/        uid N, 0700: one job's directory
 
@@ -36,6 +39,9 @@ from worker.sandbox.collect import remove_tree
 from worker.sandbox.confine import IsolationError
 
 JOBS_DIR = "sandrun-jobs"
+#: Where the host's uid locks live (``/run`` is the host's, root-only and emptied at boot);
+#: beneath the temporary directory where a host has no ``/run``.
+UID_LOCKS = ("/run/sandrun", "job-uids")
 MNT_DETACH = 2
 MS_NOSUID, MS_NODEV = 2, 4
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -68,8 +74,9 @@ class Slot:
 
     uid: int
     base: Path  # slot-<uid>: job directories are made here
-    lock_fd: int
+    lock_fd: int  # the lock beneath the root (what its sweep checks)
     disk_bytes: int  # 0: no tmpfs (the worker is not root)
+    host_lock_fd: int = -1  # the host's lock of the uid
 
 
 def _owned_dir(path: Path, mode: int) -> None:
@@ -84,6 +91,16 @@ def _owned_dir(path: Path, mode: int) -> None:
                              "SANDRUN_WORKDIR_ROOT to a directory only the worker controls")
     if stat.S_IMODE(info.st_mode) != mode:
         os.chmod(path, mode)
+
+
+def uid_locks() -> Path:
+    """The host's uid lock directory (module docstring), made and checked."""
+    top = Path(UID_LOCKS[0]) if os.path.isdir("/run") else \
+        Path(tempfile.gettempdir()) / "sandrun-run"
+    _owned_dir(top, 0o700)
+    locks = top / UID_LOCKS[1]
+    _owned_dir(locks, 0o700)
+    return locks
 
 
 def jobs_root(workdir_root: str | None) -> Path:
@@ -156,19 +173,23 @@ def acquire(workdir_root: str | None, uids: UidRange, disk_bytes: int) -> Slot:
     """Take the first free uid of ``uids`` for this process, with an empty slot directory
     (a tmpfs of ``disk_bytes`` when > 0). IsolationError when every uid is taken."""
     root = jobs_root(workdir_root)
-    locks = root / ".locks"
+    locks, host_locks = root / ".locks", uid_locks()
     _owned_dir(locks, 0o700)
     sweep(root)
     for uid in range(uids.first, uids.last + 1):
+        host_fd = _try_lock(host_locks, uid)
+        if host_fd is None:
+            continue
         fd = _try_lock(locks, uid)
-        if fd is None:
+        if fd is None:  # held in this root by a worker that takes no host lock
+            os.close(host_fd)
             continue
         base = root / f"slot-{uid}"
         _empty_slot(base)
         _owned_dir(base, 0o711)
         if disk_bytes:
             _mount_disk(base, disk_bytes)
-        return Slot(uid, base, fd, disk_bytes)
+        return Slot(uid, base, fd, disk_bytes, host_fd)
     raise IsolationError(f"every job uid of {uids.first}-{uids.last} is taken by a running "
                          "pool process on this host; widen SANDRUN_JOB_UIDS")
 
@@ -189,3 +210,5 @@ def release(slot: Slot) -> None:
             os.rmdir(slot.base)
     finally:
         os.close(slot.lock_fd)
+        if slot.host_lock_fd >= 0:
+            os.close(slot.host_lock_fd)

@@ -32,10 +32,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 from worker.sandbox.confine import PR_SET_DUMPABLE, Confinement, enter, prctl
-from worker.sandbox.reaping import reap_finished_launchers
+from worker.sandbox.reaping import PR_SET_CHILD_SUBREAPER, reap_finished_launchers
 
 PR_SET_PDEATHSIG = 1
-PR_SET_CHILD_SUBREAPER = 36
 SAMPLE_SECONDS = 0.01
 
 

@@ -1,9 +1,10 @@
 """The dead-letter store: jobs that will not be tried again, kept for a person to look at.
 
 A dead letter holds the job (or the task name and arguments of a user task),
-why it died, and its whole attempt history. Letters expire after a TTL (seven
-days by default). Redis keeps them under ``sandrun:dead:<id>`` with an index
-sorted by time; the embedded ``file://`` mode keeps one JSON file each.
+why it died, its whole attempt history and its context (correlation id, tenant,
+baggage). Letters expire after a TTL (seven days by default,
+``SANDRUN_DEAD_LETTER_TTL``). Redis keeps them under ``sandrun:dead:<id>`` with an
+index sorted by time; the embedded ``file://`` mode keeps one JSON file each.
 ``sandrun dead list|show|replay`` reads them.
 """
 
@@ -21,8 +22,10 @@ from pydantic import BaseModel, Field
 from worker.broker.urls import redis_client
 from worker.collector import MetricsCollector
 from worker.errors import ConfigurationError
+from worker.models import JobContext, current_job_context
+from worker.settings import DEAD_LETTER_TTL_SECONDS
 
-DEAD_TTL_SECONDS = 7 * 24 * 3600
+DEAD_TTL_SECONDS = DEAD_LETTER_TTL_SECONDS
 INDEX_KEY = "sandrun:dead"
 
 
@@ -40,6 +43,9 @@ class DeadLetter(BaseModel):
     dead_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     raw: str | None = Field(default=None, description="start of an undecodable message")
     content_type: str | None = None
+    context: JobContext | None = Field(default=None, description=(
+        "the correlation id, tenant and baggage of the job (the one being worked on when "
+        "the letter was added, unless given)"))
 
 
 class DeadLetterStore(ABC):
@@ -49,7 +55,12 @@ class DeadLetterStore(ABC):
         self.metrics = metrics
 
     def add(self, letter: DeadLetter) -> None:
-        """Keep ``letter`` (replacing an older letter of the same id)."""
+        """Keep ``letter`` (replacing an older letter of the same id), with the context of
+        the job being worked on when it has none of its own."""
+        if letter.context is None:
+            current = current_job_context()
+            if current is not None:
+                letter = letter.model_copy(update={"context": current})
         self._put(letter)
         if self.metrics is not None:
             self.metrics.counter("sandrun_dead_letter_total", "Jobs dead-lettered",
@@ -137,15 +148,16 @@ class FileDeadLetterStore(DeadLetterStore):
         return existed
 
 
-def dead_letter_store_for(result_backend: str, metrics: MetricsCollector | None = None
-                          ) -> DeadLetterStore:
-    """The store that fits a result backend URL: Redis, or ``file://`` directories."""
+def dead_letter_store_for(result_backend: str, metrics: MetricsCollector | None = None,
+                          ttl: int = DEAD_TTL_SECONDS) -> DeadLetterStore:
+    """The store that fits a result backend URL: Redis, or ``file://`` directories;
+    letters are kept ``ttl`` seconds (``SANDRUN_DEAD_LETTER_TTL``)."""
     if result_backend.startswith("file://"):
         return FileDeadLetterStore(Path(result_backend.removeprefix("file://")) / "dead",
-                                   metrics=metrics)
+                                   ttl=ttl, metrics=metrics)
     client = redis_client(result_backend)
     if client is None:
         raise ConfigurationError(
             f"dead letters are kept in Redis or under file://, and the result backend is "
             f"{result_backend!r}; set SANDRUN_RESULT_BACKEND to a redis:// URL")
-    return RedisDeadLetterStore(client, metrics=metrics)
+    return RedisDeadLetterStore(client, ttl=ttl, metrics=metrics)

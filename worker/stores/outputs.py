@@ -16,8 +16,7 @@ import redis
 
 from worker.broker.urls import redis_client
 from worker.models import OutputFile, check_relative_path
-
-OUTPUT_TTL_SECONDS = 24 * 3600
+from worker.settings import OUTPUT_TTL_SECONDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,11 +90,12 @@ class MemoryOutputStore(OutputStore):
         return self._data.get((job_id, path))
 
 
-def output_store_for(result_backend: str) -> OutputStore:
-    """The store that fits a result backend URL (Redis, ``file://``, else this process)."""
+def output_store_for(result_backend: str, ttl: int = OUTPUT_TTL_SECONDS) -> OutputStore:
+    """The store that fits a result backend URL (Redis, ``file://``, else this process);
+    in Redis, outputs expire ``ttl`` seconds after they are stored (``SANDRUN_OUTPUT_TTL``)."""
     if result_backend.startswith("file://"):
         return FileOutputStore(Path(result_backend.removeprefix("file://")) / "outputs")
     client = redis_client(result_backend)
     if client is not None:
-        return RedisOutputStore(client)
+        return RedisOutputStore(client, ttl)
     return MemoryOutputStore()

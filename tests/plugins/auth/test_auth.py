@@ -428,7 +428,8 @@ def test_worker_without_keys_refuses_to_start() -> None:
 def test_verify_is_independent_of_dict_order(producer: AuthPlugin) -> None:
     publication = signed(producer, job_publication())
     reordered = [dict(reversed(list(publication.args[0].items())))]
-    message = Message(publication.task, publication.task_id, publication.queue, reordered, {})
+    message = Message(publication.task, publication.task_id, publication.queue, reordered, {},
+                      publication.headers)
     claims = verify(publication.headers[AUTH_HEADER], message, Keyring({"k1": S1}),
                     now=producer.clock(), leeway=5, max_ttl=86400)
     assert claims["jid"] == publication.task_id

@@ -261,9 +261,10 @@ def test_a_held_job_is_stored_signed_and_released_with_its_signature(url: str) -
     assert plugin.process_queue(NOW + 3541) == 1
     released = release.pubs[0]
     assert released.headers[AUTH_HEADER] == signature
+    assert released.headers["sandrun_tenant"] == "k1"  # the signed context, kept as sent
     verify(signature, Message(released.task, released.task_id, released.queue, released.args,
-                              released.kwargs), Keyring({"k1": KEY}), now=NOW + 3600, leeway=5,
-           max_ttl=86400)
+                              released.kwargs, released.headers), Keyring({"k1": KEY}),
+           now=NOW + 3600, leeway=5, max_ttl=86400)
 
 
 def test_a_job_it_cannot_store_is_refused_not_sent_unheld(tmp_path: Path) -> None:

