@@ -37,6 +37,7 @@ from pydantic import ValidationError
 
 from worker.broker.factory import make_app
 from worker.broker.publisher import Publisher
+from worker.client.gpus import GPUCheck
 from worker.client.replicas import FleetCheck, replica_publications
 from worker.errors import (
     BrokerUnavailable,
@@ -206,6 +207,7 @@ class Sandrun:
         self._outputs = output_store_for(str(app.conf.result_backend), settings.output_ttl)
         self.publisher = Publisher(app, settings.publish_retry_seconds)
         self.check_fleet = FleetCheck(app)
+        self.check_gpus = GPUCheck(app)
 
     @classmethod
     def create(cls, *, plugins: Sequence[PluginSpec | PluginRef] | None = None,
@@ -279,6 +281,7 @@ class Sandrun:
                                f"allows ({self.settings.max_job_timeout:g}s, "
                                "SANDRUN_MAX_JOB_TIMEOUT)")], source=f"job {job.id}")
         self._check_deadline(job)
+        self.check_gpus(job, job_queue(job, self.settings.default_queue))
         if job.quorum.n > 1:  # replicas: enough workers, and a vote of their own
             self.check_fleet(job, job_queue(job, self.settings.default_queue))
             job = job.replace(labels={**job.labels, ROUND_LABEL: uuid.uuid4().hex[:16]})

@@ -1,7 +1,7 @@
 """Where live workers advertise themselves, for ``sandrun workers``.
 
 A worker's main process writes its :class:`~worker.models.WorkerInfo` (queues,
-concurrency, and what plugins added, such as the metrics URL) under
+concurrency, GPU cards, and what plugins added, such as the metrics URL) under
 ``sandrun:workers:<hostname>`` when it starts and removes it when it stops.
 A worker killed with SIGKILL leaves its entry behind, so listings keep only the
 workers that answer a ping.
@@ -17,8 +17,10 @@ PREFIX = "sandrun:workers:"
 
 
 def register(client: redis.Redis[bytes], info: WorkerInfo) -> None:
-    """Advertise a starting worker."""
-    client.set(PREFIX + info.hostname, info.model_dump_json())
+    """Advertise a starting worker (a CPU-only one without the ``gpus`` field, which
+    clients of earlier releases, whose WorkerInfo forbids unknown fields, can read)."""
+    client.set(PREFIX + info.hostname,
+               info.model_dump_json(exclude=None if info.gpus else {"gpus"}))
 
 
 def unregister(client: redis.Redis[bytes], hostname: str) -> None:
