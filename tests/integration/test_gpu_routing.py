@@ -5,13 +5,16 @@ received sends it on instead of failing it."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import RedisServer
-from tests.integration.conftest import Worker, WorkerFactory, broker_url
+from tests.integration.conftest import ROOT, Worker, WorkerFactory, broker_url, worker_env
 from worker.client.client import JobExecution, Sandrun
 from worker.errors import GPUUnavailable
 
@@ -88,7 +91,12 @@ def test_a_16_gb_worker_never_receives_a_24_gb_job_and_a_40_gb_one_does(
 
 
 def test_a_job_no_registered_worker_can_run_is_refused_at_submit(
-        client: Sandrun, broker: RedisServer, fleet: dict[str, Worker]) -> None:
+        client: Sandrun, broker: RedisServer, fleet: dict[str, Worker], tmp_path: Path) -> None:
+    listed = subprocess.run([sys.executable, "-m", "worker.cli", "workers"], cwd=ROOT,
+                            env=worker_env(broker, tmp_path, COLUMNS="300"),
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert listed.returncode == 0, listed.stderr
+    assert SMALL in listed.stdout and BIG in listed.stdout  # the cards they advertise
     best = r"a100 \(40 GB, cc 8.0, CUDA 12.2\)"
     refusals = {
         "min_vram_gb 80": {"min_vram_gb": 80},
