@@ -10,6 +10,7 @@ workers that answer a ping.
 from __future__ import annotations
 
 import redis
+from pydantic import ValidationError
 
 from worker.models import WorkerInfo
 
@@ -29,11 +30,19 @@ def unregister(client: redis.Redis[bytes], hostname: str) -> None:
 
 
 def advertised(client: redis.Redis[bytes]) -> dict[str, WorkerInfo]:
-    """Every advertised worker by hostname (some may be dead: check with a ping)."""
+    """Every advertised worker by hostname (some may be dead: check with a ping).
+
+    An entry this release cannot read (written by a later one with fields it does not
+    know, or damaged) is left out, so that one such worker cannot make every GPU or
+    consensus submit fail."""
     found = {}
     for key in client.scan_iter(match=PREFIX + "*"):
         raw = client.get(key)
-        if raw is not None:
+        if raw is None:
+            continue
+        try:
             info = WorkerInfo.model_validate_json(raw)
-            found[info.hostname] = info
+        except ValidationError:
+            continue
+        found[info.hostname] = info
     return found

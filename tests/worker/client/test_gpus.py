@@ -87,3 +87,12 @@ def test_without_a_redis_registry_gpu_jobs_go_unchecked(tmp_path: Path) -> None:
     with Sandrun.create(broker_url="memory://", result_backend=f"file://{tmp_path}",
                         plugins=[]) as client:
         client.submit(Job(code="1", gpu={"type": "h100"}))
+
+
+def test_an_entry_the_client_cannot_read_is_left_out(redis_server: RedisServer,
+                                                     redis_client: redis.Redis) -> None:
+    registry.register(redis_client, worker("big@h", A100))
+    redis_client.set(registry.PREFIX + "future@h", '{"hostname": "future@h", "pid": 1, '
+                                                   '"tpus": ["v5"]}')
+    redis_client.set(registry.PREFIX + "broken@h", b"\xff not json")
+    assert sorted(registry.advertised(redis_client)) == ["big@h"]
