@@ -35,9 +35,9 @@ def advertised(client: redis.Redis[bytes]) -> dict[str, WorkerInfo]:
     An entry this release cannot read (written by a later one with fields it does not
     know, or damaged) is left out, so that one such worker cannot make every GPU or
     consensus submit fail."""
+    keys = list(client.scan_iter(match=PREFIX + "*", count=1000))
     found = {}
-    for key in client.scan_iter(match=PREFIX + "*"):
-        raw = client.get(key)
+    for raw in client.mget(keys) if keys else []:  # one round trip for every entry
         if raw is None:
             continue
         try:
