@@ -143,6 +143,6 @@ def dead_replay(letter_id: str | None, replay_all: bool) -> None:
                 failures += 1
                 console().print(f"[red]{letter.id}: not replayed: {exc}[/]", highlight=False)
                 continue
-            store.remove(letter.id)
+            store.remove(letter.id, only=letter)  # not a new letter of the replayed job
             click.echo(f"replayed {letter.id} as {new_id}")
     sys.exit(EXIT_JOB_FAILED if failures else 0)
