@@ -28,6 +28,10 @@ from worker.models.gpus import VRAM_BUCKETS, GPUCard, needed_vram_gb, vram_bucke
 RUN_JOB = "sandrun.run_job"
 #: Message header: how often a worker whose cards could not run a GPU job re-routed it.
 GPU_REROUTES_HEADER = "sandrun_gpu_reroutes"
+#: Headers of a signature that covers the message's queue (the ``auth`` plugin's): a
+#: worker re-routing a GPU job never moves such a message to another queue, where it
+#: would no longer verify; it goes back to its own queue.
+QUEUE_BINDING_HEADERS = ("sandrun_auth",)
 #: Message header: the producer's publish time (Unix seconds, a decimal string).
 SUBMITTED_HEADER = "sandrun_submitted_at"
 #: The task state a running job's latest progress report is stored as (its meta: the

@@ -5,6 +5,7 @@ received sends it on instead of failing it."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from plugins.auth import auth_plugin
+from plugins.auth.tokens import HMACProvider
 from tests.conftest import RedisServer
 from tests.integration.conftest import ROOT, Worker, WorkerFactory, broker_url, worker_env
 from worker.client.client import JobExecution, Sandrun
@@ -22,6 +25,7 @@ pytestmark = pytest.mark.slow
 
 SHOW_DEVICES = "import os; print(os.environ['CUDA_VISIBLE_DEVICES'])"
 SLEEP = "import time; time.sleep(120)"
+KEY = "gpu-routing-key-0123456789abcdef"
 SMALL = "t4:16:7.5:12.0"
 BIG = "a100:40:8.0:12.2"
 
@@ -133,6 +137,31 @@ def test_compute_capability_and_cuda_are_matched_at_delivery(
     sleeper.cancel()
     for run in runs:
         ran_on(run, "big")
+
+
+def test_a_signed_job_goes_back_to_its_own_queue_and_still_verifies(
+        start_worker: WorkerFactory, broker: RedisServer,
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    keys = tmp_path_factory.mktemp("keys") / "keys.json"
+    keys.write_text(json.dumps({"k1": KEY}))
+    plugins = json.dumps([{"name": "auth", "config": {"keys_file": str(keys)}}])
+    workers = {name: start_worker(name=f"signed-{name}", concurrency=1, cli=True,
+                                  SANDRUN_GPUS=cards, SANDRUN_PLUGINS=plugins,
+                                  SANDRUN_STATE_DIR=str(tmp_path_factory.mktemp(name)))
+               for name, cards in (("small", SMALL), ("big", BIG))}
+    signer = auth_plugin(HMACProvider("k1", KEY), auto_refresh=False)  # type: ignore[arg-type]
+    try:
+        with Sandrun.create(broker_url=broker_url(broker), plugins=[signer]) as client:
+            sleeper = busy(client, type="a100")
+            run = client.job().code(SHOW_DEVICES).gpu(compute_capability="8.0").submit()
+            until("re-routed to its own queue", lambda: any(
+                "gpu_job_rerouted" in line and run.id in line and "queue=sandrun.gpu " in line
+                for line in workers["small"].output().splitlines()))
+            sleeper.cancel()
+            ran_on(run, "signed-big")  # not rejected as moved to another queue
+    finally:
+        for worker in workers.values():
+            worker.stop()
 
 
 def test_gpu_job_waits_for_a_gpu_worker(start_worker: WorkerFactory, client: Sandrun,

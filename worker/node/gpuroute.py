@@ -11,13 +11,16 @@ message again and drops its own delivery:
 - to a narrower class it does not consume, when the worker registry names a card type
   that meets the job (:func:`narrower_queue`: the job's class with that type, say
   ``sandrun.gpu.a100`` for a job that asked for compute capability 8.0 on
-  ``sandrun.gpu``), at once;
-- else to the queue it came from, after a countdown (deferred: the capable worker may
-  be busy, or about to start).
+  ``sandrun.gpu``), at once; not for a message whose signature covers its queue
+  (:data:`~worker.protocol.QUEUE_BINDING_HEADERS`, the ``auth`` plugin's), which would
+  no longer verify elsewhere;
+- else back to the queue it came from, every other time after a countdown (deferred:
+  the capable worker may be busy, or about to start).
 
-Each re-route counts in the message's ``sandrun_gpu_reroutes`` header (the countdown
-doubles from 0.5 s up to 10 s); after :data:`MAX_REROUTES` of them (about ten minutes
-without a capable worker taking it) the job is run here after all, and so ends
+Each re-route counts in the message's ``sandrun_gpu_reroutes`` header (every other one
+is immediate, the others wait a countdown doubling from 0.5 s up to 10 s:
+:func:`countdown`); after :data:`MAX_REROUTES` of them (about ten minutes without a
+capable worker taking it) the job is run here after all, and so ends
 ``unsatisfiable`` with what it needs and what this worker has.
 """
 
@@ -36,7 +39,7 @@ from worker.sandbox.gpu import GPUDevice, suitable
 from worker.stores import registry
 
 #: Re-routes of one job before a worker stops passing it on.
-MAX_REROUTES = 64
+MAX_REROUTES = 128
 FIRST_COUNTDOWN = 0.5
 LONGEST_COUNTDOWN = 10.0
 
@@ -60,8 +63,17 @@ def reroutes(headers: Mapping[str, Any] | None) -> int:
 
 
 def countdown(done: int) -> float:
-    """Seconds before the next delivery of a job re-routed ``done`` times already."""
-    return min(FIRST_COUNTDOWN * float(1 << min(done, 16)), LONGEST_COUNTDOWN)
+    """Seconds before the next delivery of a job re-routed ``done`` times already: none
+    every other time (0, 0.5, 0, 1, 0, 2, ... up to 10 s).
+
+    On Redis the worker that publishes a countdown is the one likely to fetch it back
+    and hold it until it is due, so a delayed re-route alone could keep coming back to
+    the same unsuitable worker while a capable one idles. The immediate one that
+    follows it is published while this worker's only prefetch slot still holds the
+    delivery being re-routed, so an idle worker of the queue takes it, never this one."""
+    if done % 2 == 0:
+        return 0.0
+    return min(FIRST_COUNTDOWN * float(1 << min(done // 2, 16)), LONGEST_COUNTDOWN)
 
 
 def narrower_queue(job: Job, client: redis.Redis[bytes] | None, default_queue: str,

@@ -28,7 +28,7 @@ from worker.node.livefeed import JobFeed, job_feed
 from worker.node.runtime import Runtime, current
 from worker.node.taskbase import SandrunTask
 from worker.plugin.context import ExecutionContext
-from worker.protocol import GPU_REROUTES_HEADER, RUN_JOB, replica_index
+from worker.protocol import GPU_REROUTES_HEADER, QUEUE_BINDING_HEADERS, RUN_JOB, replica_index
 from worker.sandbox.executor import run_in_sandbox
 from worker.sandbox.gpu import allocate, suitable
 
@@ -122,8 +122,9 @@ class RunJobTask(SandrunTask):
 
     def sent_on(self, rt: Runtime, execution: Execution) -> bool:
         """Publish a GPU job this worker cannot run again: to a narrower class it does not
-        consume at once, else to its queue after a countdown (unless it was re-routed
-        ``MAX_REROUTES`` times: it then runs, and ends unsatisfiable)."""
+        consume at once (unless a signature binds the message to its queue), else to its
+        queue after a countdown (unless it was re-routed ``MAX_REROUTES`` times: it then
+        runs, and ends unsatisfiable)."""
         job = execution.job
         if job is None or not gpuroute.misdelivered(job, rt.gpus):
             return False
@@ -132,14 +133,17 @@ class RunJobTask(SandrunTask):
         if done >= gpuroute.MAX_REROUTES:
             return False
         headers[GPU_REROUTES_HEADER] = done + 1
-        target = gpuroute.narrower_queue(job, rt.redis, rt.settings.default_queue,
-                                         self._consumed_queues())
+        bound = any(name in headers for name in QUEUE_BINDING_HEADERS)  # signed with it
+        target = None if bound else gpuroute.narrower_queue(
+            job, rt.redis, rt.settings.default_queue, self._consumed_queues())
         options: dict[str, Any]
         if target is not None:
             wait, options = 0.0, {"queue": target}
         else:
             wait = gpuroute.countdown(done)
             options = redelivery_options(self.app.conf, self.request.delivery_info, wait)
+            if not wait:
+                del options["countdown"]
             target = str((self.request.delivery_info or {}).get("routing_key"))
         self.signature_from_request(headers=headers, **options, **self._reprs()).apply_async()
         gpuroute.logged(job, target, done, wait, rt.gpus)

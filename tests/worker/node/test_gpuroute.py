@@ -33,8 +33,9 @@ def test_the_count_header_is_the_senders_word() -> None:
     assert gpuroute.reroutes(None) == 0
 
 
-def test_countdowns_double_up_to_a_ceiling() -> None:
-    assert [gpuroute.countdown(n) for n in (0, 1, 2, 4, 5, 63)] == [0.5, 1, 2, 8, 10, 10]
+def test_every_other_reroute_waits_a_countdown_doubling_up_to_a_ceiling() -> None:
+    assert [gpuroute.countdown(n) for n in range(10)] == [0, 0.5, 0, 1, 0, 2, 0, 4, 0, 8]
+    assert gpuroute.countdown(11) == gpuroute.countdown(127) == 10
 
 
 def test_a_narrower_class_a_registered_card_serves(redis_server: RedisServer,
