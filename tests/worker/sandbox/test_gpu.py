@@ -80,3 +80,35 @@ def test_allocation_is_exclusive_across_processes(tmp_path: Path) -> None:
     holder.join(10)
     with allocate(devices, 2, tmp_path, 5) as both:
         assert sorted(both) == [0, 1]
+
+
+FAKE_SMI = """#!/bin/sh
+case "$1" in
+  --query-gpu=index,name,memory.total,compute_cap)
+    [ -n "$OLD_DRIVER" ] && { echo "Field compute_cap is not a valid field" >&2; exit 2; }
+    echo "0, NVIDIA A100-SXM4-40GB, 40960, 8.0"
+    echo "1, Tesla T4, 15360, 7.5" ;;
+  --query-gpu=index,name,memory.total)
+    echo "0, NVIDIA A100-SXM4-40GB, 40960" ;;
+  *) echo "| NVIDIA-SMI 535.104.05   Driver Version: 535.104.05   CUDA Version: 12.2 |" ;;
+esac
+"""
+
+
+@pytest.mark.parametrize("old_driver", [False, True])
+def test_cards_from_nvidia_smi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                               old_driver: bool) -> None:
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text(FAKE_SMI)
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    if old_driver:  # drivers before 510 have no compute_cap field: cards without it
+        monkeypatch.setenv("OLD_DRIVER", "1")
+        assert detect_gpus(None) == [GPUDevice(0, GPUCard(type="a100", vram_gb=40,
+                                                          cuda_version="12.2"))]
+        return
+    assert detect_gpus(None) == [
+        GPUDevice(0, GPUCard(type="a100", vram_gb=40, compute_capability="8.0",
+                             cuda_version="12.2")),
+        GPUDevice(1, GPUCard(type="t4", vram_gb=15, compute_capability="7.5",
+                             cuda_version="12.2"))]
