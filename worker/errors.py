@@ -29,6 +29,7 @@ how to fix it; they are meant to be shown to a person as they are.
         ├── SubmissionRejected    ``on_submit`` or ``on_publish`` vetoes a job: it is not published
         │   ├── PaymentRejected   the payment cannot cover the job's worst-case cost
         │   ├── ConsensusUnavailable  fewer live workers than a consensus job's replicas
+        │   ├── GPUUnavailable    no registered worker has cards that meet a job's GPU needs
         │   └── QueueFull         the target queue is at its configured size (backpressure)
         ├── PublicationHeld       ``on_publish`` took the message over: stored, to be sent later
         ├── RetryRequested        ``on_error`` asks for the task to run again after a delay
@@ -201,6 +202,12 @@ class PaymentRejected(SubmissionRejected):
 class ConsensusUnavailable(SubmissionRejected):
     """A consensus job needs ``n`` distinct workers (serving its queue, running the
     ``consensus`` plugin) and fewer answer: it is refused at submit, never published."""
+
+
+class GPUUnavailable(SubmissionRejected):
+    """No registered worker serving a GPU job's queue has the cards it asks for (type,
+    VRAM, compute capability, CUDA version, count): refused at submit rather than left
+    waiting in a queue nobody can take it from."""
 
 
 class JobRejected(HookControl):

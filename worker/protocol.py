@@ -3,11 +3,12 @@ import.
 
 The task name, the header a producer stamps with its publish time, the headers
 that carry a job's :class:`~worker.models.context.JobContext` (:func:`context_headers`,
-:func:`context_from_headers`), which queue a job is published to, the task ids of a
-consensus job's replicas, the state a running job's progress is stored as, what a job
-message shows of itself (:func:`job_reprs`), and :class:`Publication`, the message as
-it is sent. It imports nothing heavier than the
-models, so a producer gets these without loading the node or the sandbox.
+:func:`context_from_headers`), which queue a job is published to (for a GPU job its
+capability class, and the classes a worker consumes: :func:`job_queue`,
+:func:`gpu_queues`), the task ids of a consensus job's replicas, the state a running
+job's progress is stored as, what a job message shows of itself (:func:`job_reprs`),
+and :class:`Publication`, the message as it is sent. It imports nothing heavier than
+the models, so a producer gets these without loading the node or the sandbox.
 """
 
 from __future__ import annotations
@@ -21,9 +22,16 @@ from pydantic import ValidationError
 
 from worker.models import Job
 from worker.models.context import EMPTY, MAX_BAGGAGE_ITEMS, JobContext
+from worker.models.gpus import VRAM_BUCKETS, GPUCard, needed_vram_gb, vram_bucket
 
 #: The Celery task that runs one Job in the sandbox.
 RUN_JOB = "sandrun.run_job"
+#: Message header: how often a worker whose cards could not run a GPU job re-routed it.
+GPU_REROUTES_HEADER = "sandrun_gpu_reroutes"
+#: Headers of a signature that covers the message's queue (the ``auth`` plugin's): a
+#: worker re-routing a GPU job never moves such a message to another queue, where it
+#: would no longer verify; it goes back to its own queue.
+QUEUE_BINDING_HEADERS = ("sandrun_auth",)
 #: Message header: the producer's publish time (Unix seconds, a decimal string).
 SUBMITTED_HEADER = "sandrun_submitted_at"
 #: The task state a running job's latest progress report is stored as (its meta: the
@@ -111,13 +119,42 @@ def replica_index(task_id: str, job: Job) -> int | None:
 
 
 def job_queue(job: Job, default_queue: str) -> str:
-    """The queue a job is published to: its own or the default, with ``.gpu`` (and
-    ``.gpu.<type>``) for jobs that require a GPU."""
+    """The queue a job is published to: its own or the default, and for a job that
+    requires a GPU its capability class, ``<queue>.gpu[.<type>][.vram<bucket>]`` (the
+    VRAM it needs rounded down to a bucket of :data:`~worker.models.gpus.VRAM_BUCKETS`;
+    no bucket below the first). Every worker whose cards meet the class consumes it
+    (:func:`gpu_queues`); compute capability and CUDA version are matched by the
+    client at submit and by the worker at delivery, not in the queue's name."""
     base = job.queue or default_queue
     if not job.needs_gpu:
         return base
     assert job.gpu is not None
-    return f"{base}.gpu.{job.gpu.type}" if job.gpu.type else f"{base}.gpu"
+    queue = f"{base}.gpu.{job.gpu.type.lower()}" if job.gpu.type else f"{base}.gpu"
+    bucket = vram_bucket(needed_vram_gb(job.gpu))
+    return f"{queue}.vram{bucket}" if bucket else queue
+
+
+def gpu_queues(base_queues: Sequence[str], cards: Sequence[GPUCard]) -> list[str]:
+    """The queues a worker with ``cards`` consumes: the plain ``base_queues`` and, for
+    each, every GPU class its cards serve: ``.gpu``, ``.gpu.<type>`` per type, and
+    ``.gpu.vram<b>`` and ``.gpu.<type>.vram<b>`` for each bucket ``b`` up to the card's
+    VRAM. At most 2 + 2 x 5 queues per card type and base queue."""
+    queues = list(base_queues)
+    if not cards:
+        return queues
+    largest: dict[str, int] = {}
+    for card in cards:
+        bucket = vram_bucket(card.vram_gb) or 0
+        largest[card.type] = max(largest.get(card.type, 0), bucket)
+    for base in base_queues:
+        classes = {f"{base}.gpu"}
+        for kind, top in largest.items():
+            buckets = [b for b in VRAM_BUCKETS if b <= top]
+            classes.add(f"{base}.gpu.{kind}")
+            classes.update(f"{base}.gpu.vram{b}" for b in buckets)
+            classes.update(f"{base}.gpu.{kind}.vram{b}" for b in buckets)
+        queues += sorted(classes)
+    return queues
 
 
 def job_summary(payload: Any) -> str:

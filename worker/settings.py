@@ -2,8 +2,8 @@
 
 Celery settings live in ``celeryconfig.py``; these are what the producer client
 and the worker runtime need on top: plugins, attempts, queues, GPUs, pricing and
-sandbox caps. Complex values are JSON, e.g.
-``SANDRUN_GPUS='[{"type": "a100", "count": 2}]'``.
+sandbox caps. Complex values are JSON (``SANDRUN_GPUS`` also has a compact form,
+``a100:40:8.0:12.2*2``: :mod:`worker.models.gpus`).
 
 A job still running when the broker's visibility timeout expires is delivered a
 second time, so workers refuse to start unless ``SANDRUN_VISIBILITY_TIMEOUT`` is at
@@ -19,12 +19,14 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.errors import ConfigurationError
 from worker.models import MAX_TIMEOUT_SECONDS
+from worker.models.gpus import GPUCard, parse_gpus
 from worker.models.pricing import Pricing
 
 #: The default of ``SANDRUN_VISIBILITY_MARGIN``: how much longer than the longest job
@@ -41,15 +43,6 @@ def default_state_dir() -> Path:
     """``$XDG_STATE_HOME/sandrun`` or ``~/.local/state/sandrun``."""
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "sandrun"
-
-
-class GPUConfig(BaseModel):
-    """GPUs a worker advertises when they are configured rather than detected."""
-
-    model_config = ConfigDict(extra="forbid")
-    type: str
-    count: int = Field(default=1, ge=1)
-    memory_mb: int | None = None
 
 
 class Settings(BaseSettings):
@@ -74,7 +67,10 @@ class Settings(BaseSettings):
     visibility_margin: int = Field(default=VISIBILITY_MARGIN_SECONDS, ge=1, description=(
         "how far (seconds) the broker visibility timeout must exceed max_job_timeout, for "
         "the time a job waits between delivery and start and for storing its result"))
-    gpus: list[GPUConfig] | None = None
+    gpus: Annotated[list[GPUCard] | None, NoDecode] = Field(default=None, description=(
+        "the cards this worker advertises instead of those nvidia-smi finds: "
+        "'a100:40:8.0:12.2*2,t4:16:7.5:12.0' (type:vram_gb:compute_capability:cuda_version"
+        "*count) or a JSON list; see worker.models.gpus"))
     pricing: Pricing | None = None
     publish_retry_seconds: float = Field(default=10.0, ge=0)
     result_ttl: int = Field(default=RESULT_TTL_SECONDS, ge=1, description=(
@@ -137,6 +133,12 @@ class Settings(BaseSettings):
     layers_dir: Path | None = Field(default=None, description=(
         "where installed requirement sets are kept, one directory per set's SHA-256 "
         "(default: <system tmp>/sandrun-layers); job users must be able to traverse it"))
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _declared_gpus(cls, value: Any) -> Any:
+        """SANDRUN_GPUS in either form (:func:`worker.models.gpus.parse_gpus`)."""
+        return parse_gpus(value) if isinstance(value, str) else value
 
     @field_validator("network_isolation", mode="before")
     @classmethod

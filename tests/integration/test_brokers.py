@@ -159,14 +159,20 @@ def test_sandrun_workers_lists_the_live_worker(stack: Stack, worker: Worker,
 def test_gpu_jobs_wait_in_their_queue_for_a_gpu_worker(
         stack: Stack, client: Sandrun, start_stack_worker: WorkerFactory) -> None:
     cpu = start_stack_worker(name="cpu", concurrency=1, cli=True, queues="gpuq", **MODULE_ENV)
-    gpu_run = client.job().code(SHOW_DEVICES).queue("gpuq").gpu("t4").submit()
-    cpu_result = client.job().code(SHOW_DEVICES).queue("gpuq").submit().wait(timeout=30)
-    assert cpu_result.execution and cpu_result.execution.node_id.startswith("cpu@")
-    until("counted in its queue", lambda: waiting(stack, client, "gpuq.gpu.t4") == 1)
-    assert gpu_run.status() == "queued"
+    # a GPU job is refused at submit unless a worker with its card is registered: this
+    # one is, and the sleeping job holds its only slot
     gpu = start_stack_worker(name="gpu", concurrency=1, cli=True, queues="gpuq",
                              SANDRUN_GPUS='[{"type": "t4", "count": 2}]', **MODULE_ENV)
     try:
+        sleeper = client.job().code("import time; time.sleep(120)").timeout(150) \
+            .queue("gpuq").gpu("t4").submit()
+        until("the sleeper running", lambda: sleeper.status() == "running")
+        gpu_run = client.job().code(SHOW_DEVICES).queue("gpuq").gpu("t4").submit()
+        cpu_result = client.job().code(SHOW_DEVICES).queue("gpuq").submit().wait(timeout=30)
+        assert cpu_result.execution and cpu_result.execution.node_id.startswith("cpu@")
+        until("counted in its queue", lambda: waiting(stack, client, "gpuq.gpu.t4") == 1)
+        assert gpu_run.status() == "queued"
+        sleeper.cancel()
         result = gpu_run.wait(timeout=30)
         assert result.execution and result.execution.node_id.startswith("gpu@")
         assert result.execution.gpu_type == "t4"

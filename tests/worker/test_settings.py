@@ -24,9 +24,20 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SANDRUN_PRICING", '{"currency": "USD", "cpu_second": "0.01"}')
     monkeypatch.setenv("SANDRUN_MAX_ATTEMPTS", "5")
     settings = load_settings()
-    assert settings.gpus and settings.gpus[0].count == 2
+    assert settings.gpus is not None and [c.type for c in settings.gpus] == ["t4", "t4"]
     assert settings.pricing and str(settings.pricing.cpu_second) == "0.01"
     assert settings.max_attempts == 5
+
+
+def test_gpus_in_compact_form(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SANDRUN_GPUS", "a100:40:8.0:12.2*2,t4:16")
+    settings = load_settings()
+    assert settings.gpus is not None
+    assert [(c.type, c.vram_gb, c.cuda_version) for c in settings.gpus] == [
+        ("a100", 40, "12.2"), ("a100", 40, "12.2"), ("t4", 16, None)]
+    monkeypatch.setenv("SANDRUN_GPUS", "a100:forty")
+    with pytest.raises(ConfigurationError, match=r"SANDRUN_GPUS.*'a100:forty'"):
+        load_settings()
 
 
 def test_bad_settings_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 @click.command()
 @click.option("--timeout", default=2.0, show_default=True, help="Seconds to wait for replies.")
 def workers(timeout: float) -> None:
-    """List live workers: queues, concurrency and metrics URL."""
+    """List live workers: queues, concurrency, GPU cards and metrics URL."""
     from rich.table import Table
 
     from worker.broker.urls import is_redis, redis_client
@@ -41,12 +41,14 @@ def workers(timeout: float) -> None:
         assert redis is not None  # is_redis(backend) was checked above
         known = registry.advertised(redis)
     table = Table(title=f"{len(alive)} live worker(s)")
-    for column in ("worker", "queues", "concurrency", "metrics"):
+    for column in ("worker", "queues", "concurrency", "gpus", "metrics"):
         table.add_column(column, overflow="fold")
     for name in sorted(alive):
         info = known.get(name)
         table.add_row(name, ", ".join(info.queues) if info else "?",
                       str(info.concurrency) if info else "?",
+                      ", ".join(card.spec() for card in info.gpus) if info and info.gpus
+                      else "-",
                       (info.extra.get("metrics_url", "-") if info else "-"))
     console().print(table)
 

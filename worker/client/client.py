@@ -39,6 +39,7 @@ from worker.broker.factory import make_app
 from worker.broker.publisher import Publisher
 from worker.broker.urls import redis_client
 from worker.client.follow import LogLine, follow, result_lines
+from worker.client.gpus import GPUCheck
 from worker.client.replicas import FleetCheck, replica_publications
 from worker.errors import (
     BrokerUnavailable,
@@ -248,6 +249,7 @@ class Sandrun:
         self._live = LiveLog(backend) if backend is not None else None
         self.publisher = Publisher(app, settings.publish_retry_seconds)
         self.check_fleet = FleetCheck(app)
+        self.check_gpus = GPUCheck(app)
 
     @classmethod
     def create(cls, *, plugins: Sequence[PluginSpec | PluginRef] | None = None,
@@ -322,6 +324,7 @@ class Sandrun:
                                f"allows ({self.settings.max_job_timeout:g}s, "
                                "SANDRUN_MAX_JOB_TIMEOUT)")], source=f"job {job.id}")
         self._check_deadline(job)
+        self.check_gpus(job, job_queue(job, self.settings.default_queue))
         if job.quorum.n > 1:  # replicas: enough workers, and a vote of their own
             self.check_fleet(job, job_queue(job, self.settings.default_queue))
             job = job.replace(labels={**job.labels, ROUND_LABEL: uuid.uuid4().hex[:16]})

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field, StringConstraints
 
 from worker.models.consensus import ConsensusSummary
 from worker.models.context import JobContext
+from worker.models.gpus import GPUCard
 from worker.models.limits import FROZEN, Identifier, JobStatus, Outcome
 
 
@@ -24,6 +25,9 @@ class WorkerInfo(BaseModel):
     concurrency: int | None = None
     pool: str | None = None
     extra: dict[str, str] = Field(default_factory=dict)
+    #: The cards it hands to jobs (nvidia-smi's or SANDRUN_GPUS's); a client matches a
+    #: GPU job's requirements against them at submit.
+    gpus: list[GPUCard] = Field(default_factory=list)
 
     def replace(self, **changes: Any) -> WorkerInfo:
         """A validated copy with ``changes`` applied."""

@@ -13,6 +13,7 @@ from typing import Any
 
 from celery import Celery, Task
 
+from worker.broker.amqp import redelivery_options
 from worker.models import (
     ErrorInfo,
     Execution,
@@ -21,11 +22,13 @@ from worker.models import (
     JobResult,
     current_job_context,
 )
+from worker.models.gpus import describe_need
+from worker.node import gpuroute
 from worker.node.livefeed import JobFeed, job_feed
 from worker.node.runtime import Runtime, current
 from worker.node.taskbase import SandrunTask
 from worker.plugin.context import ExecutionContext
-from worker.protocol import RUN_JOB, replica_index
+from worker.protocol import GPU_REROUTES_HEADER, QUEUE_BINDING_HEADERS, RUN_JOB, replica_index
 from worker.sandbox.executor import run_in_sandbox
 from worker.sandbox.gpu import allocate, suitable
 
@@ -67,9 +70,9 @@ def execute_job(job: Job, rt: Runtime, queue: str | None = None,
         if job.needs_gpu and job.gpu is not None:
             devices = suitable(job, rt.gpus)
             if len(devices) < job.gpu.count:
-                return _refuse(job, "unsatisfiable", f"the job needs {job.gpu.count} GPU(s) "
-                               f"matching {job.gpu.model_dump(exclude_none=True)}; this worker "
-                               f"has {[d.type for d in rt.gpus] or 'none'}")
+                cards = [d.card.describe() for d in rt.gpus]
+                return _refuse(job, "unsatisfiable", f"the job needs {describe_need(job.gpu)}; "
+                               f"this worker has {', '.join(cards) or 'no GPU'}")
             ids = stack.enter_context(allocate(devices, job.gpu.count, rt.lock_dir, job.timeout))
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, ids))
             gpu_type = devices[0].type
@@ -114,7 +117,37 @@ def run_job(execution: Execution, context: ExecutionContext,
 
 
 class RunJobTask(SandrunTask):
-    """The task class of ``sandrun.run_job``: its body is :func:`run_job`."""
+    """The task class of ``sandrun.run_job``: its body is :func:`run_job`; a GPU job this
+    worker's cards cannot run is sent on (:mod:`worker.node.gpuroute`)."""
+
+    def sent_on(self, rt: Runtime, execution: Execution) -> bool:
+        """Publish a GPU job this worker cannot run again: to a narrower class it does not
+        consume at once (unless a signature binds the message to its queue), else to its
+        queue after a countdown (unless it was re-routed ``MAX_REROUTES`` times: it then
+        runs, and ends unsatisfiable)."""
+        job = execution.job
+        if job is None or not gpuroute.misdelivered(job, rt.gpus):
+            return False
+        headers = dict(self.request.headers or {})
+        done = gpuroute.reroutes(headers)
+        if done >= gpuroute.MAX_REROUTES:
+            return False
+        headers[GPU_REROUTES_HEADER] = done + 1
+        bound = any(name in headers for name in QUEUE_BINDING_HEADERS)  # signed with it
+        target = None if bound else gpuroute.narrower_queue(
+            job, rt.redis, rt.settings.default_queue, self._consumed_queues())
+        options: dict[str, Any]
+        if target is not None:
+            wait, options = 0.0, {"queue": target}
+        else:
+            wait = gpuroute.countdown(done)
+            options = redelivery_options(self.app.conf, self.request.delivery_info, wait)
+            if not wait:
+                del options["countdown"]
+            target = str((self.request.delivery_info or {}).get("routing_key"))
+        self.signature_from_request(headers=headers, **options, **self._reprs()).apply_async()
+        gpuroute.logged(job, target, done, wait, rt.gpus)
+        return True
 
     def body(self, execution: Execution, context: ExecutionContext) -> JobResult:
         return run_job(execution, context, self)

@@ -69,7 +69,8 @@ class StartupChecks(bootsteps.Step):
         info = WorkerInfo(hostname=str(parent.hostname), pid=os.getpid(),
                           queues=sorted(parent.app.amqp.queues.consume_from or {}),
                           concurrency=parent.concurrency,
-                          pool=getattr(parent.pool_cls, "__module__", None))
+                          pool=getattr(parent.pool_cls, "__module__", None),
+                          gpus=[g.card for g in rt.gpus])
         info = rt.manager.on_worker_start(info, WorkerContext(hostname=info.hostname, pid=info.pid))
         rt.worker = info
         if rt.redis is not None:

@@ -7,7 +7,8 @@ runs the task. It only translates:
 
 1. parse the message into an :class:`~worker.models.Execution` (a
    ``sandrun.run_job`` payload that is not a valid Job is rejected and
-   dead-lettered, never run);
+   dead-lettered, never run); a delivery the task sends on (:meth:`SandrunTask.sent_on`:
+   a GPU job this worker's cards cannot run) ends here, with no attempt used;
 2. begin the attempt (Celery's ``retries`` + 1): a redelivered message counts a
    delivery; a job or a redelivered message looks for a stored final result in
    the same round trip;
@@ -89,6 +90,8 @@ class SandrunTask(Task[Any, Any]):
             return self._invalid(exc)
         if execution.job is not None:
             self.request.update(sandrun_job_id=execution.job.id)
+        if self.sent_on(rt, execution):
+            raise Ignore()
         attempt, stored = self._begin(rt, execution)
         outcome = run_lifecycle(rt.manager, attempt, execution,
                                 self._context(rt, execution, attempt, travelled),
@@ -96,6 +99,12 @@ class SandrunTask(Task[Any, Any]):
                                 max_attempts=rt.settings.max_attempts, stored=stored,
                                 passthrough=CELERY_CONTROL)
         return self._to_celery(outcome, execution)
+
+    def sent_on(self, rt: runtime.Runtime, execution: Execution) -> bool:
+        """Whether this delivery was published on to another worker before its attempt
+        began, so this one ends here (``sandrun.run_job`` does it for a GPU job this
+        worker's cards cannot run: :mod:`worker.node.gpuroute`)."""
+        return False
 
     def body(self, execution: Execution, context: ExecutionContext) -> Any:
         """The task's own work, which the lifecycle runs between ``on_execute`` and

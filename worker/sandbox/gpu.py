@@ -1,11 +1,13 @@
 """GPU devices: which queues a worker with GPUs consumes, which devices a job may see.
 (Which queue a job is published to is wire knowledge: :func:`worker.protocol.job_queue`.)
 
-A job that requires a GPU goes to ``<queue>.gpu`` (``<queue>.gpu.<type>`` when it
-names a type); a CPU-only worker consumes only the plain queues, so it never
-takes a GPU job. A worker advertises the GPUs it finds with ``nvidia-smi`` or,
-when ``SANDRUN_GPUS`` is set, the configured ones. Devices are handed to jobs
-one at a time through lock files, and ``CUDA_VISIBLE_DEVICES`` names them.
+A worker advertises the cards ``nvidia-smi`` finds or, when ``SANDRUN_GPUS`` is set,
+the declared ones (:mod:`worker.models.gpus`), and consumes every capability class
+its cards serve (:func:`worker.protocol.gpu_queues`); a CPU-only worker consumes only
+the plain queues, so it never takes a GPU job. Devices are handed to jobs one at a
+time through lock files, and ``CUDA_VISIBLE_DEVICES`` names them. A declared card
+need not exist: the sandbox binds only the device nodes the host has, so tests run
+GPU jobs on hosts without a GPU.
 """
 
 from __future__ import annotations
@@ -22,18 +24,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from worker.models import Job
-from worker.settings import GPUConfig
+from worker.models.gpus import GPUCard, meets
+from worker.protocol import gpu_queues
 
 _VENDOR_WORDS = re.compile(r"\b(nvidia|tesla|geforce|quadro)\b", re.IGNORECASE)
+_CUDA_VERSION = re.compile(r"CUDA Version:\s*(\d+\.\d+)")
+_QUERY = "--query-gpu=index,name,memory.total,compute_cap"
 
 
 @dataclass(frozen=True, slots=True)
 class GPUDevice:
-    """One GPU this worker can hand to jobs."""
+    """One GPU this worker can hand to jobs: its index and the card it is."""
 
     index: int
-    type: str
-    memory_mb: int | None = None
+    card: GPUCard
+
+    @property
+    def type(self) -> str:
+        """The card's short type, e.g. ``a100``."""
+        return self.card.type
 
 
 def gpu_type_name(product: str) -> str:
@@ -46,52 +55,61 @@ def gpu_type_name(product: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name) or "gpu"
 
 
-def detect_gpus(configured: Sequence[GPUConfig] | None) -> list[GPUDevice]:
-    """Configured GPUs when given, else those ``nvidia-smi`` lists, else none."""
+def detect_gpus(configured: Sequence[GPUCard] | None) -> list[GPUDevice]:
+    """Declared cards (SANDRUN_GPUS) when given, else those ``nvidia-smi`` lists, else
+    none."""
     if configured is not None:
-        devices, index = [], 0
-        for item in configured:
-            for _ in range(item.count):
-                devices.append(GPUDevice(index, item.type, item.memory_mb))
-                index += 1
-        return devices
+        return [GPUDevice(index, card) for index, card in enumerate(configured)]
     smi = shutil.which("nvidia-smi")
     if smi is None:
         return []
-    try:
-        out = subprocess.run([smi, "--query-gpu=index,name,memory.total",
-                              "--format=csv,noheader,nounits"], capture_output=True, text=True,
-                             timeout=10, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
+    out = None
+    for query in (_QUERY, _QUERY.removesuffix(",compute_cap")):  # drivers before 510 lack it
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out = _smi(smi, query, "--format=csv,noheader,nounits")
+            break
+    if out is None:
         return []
+    cuda = _driver_cuda(smi)
     found = []
     for line in out.strip().splitlines():
-        number, name, memory = (part.strip() for part in line.split(","))
-        found.append(GPUDevice(int(number), gpu_type_name(name), int(float(memory))))
+        number, name, memory, cc = ([part.strip() for part in line.split(",")] + [""])[:4]
+        found.append(GPUDevice(int(number), GPUCard(
+            type=gpu_type_name(name), vram_gb=round(float(memory) / 1024, 1),
+            compute_capability=cc if re.fullmatch(r"\d+\.\d+", cc) else None,
+            cuda_version=cuda)))
     return found
+
+
+def _smi(smi: str, *args: str) -> str:
+    """What ``nvidia-smi args`` prints (raises when it fails)."""
+    return subprocess.run([smi, *args], capture_output=True, text=True, timeout=10,
+                          check=True).stdout
+
+
+def _driver_cuda(smi: str) -> str | None:
+    """The newest CUDA version the driver runs (nvidia-smi's banner), or None."""
+    try:
+        found = _CUDA_VERSION.search(_smi(smi))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return found[1] if found else None
 
 
 def worker_queues(base_queues: Sequence[str], gpus: Sequence[GPUDevice]) -> list[str]:
-    """Queues a worker with ``gpus`` consumes: the plain ones, plus GPU ones if it has any."""
-    queues = list(base_queues)
-    if gpus:
-        types = sorted({g.type for g in gpus})
-        for base in base_queues:
-            queues += [f"{base}.gpu", *(f"{base}.gpu.{t}" for t in types)]
-    return queues
+    """Queues a worker with ``gpus`` consumes: the plain ones, plus every GPU capability
+    class its cards serve."""
+    return gpu_queues(base_queues, [g.card for g in gpus])
 
 
 def suitable(job: Job, gpus: Sequence[GPUDevice]) -> list[GPUDevice]:
-    """Devices of this worker that meet the job's type and VRAM needs."""
-    if job.gpu is None:
+    """Devices of this worker that meet all the job's GPU requirements (type, VRAM,
+    compute capability, CUDA version, device id)."""
+    need = job.gpu
+    if need is None:
         return []
-    found = [g for g in gpus if job.gpu.type in (None, g.type)]
-    if job.gpu.min_vram_gb is not None:
-        need = job.gpu.min_vram_gb * 1024
-        found = [g for g in found if g.memory_mb is None or g.memory_mb >= need]
-    if job.gpu.device_id is not None:
-        found = [g for g in found if g.index == job.gpu.device_id]
-    return found
+    return [g for g in gpus if meets(g.card, need)
+            and need.device_id in (None, g.index)]
 
 
 @contextlib.contextmanager
