@@ -12,6 +12,8 @@ completed, lost, duplicated, note). ``cluster`` gives a test its own private
 redis-server, worker factory, side-effect ledger, result watcher and client
 (``tests.support.cluster``), all stopped when the test ends, even on failure;
 ``aof_cluster`` the same with a broker that can be killed and restarted with its data.
+``fleet`` is a broker host and three worker hosts on network namespaces
+(``tests.support.fleet``; skipped when not root or namespaces are unavailable).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.cluster import Cluster
+from tests.support.fleet import Fleet
+from tests.support.netns import unavailable
 
 HERE = Path(__file__).resolve().parent
 
@@ -123,3 +127,17 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter,
     terminalreporter.section("reliability scenarios")
     for text in report.table():
         terminalreporter.write_line(text)
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    """A broker host and three worker hosts (``ip netns``, veth, 10.233.71.0/24) with a
+    Redis, the ledger, watcher and client; workers on demand; all torn down after."""
+    reason = unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    made = Fleet(tmp_path, hosts=3)
+    try:
+        yield made
+    finally:
+        made.close()

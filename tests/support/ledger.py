@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import socketserver
 import threading
 import time
@@ -34,7 +35,7 @@ def report(phase):
     deadline = time.monotonic() + 60
     while True:
         try:
-            with socket.create_connection(("127.0.0.1", {port}), timeout=30) as conn:
+            with socket.create_connection(({host!r}, {port}), timeout=30) as conn:
                 line = f"{{phase}} {{JOB}} {{TOKEN}} {{os.getppid()}} {{time.time():.6f}}\\n"
                 conn.sendall(line.encode())
                 if conn.recv(1) == b"k":
@@ -49,12 +50,14 @@ report("start")
 '''
 
 
-def job_code(port: int, *, linger: float = 0.0, poison: bool = False) -> str:
+def job_code(port: int, *, linger: float = 0.0, poison: bool = False,
+             host: str = "127.0.0.1") -> str:
     """Python source of a ledger job: report start, linger, report end, print the token.
 
     ``poison``: after ``start``, ask the ledger to SIGKILL this job's pool process, on
-    every delivery, and wait to be killed with it."""
-    body = REPORT.format(port=port)
+    every delivery, and wait to be killed with it. ``host``: the ledger's address (a
+    test host's, ``tests.support.netns``)."""
+    body = REPORT.format(port=port, host=host)
     if poison:
         body += 'report("kill")\ntime.sleep(120)\n'
     if linger:
@@ -159,10 +162,18 @@ class LedgerServer(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, owns: Callable[[int], bool]) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, owns: Callable[[int], bool],
+                 listener: socket.socket | None = None) -> None:
+        """``listener``: a listening socket to serve on (one made inside a test host's
+        namespace), in place of a free port on 127.0.0.1."""
+        if listener is None:
+            super().__init__(("127.0.0.1", 0), _Handler)
+        else:
+            super().__init__(listener.getsockname(), _Handler, bind_and_activate=False)
+            self.socket.close()
+            self.socket = listener
         self.ledger = Ledger(owns)
-        self.port = int(self.server_address[1])
+        self.host, self.port = str(self.server_address[0]), int(self.server_address[1])
         self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.1},
                                          name="ledger", daemon=True)
         self._thread.start()
