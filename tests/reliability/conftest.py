@@ -130,13 +130,14 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter,
 
 
 @pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
+def fleet(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fleet]:
     """A broker host and three worker hosts (``ip netns``, veth, 10.233.71.0/24) with a
-    Redis, the ledger, watcher and client; workers on demand; all torn down after."""
+    Redis, the ledger, watcher and client; workers on demand; all torn down after.
+    Parametrise it indirectly with ``"unix"`` for a ledger that no link cut reaches."""
     reason = unavailable()
     if reason is not None:
         pytest.skip(reason)
-    made = Fleet(tmp_path, hosts=3)
+    made = Fleet(tmp_path, hosts=3, ledger=getattr(request, "param", "network"))
     try:
         yield made
     finally:

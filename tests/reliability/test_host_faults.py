@@ -10,20 +10,68 @@ what completed, what was lost and what was duplicated.
 from __future__ import annotations
 
 import subprocess
+import time
+from collections.abc import Callable
+
+import pytest
 
 from tests.reliability.conftest import ScenarioReport
 from tests.support.fleet import REDIS_PORT, Fleet
-from tests.support.ledger import job_code
-from tests.support.results import tally
+from tests.support.ledger import Run, job_code
+from tests.support.results import Tally, tally
+from worker.client.client import JobExecution
 from worker.models import JobResult
 
+JOBS = 100
+SETTLE_SECONDS = 90
+#: Faults outlast the connections' checks: health check 2 s (a BRPOP 3 s overdue is
+#: dropped), socket timeout 5 s; a job unacknowledged 30 s comes back to the queue.
+#: A job cut off mid-run waits for the link to report its end: its timeout (20 s) is
+#: longer than the partition, so that it ends completed, not timed out.
+FAULT_ENV = {"SANDRUN_REDIS_HEALTH_CHECK_INTERVAL": "2", "SANDRUN_REDIS_SOCKET_TIMEOUT": "5",
+             "SANDRUN_VISIBILITY_TIMEOUT": "30", "SANDRUN_MAX_JOB_TIMEOUT": "20",
+             "SANDRUN_VISIBILITY_MARGIN": "5"}
+JOB_TIMEOUT = 20
+PARTITION_SECONDS = 10.0
 
-def connected_hosts(fleet: Fleet) -> set[str]:
-    """The addresses with a TCP connection to the broker host's Redis, seen from it."""
+
+def peers(fleet: Fleet) -> set[tuple[str, str]]:
+    """The (address, port) of every TCP connection to the broker host's Redis, as the
+    broker host sees them (a half-open one included: it cannot tell)."""
     out = subprocess.run(["ip", "netns", "exec", fleet.net.broker.name, "ss", "-Htn",
                           "state", "established", "sport", f"= :{REDIS_PORT}"],
                          capture_output=True, text=True, check=True).stdout
-    return {line.split()[-1].rsplit(":", 1)[0] for line in out.splitlines() if line.strip()}
+    return {tuple(line.split()[-1].rsplit(":", 1)) for line in out.splitlines()  # type: ignore[misc]
+            if line.strip()}
+
+
+def connected_hosts(fleet: Fleet) -> set[str]:
+    """The addresses with a TCP connection to the broker host's Redis."""
+    return {address for address, _ in peers(fleet)}
+
+
+def submit(fleet: Fleet, count: int, linger: float) -> list[JobExecution]:
+    code = job_code(fleet.ledger_server.port, linger=linger, host=fleet.ledger_server.host)
+    return [fleet.client.job().code(code).timeout(JOB_TIMEOUT).submit() for _ in range(count)]
+
+
+def conclude(fleet: Fleet, runs: list[JobExecution]) -> Tally:
+    """Every job's final result, counted against the ledger (completed: the result of a
+    run that reached its end)."""
+    def completed(result: JobResult) -> bool:
+        run = fleet.ledger.runs.get(result.stdout.strip())
+        return result.status == "completed" and run is not None and run.ended is not None
+
+    return tally(fleet.finals(runs, SETTLE_SECONDS), completed, fleet.watch, fleet.ledger)
+
+
+def started_on(fleet: Fleet, pid: int, after: float) -> Callable[[], list[Run]]:
+    """Runs of the worker ``pid`` that started after ``after`` (time.time())."""
+    def runs() -> list[Run]:
+        with fleet.ledger.changed:
+            return [r for r in fleet.ledger.runs.values()
+                    if r.worker == pid and r.started > after]
+    return runs
 
 
 def test_workers_on_three_hosts_share_the_jobs_over_their_links(
@@ -47,3 +95,51 @@ def test_workers_on_three_hosts_share_the_jobs_over_their_links(
     assert connected_hosts(fleet) >= {h.address for h in fleet.net.workers}
     ran_on = {run.worker for run in fleet.ledger.runs.values()}
     assert ran_on == {w.proc.pid for w in fleet.workers.values()}, "every host took jobs"
+
+
+@pytest.mark.parametrize("fleet", ["unix"], indirect=True)
+def test_a_partitioned_worker_host_rejoins_and_no_job_is_lost_or_doubled(
+        fleet: Fleet, scenario_report: ScenarioReport) -> None:
+    cut, *others = fleet.net.workers
+    workers = [fleet.start_worker(host, concurrency=2, **FAULT_ENV)
+               for host in fleet.net.workers]
+    victim = workers[0]
+    runs = submit(fleet, JOBS, linger=1.0)
+    busy = fleet.ledger.wait_for("the first host to run jobs",
+                                 started_on(fleet, victim.proc.pid, 0))
+    assert isinstance(busy, list)
+    before = {p for p in peers(fleet) if p[0] == cut.address}
+    fleet.net.partition(cut)
+    time.sleep(PARTITION_SECONDS)  # the fault's length: longer than every check
+    fleet.net.reconnect(cut)
+    back = time.time()
+    back_mono = time.monotonic()
+    # reconnected: a connection from the host that was not there before the cut
+    while (not {p for p in peers(fleet) if p[0] == cut.address} - before
+           and time.monotonic() - back_mono < 60):
+        time.sleep(0.1)
+    reconnected = time.monotonic() - back_mono
+    counts = conclude(fleet, runs)
+    # the reconnected worker consumes again, unrestarted: the others stop consuming, and
+    # jobs submitted now must all be run by it
+    names = [fleet.node_name(h) for h in others]
+    fleet.client.app.control.cancel_consumer("sandrun", destination=names, reply=True,
+                                             timeout=10)
+    probes = submit(fleet, 6, linger=0)
+    probe_counts = conclude(fleet, probes)
+    resumed = started_on(fleet, victim.proc.pid, back)()
+    first = min((r.started for r in resumed), default=None)
+    note = (f"{len(busy)} running at the cut; partition {PARTITION_SECONDS:.0f} s; "
+            f"reconnected {reconnected:.1f} s after link up; first job on it "
+            f"{(first - back) if first else float('nan'):.1f} s after; "
+            f"{counts.reruns} run(s) ran again")
+    scenario_report.record("hosts: worker host partitioned, reconnected", counts.submitted,
+                           counts.completed, len(counts.lost), len(counts.duplicated),
+                           note=note)
+    assert not counts.lost and not counts.duplicated, counts.explain()
+    assert not probe_counts.lost and not probe_counts.duplicated, probe_counts.explain()
+    assert victim.proc.poll() is None, "the partitioned worker must not have exited"
+    probe_tokens = {r.token for r in fleet.ledger.runs.values()
+                    if r.job_id in {p.id for p in probes}}
+    assert {fleet.ledger.runs[t].worker for t in probe_tokens} == {victim.proc.pid}, (
+        "the reconnected worker did not take the jobs submitted after the partition")
