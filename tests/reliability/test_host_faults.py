@@ -9,6 +9,8 @@ what completed, what was lost and what was duplicated.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -18,6 +20,7 @@ import pytest
 from tests.reliability.conftest import ScenarioReport
 from tests.support.fleet import REDIS_PORT, Fleet
 from tests.support.ledger import Run, job_code
+from tests.support.netns import pids_in
 from tests.support.results import Tally, tally
 from worker.client.client import JobExecution
 from worker.models import JobResult
@@ -50,9 +53,10 @@ def connected_hosts(fleet: Fleet) -> set[str]:
     return {address for address, _ in peers(fleet)}
 
 
-def submit(fleet: Fleet, count: int, linger: float) -> list[JobExecution]:
+def submit(fleet: Fleet, count: int, linger: float, timeout: int = JOB_TIMEOUT
+           ) -> list[JobExecution]:
     code = job_code(fleet.ledger_server.port, linger=linger, host=fleet.ledger_server.host)
-    return [fleet.client.job().code(code).timeout(JOB_TIMEOUT).submit() for _ in range(count)]
+    return [fleet.client.job().code(code).timeout(timeout).submit() for _ in range(count)]
 
 
 def conclude(fleet: Fleet, runs: list[JobExecution]) -> Tally:
@@ -143,3 +147,39 @@ def test_a_partitioned_worker_host_rejoins_and_no_job_is_lost_or_doubled(
                     if r.job_id in {p.id for p in probes}}
     assert {fleet.ledger.runs[t].worker for t in probe_tokens} == {victim.proc.pid}, (
         "the reconnected worker did not take the jobs submitted after the partition")
+
+
+#: A removed host's jobs come back after the visibility timeout: keep it short here.
+REMOVAL_ENV = {"SANDRUN_VISIBILITY_TIMEOUT": "12", "SANDRUN_MAX_JOB_TIMEOUT": "7",
+               "SANDRUN_VISIBILITY_MARGIN": "3", "SANDRUN_REDIS_HEALTH_CHECK_INTERVAL": "2",
+               "SANDRUN_REDIS_SOCKET_TIMEOUT": "5"}
+
+
+def test_a_worker_host_removed_mid_stream_loses_no_job(
+        fleet: Fleet, scenario_report: ScenarioReport) -> None:
+    doomed, *_ = fleet.net.workers
+    workers = [fleet.start_worker(host, concurrency=2, **REMOVAL_ENV)
+               for host in fleet.net.workers]
+    runs = submit(fleet, JOBS, linger=0.5, timeout=7)
+    busy = fleet.ledger.wait_for("the doomed host to run jobs",
+                                 started_on(fleet, workers[0].proc.pid, 0))
+    assert isinstance(busy, list)
+    for pid in pids_in(doomed.name):  # every process of the host, then its link
+        os.kill(pid, signal.SIGKILL)
+    removed = time.time()
+    fleet.net.remove(doomed)
+    killed = [r for r in fleet.ledger.running() if r.worker == workers[0].proc.pid]
+    counts = conclude(fleet, runs)
+    reruns = [fleet.ledger.of(r.job_id)[-1].started - removed for r in killed
+              if len(fleet.ledger.of(r.job_id)) > 1]
+    note = (f"{len(killed)} running on the removed host; re-run elsewhere "
+            f"{max(reruns) if reruns else float('nan'):.1f} s after (visibility 12 s); "
+            f"{counts.reruns} run(s) ran again")
+    scenario_report.record("hosts: worker host removed mid-stream", counts.submitted,
+                           counts.completed, len(counts.lost), len(counts.duplicated),
+                           note=note)
+    assert not counts.lost and not counts.duplicated, counts.explain()
+    assert workers[0].proc.wait(10) == -signal.SIGKILL
+    for run in killed:  # each job cut short on the removed host ran to its end elsewhere
+        final = [r for r in fleet.ledger.of(run.job_id) if r.ended is not None]
+        assert len(final) == 1 and final[0].worker != workers[0].proc.pid

@@ -124,7 +124,9 @@ class HostNetwork:
     def _build(self) -> None:
         b = self.broker.name
         self._add(b)
-        ip("-n", b, "link", "add", "br0", "type", "bridge")
+        # a fixed address: a bridge otherwise takes its lowest port's, and removing that
+        # host would change the broker host's MAC under the others' ARP caches
+        ip("-n", b, "link", "add", "br0", "address", "02:00:0a:e9:47:01", "type", "bridge")
         ip("-n", b, "addr", "add", f"{self.broker.address}/24", "dev", "br0")
         ip("-n", b, "link", "set", "br0", "up")
         for host in self.workers:
@@ -162,3 +164,10 @@ class HostNetwork:
         while self._made:
             name = self._made.pop()
             subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
+
+
+def pids_in(name: str) -> list[int]:
+    """Every process in namespace ``name`` (``ip netns pids``)."""
+    out = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True,
+                         check=False).stdout
+    return [int(pid) for pid in out.split()]
