@@ -183,3 +183,40 @@ def test_a_worker_host_removed_mid_stream_loses_no_job(
     for run in killed:  # each job cut short on the removed host ran to its end elsewhere
         final = [r for r in fleet.ledger.of(run.job_id) if r.ended is not None]
         assert len(final) == 1 and final[0].worker != workers[0].proc.pid
+
+
+@pytest.mark.parametrize("fleet", ["unix"], indirect=True)
+def test_an_idle_worker_host_partitioned_consumes_again_once_reconnected(
+        fleet: Fleet, scenario_report: ScenarioReport) -> None:
+    """An idle worker waits in BRPOP: the cut leaves that connection half-open, which
+    only the health check (a BRPOP overdue by 1 s + 2 s) and the socket options notice;
+    once the link is back the worker must reconnect by itself and take jobs."""
+    cut, *others = fleet.net.workers
+    workers = [fleet.start_worker(host, concurrency=2, **FAULT_ENV)
+               for host in fleet.net.workers]
+    victim = workers[0]
+    before = {p for p in peers(fleet) if p[0] == cut.address}
+    fleet.net.partition(cut)
+    time.sleep(PARTITION_SECONDS)
+    fleet.net.reconnect(cut)
+    back = time.time()
+    fleet.client.app.control.cancel_consumer("sandrun", reply=True, timeout=10,
+                                             destination=[fleet.node_name(h) for h in others])
+    probes = submit(fleet, 6, linger=0)
+    counts = conclude(fleet, probes)
+    first = fleet.ledger.wait_for("a job on the reconnected host",
+                                  started_on(fleet, victim.proc.pid, back))
+    assert isinstance(first, list)
+    recovered = min(r.started for r in first) - back
+    new = {p for p in peers(fleet) if p[0] == cut.address} - before
+    scenario_report.record("hosts: idle worker host partitioned, reconnected",
+                           counts.submitted, counts.completed, len(counts.lost),
+                           len(counts.duplicated),
+                           note=f"partition {PARTITION_SECONDS:.0f} s; first job on it "
+                                f"{recovered:.1f} s after link up; {len(new)} new "
+                                f"connection(s) from it")
+    assert not counts.lost and not counts.duplicated, counts.explain()
+    assert victim.proc.poll() is None
+    assert {fleet.ledger.runs[r.token].worker for r in fleet.ledger.runs.values()} == {
+        victim.proc.pid}, "the reconnected worker did not take the jobs"
+    assert new, "the worker kept only its connections from before the cut"
