@@ -60,6 +60,13 @@ class Fleet:
         self.directory = directory
         self.workers: dict[str, Worker] = {}
         self._resources = contextlib.ExitStack()
+        try:
+            self._start(directory, hosts, ledger)
+        except BaseException:
+            self._resources.close()  # what was started, the hosts included, is undone
+            raise
+
+    def _start(self, directory: Path, hosts: int, ledger: str) -> None:
         self.net = HostNetwork(hosts)
         self._resources.callback(self.net.close)
         self.broker = HostBroker(directory, self.net.broker)

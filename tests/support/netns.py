@@ -14,14 +14,17 @@ Processes are started in a host with :meth:`Host.command` (``ip netns exec``, wh
 execs, so the pid is the process's own). :func:`socket_in` makes a socket inside a
 namespace from a thread that joins it (``setns``), so a server of the test process
 (the ledger) can listen on the broker host's address. :meth:`HostNetwork.close` deletes
-the namespaces, and with them every link; it is safe to call twice.
+the namespaces (after SIGKILLing any process left inside), and with them every link;
+it is safe to call twice.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -159,10 +162,16 @@ class HostNetwork:
         ip("-n", self.broker.name, "link", "delete", host.link)
 
     def close(self) -> None:
-        """Delete every namespace made (their links go with them); errors are ignored so
-        that one failure does not leave the others behind."""
+        """SIGKILL whatever still runs inside the namespaces made (only this test's
+        processes can be there: a job its killed worker left behind), then delete them
+        (their links go with them); errors are ignored so that one failure does not
+        leave the others behind."""
         while self._made:
             name = self._made.pop()
+            for pid in pids_in(name):
+                if pid != os.getpid():
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
             subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
 
 
