@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # what mypy and readers see; at run time __getattr__ imports 
     from worker.broker.urls import is_amqp, is_redis, kombu_url, redis_client, redis_url
     from worker.cli.common import fail as cli_fail
     from worker.client.client import JobExecution, Sandrun
+    from worker.client.follow import LogLine
     from worker.client.schedules import ScheduleRunner
     from worker.collector import InMemoryMetrics, MetricsCollector
     from worker.errors import (
@@ -62,6 +63,7 @@ if TYPE_CHECKING:  # what mypy and readers see; at run time __getattr__ imports 
         Job,
         JobContext,
         JobResult,
+        Progress,
         ReplicaVote,
         RetryPolicy,
         Transform,
@@ -144,6 +146,7 @@ __all__ = [
     "JobFailed",
     "JobRejected",
     "JobResult",
+    "LogLine",
     "MemoryStorageBackend",
     "MetricsCollector",
     "PaymentRejected",
@@ -157,6 +160,7 @@ __all__ = [
     "PluginManifest",
     "PluginSpec",
     "PluginStorage",
+    "Progress",
     "Publication",
     "PublicationHeld",
     "PublishContext",
@@ -211,6 +215,7 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     "worker.broker.publisher": ("Publisher",),
     "worker.broker.urls": ("is_amqp", "is_redis", "kombu_url", "redis_client", "redis_url"),
     "worker.client.client": ("JobExecution", "Sandrun"),
+    "worker.client.follow": ("LogLine",),
     "worker.client.schedules": ("ScheduleRunner",),
     "worker.collector": ("InMemoryMetrics", "MetricsCollector"),
     "worker.errors": (
@@ -222,8 +227,8 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     "worker.logs": ("LEVELS", "configure_logging"),
     "worker.models": (
         "MAX_CPU_SECONDS", "MAX_MEMORY_MB", "MAX_TIMEOUT_SECONDS", "ConsensusSummary", "Cost",
-        "ErrorInfo", "Execution", "Job", "JobContext", "JobResult", "ReplicaVote",
-        "RetryPolicy", "Transform", "WorkerInfo", "current_job_context"),
+        "ErrorInfo", "Execution", "Job", "JobContext", "JobResult", "Progress",
+        "ReplicaVote", "RetryPolicy", "Transform", "WorkerInfo", "current_job_context"),
     "worker.models.builder": ("JobBuilder",),
     "worker.plugin.context": (
         "BuildContext", "ErrorContext", "ExecutionContext", "PluginContext", "PublishContext",
