@@ -41,10 +41,20 @@ from worker import (
     SandrunError,
     is_redis,
     load_settings,
+    redis_client,
     redis_url,
 )
 
 Clock = Callable[[], float]
+
+
+def _connect(url: str) -> redis.Redis[bytes]:
+    """A client of the token's Redis, with Sandrun's socket options."""
+    client = redis_client(url)
+    if client is None:
+        raise ConfigurationError(f"token storage needs a Redis URL, not {url!r}: use "
+                                 "redis://host:6379/0 or unix:///path/to/redis.sock")
+    return client
 WALLET_MESSAGE = "Authenticate with Sandrun at {millis}"
 WALLET_PREFIX = "wallet:"
 MIN_SECRET = 32  # bytes of an HS256 key, RFC 7518 section 3.2
@@ -253,7 +263,7 @@ class RedisTokenStorage:
 
     def __init__(self, client: redis.Redis[bytes] | str, key: str = "sandrun:auth:token",
                  clock: Clock = time.time) -> None:
-        self._client = redis.Redis.from_url(client) if isinstance(client, str) else client
+        self._client = _connect(client) if isinstance(client, str) else client
         self.key, self._clock = key, clock
 
     def get_token(self) -> AuthToken | None:

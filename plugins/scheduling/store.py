@@ -38,7 +38,7 @@ from worker import (
     is_amqp,
     is_redis,
     kombu_url,
-    redis_url,
+    redis_client,
 )
 
 PREFIX = "sandrun:scheduling:"
@@ -266,8 +266,9 @@ class Connections:
                     f"but the broker is {self.url or 'not set'!r}; set SANDRUN_BROKER_URL (or "
                     "the plugin's broker_url option) to a redis:// URL, or with RabbitMQ "
                     "SANDRUN_RESULT_BACKEND to one")
-            self._store = SchedulingStore(redis.Redis.from_url(redis_url(self.redis_url)),
-                                          self.broker_lists, self.outside_depth)
+            client = redis_client(self.redis_url)
+            assert client is not None  # is_redis above
+            self._store = SchedulingStore(client, self.broker_lists, self.outside_depth)
         return self._store
 
     @property

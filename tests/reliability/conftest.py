@@ -14,6 +14,8 @@ tests/conftest.py, which also gathers the rows of pytest-xdist workers).
 ledger, result watcher and client (``tests.support.cluster``), all stopped when the
 test ends, even on failure;
 ``aof_cluster`` the same with a broker that can be killed and restarted with its data.
+``fleet`` is a broker host and three worker hosts on network namespaces
+(``tests.support.fleet``; skipped when not root or namespaces are unavailable).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.cluster import Cluster
+from tests.support.fleet import Fleet
+from tests.support.netns import unavailable
 from tests.support.scenarios import REPORT_KEY, ScenarioReport
 
 HERE = Path(__file__).resolve().parent
@@ -71,6 +75,21 @@ def crash_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cl
     redis-server with an append-only file (fsync always), or a rabbitmq-server node of
     the test's own (never the shared one)."""
     made = Cluster(tmp_path, aof=True, kind=request.param, own_node=True)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+@pytest.fixture
+def fleet(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fleet]:
+    """A broker host and three worker hosts (``ip netns``, veth, 10.233.71.0/24) with a
+    Redis, the ledger, watcher and client; workers on demand; all torn down after.
+    Parametrise it indirectly with ``"unix"`` for a ledger that no link cut reaches."""
+    reason = unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    made = Fleet(tmp_path, hosts=3, ledger=getattr(request, "param", "network"))
     try:
         yield made
     finally:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import socketserver
 import threading
 import time
@@ -29,12 +30,21 @@ REPORT = '''
 import os, socket, time, uuid
 TOKEN = uuid.uuid4().hex
 JOB = os.environ["SANDRUN_JOB_ID"]
+ADDRESS = {host!r}
+
+def connect():
+    if ADDRESS.startswith("/"):
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.settimeout(30)
+        conn.connect(ADDRESS)
+        return conn
+    return socket.create_connection((ADDRESS, {port}), timeout=30)
 
 def report(phase):
     deadline = time.monotonic() + 60
     while True:
         try:
-            with socket.create_connection(("127.0.0.1", {port}), timeout=30) as conn:
+            with connect() as conn:
                 line = f"{{phase}} {{JOB}} {{TOKEN}} {{os.getppid()}} {{time.time():.6f}}\\n"
                 conn.sendall(line.encode())
                 if conn.recv(1) == b"k":
@@ -49,12 +59,14 @@ report("start")
 '''
 
 
-def job_code(port: int, *, linger: float = 0.0, poison: bool = False) -> str:
+def job_code(port: int, *, linger: float = 0.0, poison: bool = False,
+             host: str = "127.0.0.1") -> str:
     """Python source of a ledger job: report start, linger, report end, print the token.
 
     ``poison``: after ``start``, ask the ledger to SIGKILL this job's pool process, on
-    every delivery, and wait to be killed with it."""
-    body = REPORT.format(port=port)
+    every delivery, and wait to be killed with it. ``host``: the ledger's address (a
+    test host's, ``tests.support.netns``), or the path of its unix socket."""
+    body = REPORT.format(port=port, host=host)
     if poison:
         body += 'report("kill")\ntime.sleep(120)\n'
     if linger:
@@ -159,10 +171,40 @@ class LedgerServer(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, owns: Callable[[int], bool]) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, owns: Callable[[int], bool],
+                 listener: socket.socket | None = None) -> None:
+        """``listener``: a listening socket to serve on (one made inside a test host's
+        namespace), in place of a free port on 127.0.0.1."""
+        if listener is None:
+            super().__init__(("127.0.0.1", 0), _Handler)
+        else:
+            super().__init__(listener.getsockname(), _Handler, bind_and_activate=False)
+            self.socket.close()
+            self.socket = listener
         self.ledger = Ledger(owns)
-        self.port = int(self.server_address[1])
+        self.host, self.port = str(self.server_address[0]), int(self.server_address[1])
+        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.1},
+                                         name="ledger", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()
+        self._thread.join(10)
+
+
+class UnixLedgerServer(socketserver.ThreadingUnixStreamServer):
+    """The ledger served on a unix socket at ``path`` (``host`` for :func:`job_code`):
+    reachable from every network namespace, so a job reports even while its host's
+    link is cut."""
+
+    daemon_threads = True
+    request_queue_size = 128
+
+    def __init__(self, owns: Callable[[int], bool], path: str) -> None:
+        super().__init__(path, _Handler)
+        self.ledger = Ledger(owns)
+        self.host, self.port = path, 0
         self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.1},
                                          name="ledger", daemon=True)
         self._thread.start()

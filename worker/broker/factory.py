@@ -13,7 +13,7 @@ from celery import Celery
 from worker.broker.amqp import amqp_settings
 from worker.broker.embedded import ensure_broker_configured
 from worker.broker.resultstore import BACKENDS
-from worker.broker.urls import is_amqp, is_redis
+from worker.broker.urls import celery_redis_settings, is_amqp, is_redis
 from worker.errors import ConfigurationError
 
 
@@ -34,6 +34,10 @@ def make_app(broker_url: str | None = None, result_backend: str | None = None) -
                                result_backend=result_backend or broker_url)
     elif result_backend:
         celery_app.conf.update(result_backend=result_backend)
+    # socket timeouts, health checks and TCP keepalive on every Redis connection
+    celery_app.conf.update(celery_redis_settings(
+        str(celery_app.conf.broker_url or ""), str(celery_app.conf.result_backend or ""),
+        dict(celery_app.conf.broker_transport_options or {})))
     if is_amqp(str(celery_app.conf.broker_url or "")):
         _check_result_backend(str(celery_app.conf.result_backend or ""))
         visibility = int(celery_app.conf.broker_transport_options.get("visibility_timeout", 7200))

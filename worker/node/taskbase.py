@@ -11,7 +11,8 @@ runs the task. It only translates:
    a GPU job this worker's cards cannot run) ends here, with no attempt used;
 2. begin the attempt (Celery's ``retries`` + 1): a redelivered message counts a
    delivery; a job or a redelivered message looks for a stored final result in
-   the same round trip;
+   the same round trip; when Redis cannot be reached for it, the message goes back
+   to the queue (``Reject(requeue=True)``) and nothing is stored;
 3. build the :class:`~worker.plugin.context.ExecutionContext` from the request
    (headers, args, eta, redelivered, queue, node, and the job's context: correlation
    id, tenant and baggage from their headers, each dropped and logged when not valid);
@@ -44,6 +45,7 @@ from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded, Term
 from pydantic import ValidationError
 
 from worker.broker.amqp import redelivery_options
+from worker.broker.policies import TRANSIENT_STORAGE_ERRORS
 from worker.errors import InvalidJob, JobFailed
 from worker.models import ErrorInfo, Execution, Job, JobContext, JobResult
 from worker.models.context import EMPTY
@@ -65,6 +67,8 @@ from worker.stores.attempts import Attempt
 from worker.stores.deadletter import DeadLetter
 
 RAW_LIMIT = 64 * 1024
+#: How long a delivery that could not reach Redis waits before going back to the queue.
+REQUEUE_PAUSE_SECONDS = 1.0
 log = structlog.get_logger("sandrun.task")
 #: Celery's own control flow raised in a body: it reaches Celery untouched.
 CELERY_CONTROL = (Ignore, Reject, Retry, SoftTimeLimitExceeded, Terminated)
@@ -92,7 +96,7 @@ class SandrunTask(Task[Any, Any]):
             self.request.update(sandrun_job_id=execution.job.id)
         if self.sent_on(rt, execution):
             raise Ignore()
-        attempt, stored = self._begin(rt, execution)
+        attempt, stored = self._begin_or_requeue(rt, execution)
         outcome = run_lifecycle(rt.manager, attempt, execution,
                                 self._context(rt, execution, attempt, travelled),
                                 self._run_body,
@@ -131,6 +135,24 @@ class SandrunTask(Task[Any, Any]):
                              task_kwargs=dict(kwargs))
         job = Job.model_validate(args[0] if args else kwargs["job"])
         return Execution(task=self.name, task_id=self.request.id, job=job)
+
+    def _begin_or_requeue(self, rt: runtime.Runtime, execution: Execution
+                          ) -> tuple[Attempt, Any]:
+        """:meth:`_begin`, or, when Redis cannot be reached to count the delivery or read
+        a stored result, the message back to the broker (``Reject(requeue=True)``, with
+        late acks) so that another delivery starts it: a transient broker fault must
+        never become a job's final result (Celery would store the error as its FAILURE).
+
+        redis-py has already retried the call by then; the pause keeps a worker whose
+        result store is down (and broker up) from spinning on the same message."""
+        try:
+            return self._begin(rt, execution)
+        except TRANSIENT_STORAGE_ERRORS as exc:
+            log.warning("delivery_requeued", task_id=str(self.request.id),
+                        job_id=execution.job.id if execution.job else None,
+                        reason=f"{type(exc).__name__}: {exc}", pause=REQUEUE_PAUSE_SECONDS)
+            time.sleep(REQUEUE_PAUSE_SECONDS)
+            raise Reject(exc, requeue=True) from exc
 
     def _begin(self, rt: runtime.Runtime, execution: Execution) -> tuple[Attempt, Any]:
         """This delivery's attempt, and a stored final result if there is one.

@@ -26,6 +26,7 @@ from typing import Any
 import redis
 
 from worker.broker.policies import storage_policy
+from worker.broker.urls import redis_client
 from worker.errors import StorageError
 from worker.stores.ops import Get, Incr, Op, Set, SetDefault
 
@@ -296,8 +297,13 @@ class RedisStorageBackend(StorageBackend):
 
     @classmethod
     def from_url(cls, url: str) -> RedisStorageBackend:
-        """Connect lazily to ``url`` (``redis://`` or ``unix://``)."""
-        return cls(redis.Redis.from_url(url))
+        """Connect lazily to ``url`` (``redis://`` or ``unix://``), with the socket options
+        of every Sandrun Redis client (:func:`~worker.broker.urls.redis_socket_options`)."""
+        client = redis_client(url)
+        if client is None:
+            raise ValueError(f"plugin storage needs a Redis URL, not {url!r}: use "
+                             "redis://host:6379/0 or unix:///path/to/redis.sock")
+        return cls(client)
 
     def for_plugin(self, name: str) -> PluginStorage:
         return RedisStorage(self._client, name)
