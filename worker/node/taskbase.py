@@ -16,7 +16,9 @@ runs the task. It only translates:
    id, tenant and baggage from their headers, each dropped and logged when not valid);
 4. :func:`~worker.node.lifecycle.run_lifecycle` runs the hooks and the body
    (:meth:`SandrunTask.body`, after storing STARTED; a job past its ``deadline`` ends
-   ``expired`` instead, unrun) and says how the delivery ended;
+   ``expired`` instead, unrun) and says how the delivery ended; a delivery whose task
+   or job was cancelled (:mod:`worker.stores.revoked`) ends ``cancelled`` before
+   step 2, with no hook and nothing run;
 5. that outcome becomes Celery's: a result to store, ``Ignore`` (dropped, or
    deferred after publishing the same message again with a countdown), or
    ``Task.retry(countdown=...)`` so no worker slot sleeps.
@@ -62,6 +64,7 @@ from worker.plugin.provenance import PROVENANCE_HEADER, from_header
 from worker.protocol import RUN_JOB, SUBMITTED_HEADER, context_from_headers, job_reprs
 from worker.stores.attempts import Attempt
 from worker.stores.deadletter import DeadLetter
+from worker.stores.revoked import cancelled_result
 
 RAW_LIMIT = 64 * 1024
 log = structlog.get_logger("sandrun.task")
@@ -89,6 +92,9 @@ class SandrunTask(Task[Any, Any]):
             return self._invalid(exc)
         if execution.job is not None:
             self.request.update(sandrun_job_id=execution.job.id)
+        job_id = execution.job.id if execution.job is not None else None
+        if rt.revocations.revoked((str(self.request.id), job_id)):
+            return self._cancelled(execution)
         attempt, stored = self._begin(rt, execution)
         outcome = run_lifecycle(rt.manager, attempt, execution,
                                 self._context(rt, execution, attempt, travelled),
@@ -287,6 +293,17 @@ class SandrunTask(Task[Any, Any]):
                          error=ErrorInfo(type="JobExpired", message=(
                              f"the job's deadline {job.deadline.isoformat()} passed before "
                              "it started")))
+
+    def _cancelled(self, execution: Execution) -> Any:
+        """A delivery of a cancelled job (or of one of its replicas) is never run, whoever
+        started after the cancel: a job stores ``cancelled``, a user task REVOKED."""
+        task_id = str(self.request.id)
+        log.info("job_cancelled_skipped", task_id=task_id,
+                 job_id=execution.job.id if execution.job else task_id)
+        if execution.job is None:
+            self.backend.mark_as_revoked(task_id, reason="cancelled", request=self.request)
+            raise Ignore()
+        return cancelled_result(task_id).model_dump(mode="json", exclude={"provenance"})
 
     def _invalid(self, exc: Exception) -> dict[str, Any]:
         """A ``sandrun.run_job`` message whose payload is not a valid Job: rejected."""

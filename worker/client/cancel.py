@@ -1,0 +1,97 @@
+"""Cancelling a job wherever it is, and saying where it was (``JobExecution.cancel``).
+
+The order matters: the record that every worker and the scheduling plugin read
+(:mod:`worker.stores.revoked`) is written first, then Celery's revoke is broadcast
+(it terminates a running job, process tree and all, and lets the running workers
+drop the message from memory at once), then the ``cancelled`` result is stored.
+The result backend keeps a SUCCESS it already holds, so a job that finished first
+keeps its own result and the cancel says ``finished``.
+
+Where the job was, from what the fleet already stores (no broker scan):
+
+==============  =====================================================================
+``finished``    it has a final result (completed, failed, cancelled before, ...)
+``running``     a worker stored STARTED
+``retrying``    a failed attempt waits for its countdown
+``held``        the scheduling plugin keeps it (far-future ETA, or a fair list)
+``scheduled``   a running worker holds it until an ETA (``scheduled_time``, a deferred
+                job's or a retry's countdown)
+``queued``      none of the above: waiting in the broker; an id that was never
+                submitted reads ``queued`` too (a broker cannot be asked cheaply)
+``unknown``     the result backend is not Redis: nothing could be remembered, only
+                the broadcast was sent
+==============  =====================================================================
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from celery import Celery, states
+
+from worker.broker.urls import is_redis, redis_client
+from worker.stores.revoked import HELD_PAYLOADS, Revocations, cancelled_result, check_task_id
+
+#: How long ``cancel`` asks the running workers for the ETA messages they hold.
+INSPECT_TIMEOUT = 0.5
+FINAL_STATES = frozenset({states.SUCCESS, states.FAILURE, states.REVOKED})
+
+
+def revocations_for(app: Celery) -> Revocations:
+    """The cancel records of ``app``'s fleet: in its result backend's Redis, kept as long
+    as its results (``result_expires``, from ``SANDRUN_RESULT_TTL``)."""
+    ttl: Any = app.conf.result_expires or 86400
+    seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else float(ttl)
+    return Revocations(redis_client(str(app.conf.result_backend)), int(seconds))
+
+
+def cancel_job(app: Celery, job_id: str, replicas: list[str]) -> str:
+    """Cancel ``job_id`` (and a consensus job's ``replicas``); return where it was."""
+    check_task_id(job_id)
+    for replica in replicas:
+        check_task_id(replica)
+    where = locate(app, job_id)
+    if where == "finished":
+        return where
+    remembered = revocations_for(app).add(job_id)
+    app.control.revoke([job_id, *replicas], terminate=True, signal="SIGTERM")
+    app.backend.store_result(job_id, cancelled_result(job_id).model_dump(
+        mode="json", exclude={"provenance"}), states.SUCCESS)
+    stored = app.backend.get_task_meta(job_id)
+    if stored["status"] == states.SUCCESS and (stored["result"] or {}).get(
+            "status") != "cancelled":
+        return "finished"  # it ended between the look and the cancel: its result stands
+    return where if remembered else "unknown"
+
+
+def locate(app: Celery, job_id: str) -> str:
+    """Where ``job_id`` is now (see the module docstring)."""
+    state = str(app.backend.get_task_meta(job_id)["status"])
+    if state in FINAL_STATES:
+        return "finished"
+    if state == states.STARTED:
+        return "running"
+    if state == states.RETRY:
+        return "retrying"
+    if _held(app, job_id):
+        return "held"
+    if _scheduled(app, job_id):
+        return "scheduled"
+    return "queued"
+
+
+def _held(app: Celery, job_id: str) -> bool:
+    """Whether the scheduling plugin holds ``job_id`` (its store is on the broker's Redis,
+    or on RabbitMQ the result backend's)."""
+    broker = str(app.conf.broker_url or "")
+    url = broker if is_redis(broker) else str(app.conf.result_backend)
+    client = redis_client(url)
+    return client is not None and bool(client.hexists(HELD_PAYLOADS, job_id))
+
+
+def _scheduled(app: Celery, job_id: str) -> bool:
+    """Whether a running worker holds ``job_id`` as an ETA message."""
+    replies = app.control.inspect(timeout=INSPECT_TIMEOUT).scheduled() or {}
+    return any((entry.get("request") or {}).get("id") == job_id
+               for entries in replies.values() for entry in entries or ())
