@@ -274,7 +274,7 @@ def test_cancelling_a_consensus_job_revokes_its_replicas(client: Sandrun,
     while not (started.exists() and len(started.read_text()) == 3):
         assert time.monotonic() < deadline, "the replicas did not start"
         time.sleep(0.1)
-    run.cancel()
+    assert run.cancel() == "running"  # where its replicas are
     assert run.wait(timeout=60).status == "cancelled"
     states = {AsyncResult(task_id, app=client.app).state for task_id in run.replicas}
     while states != {"REVOKED"}:

@@ -51,7 +51,7 @@ def cancel_job(app: Celery, job_id: str, replicas: list[str]) -> str:
     check_task_id(job_id)
     for replica in replicas:
         check_task_id(replica)
-    where = locate(app, job_id)
+    where = locate(app, job_id, replicas)
     if where == "finished":
         return where
     remembered = revocations_for(app).add(job_id)
@@ -65,18 +65,20 @@ def cancel_job(app: Celery, job_id: str, replicas: list[str]) -> str:
     return where if remembered else "unknown"
 
 
-def locate(app: Celery, job_id: str) -> str:
-    """Where ``job_id`` is now (see the module docstring)."""
-    state = str(app.backend.get_task_meta(job_id)["status"])
-    if state in FINAL_STATES:
+def locate(app: Celery, job_id: str, replicas: list[str] | tuple[str, ...] = ()) -> str:
+    """Where ``job_id`` is now (see the module docstring); a consensus job is where its
+    furthest replica is (the job's own id only gets the final result)."""
+    if str(app.backend.get_task_meta(job_id)["status"]) in FINAL_STATES:
         return "finished"
-    if state == states.STARTED:
+    ids = [job_id, *replicas]
+    found = {str(app.backend.get_task_meta(i)["status"]) for i in ids}
+    if states.STARTED in found:
         return "running"
-    if state == states.RETRY:
+    if states.RETRY in found:
         return "retrying"
-    if _held(app, job_id):
+    if any(_held(app, i) for i in ids):
         return "held"
-    if _scheduled(app, job_id):
+    if _scheduled(app, ids):
         return "scheduled"
     return "queued"
 
@@ -90,8 +92,8 @@ def _held(app: Celery, job_id: str) -> bool:
     return client is not None and bool(client.hexists(HELD_PAYLOADS, job_id))
 
 
-def _scheduled(app: Celery, job_id: str) -> bool:
-    """Whether a running worker holds ``job_id`` as an ETA message."""
+def _scheduled(app: Celery, ids: list[str]) -> bool:
+    """Whether a running worker holds one of ``ids`` as an ETA message."""
     replies = app.control.inspect(timeout=INSPECT_TIMEOUT).scheduled() or {}
-    return any((entry.get("request") or {}).get("id") == job_id
+    return any((entry.get("request") or {}).get("id") in ids
                for entries in replies.values() for entry in entries or ())

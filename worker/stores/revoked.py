@@ -30,7 +30,7 @@ from worker.models import JobResult
 
 KEY_PREFIX = "sandrun:revoked:"
 #: Job ids (``Identifier``) and the task ids made of them (replicas, Celery's uuids).
-TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,159}$")
+TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,159}")
 #: The scheduling plugin's hash of held and fair jobs (``plugins/scheduling/store.py``),
 #: read (never written) to say that a cancelled job was held.
 HELD_PAYLOADS = "sandrun:scheduling:payload"
@@ -38,7 +38,7 @@ HELD_PAYLOADS = "sandrun:scheduling:payload"
 
 def check_task_id(task_id: str) -> str:
     """``task_id`` if it is a job or task id, else InvalidJob saying what an id looks like."""
-    if not isinstance(task_id, str) or not TASK_ID.match(task_id):
+    if not isinstance(task_id, str) or not TASK_ID.fullmatch(task_id):
         raise InvalidJob([("job_id", f"{str(task_id)[:80]!r} is not a job id (letters, digits, "
                            "'_', '.', '-', starting with a letter or digit, at most 160)")],
                          source="cancel")
@@ -68,7 +68,7 @@ class Revocations:
     def revoked(self, ids: Iterable[str | None]) -> bool:
         """Whether any of ``ids`` (a task id, the job id in its body) was cancelled: one
         EXISTS round trip. Ids that are not ids (a broker writer's) are never looked up."""
-        keys = [KEY_PREFIX + i for i in ids if isinstance(i, str) and TASK_ID.match(i)]
+        keys = [KEY_PREFIX + i for i in ids if isinstance(i, str) and TASK_ID.fullmatch(i)]
         if self.client is None or not keys:
             return False
         return int(self.client.exists(*keys)) > 0
