@@ -203,6 +203,20 @@ def test_cancelled_while_running_is_terminated_before_its_side_effect(
         worker.stop()
 
 
+def test_a_users_own_task_cancelled_while_queued_never_runs(
+        client: Sandrun, start_worker: WorkerFactory, tmp_path: Path) -> None:
+    mark = tmp_path / "ran"
+    sent = client.app.send_task("tests.touch", args=[str(mark), "ran"], queue="tasks")
+    assert client.execution(sent.id).cancel() == "queued"
+    worker = start_worker(concurrency=1, name="tasks", queues="tasks")
+    try:
+        until("skipped", lambda: skipped(worker, sent.id, by_record=True) or mark.exists())
+    finally:
+        worker.stop()
+    assert sent.get(timeout=10)["status"] == "cancelled"  # the JobResult cancel stored
+    assert not mark.exists()
+
+
 def test_a_job_id_that_is_not_one_is_refused(client: Sandrun) -> None:
     with pytest.raises(InvalidJob, match="is not a job id"):
         client.execution("../../etc*").cancel()

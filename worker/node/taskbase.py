@@ -295,14 +295,12 @@ class SandrunTask(Task[Any, Any]):
                              "it started")))
 
     def _cancelled(self, execution: Execution) -> Any:
-        """A delivery of a cancelled job (or of one of its replicas) is never run, whoever
-        started after the cancel: a job stores ``cancelled``, a user task REVOKED."""
+        """A delivery of a cancelled job (or of one of its replicas, or a cancelled user
+        task) is never run, whoever started after the cancel: it stores the ``cancelled``
+        JobResult, as ``cancel`` did (a user task's caller reads that dict)."""
         task_id = str(self.request.id)
         log.info("job_cancelled_skipped", task_id=task_id,
                  job_id=execution.job.id if execution.job else task_id)
-        if execution.job is None:
-            self.backend.mark_as_revoked(task_id, reason="cancelled", request=self.request)
-            raise Ignore()
         return cancelled_result(task_id).model_dump(mode="json", exclude={"provenance"})
 
     def _invalid(self, exc: Exception) -> dict[str, Any]:
