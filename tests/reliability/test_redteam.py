@@ -35,6 +35,7 @@ from tests.support.redteam import (
     host_addresses,
     mounts_with,
     outputs_of,
+    owned_by_jobs,
     private_dir,
     processes_with,
 )
@@ -342,8 +343,12 @@ def fill_disk(lab: Lab, scratch: Path) -> Verdict:
     seen = last_json(result)
     written = seen.get("written")
     cut = written < target if isinstance(written, int) else result.outcome != "completed"
+    # The free space is shared with tests running beside this one: it is reported, and
+    # what counts is that nothing of the job's is left on the host's disk.
+    owned = owned_by_jobs(str(lab.workdir), "/tmp", "/var/tmp")
     return Verdict(f"{result.outcome}; wrote {written} bytes, errnos {seen.get('errors')}; "
-                   f"disk {lost >> 20} MiB lower after", cut and lost <= DISK_SLACK)
+                   f"disk {lost >> 20} MiB lower after; job-owned files {owned or 'none'}",
+                   cut and not owned)
 
 
 def bomb(lab: Lab, key: str, code: str, **fields: float) -> Verdict:
@@ -433,12 +438,16 @@ def lab(tmp_path_factory: pytest.TempPathFactory, board: Board) -> Iterator[Lab]
             made.close()
         left, files, mounts = gone(marker), made.left_behind(), mounts_with(marker)
         lost = free - shutil.disk_usage("/tmp").free
+        owned = owned_by_jobs("/tmp", "/var/tmp", "/dev/shm")
     finally:
         for made_dir in dirs:
             shutil.rmtree(made_dir, ignore_errors=True)
+    # /tmp's free space is shared with tests running beside these: reported, not judged;
+    # a job's leftovers on the host are found by their owner instead.
     verdict = Verdict(f"processes {left or 'none'}; job files/dirs {len(files)}; mounts "
-                      f"{len(mounts)}; /tmp {lost >> 20} MiB lower",
-                      not left and not files and not mounts and lost <= DISK_SLACK)
+                      f"{len(mounts)}; job-owned files {owned or 'none'}; /tmp "
+                      f"{lost >> 20} MiB lower", not left and not files and not mounts
+                      and not owned)
     board.record("end: host left clean", "no process, dir, mount or disk", verdict)
     assert verdict.contained, verdict.result
 

@@ -89,6 +89,32 @@ def gone(token: str, within: float = 2.0) -> list[int]:
     return left
 
 
+#: The uids jobs run as in these tests (the worker's default SANDRUN_JOB_UIDS).
+JOB_UIDS = range(200000, 201000)
+
+
+def owned_by_jobs(*roots: str, limit: int = 20) -> list[str]:
+    """Files and directories beneath ``roots`` (links not followed) owned by a job uid: what
+    a job that got out of its view would leave on the host. Measured by owner, not by free
+    space, because other tests share the host's /tmp while these run. The sandbox's own
+    slots (``sandrun-jobs/slot-N``, where running jobs live) are not looked into."""
+    found: list[str] = []
+    for root in roots:
+        for top, dirs, files in os.walk(root, onerror=lambda _: None):
+            if os.path.basename(top) == "sandrun-jobs":
+                dirs[:] = [d for d in dirs if not d.startswith("slot-")]
+            for name in dirs + files:
+                path = os.path.join(top, name)
+                try:
+                    if os.lstat(path).st_uid in JOB_UIDS:
+                        found.append(path)
+                except OSError:
+                    continue
+                if len(found) >= limit:
+                    return found
+    return found
+
+
 def mounts_with(token: str) -> list[str]:
     """Mount points of the host (this process's mount namespace) whose path holds ``token``."""
     with open("/proc/self/mountinfo") as fh:

@@ -92,6 +92,22 @@ def exit_code(exc: SandrunError) -> int:
     return EXIT_JOB_FAILED
 
 
+def invalid(exc: ValueError) -> SandrunError:
+    """A builder's or model's ValueError as the error ``fail`` prints: pydantic's
+    validation errors one ``field: rule`` per line (``InvalidJob``), without its links."""
+    from pydantic import ValidationError
+
+    from worker.errors import InvalidJob
+
+    if isinstance(exc, SandrunError):
+        return exc
+    if isinstance(exc, ValidationError):
+        return InvalidJob([(".".join(map(str, e["loc"])) or "job",
+                            str(e["msg"]).removeprefix("Value error, "))
+                           for e in exc.errors()])
+    return SandrunError(str(exc))
+
+
 def fail(exc: SandrunError) -> NoReturn:
     """Print ``error: ...`` on stderr and exit with the code that fits the error."""
     err_console().print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)

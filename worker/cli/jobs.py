@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import click
 
-from worker.cli.common import EXIT_JOB_FAILED, EXIT_OK, console, fail, set_up_uncollected
+from worker.cli.common import EXIT_JOB_FAILED, EXIT_OK, console, fail, invalid, set_up_uncollected
 from worker.errors import SandrunError
 
 if TYPE_CHECKING:
@@ -190,7 +190,7 @@ def submit(*, paths: tuple[Path, ...], code: str | None, interpreter: str | None
         except SandrunError as exc:
             fail(exc)
         except ValueError as exc:  # pydantic validation of builder fields
-            fail(SandrunError(str(exc)))
+            fail(invalid(exc))
     for res in results:
         print_result(res, as_json)
     sys.exit(EXIT_OK if all(r.status == "completed" for r in results) else EXIT_JOB_FAILED)

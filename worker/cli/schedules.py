@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from worker.cli.common import console, fail
+from worker.cli.common import console, fail, invalid
 from worker.cli.jobs import client, expires_in_option
 from worker.errors import SandrunError
 
@@ -68,7 +68,7 @@ def schedule_add(*, name: str, path: Path | None, cron: str, code: str | None,
         except SandrunError as exc:
             fail(exc)
         except ValueError as exc:  # pydantic validation of builder fields
-            fail(SandrunError(str(exc)))
+            fail(invalid(exc))
     click.echo(f"schedule {name!r} added: {cron}")
 
 

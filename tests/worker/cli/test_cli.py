@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 from click.testing import CliRunner
 
@@ -86,3 +90,15 @@ def test_bad_plugin_permissions_exit_2_saying_how_to_write_them() -> None:
         "SANDRUN_PLUGIN_PERMISSIONS": "retry=storage,network"})
     err = " ".join(err.split())
     assert code == 2 and "does not declare" in err and "remove network" in err
+
+
+def test_an_invalid_job_option_is_named_without_pydantic_boilerplate(tmp_path: Path) -> None:
+    """A bad --consensus is reported as ``field: rule`` with exit code 2, no pydantic links."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SANDRUN_")}
+    env["SANDRUN_STATE_DIR"] = str(tmp_path)
+    run = subprocess.run([sys.executable, "-m", "worker.cli", "submit", "--code", "print(1)",
+                          "--consensus", "7-of-3"], capture_output=True, text=True, env=env,
+                         timeout=60, check=False)
+    assert run.returncode == 2, run.stderr
+    assert "consensus:" in run.stderr and "k must" in run.stderr
+    assert "errors.pydantic.dev" not in run.stderr

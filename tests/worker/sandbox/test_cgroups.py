@@ -332,12 +332,13 @@ def test_sweep_removes_empty_slots_of_dead_processes_only(sandrun: Path) -> None
     occupied = sandrun / "slot-999999998"  # a pid above pid_max, so dead, but the child is in it
 
     def sweep(s: SlotCgroup) -> dict[str, Any]:
-        for path in (dead, alive):
-            path.mkdir()
+        dead.mkdir()
+        made = not alive.exists()  # this process's own slot may exist from earlier jobs
+        alive.mkdir(exist_ok=True)
         try:
             return {"swept": sweep_stale(SUPPORT.memory_root)}
         finally:
-            if alive.exists():
+            if made and alive.exists():
                 alive.rmdir()
 
     result = in_slot(occupied.name, sweep)
