@@ -141,6 +141,37 @@ def test_cancelled_while_held_by_the_scheduling_plugin_is_never_published(
     assert run.id not in worker.output()
 
 
+def test_cancelled_while_in_a_fair_list_is_never_published(
+        broker: RedisServer, start_worker: WorkerFactory, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # this process pumps, as a producer does: its plugin reads the records in the result
+    # backend it is configured with (tests/conftest.py sets an in-memory one by default)
+    monkeypatch.setenv("SANDRUN_RESULT_BACKEND", broker_url(broker))
+    config = {"broker_url": broker_url(broker), "strategy": "fair", "fair_window": 1}
+    first, mark = tmp_path / "first", tmp_path / "ran"
+    with Sandrun.create(broker_url=broker_url(broker),
+                        plugins=[PluginSpec("scheduling", config)]) as producer:
+        plugin = producer.manager.get("scheduling")
+        assert isinstance(plugin, SchedulingPlugin)
+        moved = producer.submit(Job(code=writes(first), queue="fair", labels={"tenant": "a"}))
+        kept = producer.submit(Job(code=writes(mark), queue="fair", labels={"tenant": "a"}))
+        assert plugin.store.pending("fair") == 1  # the window holds one: the other waits
+        assert kept.cancel() == "held"
+        assert moved.cancel() == "queued"
+        worker = start_worker(concurrency=1, name="fair", queues="fair", SANDRUN_PLUGINS=(
+            json.dumps([{"name": "scheduling", "config": config}])))
+        try:
+            until("the moved one skipped", lambda: skipped(worker, moved.id, by_record=True))
+            assert plugin.pump("fair") == 0  # room again: the kept one is claimed, dropped
+            assert plugin.store.pending("fair") == 0
+            assert not plugin.store.client.llen("fair")
+        finally:
+            worker.stop()
+        ended_cancelled(kept, mark)
+        ended_cancelled(moved, first)
+    assert kept.id not in worker.output()
+
+
 def test_cancelled_while_deferred_is_dropped_at_its_next_delivery(
         client: Sandrun, start_worker: WorkerFactory, tmp_path: Path) -> None:
     config = {"max_concurrent": 1, "defer_seconds": 0.2}
