@@ -47,14 +47,26 @@ def writes(mark: Path) -> str:
     return f"open({str(mark)!r}, 'w').write('ran')"
 
 
+#: What a worker logs when it drops a cancelled delivery because it heard the broadcast:
+#: an ETA message it held, or one its pool process had begun (killed with it).
+BROADCAST_HANDLED = ("Discarding revoked task", "Terminating ")
+
+
 def skipped(process: Worker, job_id: str, *, by_record: bool = False) -> bool:
     """Whether ``process`` logged that it dropped ``job_id`` as cancelled (``by_record``:
     from the persisted record, not from the broadcast it heard)."""
-    for line in process.output().splitlines():
-        if job_id in line and ("job_cancelled_skipped" in line or (
-                not by_record and "Discarding revoked task" in line)):
-            return True
-    return False
+    handled = ("job_cancelled_skipped",) if by_record else (
+        "job_cancelled_skipped", *BROADCAST_HANDLED)
+    return any(job_id in line and any(h in line for h in handled)
+               for line in process.output().splitlines())
+
+
+def last_delivery_dropped(process: Worker, job_id: str) -> bool:
+    """Whether every delivery of ``job_id`` that ``process`` received was dropped: the last
+    line naming it says so (none says it was received after that)."""
+    lines = [line for line in process.output().splitlines() if job_id in line]
+    return bool(lines) and any(h in lines[-1]
+                               for h in ("job_cancelled_skipped", *BROADCAST_HANDLED))
 
 
 def ended_cancelled(run: JobExecution, mark: Path) -> None:
@@ -188,6 +200,9 @@ def test_cancelled_while_deferred_is_dropped_at_its_next_delivery(
         until("dropped", lambda: skipped(worker, run.id))
         go.touch()  # the lease is free: a deferred copy that survived would now run
         assert busy.wait(timeout=30).status == "completed"
+        after = client.job().code("print(1)").queue("defer").submit()  # one lease later
+        assert after.wait(timeout=30).status == "completed"
+        assert last_delivery_dropped(worker, run.id), worker.output()[-3000:]
         ended_cancelled(run, mark)
     finally:
         go.touch()
