@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/scaling.py
 	$(BIN)/python benchmarks/cli.py
 	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/python benchmarks/logs.py
 	$(BIN)/python benchmarks/consensus.py
 
 clean:

@@ -54,7 +54,8 @@ from worker import (
 )
 
 NEVER_RETRIED = (JobRejected, InvalidJob, PaymentRejected)
-FINAL_OUTCOMES = frozenset({"rejected", "cancelled", "unsatisfiable", "isolation_unavailable"})
+FINAL_OUTCOMES = frozenset({"rejected", "cancelled", "unsatisfiable", "isolation_unavailable",
+                            "environment_error"})
 OUTCOMES = frozenset({"failed", "timeout", "memory_limit", "cpu_limit", "signal",
                       "worker_lost"})
 HISTORY_TTL = 7 * 24 * 3600

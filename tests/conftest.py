@@ -17,11 +17,13 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 import structlog
 
+from tests.support.scenarios import REPORT_KEY, from_worker_output, to_worker_output
 from worker.sandbox.launcher import dying_with_parent
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -162,7 +164,11 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """Fail the run if the suite wrote, changed or removed anything in the checkout."""
+    """Fail the run if the suite wrote, changed or removed anything in the checkout; an
+    xdist worker also hands the reliability rows it recorded to the controller."""
+    output = getattr(session.config, "workeroutput", None)
+    if output is not None:
+        to_worker_output(session.config, output)
     before = session.config.stash.get(_WORK_TREE, None)
     after = work_tree_state() if before is not None else None
     if before is None or after is None:
@@ -175,8 +181,19 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """The controller gathers the reliability rows of a finished xdist worker."""
+    from_worker_output(node.config, getattr(node, "workeroutput", {}))
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter,
                             config: pytest.Config) -> None:
+    report = config.stash.get(REPORT_KEY, None)
+    if report is not None and report.rows:
+        terminalreporter.section("reliability scenarios")
+        for text in report.table():
+            terminalreporter.write_line(text)
     changed = config.stash.get(_CHANGED, [])
     if changed:
         terminalreporter.write_sep("=", "work tree not clean", red=True, bold=True)

@@ -107,6 +107,19 @@ def test_cli_benchmark_times_each_command_in_both_trees() -> None:
 
 
 @pytest.mark.slow
+def test_logs_benchmark_prints_both_shapes_side_by_side() -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "logs.py"), "--quick"],
+                          capture_output=True, text=True, timeout=300, check=False, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for shape in ("lines", "blocks"):
+        assert re.search(rf"{shape}: a job printing 2 MB, 3 rounds each, alternating; "
+                         r"2\.0 MB reached the stream", proc.stdout), proc.stdout
+    rows = re.findall(r"^(job wall time|whole call) +([0-9.]+) s +([0-9.]+) s +([0-9.]+)$",
+                      proc.stdout, re.MULTILINE)
+    assert len(rows) == 4 and all(float(ratio) > 0 for *_, ratio in rows)
+
+
+@pytest.mark.slow
 def test_consensus_benchmark_prints_both_latencies_and_the_difference() -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "consensus.py"),
                            "--quick"], capture_output=True, text=True, timeout=300,

@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # what mypy and readers see; at run time __getattr__ imports 
     from worker.cli.common import fail as cli_fail
     from worker.client.cancel import revocations_for
     from worker.client.client import JobExecution, Sandrun
+    from worker.client.follow import LogLine
     from worker.client.schedules import ScheduleRunner
     from worker.collector import InMemoryMetrics, MetricsCollector
     from worker.errors import (
@@ -63,6 +64,7 @@ if TYPE_CHECKING:  # what mypy and readers see; at run time __getattr__ imports 
         Job,
         JobContext,
         JobResult,
+        Progress,
         ReplicaVote,
         RetryPolicy,
         Transform,
@@ -146,6 +148,7 @@ __all__ = [
     "JobFailed",
     "JobRejected",
     "JobResult",
+    "LogLine",
     "MemoryStorageBackend",
     "MetricsCollector",
     "PaymentRejected",
@@ -159,6 +162,7 @@ __all__ = [
     "PluginManifest",
     "PluginSpec",
     "PluginStorage",
+    "Progress",
     "Publication",
     "PublicationHeld",
     "PublishContext",
@@ -217,6 +221,7 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     "worker.broker.urls": ("is_amqp", "is_redis", "kombu_url", "redis_client", "redis_url"),
     "worker.client.cancel": ("revocations_for",),
     "worker.client.client": ("JobExecution", "Sandrun"),
+    "worker.client.follow": ("LogLine",),
     "worker.client.schedules": ("ScheduleRunner",),
     "worker.collector": ("InMemoryMetrics", "MetricsCollector"),
     "worker.errors": (
@@ -228,8 +233,8 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     "worker.logs": ("LEVELS", "configure_logging"),
     "worker.models": (
         "MAX_CPU_SECONDS", "MAX_MEMORY_MB", "MAX_TIMEOUT_SECONDS", "ConsensusSummary", "Cost",
-        "ErrorInfo", "Execution", "Job", "JobContext", "JobResult", "ReplicaVote",
-        "RetryPolicy", "Transform", "WorkerInfo", "current_job_context"),
+        "ErrorInfo", "Execution", "Job", "JobContext", "JobResult", "Progress",
+        "ReplicaVote", "RetryPolicy", "Transform", "WorkerInfo", "current_job_context"),
     "worker.models.builder": ("JobBuilder",),
     "worker.plugin.context": (
         "BuildContext", "ErrorContext", "ExecutionContext", "PluginContext", "PublishContext",

@@ -4,8 +4,9 @@ import.
 The task name, the header a producer stamps with its publish time, the headers
 that carry a job's :class:`~worker.models.context.JobContext` (:func:`context_headers`,
 :func:`context_from_headers`), which queue a job is published to, the task ids of a
-consensus job's replicas, what a job message shows of itself (:func:`job_reprs`), and
-:class:`Publication`, the message as it is sent. It imports nothing heavier than the
+consensus job's replicas, the state a running job's progress is stored as, what a job
+message shows of itself (:func:`job_reprs`), and :class:`Publication`, the message as
+it is sent. It imports nothing heavier than the
 models, so a producer gets these without loading the node or the sandbox.
 """
 
@@ -25,6 +26,9 @@ from worker.models.context import EMPTY, MAX_BAGGAGE_ITEMS, JobContext
 RUN_JOB = "sandrun.run_job"
 #: Message header: the producer's publish time (Unix seconds, a decimal string).
 SUBMITTED_HEADER = "sandrun_submitted_at"
+#: The task state a running job's latest progress report is stored as (its meta: the
+#: report, :class:`~worker.models.Progress`); Flower shows it from ``task-progress`` events.
+PROGRESS_STATE = "PROGRESS"
 #: Message headers of a job's context: the correlation id and tenant (strings) and the
 #: baggage (an object of strings). The ``auth`` plugin signs exactly these.
 CORRELATION_HEADER = "sandrun_correlation_id"

@@ -88,6 +88,13 @@ class Settings(BaseSettings):
     dead_letter_ttl: int = Field(default=DEAD_LETTER_TTL_SECONDS, ge=1, description=(
         "seconds a dead letter (a job that exhausted its attempts, a bad message) is kept"))
     stream_cap_bytes: int = Field(default=1 << 20, ge=1024)
+    live_output_bytes: int = Field(default=16 << 20, ge=0, description=(
+        "bytes of a job's stdout/stderr streamed live per job (sandrun logs -f); past it "
+        "a note says so and the rest is only counted. 0: no live output"))
+    live_output_entries: int = Field(default=1000, ge=10, le=100_000, description=(
+        "entries (chunks of at most 64 KiB) a job's live stream keeps, oldest trimmed"))
+    live_output_ttl: int = Field(default=3600, ge=60, description=(
+        "seconds a job's live stream is kept after its last write"))
     output_file_cap_bytes: int = Field(default=10 << 20, ge=0)
     output_total_cap_bytes: int = Field(default=50 << 20, ge=0)
     output_max_files: int = Field(default=1000, ge=0)
@@ -120,6 +127,16 @@ class Settings(BaseSettings):
         "user (name or uid) a worker running as root runs jobs as; root keeps them root, "
         "without a process limit"))
     interpreters: list[str] | None = None
+    environments_dir: Path | None = Field(default=None, description=(
+        "a directory of operator-prepared environments (virtualenvs or interpreter "
+        "prefixes, one subdirectory each, named by it) that jobs pick by 'environment'; "
+        "unset: jobs naming one end environment_error"))
+    wheel_cache: Path | None = Field(default=None, description=(
+        "a directory of wheels jobs' 'requirements' are installed from (pip --no-index "
+        "--find-links, wheels only); unset: jobs with requirements end environment_error"))
+    layers_dir: Path | None = Field(default=None, description=(
+        "where installed requirement sets are kept, one directory per set's SHA-256 "
+        "(default: <system tmp>/sandrun-layers); job users must be able to traverse it"))
 
     @field_validator("network_isolation", mode="before")
     @classmethod

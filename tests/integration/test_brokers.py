@@ -111,29 +111,35 @@ def test_an_exhausted_job_is_dead_lettered_and_replayed_through_the_cli(
     assert client.execution(run.id).wait(timeout=60).stdout == "run 4\n"
 
 
-def test_a_job_that_keeps_killing_its_worker_is_stopped_by_the_broker(
+def test_a_job_that_keeps_killing_its_worker_is_stopped_by_the_broker_and_replayed(
         stack: Stack, client: Sandrun, worker: Worker, tmp_path: Path) -> None:
     if stack.kind != "rabbitmq":
         pytest.skip("a delivery limit on the broker is RabbitMQ's; on Redis Sandrun's own "
                     "count stops it (tests/integration/test_attempts.py)")
-    run = client.job().code(KILL_MY_POOL_PROCESS).submit()
+    cured = tmp_path / "cured"
+    code = f"import os\nif not os.path.exists({str(cured)!r}):\n" + "".join(
+        f"    {line}\n" for line in KILL_MY_POOL_PROCESS.strip().splitlines()) + "print('ok')\n"
+    run = client.job().code(code).submit()
     # Delivery limit 1: delivered, its pool process killed, delivered again, killed again,
     # then the quorum queue hands it to sandrun.dead and a worker stores the letter (the
     # worker's own count, SANDRUN_MAX_ATTEMPTS=10, is far from stopping it).
+
     def letter() -> dict[str, Any]:
         shown = cli(stack, tmp_path, "dead", "show", run.id)
         return json.loads(shown.stdout) if shown.returncode == 0 else {}
 
     try:
-        until("dead-lettered by the broker", lambda: letter().get("source") == "broker",
+        until("dead-lettered by the broker", lambda: letter().get("source") == "rabbitmq",
               timeout=60)
     except AssertionError:
         pytest.fail(f"no broker dead letter; the worker said:\n{worker.output()[-4000:]}")
     found = letter()
     assert "delivery limit" in found["reason"] and found["job"]["id"] == run.id
     assert waiting(stack, client, "sandrun") == 0
-    after = client.job().code("print('still serving')").submit().wait(timeout=30)
-    assert after.stdout == "still serving\n"
+    cured.write_text("fixed")
+    replayed = cli(stack, tmp_path, "dead", "replay", run.id)
+    assert replayed.returncode == 0, replayed.stderr
+    assert client.execution(run.id).wait(timeout=60).stdout == "ok\n"
 
 
 def test_a_running_job_is_cancelled_over_remote_control(client: Sandrun) -> None:

@@ -114,7 +114,11 @@ def test_worker_environment_never_reaches_the_job(client: Sandrun) -> None:
     result = client.job().code(code).env({"MINE": "yes"}).submit().wait(timeout=30)
     env = json.loads(result.stdout)
     assert env["MINE"] == "yes" and env["CUDA_VISIBLE_DEVICES"] == ""
-    leaked = [k for k in env if k.startswith(("SANDRUN_", "CELERY_")) and k != "SANDRUN_JOB_ID"]
+    # The two the job is told on purpose: its id, and the descriptor it reports progress on.
+    told = {"SANDRUN_JOB_ID": result.id, "SANDRUN_PROGRESS_FD": env.get("SANDRUN_PROGRESS_FD")}
+    assert str(told["SANDRUN_PROGRESS_FD"]).isdigit()
+    leaked = [k for k, v in env.items() if k.startswith(("SANDRUN_", "CELERY_"))
+              and told.get(k) != v]
     assert leaked == []
     assert "s3cr3t" not in result.stdout and "redis" not in result.stdout.lower()
 

@@ -28,7 +28,7 @@ class ListStore(DeadLetterStore):
     def list(self, limit: int = 100) -> list[DeadLetter]:
         return self.letters[:limit]
 
-    def remove(self, letter_id: str) -> bool:
+    def remove(self, letter_id: str, *, only: DeadLetter | None = None) -> bool:
         return False
 
 

@@ -7,66 +7,28 @@ counts through the session fixture ``scenario_report``::
         ...
         scenario_report.record("name", submitted=100, completed=100, lost=0, duplicated=0)
 
-and the tier prints one table at the end of the run (scenario, submitted,
-completed, lost, duplicated, note). ``cluster`` gives a test its own private
-redis-server, worker factory, side-effect ledger, result watcher and client
-(``tests.support.cluster``), all stopped when the test ends, even on failure;
+and the tier prints one table at the end of the run (scenario, broker, submitted,
+completed, lost, duplicated, note; ``tests.support.scenarios``, printed by
+tests/conftest.py, which also gathers the rows of pytest-xdist workers).
+``cluster`` gives a test its own private redis-server, worker factory, side-effect
+ledger, result watcher and client (``tests.support.cluster``), all stopped when the
+test ends, even on failure;
 ``aof_cluster`` the same with a broker that can be killed and restarted with its data.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from tests.support.cluster import Cluster
+from tests.support.scenarios import REPORT_KEY, ScenarioReport
 
 HERE = Path(__file__).resolve().parent
 
 
-@dataclass(frozen=True)
-class ScenarioRow:
-    name: str
-    submitted: int
-    completed: int
-    lost: int
-    duplicated: int
-    note: str = ""
-    broker: str = "redis"
-
-
-@dataclass
-class ScenarioReport:
-    """Rows of the end-of-run table, in the order scenarios recorded them."""
-
-    rows: list[ScenarioRow] = field(default_factory=list)
-
-    def record(self, name: str, submitted: int, completed: int, lost: int, duplicated: int,
-               *, note: str = "", broker: str = "redis") -> None:
-        self.rows.append(ScenarioRow(name, submitted, completed, lost, duplicated, note,
-                                     broker))
-
-    def table(self) -> list[str]:
-        """The rows, a scenario's brokers side by side (adjacent, in the order first seen)."""
-        heads = ("scenario", "broker", "submitted", "completed", "lost", "duplicated", "note")
-        names = list(dict.fromkeys(r.name for r in self.rows))
-        rows = sorted(self.rows, key=lambda r: names.index(r.name))
-        cells = [heads] + [(r.name, r.broker, str(r.submitted), str(r.completed), str(r.lost),
-                            str(r.duplicated), r.note) for r in rows]
-        widths = [max(len(row[i]) for row in cells) for i in range(len(heads))]
-
-        def line(row: tuple[str, ...]) -> str:
-            return "  ".join(c.ljust(w) if i in (0, 1, 6) else c.rjust(w)
-                             for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip()
-
-        return [line(cells[0]), line(tuple("-" * w for w in widths)),
-                *(line(row) for row in cells[1:])]
-
-
-REPORT_KEY = pytest.StashKey[ScenarioReport]()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -113,13 +75,3 @@ def crash_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cl
         yield made
     finally:
         made.close()
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter,
-                            config: pytest.Config) -> None:
-    report = config.stash.get(REPORT_KEY, None)
-    if report is None or not report.rows:
-        return
-    terminalreporter.section("reliability scenarios")
-    for text in report.table():
-        terminalreporter.write_line(text)

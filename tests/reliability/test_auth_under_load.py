@@ -20,7 +20,7 @@ from plugins.auth import AuthPlugin, auth_plugin
 from plugins.auth.tokens import HMACProvider
 from tests.conftest import RedisServer
 from tests.integration.conftest import WorkerFactory, broker, broker_url, start_worker  # noqa: F401
-from tests.reliability.conftest import ScenarioReport
+from tests.support.scenarios import ScenarioReport
 from worker.client.client import Sandrun
 from worker.protocol import Publication
 

@@ -401,12 +401,18 @@ def ignores_sigterm(lab: Lab, scratch: Path) -> Verdict:
 @attack("18", "look for secrets in os.environ",
         "no worker variable, URL or password")
 def environment_secrets(lab: Lab, scratch: Path) -> Verdict:
-    """``SANDRUN_JOB_ID`` holding the job's own id is allowed: the job is told it on purpose
-    and it is no secret; any other worker variable, the URL or a secret value is not."""
+    """``SANDRUN_JOB_ID`` holding the job's own id and ``SANDRUN_PROGRESS_FD`` naming its
+    progress descriptor (a number) are allowed: the job is told them on purpose and they
+    are no secrets; any other worker variable, the URL or a secret value is not."""
     handle, result = lab.run("18", hostile.SHOW_ENV)
     env = last_json(result)
+
+    def told(key: str, value: object) -> bool:
+        return (key, value) == ("SANDRUN_JOB_ID", handle.id) or (
+            key == "SANDRUN_PROGRESS_FD" and str(value).isdigit())
+
     bad = sorted(k for k, v in env.items() if k.startswith(("SANDRUN_", "CELERY_", "REDIS", "AWS"))
-                 and (k, v) != ("SANDRUN_JOB_ID", handle.id))
+                 and not told(k, v))
     bad += [f"value ~{k}" for k, v in env.items() if "redis://" in str(v)]
     leaked = leaks(lab, result.stdout)
     return Verdict(f"{len(env)} variables; worker's: {bad or 'none'}; secrets {leaked or 'none'}",

@@ -36,10 +36,10 @@ import threading
 import time
 from collections.abc import Callable
 
-from tests.reliability.conftest import ScenarioReport
 from tests.support.cluster import Cluster
 from tests.support.ledger import Run, job_code
 from tests.support.results import Tally, tally
+from tests.support.scenarios import ScenarioReport
 from worker.client.client import JobExecution
 from worker.models import JobResult
 from worker.stores.deadletter import dead_letter_store_for

@@ -22,9 +22,12 @@ import urllib.parse
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import amqp
 import pytest
+
+from worker.sandbox.launcher import dying_with_parent
 
 SHARED_HOST, SHARED_PORT = "127.0.0.1", 5672
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
@@ -59,7 +62,7 @@ def private_vhost(tag: str) -> Iterator[str]:
                        timeout=60)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -84,12 +87,15 @@ class RabbitNode:
     ``start()`` brings it back on the same data directory and port; ``stop()`` ends it
     and its epmd for good."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, plugins: tuple[str, ...] = (),
+                 config: str = "") -> None:
+        """``plugins`` to enable (e.g. ``rabbitmq_prometheus``) and extra ``config`` lines
+        for its rabbitmq.conf."""
         if not (RABBIT_BIN / "rabbitmq-server").exists():
             pytest.fail("rabbitmq-server is not installed; apt-get install rabbitmq-server "
                         "(.ci/run installs it on a fresh machine)")
         self.directory = directory
-        self.port, self.dist_port, self.epmd_port = _free_port(), _free_port(), _free_port()
+        self.port, self.dist_port, self.epmd_port = free_port(), free_port(), free_port()
         self.url = amqp_url("127.0.0.1", self.port, "/")
         home = directory / "home"
         home.mkdir(parents=True, exist_ok=True)
@@ -97,11 +103,11 @@ class RabbitNode:
         cookie.write_text(uuid.uuid4().hex)
         cookie.chmod(0o400)
         (directory / "rabbitmq-env.conf").write_text("")
-        (directory / "enabled_plugins").write_text("[].\n")
+        (directory / "enabled_plugins").write_text(f"[{','.join(plugins)}].\n")
         # consumer_timeout above any test job; a quiet log; no disk alarm on a full tmp.
         (directory / "rabbitmq.conf").write_text(
             "consumer_timeout = 3600000\nlog.console = false\nlog.file.level = warning\n"
-            "disk_free_limit.absolute = 1MB\n")
+            "disk_free_limit.absolute = 1MB\n" + config)
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))},
             "HOME": str(home), "RABBITMQ_NODENAME": f"sandrun-{uuid.uuid4().hex[:8]}@localhost",
@@ -117,15 +123,18 @@ class RabbitNode:
         self.process: subprocess.Popen[bytes] | None = None
         # An epmd of its own, started here (not daemonised) so stop() ends it by pid.
         epmd = shutil.which("epmd") or "/usr/lib/erlang/bin/epmd"
-        self.epmd = subprocess.Popen([epmd, "-port", str(self.epmd_port), "-address",
-                                      "127.0.0.1"], env=self.env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        argv = [epmd, "-port", str(self.epmd_port), "-address", "127.0.0.1"]
+        self.epmd = subprocess.Popen(dying_with_parent(argv), env=self.env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
         self.start()
 
     def start(self, timeout: float = 60) -> None:
         """Start the node (again) and wait until it accepts AMQP connections."""
         log = open(self.directory / "server.out", "ab")  # noqa: SIM115 (the child keeps it)
-        self.process = subprocess.Popen([str(RABBIT_BIN / "rabbitmq-server")], env=self.env,
+        # dying with the test process too, should it be killed before its cleanup runs
+        self.process = subprocess.Popen(dying_with_parent([str(RABBIT_BIN / "rabbitmq-server")]),
+                                        env=self.env,
                                         cwd=self.directory, stdout=log,
                                         stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
@@ -154,9 +163,9 @@ class RabbitNode:
 
 
 @contextlib.contextmanager
-def own_rabbit(directory: Path) -> Iterator[RabbitNode]:
+def own_rabbit(directory: Path, **options: Any) -> Iterator[RabbitNode]:
     """A :class:`RabbitNode` for the block, stopped even on failure."""
-    node = RabbitNode(directory)
+    node = RabbitNode(directory, **options)
     try:
         yield node
     finally:

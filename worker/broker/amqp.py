@@ -42,6 +42,7 @@ from kombu.transport.native_delayed_delivery import (
 )
 
 from worker.broker.urls import is_amqp
+from worker.errors import ConfigurationError
 
 #: The exchange and queue that dead-lettered job messages go to (drained by workers into
 #: the dead-letter store, :mod:`worker.node.deadletters`).
@@ -61,13 +62,18 @@ def amqp_settings(environ: Mapping[str, str], visibility_timeout: int) -> dict[s
     options only because producers read it as the longest ETA they accept: RabbitMQ has
     none (its ``consumer_timeout``, a server setting, must exceed the longest job)."""
     layout = environ.get("SANDRUN_AMQP_QUEUES", "quorum")
-    queue_arguments(layout, 1)  # refuses an unknown layout here, with the variable's name
+    limit = environ.get("SANDRUN_AMQP_DELIVERY_LIMIT", "5")
+    if layout not in LAYOUTS or not limit.isdigit() or int(limit) < 1:
+        raise ConfigurationError(
+            f"SANDRUN_AMQP_QUEUES={layout!r} and SANDRUN_AMQP_DELIVERY_LIMIT={limit!r}: the "
+            f"queues are one of {', '.join(LAYOUTS)} and the limit a whole number of at "
+            "least 1 (the deliveries after which RabbitMQ dead-letters a job)")
     return {"broker_transport_options": {"visibility_timeout": visibility_timeout,
                                          "confirm_publish": True},
             "task_default_exchange_type": "topic",
             "task_create_missing_queue_exchange_type": "topic",
             "sandrun_amqp_queues": layout,
-            "sandrun_amqp_delivery_limit": int(environ.get("SANDRUN_AMQP_DELIVERY_LIMIT", "5"))}
+            "sandrun_amqp_delivery_limit": int(limit)}
 
 
 def dead_letter_queue() -> Queue:

@@ -2,7 +2,7 @@
 
 Commands: ``submit``, ``status``, ``result``, ``logs``, ``cancel``, ``download``
 (jobs); ``schedule`` (periodic jobs); ``worker``, ``beat``, ``workers``, ``dead``,
-``broker``, ``demo`` (operations);
+``broker``, ``demo``, ``environments`` (operations);
 ``plugins`` (introspection); ``auth`` (credentials).
 Exit codes are the same everywhere: 0 success, 1 a job did not complete or a
 plugin problem, 2 bad usage or configuration, 3 broker unreachable, 4 timed out
@@ -45,6 +45,7 @@ BUILTIN_COMMANDS = {
     "workers": "worker.cli.fleet:workers",
     "dead": "worker.cli.fleet:dead",
     "schedule": "worker.cli.schedules:schedule",
+    "environments": "worker.cli.environments:environments",
 }
 
 

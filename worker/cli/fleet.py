@@ -98,7 +98,7 @@ def dead_show(letter_id: str) -> None:
 def replay_letter(sandrun: Sandrun, letter: DeadLetter) -> str:
     """Publish a dead job again under its own id (its old result is forgotten first), with
     the correlation id, tenant and baggage it had."""
-    if letter.source == "broker":
+    if letter.source == "broker" or letter.raw is not None:
         raise SandrunError("it is a message the worker could not decode or did not know; "
                            "fix the producer and send it again (its raw body is in "
                            "'sandrun dead show')")
@@ -141,6 +141,6 @@ def dead_replay(letter_id: str | None, replay_all: bool) -> None:
                 failures += 1
                 console().print(f"[red]{letter.id}: not replayed: {exc}[/]", highlight=False)
                 continue
-            store.remove(letter.id)
+            store.remove(letter.id, only=letter)  # not a new letter of the replayed job
             click.echo(f"replayed {letter.id} as {new_id}")
     sys.exit(EXIT_JOB_FAILED if failures else 0)

@@ -210,9 +210,13 @@ def _baggage(items: tuple[str, ...]) -> dict[str, str]:
 @click.command()
 @click.argument("job_id")
 def status(job_id: str) -> None:
-    """Print a job's status (queued, running, retrying, or its final status)."""
+    """Print a job's status (queued, running, retrying, or its final status), with the
+    progress a running job reported: ``running 40% (step 4/10: 'training')``."""
     with client() as sandrun:
-        click.echo(sandrun.execution(job_id).status())
+        run = sandrun.execution(job_id)
+        state = run.status()
+        progress = run.progress() if state == "running" else None
+    click.echo(f"{state} {progress.describe()}" if progress else state)
 
 
 @click.command()
@@ -236,12 +240,31 @@ def result(job_id: str, wait_for: float | None, as_json: bool) -> None:
 
 @click.command()
 @click.argument("job_id")
-def logs(job_id: str) -> None:
-    """Print a finished job's stdout (and its stderr on stderr)."""
+@click.option("-f", "--follow", is_flag=True,
+              help="Print lines as the job prints them, until it ends; exit 0 if it "
+              "completed, 1 if not.")
+@click.option("--wait-timeout", type=float, default=None,
+              help="With -f: give up after N s (exit 4).")
+def logs(job_id: str, follow: bool, wait_timeout: float | None) -> None:
+    """Print a job's stdout (and its stderr on stderr): a finished job's, or with -f,
+    a running one's as it prints it (exit status: 0 completed, 1 any other final
+    status, 3 broker unreachable, 4 --wait-timeout passed)."""
+    if not follow:
+        with client() as sandrun:
+            out, err = sandrun.execution(job_id).logs()
+        click.echo(out, nl=False)
+        click.echo(err, nl=False, err=True)
+        return
     with client() as sandrun:
-        out, err = sandrun.execution(job_id).logs()
-    click.echo(out, nl=False)
-    click.echo(err, nl=False, err=True)
+        run = sandrun.execution(job_id)
+        try:
+            for line in run.logs(follow=True, timeout=wait_timeout):
+                text = f"[sandrun] {line.text}" if line.stream == "sandrun" else line.text
+                click.echo(text, nl=False, err=line.stream != "stdout")  # flushes
+            res = run.result()
+        except SandrunError as exc:
+            fail(exc)
+    sys.exit(EXIT_OK if res is not None and res.status == "completed" else EXIT_JOB_FAILED)
 
 
 @click.command()

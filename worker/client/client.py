@@ -24,11 +24,11 @@ import contextlib
 import socket
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal, overload
 
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeoutError
@@ -37,7 +37,9 @@ from pydantic import ValidationError
 
 from worker.broker.factory import make_app
 from worker.broker.publisher import Publisher
+from worker.broker.urls import redis_client
 from worker.client.cancel import cancel_job
+from worker.client.follow import LogLine, follow, result_lines
 from worker.client.replicas import FleetCheck, replica_publications
 from worker.errors import (
     BrokerUnavailable,
@@ -48,7 +50,7 @@ from worker.errors import (
     SubmissionRejected,
     WaitTimeout,
 )
-from worker.models import ErrorInfo, Job, JobContext, JobResult, new_correlation_id
+from worker.models import ErrorInfo, Job, JobContext, JobResult, Progress, new_correlation_id
 from worker.models.builder import JobBuilder
 from worker.plugin.context import BuildContext, ErrorContext, PublishContext, SubmissionContext
 from worker.plugin.loader import PluginRef, PluginSpec, parse_plugin_specs
@@ -56,6 +58,7 @@ from worker.plugin.manager import PluginManager
 from worker.plugin.permissions import parse_plugin_permissions
 from worker.plugin.provenance import PROVENANCE_HEADER, to_header
 from worker.protocol import (
+    PROGRESS_STATE,
     ROUND_LABEL,
     RUN_JOB,
     SUBMITTED_HEADER,
@@ -66,11 +69,13 @@ from worker.protocol import (
 )
 from worker.settings import Settings, load_settings
 from worker.stores.deadletter import dead_letter_store_for
+from worker.stores.livelogs import LiveLog
 from worker.stores.outputs import OutputStore, output_store_for
 
 WAIT_SLICE = 1.0
 STATE_NAMES = {"PENDING": "queued", "RECEIVED": "queued", "STARTED": "running",
-               "RETRY": "retrying", "REVOKED": "cancelled", "FAILURE": "failed"}
+               "PROGRESS": "running", "RETRY": "retrying", "REVOKED": "cancelled",
+               "FAILURE": "failed"}
 #: What ``submit`` hands to ``on_error`` (operation "submit") before raising it:
 #: vetoes (PaymentRejected and QueueFull are SubmissionRejected), an unreachable
 #: broker, and a job or context the producer's own checks refuse.
@@ -89,13 +94,15 @@ class JobExecution:
     tenant, baggage), None for a handle made from a job id."""
 
     def __init__(self, job_id: str, app: Celery, outputs: OutputStore,
-                 context: JobContext | None = None, *, replicas: Sequence[str] = ()) -> None:
+                 context: JobContext | None = None, *, replicas: Sequence[str] = (),
+                 live: LiveLog | None = None) -> None:
         """``replicas``: the task ids of a consensus job's replica messages, which
-        :meth:`cancel` revokes with it."""
+        :meth:`cancel` revokes with it; ``live``: where running jobs' output streams."""
         self.id = job_id
         self.context = context
         self._app = app
         self._outputs = outputs
+        self._live = live
         self.replicas = list(replicas)
 
     @property
@@ -110,7 +117,8 @@ class JobExecution:
         return AsyncResult(self.id, app=self._app)
 
     def status(self) -> str:
-        """queued, running, retrying, or the final JobResult status."""
+        """queued, running, retrying, or the final JobResult status (a running job's
+        progress, if it reports any, is :meth:`progress`)."""
         meta = self._app.backend.get_task_meta(self.id)
         if meta["status"] == "SUCCESS":
             return str(JobResult.model_validate(meta["result"]).status)
@@ -118,6 +126,17 @@ class JobExecution:
         if state == "REVOKED" and _expired(meta["result"]):
             return "expired"
         return STATE_NAMES.get(state, state.lower())
+
+    def progress(self) -> Progress | None:
+        """The latest progress the running job reported (``SANDRUN_PROGRESS_FD``, see
+        docs/operations.md), or None: it reported none, or it is not running."""
+        meta = self._app.backend.get_task_meta(self.id)
+        if meta["status"] != PROGRESS_STATE:
+            return None
+        try:
+            return Progress.model_validate(meta["result"])
+        except ValidationError:
+            return None
 
     def result(self) -> JobResult | None:
         """The result if the job has finished, else None (never blocks)."""
@@ -162,10 +181,31 @@ class JobExecution:
             if result is not None:
                 return result
 
-    def logs(self) -> tuple[str, str]:
-        """(stdout, stderr) of a finished job; empty while it runs."""
+    @overload
+    def logs(self, follow: Literal[False] = False, timeout: float | None = None
+             ) -> tuple[str, str]: ...
+
+    @overload
+    def logs(self, follow: Literal[True], timeout: float | None = None
+             ) -> Iterator[LogLine]: ...
+
+    def logs(self, follow: bool = False, timeout: float | None = None
+             ) -> tuple[str, str] | Iterator[LogLine]:
+        """(stdout, stderr) of a finished job, empty while it runs; with ``follow``, an
+        iterator of the job's lines (:class:`LogLine`) as it prints them, which ends when
+        the job has a final result (WaitTimeout after ``timeout`` seconds without one).
+
+        Following needs a Redis result backend; with another, it waits for the result
+        and yields its stdout and stderr."""
+        if follow:
+            return self._follow(timeout)
         result = self.result()
         return (result.stdout, result.stderr) if result else ("", "")
+
+    def _follow(self, timeout: float | None) -> Iterator[LogLine]:
+        if self._live is None:
+            return result_lines(self.wait(timeout))
+        return follow(self._live, self.id, self.result, timeout)
 
     def cancel(self) -> str:
         """Cancel the job wherever it is and return where it was: ``queued``, ``held``,
@@ -208,6 +248,8 @@ class Sandrun:
         self.settings = settings
         self.producer = f"{socket.gethostname()}:{id(self):x}"
         self._outputs = output_store_for(str(app.conf.result_backend), settings.output_ttl)
+        backend = redis_client(str(app.conf.result_backend))
+        self._live = LiveLog(backend) if backend is not None else None
         self.publisher = Publisher(app, settings.publish_retry_seconds)
         self.check_fleet = FleetCheck(app)
 
@@ -269,7 +311,8 @@ class Sandrun:
         ctx.duration = time.perf_counter() - started
         replicas = [replica_task_id(job, i) for i in range(job.quorum.n)] if job.quorum.n > 1 \
             else []
-        return JobExecution(job.id, self.app, self._outputs, travelled, replicas=replicas)
+        return JobExecution(job.id, self.app, self._outputs, travelled, replicas=replicas,
+                            live=self._live)
 
     def _accepted(self, job: Job, ctx: SubmissionContext) -> Job:
         """``on_submit`` between the payment checks: the Job to publish."""
@@ -357,7 +400,8 @@ class Sandrun:
     def execution(self, job_id: str, *, replicas: Sequence[str] = ()) -> JobExecution:
         """A handle on a job submitted earlier (by id; ``replicas``: a consensus job's
         replica task ids, for :meth:`JobExecution.cancel`)."""
-        return JobExecution(job_id, self.app, self._outputs, replicas=replicas)
+        return JobExecution(job_id, self.app, self._outputs, replicas=replicas,
+                            live=self._live)
 
     def close(self) -> None:
         """Unload plugins (``on_destroy``) and release broker connections."""

@@ -4,11 +4,11 @@
 what comes back (JobResult, WorkerInfo), ``context`` what travels with a job
 (JobContext: correlation id, tenant, baggage), ``limits`` the bounds and names both
 share, ``jobdir`` the ``job.json`` directory format behind ``Job.from_manifest``,
-``consensus`` the k-of-n levels and the vote's summary, ``builder`` the fluent
-JobBuilder (producers build with it, ``on_build`` hooks set its defaults) and
-``pricing`` the pricing table. Import the shapes from ``worker.models`` itself;
-modules inside this package import each other directly, never this package, so it
-has no import cycle.
+``consensus`` the k-of-n levels and the vote's summary, ``progress`` what a running
+job reports of itself, ``builder`` the fluent JobBuilder (producers build with it,
+``on_build`` hooks set its defaults) and ``pricing`` the pricing table. Import the
+shapes from ``worker.models`` itself; modules inside this package import each other
+directly, never this package, so it has no import cycle.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from worker.models.limits import (
     Outcome,
     check_relative_path,
 )
+from worker.models.progress import MAX_PROGRESS_MESSAGE, MAX_PROGRESS_STEPS, Progress
 from worker.models.result import (
     TRUNCATION_MARKER,
     Cost,
@@ -70,6 +71,8 @@ __all__ = [
     "MAX_CPU_SECONDS",
     "MAX_JOB_BYTES",
     "MAX_MEMORY_MB",
+    "MAX_PROGRESS_MESSAGE",
+    "MAX_PROGRESS_STEPS",
     "MAX_REPLICAS",
     "MAX_TIMEOUT_SECONDS",
     "TRUNCATION_MARKER",
@@ -89,6 +92,7 @@ __all__ = [
     "Outcome",
     "OutputFile",
     "Payment",
+    "Progress",
     "Quorum",
     "ReplicaVote",
     "RetryPolicy",

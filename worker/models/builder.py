@@ -86,6 +86,19 @@ class JobBuilder(Generic[T]):
     def outputs(self, patterns: Sequence[str]) -> JobBuilder[T]:
         return self._with(outputs=list(patterns))
 
+    def requirements(self, *names: str) -> JobBuilder[T]:
+        """Packages the worker installs from its wheel cache (``"tomli>=2"``; names and
+        specifiers only), added to those given before."""
+        before = self._fields.get("requirements") or []
+        if isinstance(before, str):
+            raise ValueError(f"requirements come from the file {before!r}; give names or a "
+                             "file, not both")
+        return self._with(requirements=[*before, *names])
+
+    def environment(self, name: str) -> JobBuilder[T]:
+        """Run in the worker's prepared environment ``name`` (``sandrun environments``)."""
+        return self._with(environment=name)
+
     def gpu(self, type: str | None = None, **requirements: Any) -> JobBuilder[T]:
         """Require a GPU (``type`` like "a100"; other fields as in GPURequirements)."""
         return self._with(gpu=GPURequirements.model_validate({"type": type, **requirements}))

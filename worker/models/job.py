@@ -48,6 +48,7 @@ from worker.models.limits import (
     LabelKey,
     check_relative_path,
 )
+from worker.models.requirements import normalize, parse_requirements_file
 
 
 class JobFile(BaseModel):
@@ -163,8 +164,13 @@ class Job(BaseModel):
     memory_mb: int = Field(default=DEFAULT_MEMORY_MB, ge=1, le=MAX_MEMORY_MB)
     cpu_seconds: int = Field(default=DEFAULT_CPU_SECONDS, ge=1, le=MAX_CPU_SECONDS)
     outputs: list[str] = Field(default_factory=lambda: ["*"])
-    requirements: str | None = None
-    environment: Identifier | None = None
+    requirements: list[str] | str | None = Field(default=None, description=(
+        "packages the worker installs from its wheel cache into a read-only layer on the "
+        "job's PYTHONPATH: a list of names with version specifiers, or the path of a "
+        "requirements file among the files"))
+    environment: Identifier | None = Field(default=None, description=(
+        "a named environment the worker's operator prepared (sandrun environments); its "
+        "interpreter runs the job"))
     gpu: GPURequirements | None = None
     payment: Payment | None = None
     consensus: Consensus = "none"
@@ -201,6 +207,15 @@ class Job(BaseModel):
     def _outputs(cls, value: list[str]) -> list[str]:
         return [check_relative_path(p, "output pattern") + ("/" if p.endswith("/") else "")
                 for p in value]
+
+    @field_validator("requirements")
+    @classmethod
+    def _requirements(cls, value: list[str] | str | None) -> list[str] | str | None:
+        if isinstance(value, list):
+            return list(normalize(value))
+        if isinstance(value, str):
+            return check_relative_path(value, "requirements file")
+        return value
 
     @field_validator("env")
     @classmethod
@@ -276,9 +291,26 @@ class Job(BaseModel):
             if entry not in self.files:
                 raise ValueError(f"entrypoint {entry!r} is not among the job's files; add it to "
                                  "'files' or load the manifest from its directory")
-        if self.requirements is not None and self.requirements not in self.files:
-            raise ValueError(f"requirements file {self.requirements!r} is not among the files")
+        if isinstance(self.requirements, str):
+            self._requirements_file(self.requirements)
         return self
+
+    def _requirements_file(self, name: str) -> tuple[str, ...]:
+        """The normalized requirements of the job's requirements file ``name``."""
+        if name not in self.files:
+            raise ValueError(f"requirements file {name!r} is not among the files; add it, or "
+                             f"give a list of package names such as [{name!r}]")
+        try:
+            text = self.files[name].data().decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"requirements file {name!r} is not UTF-8 text") from None
+        return normalize(parse_requirements_file(text))
+
+    def requirement_set(self) -> tuple[str, ...]:
+        """The job's requirements, normalized and sorted (empty when it has none)."""
+        if isinstance(self.requirements, str):
+            return self._requirements_file(self.requirements)
+        return tuple(self.requirements or ())
 
     def replace(self, **changes: Any) -> Job:
         """Return a validated copy with ``changes`` applied (hooks use this)."""

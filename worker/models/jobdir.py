@@ -4,7 +4,7 @@ The manifest is the format producers keep next to their code::
 
     {"entrypoint": "main.py", "interpreter": "python3", "args": ["--input", "data.csv"],
      "env": {"PYTHONPATH": "./lib"}, "outputs": ["results/", "*.png"],
-     "requirements": "requirements.txt", "timeout": 300, "memory_mb": 512,
+     "requirements": ["tomli>=2"], "timeout": 300, "memory_mb": 512,
      "cpu_seconds": 10, "gpu": {"required": true, "min_vram_gb": 8}}
 
 Given a directory (or the path of its ``job.json``), every regular file under it
@@ -61,7 +61,7 @@ class Manifest(BaseModel):
     args: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
     outputs: list[str] = Field(default_factory=lambda: ["*"])
-    requirements: str | None = None
+    requirements: str | list[str] | None = None
     timeout: int = Field(default=DEFAULT_TIMEOUT_SECONDS, ge=1, le=MAX_TIMEOUT_SECONDS)
     memory_mb: int = Field(default=DEFAULT_MEMORY_MB, ge=1, le=MAX_MEMORY_MB)
     cpu_seconds: int = Field(default=DEFAULT_CPU_SECONDS, ge=1, le=MAX_CPU_SECONDS)

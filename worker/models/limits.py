@@ -51,7 +51,7 @@ JobStatus = Literal["completed", "failed", "cancelled", "rejected", "timeout", "
 #: Finer than the status: why a job ended the way it did.
 Outcome = Literal["completed", "failed", "timeout", "memory_limit", "cpu_limit", "process_limit",
                   "signal", "rejected", "cancelled", "worker_lost", "isolation_unavailable",
-                  "unsatisfiable", "disputed", "expired"]
+                  "unsatisfiable", "disputed", "expired", "environment_error"]
 Isolation = Literal["process", "network"]
 FINAL_STATUSES: frozenset[str] = frozenset(
     {"completed", "failed", "cancelled", "rejected", "timeout", "disputed", "expired"})

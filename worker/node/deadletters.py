@@ -5,7 +5,7 @@ broker gives up on it: a quorum queue's ``x-delivery-limit`` (a job that keeps
 killing its worker, counted by the broker even while Redis is down) or a reject
 without requeue. The durable quorum queue ``sandrun.dead`` keeps such messages
 until a worker's consumer bootstep stores each as a
-:class:`~worker.stores.deadletter.DeadLetter` (source ``broker``, the broker's
+:class:`~worker.stores.deadletter.DeadLetter` (source ``rabbitmq``, the broker's
 reason, the job) and only then acknowledges it, so ``sandrun dead list|show|replay``
 sees them like every other dead letter. While the store cannot be written the
 message goes back to the queue after a one-second pause, and nothing is lost.
@@ -55,7 +55,7 @@ def letter_from_message(body: bytes, headers: dict[str, Any], content_type: str 
     """The dead letter of one dead-lettered task message (never raises on its content)."""
     task = str(headers.get("task") or "?")[:255]
     letter_id = str(headers.get("id") or f"message-{uuid.uuid4().hex}")[:255]
-    letter = DeadLetter(id=letter_id, task=task, reason=_reason(headers), source="broker",
+    letter = DeadLetter(id=letter_id, task=task, reason=_reason(headers), source="rabbitmq",
                         content_type=content_type)
     try:
         decoded = json.loads(body[:RAW_LIMIT * 16])
@@ -105,5 +105,5 @@ class BrokerDeadLetters(bootsteps.ConsumerStep):
             message.requeue()
             return
         log.error("message_dead_lettered", message_id=letter.id, reason=letter.reason,
-                  source="broker")
+                  source=letter.source)
         message.ack()

@@ -11,7 +11,7 @@ import os
 from contextlib import ExitStack
 from typing import Any
 
-from celery import Celery
+from celery import Celery, Task
 
 from worker.models import (
     ErrorInfo,
@@ -21,6 +21,7 @@ from worker.models import (
     JobResult,
     current_job_context,
 )
+from worker.node.livefeed import JobFeed, job_feed
 from worker.node.runtime import Runtime, current
 from worker.node.taskbase import SandrunTask
 from worker.plugin.context import ExecutionContext
@@ -49,10 +50,12 @@ def _span_attributes(job: Job) -> dict[str, str]:
 
 
 def execute_job(job: Job, rt: Runtime, queue: str | None = None,
-                node_id: str | None = None, output_key: str | None = None) -> JobResult:
-    """Run ``job`` on this worker: check what it asks for, hold GPUs, sandbox, store outputs
-    (under ``output_key``, default the job's id: a consensus job's replicas each keep
-    their own, under their task ids, and the vote names the one kept)."""
+                node_id: str | None = None, *, output_key: str | None = None,
+                feed: JobFeed | None = None) -> JobResult:
+    """Run ``job`` on this worker: check what it asks for, hold GPUs, sandbox (its output
+    and progress live to ``feed`` while it runs), store outputs (under ``output_key``,
+    default the job's id: a consensus job's replicas each keep their own, under their
+    task ids, and the vote names the one kept)."""
     longest = rt.settings.max_job_timeout
     if job.timeout > longest:
         return JobResult(id=job.id, status="rejected", outcome="rejected", error=ErrorInfo(
@@ -71,7 +74,8 @@ def execute_job(job: Job, rt: Runtime, queue: str | None = None,
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, ids))
             gpu_type = devices[0].type
         with rt.manager.span("sandrun.sandbox", _span_attributes(job)):
-            run = run_in_sandbox(job, rt.sandbox, env, warm_next=False)  # after the store
+            run = run_in_sandbox(job, rt.sandbox, env, warm_next=False,  # after the store
+                                 live=feed)
     rt.outputs.put(output_key or job.id, run.outputs)
     pricing = rt.settings.pricing
     return JobResult(
@@ -88,22 +92,32 @@ def execute_job(job: Job, rt: Runtime, queue: str | None = None,
         error=ErrorInfo(type="SandboxError", message=run.error) if run.error else None)
 
 
-def run_job(execution: Execution, context: ExecutionContext) -> JobResult:
+def run_job(execution: Execution, context: ExecutionContext,
+            task: Task[Any, Any] | None = None) -> JobResult:
     """The body of ``sandrun.run_job``: the Job parsed from the message, run on this
-    worker (on the queue and node the context names); the adapter stores the result."""
+    worker (on the queue and node the context names), its output streamed live and its
+    progress stored as ``task``'s state; the adapter stores the result."""
     if execution.job is None:
         raise TypeError(f"{RUN_JOB} runs a Job; execution {execution.task_id} carries none")
     job = execution.job
     replica = replica_index(context.task_id, job)
-    return execute_job(job, current(), context.queue, context.node_id,
-                       output_key=None if replica is None else context.task_id)
+    output_key = None if replica is None else context.task_id
+    rt = current()
+    # a consensus job's replicas stream under their own task ids, as they keep outputs
+    feed = job_feed(rt, output_key or job.id, task, execution.task_id)
+    try:
+        return execute_job(job, rt, context.queue, context.node_id, output_key=output_key,
+                           feed=feed)
+    finally:
+        if feed is not None:
+            feed.end()  # before the adapter stores the result: followers see it all first
 
 
 class RunJobTask(SandrunTask):
     """The task class of ``sandrun.run_job``: its body is :func:`run_job`."""
 
     def body(self, execution: Execution, context: ExecutionContext) -> JobResult:
-        return run_job(execution, context)
+        return run_job(execution, context, self)
 
 
 def job_message(job: dict[str, Any]) -> JobResult:

@@ -10,8 +10,7 @@ runs the task. It only translates:
    dead-lettered, never run);
 2. begin the attempt (Celery's ``retries`` + 1): a redelivered message counts a
    delivery; a job or a redelivered message looks for a stored final result in
-   the same round trip; when Redis cannot be reached for it, the message goes back
-   to the queue (``Reject(requeue=True)``) and nothing is stored;
+   the same round trip;
 3. build the :class:`~worker.plugin.context.ExecutionContext` from the request
    (headers, args, eta, redelivered, queue, node, and the job's context: correlation
    id, tenant and baggage from their headers, each dropped and logged when not valid);
@@ -46,7 +45,6 @@ from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded, Term
 from pydantic import ValidationError
 
 from worker.broker.amqp import redelivery_options
-from worker.broker.policies import TRANSIENT_STORAGE_ERRORS
 from worker.errors import InvalidJob, JobFailed
 from worker.models import ErrorInfo, Execution, Job, JobContext, JobResult
 from worker.models.context import EMPTY
@@ -69,8 +67,6 @@ from worker.stores.deadletter import DeadLetter
 from worker.stores.revoked import cancelled_result
 
 RAW_LIMIT = 64 * 1024
-#: How long a delivery that could not reach Redis waits before going back to the queue.
-REQUEUE_PAUSE_SECONDS = 1.0
 log = structlog.get_logger("sandrun.task")
 #: Celery's own control flow raised in a body: it reaches Celery untouched.
 CELERY_CONTROL = (Ignore, Reject, Retry, SoftTimeLimitExceeded, Terminated)
@@ -96,10 +92,10 @@ class SandrunTask(Task[Any, Any]):
             return self._invalid(exc)
         if execution.job is not None:
             self.request.update(sandrun_job_id=execution.job.id)
-        begun = self._begin_or_requeue(rt, execution)
-        if begun is None:
+        job_id = execution.job.id if execution.job is not None else None
+        if rt.revocations.revoked((str(self.request.id), job_id)):
             return self._cancelled(execution)
-        attempt, stored = begun
+        attempt, stored = self._begin(rt, execution)
         outcome = run_lifecycle(rt.manager, attempt, execution,
                                 self._context(rt, execution, attempt, travelled),
                                 self._run_body,
@@ -132,29 +128,6 @@ class SandrunTask(Task[Any, Any]):
                              task_kwargs=dict(kwargs))
         job = Job.model_validate(args[0] if args else kwargs["job"])
         return Execution(task=self.name, task_id=self.request.id, job=job)
-
-    def _begin_or_requeue(self, rt: runtime.Runtime, execution: Execution
-                          ) -> tuple[Attempt, Any] | None:
-        """:meth:`_begin`; None when the task or the job in its body was cancelled (a
-        record of :mod:`worker.stores.revoked`); or, when Redis cannot be reached to read
-        that, count the delivery or read a stored result, the message back to the broker
-        (``Reject(requeue=True)``, with late acks) so that another delivery starts it: a
-        transient broker fault must never become a job's final result (Celery would store
-        the error as its FAILURE).
-
-        redis-py has already retried the call by then; the pause keeps a worker whose
-        result store is down (and broker up) from spinning on the same message."""
-        job_id = execution.job.id if execution.job is not None else None
-        try:
-            if rt.revocations.revoked((str(self.request.id), job_id)):
-                return None
-            return self._begin(rt, execution)
-        except TRANSIENT_STORAGE_ERRORS as exc:
-            log.warning("delivery_requeued", task_id=str(self.request.id),
-                        job_id=execution.job.id if execution.job else None,
-                        reason=f"{type(exc).__name__}: {exc}", pause=REQUEUE_PAUSE_SECONDS)
-            time.sleep(REQUEUE_PAUSE_SECONDS)
-            raise Reject(exc, requeue=True) from exc
 
     def _begin(self, rt: runtime.Runtime, execution: Execution) -> tuple[Attempt, Any]:
         """This delivery's attempt, and a stored final result if there is one.

@@ -11,6 +11,8 @@ namespaces, and a root made of:
   read; a generated ``passwd`` and ``group`` that name only root, nobody and the
   job's own uid; ``resolv.conf``, ``hosts`` and certificates only with network;
 * its own job directory, bound at the same path and used as working directory;
+* read-only, at their own paths: the prepared environment and the requirement
+  layer the job asked for (:mod:`worker.sandbox.environments`), if any;
 * a private, size-capped ``/tmp`` and ``/dev/shm``, a fresh ``/proc`` of its own
   PID namespace (no other process of the host is visible, so none can be read,
   traced or signalled), a minimal ``/dev`` (null, zero, full, random, urandom,
@@ -58,6 +60,7 @@ class View:
     tmp_bytes: int = 64 << 20
     shm_bytes: int = 64 << 20
     devices: tuple[str, ...] = ()  # extra device nodes (GPUs) bound read-write
+    read_only: tuple[str, ...] = ()  # host directories bound read-only at the same path
     hostname: str = "sandrun"
 
 
@@ -147,6 +150,8 @@ def command(view: View, argv: Sequence[str], seccomp_fd: int | None = None) -> C
     args += _network_args() if view.network else ["--unshare-net"]
     for device in view.devices:
         args += ["--dev-bind", device, device]
+    for path in view.read_only:  # the job's environment and requirement layer
+        args += ["--ro-bind", path, path]
     args += ["--bind", view.workdir, view.workdir, "--chdir", view.workdir]
     if seccomp_fd is not None:
         args += ["--seccomp", str(seccomp_fd)]

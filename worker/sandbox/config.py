@@ -9,6 +9,7 @@ and the host's notes that ``sandrun worker`` prints when it starts.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from worker.sandbox import cgroups, jobdirs
 from worker.sandbox.executor import SandboxConfig
@@ -23,6 +24,7 @@ def sandbox_config(settings: Settings) -> SandboxConfig:
     """The executor's configuration from the ``SANDRUN_*`` settings."""
     return SandboxConfig(
         stream_cap_bytes=settings.stream_cap_bytes,
+        live_output_bytes=settings.live_output_bytes,
         output_file_cap_bytes=settings.output_file_cap_bytes,
         output_total_cap_bytes=settings.output_total_cap_bytes,
         output_max_files=settings.output_max_files,
@@ -33,7 +35,13 @@ def sandbox_config(settings: Settings) -> SandboxConfig:
         policy=Policy(settings.filesystem_isolation, settings.network_isolation,
                       settings.seccomp, settings.cgroups, settings.allow_job_network),
         job_user=settings.job_user, job_uids=settings.job_uids.strip() or None,
-        disk_bytes=settings.job_disk_mb << 20, tmp_bytes=settings.job_tmp_mb << 20)
+        disk_bytes=settings.job_disk_mb << 20, tmp_bytes=settings.job_tmp_mb << 20,
+        environments_dir=_path(settings.environments_dir),
+        wheel_cache=_path(settings.wheel_cache), layers_dir=_path(settings.layers_dir))
+
+
+def _path(path: Path | None) -> str | None:
+    return str(path) if path else None
 
 
 def check_sandbox(config: SandboxConfig) -> tuple[str, tuple[str, ...]]:

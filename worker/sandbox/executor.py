@@ -4,12 +4,15 @@ Steps: take this process's slot (a uid and a disk of its own, :mod:`worker.sandb
 and make the job's directory in it; write the job's files (paths re-checked,
 nothing followed outside it); build the environment from a minimal base plus the
 job's ``env`` (the worker's own environment, broker URLs and ``SANDRUN_*``/``CELERY_*``
-variables never reach the job); decide the job's confinement from the policy and
+variables never reach the job); resolve its prepared environment and requirement layer
+(:mod:`worker.sandbox.environments`, ``environment_error`` when they cannot be had);
+decide the job's confinement from the policy and
 what the host offers (:mod:`worker.sandbox.plan`), refusing the job when a
 required layer is missing; start the interpreter through the launcher, inside a
 bubblewrap view where the host has one (new namespaces, seccomp, rlimits,
 subreaper, wall-clock kill of the whole tree), with its memory cgroup armed;
-capture stdout/stderr up to a cap while it runs; collect outputs by the job's
+capture stdout/stderr up to a cap while it runs, teeing them and the job's progress
+reports to the node's live sink; collect outputs by the job's
 globs; classify the outcome; always remove the directory.
 """
 
@@ -29,19 +32,23 @@ from worker.sandbox import bwrap, cgroups, jobdirs, seccomp, warm
 from worker.sandbox.capture import execute
 from worker.sandbox.collect import CollectLimits, collect_outputs, remove_tree
 from worker.sandbox.confine import IsolationError
+from worker.sandbox.environments import Setup, job_setup, needs_setup
 from worker.sandbox.isolation import HostSupport, IsolationUnavailable, hand_over, job_user_ids
 from worker.sandbox.launcher import LaunchReport, LaunchSpec, Limits
+from worker.sandbox.live import LiveSink, Tee
 from worker.sandbox.outcome import classify
 from worker.sandbox.plan import JobNeeds, Plan, Policy, plan_confinement
 from worker.sandbox.prepare import (
     BASE_PATH,
     DATA_LIMITED,
     DEFAULT_INTERPRETERS,
+    EnvironmentUnavailable,
     SandboxError,
     command,
     job_environment,
     write_files,
 )
+from worker.sandbox.progress import ENV_VAR as PROGRESS_ENV
 from worker.sandbox.reaping import reap_all_launchers, reap_finished_launchers
 from worker.stores.outputs import CollectedOutput
 
@@ -54,6 +61,7 @@ class SandboxConfig:
     """Caps and policy of one worker's sandbox."""
 
     stream_cap_bytes: int = 1 << 20
+    live_output_bytes: int = 16 << 20  # teed to a live sink per job (worker.sandbox.live)
     output_file_cap_bytes: int = 10 << 20
     output_total_cap_bytes: int = 50 << 20
     output_max_files: int = 1000
@@ -70,6 +78,9 @@ class SandboxConfig:
     tmp_bytes: int = 64 << 20  # the job's private /tmp and /dev/shm, each
     warm: bool = True  # pre-start the next job's view after each job (worker.sandbox.warm)
     support: HostSupport | None = None  # None: probe this host
+    environments_dir: str | None = None  # prepared environments (worker.sandbox.environments)
+    wheel_cache: str | None = None  # wheels requirement layers are installed from
+    layers_dir: str | None = None  # where layers are kept (None: <tmp>/sandrun-layers)
 
 
 @dataclass(slots=True)
@@ -159,29 +170,31 @@ def release_slots() -> None:
             log.warning("memory_cgroup_left", error=str(exc))
 
 
-def _view(config: SandboxConfig, root: Path, plan: Plan, argv: list[str], gpu: bool
-          ) -> _Prepared:
+def _view(config: SandboxConfig, root: Path, plan: Plan, argv: list[str], gpu: bool, *,
+          read_only: tuple[str, ...] = ()) -> _Prepared:
     """bwrap's command running ``argv`` in the job's view, and the descriptors it reads."""
     uid, gid = plan.confinement.user or (os.getuid(), os.getgid())
     gpus = tuple(d for d in plan.confinement.devices if d.startswith(("/dev/nvidia", "/dev/dri")))
     view = bwrap.View(str(root), uid, gid, network=plan.network, tmp_bytes=config.tmp_bytes,
-                      shm_bytes=config.tmp_bytes, devices=gpus if gpu else ())
+                      shm_bytes=config.tmp_bytes, devices=gpus if gpu else (),
+                      read_only=read_only)
     filter_fd = seccomp.filter_fd() if plan.seccomp else None
     cmd = bwrap.command(view, argv, filter_fd)
     return _Prepared(cmd.argv, {}, cmd.fds + ([filter_fd] if filter_fd is not None else []))
 
 
 def _prepare(job: Job, config: SandboxConfig, root: Path, plan: Plan, *,
-             extra_env: dict[str, str] | None, warm_box: warm.Warm | None) -> _Prepared:
+             extra_env: dict[str, str] | None, warm_box: warm.Warm | None,
+             setup: Setup) -> _Prepared:
     """The job's files written, its argv (through bwrap when the plan has a view and no
     warm sandbox waits for it), its environment, and the descriptors to hand to bwrap."""
     write_files(job, root)
-    argv = command(job, root, config.interpreters)
-    env = job_environment(job, str(root), extra_env)
+    argv = command(job, root, config.interpreters, setup.search_path)
+    env = setup.apply(job_environment(job, str(root), extra_env), job)
     hand_over(root, plan.confinement.user)
     if not plan.view or warm_box is not None:
         return _Prepared(argv, env, [])
-    viewed = _view(config, root, plan, argv, job.needs_gpu)
+    viewed = _view(config, root, plan, argv, job.needs_gpu, read_only=setup.binds)
     return _Prepared(viewed.argv, env, viewed.fds)
 
 
@@ -195,12 +208,13 @@ def _take_warm(config: SandboxConfig, job: Job) -> warm.Warm | None:
     caller still checks that the job's plan is the one it was built with."""
     pid = os.getpid()
     box = _warm.get(pid)
-    if box is None or ((job.network or job.needs_gpu) and box.key[0] == config):
+    if box is None or ((job.network or job.needs_gpu or needs_setup(job))
+                       and box.key[0] == config):
         return None  # kept for the next job it was built for
     del _warm[pid]
     if box.key[0] == config and box.alive():
         return box
-    box.discard()
+    box.discard(wait=True)  # its processes hold the slot uid: gone before the next job
     remove_tree(box.workdir)
     return None
 
@@ -239,23 +253,13 @@ def _plan(job: Job | None, config: SandboxConfig, root: Path, slot: jobdirs.Slot
 
 
 def _run(job: Job, config: SandboxConfig, root: Path, plan: Plan, *, ready: _Prepared,
-         box: warm.Warm | None) -> SandboxRun:
+         box: warm.Warm | None, live: LiveSink | None) -> SandboxRun:
     memory = cgroups.slot() if plan.cgroup else None
     if memory is not None:
         memory.arm(job.memory_mb * 1024 * 1024)
-    limits = _limits(job, config, plan)
     try:
-        if box is not None:
-            rlimit = (limits.memory_kind, limits.memory_bytes) if limits.memory_bytes else None
-            report, stdout, out_cut, stderr, err_cut = box.run(
-                warm.script(ready.argv, ready.env, job.cpu_seconds, rlimit), job.timeout,
-                config.stream_cap_bytes)
-        else:
-            report, stdout, out_cut, stderr, err_cut = execute(
-                lambda out, err: LaunchSpec(ready.argv, str(root), ready.env, limits, out,
-                                            err, job.timeout, plan.confinement,
-                                            tuple(ready.fds), plan.view),
-                job.timeout, config.stream_cap_bytes)
+        report, stdout, out_cut, stderr, err_cut = _launch(job, config, root, plan,
+                                                           ready=ready, box=box, live=live)
     finally:
         for fd in ready.fds:
             os.close(fd)
@@ -278,6 +282,25 @@ def _run(job: Job, config: SandboxConfig, root: Path, plan: Plan, *, ready: _Pre
         isolation=plan.isolation, error=report.error)
 
 
+def _launch(job: Job, config: SandboxConfig, root: Path, plan: Plan, *, ready: _Prepared,
+            box: warm.Warm | None, live: LiveSink | None
+            ) -> tuple[LaunchReport, str, bool, str, bool]:
+    """Start the job (through ``box`` when it has one, else cold) with its progress pipe
+    named in ``SANDRUN_PROGRESS_FD``, and capture it, teeing to ``live``."""
+    limits = _limits(job, config, plan)
+    tee = Tee(live, config.live_output_bytes) if live is not None else None
+    if box is not None:
+        rlimit = (limits.memory_kind, limits.memory_bytes) if limits.memory_bytes else None
+        env = {**ready.env, PROGRESS_ENV: str(box.progress_fd)}
+        return box.run(warm.script(ready.argv, env, job.cpu_seconds, rlimit), job.timeout,
+                       config.stream_cap_bytes, tee)
+    return execute(
+        lambda out, err, progress: LaunchSpec(
+            ready.argv, str(root), {**ready.env, PROGRESS_ENV: str(progress)}, limits, out,
+            err, job.timeout, plan.confinement, (*ready.fds, progress), plan.view),
+        job.timeout, config.stream_cap_bytes, tee)
+
+
 def _exit_status_through_bwrap(report: LaunchReport) -> None:
     """bwrap exits 128+N when the job died of signal N: report it as that signal."""
     code = report.exit_code
@@ -297,15 +320,16 @@ _pending: dict[int, tuple[SandboxConfig, jobdirs.Slot | None, Plan]] = {}
 
 
 def run_in_sandbox(job: Job, config: SandboxConfig | None = None,
-                   extra_env: dict[str, str] | None = None, *, warm_next: bool = True
-                   ) -> SandboxRun:
+                   extra_env: dict[str, str] | None = None, *, warm_next: bool = True,
+                   live: LiveSink | None = None) -> SandboxRun:
     """Run ``job`` to completion and return what happened; never raises for job faults.
 
-    A job the host cannot confine as the settings demand ends ``isolation_unavailable``
-    without running. Afterwards the next job's sandbox is pre-started (``warm_next``),
-    or left for :func:`prestart_pending`."""
+    What the job prints and reports as progress goes to ``live`` while it runs
+    (:mod:`worker.sandbox.live`). A job the host cannot confine as the settings demand
+    ends ``isolation_unavailable`` without running. Afterwards the next job's sandbox is
+    pre-started (``warm_next``), or left for :func:`prestart_pending`."""
     with _one_job_at_a_time:
-        return _run_alone(job, config or SandboxConfig(), extra_env, warm_next)
+        return _run_alone(job, config or SandboxConfig(), extra_env, warm_next, live)
 
 
 #: A process runs one job at a time: its slot (one uid, one disk), its memory cgroup and
@@ -315,7 +339,7 @@ _one_job_at_a_time = threading.Lock()
 
 
 def _run_alone(job: Job, config: SandboxConfig, extra_env: dict[str, str] | None,
-               warm_next: bool) -> SandboxRun:
+               warm_next: bool, live: LiveSink | None) -> SandboxRun:
     box: warm.Warm | None = None
     try:
         slot = slot_of_this_process(config)
@@ -329,14 +353,19 @@ def _run_alone(job: Job, config: SandboxConfig, extra_env: dict[str, str] | None
         try:
             plan = _plan(job, config, root, slot)
             if box is not None and box.key != (config, plan):
-                box.discard()  # built for another plan; its directory serves a cold launch
+                box.discard(wait=True)  # another plan; its directory serves a cold launch
                 box = None
-            ready = _prepare(job, config, root, plan, extra_env=extra_env, warm_box=box)
+            setup = job_setup(job, environments_dir=config.environments_dir,
+                              wheel_cache=config.wheel_cache, layers_dir=config.layers_dir)
+            ready = _prepare(job, config, root, plan, extra_env=extra_env, warm_box=box,
+                             setup=setup)
         except IsolationUnavailable as exc:
             return SandboxRun(outcome="isolation_unavailable", error=str(exc))
+        except EnvironmentUnavailable as exc:
+            return SandboxRun(outcome="environment_error", error=str(exc))
         except (SandboxError, IsolationError) as exc:
             return SandboxRun(outcome="failed", error=str(exc))
-        return _run(job, config, root, plan, ready=ready, box=box)
+        return _run(job, config, root, plan, ready=ready, box=box, live=live)
     finally:
         if box is not None and not box.used:  # the job never reached it (refused, bad input)
             box.discard()

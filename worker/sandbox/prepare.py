@@ -26,6 +26,12 @@ class SandboxError(Exception):
     """The job cannot be run as given (bad file layout, interpreter not allowed)."""
 
 
+class EnvironmentUnavailable(Exception):
+    """The job's environment or requirements cannot be provided here (outcome
+    ``environment_error``, :mod:`worker.sandbox.environments`); the message says what is
+    missing and how to fix it."""
+
+
 def job_environment(job: Job, workdir: str, extra: dict[str, str] | None = None) -> dict[str, str]:
     """The job's whole environment: a minimal base, worker-chosen extras, then the job's env."""
     for key in job.env:
@@ -54,14 +60,16 @@ def write_files(job: Job, root: Path) -> None:
             fh.write(item.data())
 
 
-def command(job: Job, root: Path, interpreters: frozenset[str]) -> list[str]:
-    """argv for the job: the interpreter (found on the base PATH) and its script."""
+def command(job: Job, root: Path, interpreters: frozenset[str],
+            search_path: str = BASE_PATH) -> list[str]:
+    """argv for the job: the interpreter (found on ``search_path``, the base PATH or an
+    environment's ``bin`` before it) and its script."""
     interpreter = job.interpreter or "python3"
     if interpreter not in interpreters:
         allowed = ", ".join(sorted(interpreters))
         raise SandboxError(f"interpreter {interpreter!r} is not allowed on this worker "
                            f"(allowed: {allowed})")
-    path = shutil.which(interpreter, path=BASE_PATH)
+    path = shutil.which(interpreter, path=search_path)
     if path is None:
         raise SandboxError(f"interpreter {interpreter!r} is not installed on this worker")
     if job.code is not None:

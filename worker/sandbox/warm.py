@@ -11,7 +11,8 @@ process writes its files into that directory, sends the launcher the job's
 timeout (the *go* line), and the launcher unblocks bwrap, which execs ``/bin/sh
 -s``: the shell reads one line the pool process writes (the job's CPU and memory
 rlimits, then ``exec /usr/bin/env -i <the job's env> <argv> </dev/null``), so the
-job runs with exactly the environment, argv and limits a cold launch gives it,
+job runs with exactly the environment, argv, limits and progress descriptor
+(``SANDRUN_PROGRESS_FD``, a pipe made at pre-start) a cold launch gives it,
 in a view built from the same arguments. A job then costs a shell and ``env``
 (about a millisecond) plus its own interpreter start.
 
@@ -34,8 +35,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from worker.sandbox.capture import collect
+from worker.sandbox.capture import collect, output_pipe
 from worker.sandbox.launcher import LaunchReport, LaunchSpec, launch
+from worker.sandbox.live import Tee
 from worker.sandbox.reaping import release
 
 SHELL = "/bin/sh"
@@ -54,6 +56,8 @@ class Warm:
     script_w: int
     out_r: int
     err_r: int
+    progress_r: int
+    progress_fd: int  # the number of the progress pipe's write end in the job
     used: bool = False  # a job went through it (it is never used twice)
 
     def alive(self) -> bool:
@@ -68,16 +72,18 @@ class Warm:
     def discard(self, *, wait: bool = False) -> None:
         """Tell the launcher no job comes (it kills its tree) and close our ends; with
         ``wait``, until it has exited (before its cgroup is removed)."""
-        for fd in (self.control_w, self.script_w, self.out_r, self.err_r, self.report_fd):
+        for fd in (self.control_w, self.script_w, self.out_r, self.err_r, self.progress_r,
+                   self.report_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGTERM)
         release(self.pid, wait=wait)
 
-    def run(self, script: bytes, timeout: float, cap: int
+    def run(self, script: bytes, timeout: float, cap: int, tee: Tee | None = None
             ) -> tuple[LaunchReport, str, bool, str, bool]:
-        """Let the job go with ``script`` and capture it as :func:`capture.execute` does."""
+        """Let the job go with ``script`` (whose env names :attr:`progress_fd` as
+        ``SANDRUN_PROGRESS_FD``) and capture it as :func:`capture.execute` does."""
         self.used = True
         os.write(self.control_w, json.dumps({"timeout": timeout}).encode() + b"\n")
         os.close(self.control_w)
@@ -85,7 +91,8 @@ class Warm:
         while view:  # the shell reads it now; a long env may exceed the pipe's buffer
             view = view[os.write(self.script_w, view):]
         os.close(self.script_w)
-        return collect(self.pid, (self.report_fd, self.out_r, self.err_r), timeout, cap)
+        return collect(self.pid, (self.report_fd, self.out_r, self.err_r, self.progress_r),
+                       timeout, cap, tee)
 
 
 def script(argv: Sequence[str], env: dict[str, str], cpu_seconds: int,
@@ -109,16 +116,22 @@ def prestart(key: tuple[object, object], workdir: Path, spec: LaunchSpec) -> War
     block_r, block_w = os.pipe()
     control_r, control_w = os.pipe()
     script_r, script_w = os.pipe()
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
+    out_r, out_w = output_pipe()
+    err_r, err_w = output_pipe()
+    progress_r, progress_w = os.pipe()
     argv = [spec.argv[0], "--block-fd", str(block_r), *spec.argv[1:]]
     warm_spec = replace(spec, argv=argv, stdout_fd=out_w, stderr_fd=err_w,
-                        pass_fds=(*spec.pass_fds, block_r), stdin_fd=script_r,
+                        pass_fds=(*spec.pass_fds, block_r, progress_w), stdin_fd=script_r,
                         control_fd=control_r, block_fd=block_w,
-                        close_in_launcher=(control_w, script_w, out_r, err_r))
+                        close_in_launcher=(control_w, script_w, out_r, err_r, progress_r))
     try:
         pid, report_fd = launch(warm_spec)
-    finally:
-        for fd in (block_r, block_w, control_r, script_r, out_w, err_w):
+    except BaseException:
+        for fd in (control_w, script_w, out_r, err_r, progress_r):
             os.close(fd)
-    return Warm(key, workdir, pid, report_fd, control_w, script_w, out_r, err_r)
+        raise
+    finally:
+        for fd in (block_r, block_w, control_r, script_r, out_w, err_w, progress_w):
+            os.close(fd)
+    return Warm(key, workdir, pid, report_fd, control_w, script_w, out_r, err_r, progress_r,
+                progress_w)

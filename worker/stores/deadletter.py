@@ -10,6 +10,8 @@ index sorted by time; the embedded ``file://`` mode keeps one JSON file each.
 
 from __future__ import annotations
 
+import hashlib
+import re
 import time
 from abc import ABC, abstractmethod
 from datetime import UTC, datetime
@@ -27,6 +29,8 @@ from worker.settings import DEAD_LETTER_TTL_SECONDS
 
 DEAD_TTL_SECONDS = DEAD_LETTER_TTL_SECONDS
 INDEX_KEY = "sandrun:dead"
+#: Letter ids used as file names as they are; any other id is stored under its digest.
+_PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
 class DeadLetter(BaseModel):
@@ -78,8 +82,27 @@ class DeadLetterStore(ABC):
         """Newest first."""
 
     @abstractmethod
-    def remove(self, letter_id: str) -> bool:
-        """Forget a letter (after a replay); True if it existed."""
+    def remove(self, letter_id: str, *, only: DeadLetter | None = None) -> bool:
+        """Forget a letter (after a replay); True if it existed. With ``only``, only if
+        the stored letter is still that one: a replayed job that died again meanwhile
+        left a new letter under the same id, which must be kept."""
+
+
+#: KEYS: the letter, the index; ARGV: its id, the dead_at it must still have ("" = any).
+_REMOVE = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return 0
+end
+if ARGV[2] ~= '' then
+  local ok, letter = pcall(cjson.decode, raw)
+  if not ok or type(letter) ~= 'table' or letter['dead_at'] ~= ARGV[2] then return 0 end
+end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+"""
 
 
 class RedisDeadLetterStore(DeadLetterStore):
@@ -89,6 +112,7 @@ class RedisDeadLetterStore(DeadLetterStore):
                  metrics: MetricsCollector | None = None) -> None:
         super().__init__(metrics)
         self.client, self.ttl = client, ttl
+        self._remove = client.register_script(_REMOVE)
 
     def _put(self, letter: DeadLetter) -> None:
         pipe = self.client.pipeline()
@@ -106,11 +130,10 @@ class RedisDeadLetterStore(DeadLetterStore):
         letters = [self.get(i) for i in ids]
         return [letter for letter in letters if letter is not None]
 
-    def remove(self, letter_id: str) -> bool:
-        pipe = self.client.pipeline()
-        pipe.delete(f"{INDEX_KEY}:{letter_id}")
-        pipe.zrem(INDEX_KEY, letter_id)
-        return bool(pipe.execute()[0])
+    def remove(self, letter_id: str, *, only: DeadLetter | None = None) -> bool:
+        dead_at = "" if only is None else only.model_dump(mode="json")["dead_at"]
+        return bool(self._remove(keys=[f"{INDEX_KEY}:{letter_id}", INDEX_KEY],
+                                 args=[letter_id, dead_at]))
 
 
 class FileDeadLetterStore(DeadLetterStore):
@@ -123,6 +146,10 @@ class FileDeadLetterStore(DeadLetterStore):
         root.mkdir(parents=True, exist_ok=True)
 
     def _path(self, letter_id: str) -> Path:
+        """The letter's file: its id as the name when that is a plain identifier, else a
+        digest of it (ids come from messages, and a path must not)."""
+        if not _PLAIN.fullmatch(letter_id):
+            letter_id = "id-" + hashlib.sha256(letter_id.encode()).hexdigest()
         return self.root / f"{letter_id}.json"
 
     def _put(self, letter: DeadLetter) -> None:
@@ -141,8 +168,12 @@ class FileDeadLetterStore(DeadLetterStore):
         letters = [self.get(p.stem) for p in paths[:limit]]
         return [letter for letter in letters if letter is not None]
 
-    def remove(self, letter_id: str) -> bool:
+    def remove(self, letter_id: str, *, only: DeadLetter | None = None) -> bool:
         path = self._path(letter_id)
+        if only is not None:
+            stored = self.get(letter_id)
+            if stored is None or stored.dead_at != only.dead_at:
+                return False
         existed = path.is_file()
         path.unlink(missing_ok=True)
         return existed

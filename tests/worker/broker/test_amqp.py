@@ -56,9 +56,13 @@ def test_every_job_queue_of_an_amqp_app_is_declared_the_same_way(
     assert make_app("memory://", "cache+memory://").amqp.queues["x"].queue_arguments is None
 
 
-def test_an_amqp_broker_needs_a_redis_result_backend(vhost: str) -> None:
+def test_an_amqp_broker_needs_a_redis_result_backend_and_known_settings(
+        vhost: str, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigurationError, match="SANDRUN_RESULT_BACKEND=redis://"):
         make_app(vhost, "cache+memory://")
+    monkeypatch.setenv("SANDRUN_AMQP_DELIVERY_LIMIT", "0")
+    with pytest.raises(ConfigurationError, match="SANDRUN_AMQP_DELIVERY_LIMIT='0'"):
+        make_app(vhost, BACKEND)
 
 
 def test_countdowns_under_a_second_are_rounded_up_only_for_native_delays(vhost: str) -> None:

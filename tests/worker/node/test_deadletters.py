@@ -17,7 +17,7 @@ def test_a_job_stopped_by_the_delivery_limit_keeps_its_job_and_the_reason() -> N
                "x-first-death-queue": "sandrun"}
     letter = letter_from_message(body([{"id": "job-1", "code": "print(1)"}]), headers,
                                  "application/json")
-    assert (letter.id, letter.task, letter.source) == ("job-1", RUN_JOB, "broker")
+    assert (letter.id, letter.task, letter.source) == ("job-1", RUN_JOB, "rabbitmq")
     assert letter.job == {"id": "job-1", "code": "print(1)"} and letter.raw is None
     assert "delivery limit of queue 'sandrun'" in letter.reason
 

@@ -396,7 +396,7 @@ def test_a_job_cannot_find_the_workers_broker_password() -> None:
     seen = json.loads(report["run"]["stdout"])
     assert sorted(set(seen["env"]) - {"PWD"}) == [  # bwrap sets PWD, the job directory
         "HOME", "LANG", "PATH", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "SANDRUN_JOB_ID",
-        "TMPDIR"]
+        "SANDRUN_PROGRESS_FD", "TMPDIR"]
     assert secret not in json.dumps(seen)
     if "view" in report["run"]["isolation"]:  # its parent is bwrap's pid 1, nothing beyond
         assert seen["worker environ"].startswith("denied")

@@ -120,7 +120,7 @@ def test_a_job_in_its_user_namespace_cannot_read_the_environment_of_processes_ou
     # Even as the same uid: ptrace access (which /proc/<pid>/environ needs) requires being
     # in the target's user namespace or holding CAP_SYS_PTRACE over it.
     report, stdout = launched([PYTHON, "-c", PEEK], Confinement(16, user_namespace=True))
-    assert (report.exit_code, stdout) == (0, "13 13 ")
+    assert (report.exit_code, stdout) == (0, "13 13 "), report
     if os.geteuid() != 0:  # without the namespace a job of the same user sees only this one
         report, stdout = launched([PYTHON, "-c", PEEK], Confinement(16))
         assert (report.exit_code, stdout) == (0, "13 True ")  # the launcher is not dumpable

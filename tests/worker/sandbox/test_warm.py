@@ -53,6 +53,10 @@ def _look(config: SandboxConfig) -> dict[str, object]:
     seen: dict[str, object] = json.loads(result.stdout)
     seen["env"] = {k: v for k, v in seen["env"].items()  # type: ignore[attr-defined]
                    if k not in ("PWD", "SANDRUN_JOB_ID", "HOME", "TMPDIR")}
+    progress = seen["env"].pop("SANDRUN_PROGRESS_FD")  # type: ignore[attr-defined]
+    assert progress in seen["fds"]  # type: ignore[operator]
+    # its number is the pool process's at pre-start or at launch: the same pipe either way
+    seen["fds"] = sorted("<progress>" if fd == progress else fd for fd in seen["fds"])  # type: ignore[attr-defined]
     job_dir = str(seen["cwd"])
     seen["mounts"] = [m.replace(job_dir, "<job>") for m in seen["mounts"]]  # type: ignore[attr-defined]
     seen["cwd"] = os.path.dirname(job_dir)  # the slot, not the random name

@@ -1,0 +1,67 @@
+"""The node's live sink on a real Redis: output reaches the job's stream in order and
+before its end marker, progress becomes the task's PROGRESS state, and a Redis that
+fails costs the job nothing and the log no output."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+import structlog
+from celery import Celery
+
+from tests.conftest import RedisServer
+from worker.broker.factory import make_app
+from worker.models import Progress
+from worker.node.livefeed import JobFeed
+from worker.stores.livelogs import LiveLog, live_key
+
+
+@pytest.fixture
+def app(redis_server: RedisServer, redis_client: redis.Redis) -> Iterator[Celery]:
+    url = f"redis+socket://{redis_server.socket}"
+    made = make_app(url, url)  # the guarded result backend workers store states with
+    made.conf.worker_send_task_events = False
+    yield made
+    made.close()
+
+
+def entries(client: redis.Redis, job_id: str) -> list[tuple[bytes, bytes]]:
+    return [(fields[b"k"], fields[b"d"]) for _, fields in client.xrange(live_key(job_id))]
+
+
+def test_output_goes_in_order_and_the_end_marker_last(redis_client: redis.Redis) -> None:
+    feed = JobFeed(LiveLog(redis_client), "j1", None, None)
+    for i in range(50):
+        feed.output([("out", f"line {i}\n".encode()), ("err", b"e")])
+    feed.end()
+    seen = entries(redis_client, "j1")
+    assert seen[-1] == (b"end", b"")
+    assert seen[:-1] == [pair for i in range(50)
+                         for pair in ((b"out", f"line {i}\n".encode()), (b"err", b"e"))]
+    assert 0 < redis_client.ttl(live_key("j1")) <= 3600
+
+
+def test_progress_is_the_tasks_progress_state(app: Celery, redis_client: redis.Redis) -> None:
+    def noop() -> None:
+        """A task to store a state for."""
+
+    task: Any = app.task(name="t")(noop)
+    feed = JobFeed(LiveLog(redis_client), "j2", task, "j2")
+    feed.progress(Progress(percent=40, done=4, total=10, message="training"))
+    meta = app.backend.get_task_meta("j2")
+    assert meta["status"] == "PROGRESS"
+    assert Progress.model_validate(meta["result"]).describe() == "40% (step 4/10: 'training')"
+
+
+def test_a_failing_redis_is_logged_once_without_the_output() -> None:
+    dead = redis.Redis.from_url("unix:///nonexistent/redis.sock")
+    feed = JobFeed(LiveLog(dead), "j3", None, None)
+    with structlog.testing.capture_logs() as logs:
+        feed.output([("out", b"SECRET-OUTPUT")])
+        feed.output([("out", b"SECRET-OUTPUT")])
+        feed.end()
+    assert [entry["event"] for entry in logs] == ["live_output_dropped"]
+    assert "SECRET-OUTPUT" not in repr(logs)

@@ -1,0 +1,140 @@
+"""The node's live sink: a running job's output to its Redis stream, its progress to
+Celery's ``PROGRESS`` state.
+
+The sandbox tees what a job prints and reports (:mod:`worker.sandbox.live`) to the
+sink this module makes, in the pool process running the job:
+
+* output chunks go to the job's bounded stream (:class:`~worker.stores.livelogs.LiveLog`),
+  which ``run.logs(follow=True)`` and ``sandrun logs -f`` read, written by a thread
+  of the pool process so that the pump never waits on Redis;
+* a progress report is stored as the task's state, ``update_state(state="PROGRESS",
+  meta=...)``, which ``run.progress()`` and ``sandrun status`` read, and sent as a
+  ``task-progress`` event, which Flower shows as the task's state with the report's
+  fields (when the worker sends task events).
+
+Nothing here logs what a job printed or reported: the worker's logs never carry job
+output. Without a Redis result backend there is no stream, and no sink.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+import structlog
+from celery import Task
+
+from worker.models import Progress
+from worker.node.runtime import Runtime
+from worker.protocol import PROGRESS_STATE
+from worker.stores.livelogs import LiveLog
+
+END_WAIT_SECONDS = 30.0  # for the writer to send what is queued when the job ends
+WRITE_SECONDS = 0.1  # between two writes of one job's stream
+log = structlog.get_logger("sandrun.live")
+
+
+class _Writer(threading.Thread):
+    """Appends a job's output chunks to its stream off the thread that pumps the job's
+    pipes, so that a round trip to Redis never keeps the pump from reading.
+
+    It wakes every :data:`WRITE_SECONDS` (at once when the job has ended, :meth:`finish`)
+    and writes everything queued by then in one round trip: a job printing as fast as it
+    can does not share its CPU with a round trip per batch, and one that prints for less
+    than that long is written after it ended. The queue is bounded by the tee's budget.
+    A Redis error stops the writes for the rest of the job (logged once, without the
+    output)."""
+
+    def __init__(self, live: LiveLog, job_id: str) -> None:
+        super().__init__(name=f"sandrun-live-{job_id[:12]}", daemon=True)
+        self.live, self.job_id = live, job_id
+        self.queue: queue.SimpleQueue[list[tuple[str, bytes]] | None] = queue.SimpleQueue()
+        self.failed = False
+        self._hurry = threading.Event()
+
+    def finish(self, timeout: float) -> bool:
+        """Write what is queued now and stop; whether everything was written in time."""
+        self.queue.put(None)
+        self._hurry.set()
+        self.join(timeout)
+        return not (self.failed or self.is_alive())
+
+    def run(self) -> None:
+        done = False
+        while not done:
+            # wake on a timer, not per batch: a thread woken for every batch would take the
+            # GIL from the pump each time, and the pump is what keeps the job's pipes empty
+            self._hurry.wait(WRITE_SECONDS)
+            batch = []
+            while not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            done = None in batch
+            chunks = [chunk for item in batch if item is not None for chunk in item]
+            if chunks and not self.failed:
+                self._append(chunks)
+
+    def _append(self, chunks: list[tuple[str, bytes]]) -> None:
+        try:
+            self.live.append(self.job_id, chunks)
+        except redis.RedisError as exc:
+            self.failed = True
+            log.warning("live_output_dropped", job_id=self.job_id,
+                        error_type=type(exc).__name__)
+
+
+class JobFeed:
+    """The live sink of one job attempt (a :class:`~worker.sandbox.live.LiveSink`)."""
+
+    def __init__(self, live: LiveLog, job_id: str, task: Task[Any, Any] | None,
+                 task_id: str | None) -> None:
+        self.live, self.job_id, self.task, self.task_id = live, job_id, task, task_id
+        self._writer: _Writer | None = None
+
+    def output(self, chunks: Sequence[tuple[str, bytes]]) -> None:
+        """Queue the chunks for the job's stream (written by a thread of this process).
+
+        The thread starts with the job's first output, so that it never exists when the
+        launcher is forked (a fork copies no thread, but would copy a lock one holds)."""
+        if self._writer is None:
+            self._writer = _Writer(self.live, self.job_id)
+            self._writer.start()
+        self._writer.queue.put(list(chunks))
+
+    def progress(self, report: Progress) -> None:
+        """Store the report as the task's PROGRESS state, and tell Flower."""
+        if self.task is None or self.task_id is None:
+            return
+        meta = report.model_dump(mode="json")
+        self.task.update_state(task_id=self.task_id, state=PROGRESS_STATE, meta=meta)
+        if self.task.app.conf.worker_send_task_events:
+            try:
+                self.task.send_event("task-progress", retry=False, **meta)
+            except Exception as exc:  # Flower's view only; the state is stored already
+                log.debug("progress_event_not_sent", job_id=self.job_id,
+                          error_type=type(exc).__name__)
+
+    def end(self) -> None:
+        """Write what is queued, then mark the end of this attempt's output (a follower
+        then waits for the result, which is stored after this returns)."""
+        writer, self._writer = self._writer, None
+        if writer is not None and not writer.finish(END_WAIT_SECONDS):
+            return
+        try:
+            self.live.end(self.job_id)
+        except redis.RedisError as exc:
+            log.warning("live_output_end_not_written", job_id=self.job_id,
+                        error_type=type(exc).__name__)
+
+
+def job_feed(rt: Runtime, job_id: str, task: Task[Any, Any] | None = None,
+             task_id: str | None = None) -> JobFeed | None:
+    """The live sink for a job run by ``task`` (None: no progress state), or None when
+    this worker has no Redis result backend or live output is off."""
+    settings = rt.settings
+    if rt.redis is None or settings.live_output_bytes == 0:
+        return None
+    live = LiveLog(rt.redis, settings.live_output_entries, settings.live_output_ttl)
+    return JobFeed(live, job_id, task, task_id)
