@@ -55,7 +55,7 @@ from dataclasses import replace
 from typing import Any, NoReturn
 
 from plugins.scheduling.config import HOLD_PRIORITY, SchedulingConfig, celery_priority
-from plugins.scheduling.expiry import past_deadline, store_expired
+from plugins.scheduling.expiry import Cancels, past_deadline, store_expired
 from plugins.scheduling.hooks import BEAT_HOOK
 from plugins.scheduling.leases import LeaseKeeper, Semaphore
 from plugins.scheduling.rates import RateGate
@@ -121,6 +121,7 @@ class SchedulingPlugin(BasePlugin):
         self.connections = Connections(self.options.broker_url,
                                        self.settings.publish_retry_seconds)
         self.publisher = self._publisher or self.connections.send
+        self.cancels = Cancels(self.connections.celery_app)
         self.leases = LeaseKeeper(lambda: self.semaphore, self.options.lease_ttl, logger)
         self.rates = RateGate(self.options.rate, self.options.rate_label,
                               self.options.rate_burst, lambda: self.store.client,
@@ -254,6 +255,11 @@ class SchedulingPlugin(BasePlugin):
             self.store.done(task_id, queue)
             return 0
         pub = load_publication(raw)
+        if self.cancels.cancelled(pub):
+            self.cancels.store(pub, self.logger, queue is not None)
+            self.store.done(task_id, queue)
+            self._count("jobs_cancelled", "Held or fair jobs cancelled before they were published")
+            return 0
         if past_deadline(pub, time.time()):
             store_expired(self.connections.celery_app(), pub, self.logger, queue is not None)
             self.store.done(task_id, queue)

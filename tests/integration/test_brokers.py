@@ -145,8 +145,24 @@ def test_a_job_that_keeps_killing_its_worker_is_stopped_by_the_broker_and_replay
 def test_a_running_job_is_cancelled_over_remote_control(client: Sandrun) -> None:
     run = client.job().code("import time; time.sleep(120)").timeout(150).submit()
     until("running", lambda: run.status() == "running")
-    run.cancel()
+    assert run.cancel() == "running"
     assert run.wait(timeout=30).status == "cancelled"
+
+
+def test_a_job_cancelled_while_queued_is_skipped_by_a_worker_started_later(
+        client: Sandrun, stack: Stack, start_stack_worker: WorkerFactory, tmp_path: Path
+) -> None:
+    """The cancel record lives in the result backend's Redis, also with RabbitMQ."""
+    mark = tmp_path / "ran"
+    run = client.job().code(f"open({str(mark)!r}, 'w').write('ran')").queue("cancelled").submit()
+    assert run.cancel() == "queued"  # nothing consumes "cancelled" yet
+    later = start_stack_worker(concurrency=1, name="later", queues="cancelled", **MODULE_ENV)
+    try:
+        until("skipped", lambda: any("job_cancelled_skipped" in line and run.id in line
+                                     for line in later.output().splitlines()))
+    finally:
+        later.stop()
+    assert run.wait(timeout=10).status == "cancelled" and not mark.exists()
 
 
 def test_sandrun_workers_lists_the_live_worker(stack: Stack, worker: Worker,

@@ -265,8 +265,10 @@ def test_a_copy_of_a_finished_replica_never_runs(client: Sandrun, fleet: list[Wo
     assert runs.read_text().count("ran") == before
 
 
-def test_cancelling_a_consensus_job_revokes_its_replicas(client: Sandrun,
-                                                         tmp_path: Path) -> None:
+@pytest.mark.parametrize("handle", ["from-submit", "by-id"])
+def test_cancelling_a_consensus_job_revokes_its_replicas(client: Sandrun, tmp_path: Path,
+                                                         handle: str) -> None:
+    """By id alone (``sandrun cancel ID``) the running replicas are found and terminated."""
     started = tmp_path / "started"
     code = f"import time\nopen({str(started)!r}, 'a').write('x')\ntime.sleep(100)"
     run = client.submit(Job(code=code, consensus="2-of-3", queue="honest", timeout=150))
@@ -274,7 +276,8 @@ def test_cancelling_a_consensus_job_revokes_its_replicas(client: Sandrun,
     while not (started.exists() and len(started.read_text()) == 3):
         assert time.monotonic() < deadline, "the replicas did not start"
         time.sleep(0.1)
-    run.cancel()
+    cancelling = run if handle == "from-submit" else client.execution(run.id)
+    assert cancelling.cancel() == "running"  # where its replicas are
     assert run.wait(timeout=60).status == "cancelled"
     states = {AsyncResult(task_id, app=client.app).state for task_id in run.replicas}
     while states != {"REVOKED"}:

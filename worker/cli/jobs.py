@@ -270,10 +270,17 @@ def logs(job_id: str, follow: bool, wait_timeout: float | None) -> None:
 @click.command()
 @click.argument("job_id")
 def cancel(job_id: str) -> None:
-    """Cancel a job: a queued one never runs, a running one is terminated."""
+    """Cancel a job wherever it is (a queued, held, scheduled or retrying one never runs,
+    a running one is terminated) and print where it was."""
     with client() as sandrun:
-        sandrun.execution(job_id).cancel()
-    click.echo(f"cancel requested for {job_id}")
+        try:
+            where = sandrun.execution(job_id).cancel()
+        except SandrunError as exc:
+            fail(exc)
+    if where == "finished":
+        click.echo(f"{job_id}: finished already, nothing cancelled")
+    else:
+        click.echo(f"{job_id}: cancelled ({where})")
 
 
 @click.command()

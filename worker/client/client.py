@@ -38,6 +38,7 @@ from pydantic import ValidationError
 from worker.broker.factory import make_app
 from worker.broker.publisher import Publisher
 from worker.broker.urls import redis_client
+from worker.client.cancel import cancel_job
 from worker.client.follow import LogLine, follow, result_lines
 from worker.client.gpus import GPUCheck
 from worker.client.replicas import FleetCheck, replica_publications
@@ -207,13 +208,16 @@ class JobExecution:
             return result_lines(self.wait(timeout))
         return follow(self._live, self.id, self.result, timeout)
 
-    def cancel(self) -> None:
-        """Revoke the job; a running one is terminated (its whole process tree with it).
-        A consensus job's replicas are revoked with it, and its id stored as revoked
-        (no replica is left to store a final result there)."""
-        self._app.control.revoke([self.id, *self.replicas], terminate=True, signal="SIGTERM")
-        if self.replicas:
-            self._app.backend.mark_as_revoked(self.id, reason="cancelled")
+    def cancel(self) -> str:
+        """Cancel the job wherever it is and return where it was: ``queued``, ``held``,
+        ``scheduled``, ``retrying``, ``running`` (terminated, its whole process tree with
+        it), ``finished`` (nothing changed) or ``unknown`` (no Redis to remember it in).
+
+        The cancel is remembered in the result backend's Redis, so a worker that starts
+        later, or the scheduling plugin releasing a held job, skips it too; the job's
+        stored status is ``cancelled``. A consensus job's replicas are revoked with it
+        (workers skip a replica whose job was cancelled). See :mod:`worker.client.cancel`."""
+        return cancel_job(self._app, self.id, self.replicas)
 
     def _output_key(self) -> str:
         """Where this job's outputs are stored: under its id, or, for a consensus job,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
@@ -30,6 +30,7 @@ from worker.settings import Settings, load_settings
 from worker.stores.attempts import Attempts
 from worker.stores.deadletter import dead_letter_store_for
 from worker.stores.outputs import OutputStore, output_store_for
+from worker.stores.revoked import Revocations
 from worker.stores.storage import MemoryStorageBackend, RedisStorageBackend, StorageBackend
 
 
@@ -48,6 +49,8 @@ class Runtime:
     worker: WorkerInfo | None = None
     isolation: str = "process"  # what every job gets here (the start-up check's label)
     sandbox_notes: tuple[str, ...] = ()  # what the host lacks, and why
+    #: cancelled jobs, remembered in the result backend's Redis
+    revocations: Revocations = field(default_factory=lambda: Revocations(None, 1))
 
     @property
     def lock_dir(self) -> Path:
@@ -76,7 +79,8 @@ def build_runtime(settings: Settings | None = None, *, load_plugins: bool = True
     outputs = output_store_for(backend, settings.output_ttl)
     return Runtime(settings, manager, Attempts(client), outputs, sandbox,
                    detect_gpus(settings.gpus), socket.gethostname(), client,
-                   isolation=isolation, sandbox_notes=notes)
+                   isolation=isolation, sandbox_notes=notes,
+                   revocations=Revocations(client, settings.result_ttl))
 
 
 class _ProcessRuntime:

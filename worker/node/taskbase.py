@@ -18,7 +18,9 @@ runs the task. It only translates:
    id, tenant and baggage from their headers, each dropped and logged when not valid);
 4. :func:`~worker.node.lifecycle.run_lifecycle` runs the hooks and the body
    (:meth:`SandrunTask.body`, after storing STARTED; a job past its ``deadline`` ends
-   ``expired`` instead, unrun) and says how the delivery ended;
+   ``expired`` instead, unrun) and says how the delivery ended; a delivery whose task
+   or job was cancelled (:mod:`worker.stores.revoked`) ends ``cancelled`` before
+   step 2, with no hook and nothing run;
 5. that outcome becomes Celery's: a result to store, ``Ignore`` (dropped, or
    deferred after publishing the same message again with a countdown), or
    ``Task.retry(countdown=...)`` so no worker slot sleeps.
@@ -35,8 +37,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, assert_never
+from typing import Any, TypeVar, assert_never
 
 import structlog
 from billiard.einfo import ExceptionInfo
@@ -65,8 +68,10 @@ from worker.plugin.provenance import PROVENANCE_HEADER, from_header
 from worker.protocol import RUN_JOB, SUBMITTED_HEADER, context_from_headers, job_reprs
 from worker.stores.attempts import Attempt
 from worker.stores.deadletter import DeadLetter
+from worker.stores.revoked import cancelled_result
 
 RAW_LIMIT = 64 * 1024
+T = TypeVar("T")
 #: How long a delivery that could not reach Redis waits before going back to the queue.
 REQUEUE_PAUSE_SECONDS = 1.0
 log = structlog.get_logger("sandrun.task")
@@ -94,9 +99,13 @@ class SandrunTask(Task[Any, Any]):
             return self._invalid(exc)
         if execution.job is not None:
             self.request.update(sandrun_job_id=execution.job.id)
+        job_id = execution.job.id if execution.job is not None else None
+        if self._or_requeue(execution, lambda: rt.revocations.revoked(
+                (str(self.request.id), job_id))):
+            return self._cancelled(execution)
         if self.sent_on(rt, execution):
             raise Ignore()
-        attempt, stored = self._begin_or_requeue(rt, execution)
+        attempt, stored = self._or_requeue(execution, lambda: self._begin(rt, execution))
         outcome = run_lifecycle(rt.manager, attempt, execution,
                                 self._context(rt, execution, attempt, travelled),
                                 self._run_body,
@@ -136,17 +145,17 @@ class SandrunTask(Task[Any, Any]):
         job = Job.model_validate(args[0] if args else kwargs["job"])
         return Execution(task=self.name, task_id=self.request.id, job=job)
 
-    def _begin_or_requeue(self, rt: runtime.Runtime, execution: Execution
-                          ) -> tuple[Attempt, Any]:
-        """:meth:`_begin`, or, when Redis cannot be reached to count the delivery or read
-        a stored result, the message back to the broker (``Reject(requeue=True)``, with
-        late acks) so that another delivery starts it: a transient broker fault must
-        never become a job's final result (Celery would store the error as its FAILURE).
+    def _or_requeue(self, execution: Execution, step: Callable[[], T]) -> T:
+        """``step`` (a Redis read or write as a delivery starts: the cancel record, the
+        delivery count, a stored result), or, when Redis cannot be reached for it, the
+        message back to the broker (``Reject(requeue=True)``, with late acks) so that
+        another delivery starts it: a transient broker fault must never become a job's
+        final result (Celery would store the error as its FAILURE).
 
         redis-py has already retried the call by then; the pause keeps a worker whose
         result store is down (and broker up) from spinning on the same message."""
         try:
-            return self._begin(rt, execution)
+            return step()
         except TRANSIENT_STORAGE_ERRORS as exc:
             log.warning("delivery_requeued", task_id=str(self.request.id),
                         job_id=execution.job.id if execution.job else None,
@@ -318,6 +327,15 @@ class SandrunTask(Task[Any, Any]):
                          error=ErrorInfo(type="JobExpired", message=(
                              f"the job's deadline {job.deadline.isoformat()} passed before "
                              "it started")))
+
+    def _cancelled(self, execution: Execution) -> Any:
+        """A delivery of a cancelled job (or of one of its replicas, or a cancelled user
+        task) is never run, whoever started after the cancel: it stores the ``cancelled``
+        JobResult, as ``cancel`` did (a user task's caller reads that dict)."""
+        task_id = str(self.request.id)
+        log.info("job_cancelled_skipped", task_id=task_id,
+                 job_id=execution.job.id if execution.job else task_id)
+        return cancelled_result(task_id).model_dump(mode="json", exclude={"provenance"})
 
     def _invalid(self, exc: Exception) -> dict[str, Any]:
         """A ``sandrun.run_job`` message whose payload is not a valid Job: rejected."""

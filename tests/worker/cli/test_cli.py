@@ -10,6 +10,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from tests.conftest import RedisServer
 from worker.cli import main
 
 
@@ -102,3 +103,24 @@ def test_an_invalid_job_option_is_named_without_pydantic_boilerplate(tmp_path: P
     assert run.returncode == 2, run.stderr
     assert "consensus:" in run.stderr and "k must" in run.stderr
     assert "errors.pydantic.dev" not in run.stderr
+
+
+def test_cancel_validates_the_id_and_says_where_the_job_was(redis_server: RedisServer,
+                                                            tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SANDRUN_")}
+    env.update({"SANDRUN_STATE_DIR": str(tmp_path),
+                "SANDRUN_BROKER_URL": f"redis+socket://{redis_server.socket}"})
+
+    def cancel(job_id: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "worker.cli", "cancel", job_id],
+                              capture_output=True, text=True, env=env, timeout=60, check=False)
+
+    refused = cancel("../sandrun:x*")
+    assert refused.returncode != 0 and "is not a job id" in refused.stderr, refused.stderr
+    assert not redis_server.client().keys("sandrun:revoked:*")
+    done = cancel("never-started-1")  # nothing consumes it: it reads as queued
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "never-started-1: cancelled (queued)"
+    assert redis_server.client().exists("sandrun:revoked:never-started-1")
+    again = cancel("never-started-1")
+    assert again.stdout.strip() == "never-started-1: finished already, nothing cancelled"
