@@ -27,7 +27,6 @@ if TYPE_CHECKING:  # what mypy and readers see; at run time __getattr__ imports 
     from worker.broker.publisher import Publisher
     from worker.broker.urls import is_amqp, is_redis, kombu_url, redis_client, redis_url
     from worker.cli.common import fail as cli_fail
-    from worker.client.cancel import revocations_for
     from worker.client.client import JobExecution, Sandrun
     from worker.client.follow import LogLine
     from worker.client.schedules import ScheduleRunner
@@ -103,7 +102,7 @@ if TYPE_CHECKING:  # what mypy and readers see; at run time __getattr__ imports 
     from worker.settings import Settings, load_settings
     from worker.stores.deadletter import DeadLetter, DeadLetterStore
     from worker.stores.ops import Get, Incr, Set, SetDefault
-    from worker.stores.revoked import Revocations, cancelled_result
+    from worker.stores.revoked import Revocations, cancelled_result, revocations_for
     from worker.stores.storage import (
         MemoryStorageBackend,
         PluginStorage,
@@ -221,7 +220,6 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     "worker.broker.factory": ("make_app",),
     "worker.broker.publisher": ("Publisher",),
     "worker.broker.urls": ("is_amqp", "is_redis", "kombu_url", "redis_client", "redis_url"),
-    "worker.client.cancel": ("revocations_for",),
     "worker.client.client": ("JobExecution", "Sandrun"),
     "worker.client.follow": ("LogLine",),
     "worker.client.schedules": ("ScheduleRunner",),
@@ -253,7 +251,7 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     "worker.settings": ("Settings", "load_settings"),
     "worker.stores.deadletter": ("DeadLetter", "DeadLetterStore"),
     "worker.stores.ops": ("Get", "Incr", "Set", "SetDefault"),
-    "worker.stores.revoked": ("Revocations", "cancelled_result"),
+    "worker.stores.revoked": ("Revocations", "cancelled_result", "revocations_for"),
     "worker.stores.storage": ("MemoryStorageBackend", "PluginStorage", "RedisStorageBackend"),
 }
 #: public name -> (module, attribute); ``app`` and ``celery`` are what ``celery -A worker``

@@ -32,26 +32,21 @@ from __future__ import annotations
 
 import re
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
-from typing import Any
 
 from celery import Celery, states
 
 from worker.broker.urls import is_redis, redis_client
 from worker.protocol import REPLICA_SUFFIX
-from worker.stores.revoked import HELD_PAYLOADS, Revocations, cancelled_result, check_task_id
+from worker.stores.revoked import (
+    HELD_PAYLOADS,
+    cancelled_result,
+    check_task_id,
+    revocations_for,
+)
 
 #: How long ``cancel`` asks the running workers for the ETA messages they hold.
 INSPECT_TIMEOUT = 1.0
 FINAL_STATES = frozenset({states.SUCCESS, states.FAILURE, states.REVOKED})
-
-
-def revocations_for(app: Celery) -> Revocations:
-    """The cancel records of ``app``'s fleet: in its result backend's Redis, kept as long
-    as its results (``result_expires``, from ``SANDRUN_RESULT_TTL``)."""
-    ttl: Any = app.conf.result_expires or 86400
-    seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else float(ttl)
-    return Revocations(redis_client(str(app.conf.result_backend)), int(seconds))
 
 
 def cancel_job(app: Celery, job_id: str, replicas: list[str]) -> str:

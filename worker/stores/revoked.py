@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
 
 import redis
 
+from worker.broker.urls import redis_client
 from worker.errors import InvalidJob
 from worker.models import JobResult
 
@@ -72,3 +75,12 @@ class Revocations:
         if self.client is None or not keys:
             return False
         return int(self.client.exists(*keys)) > 0
+
+
+def revocations_for(app: Any) -> Revocations:
+    """The cancel records of ``app``'s fleet: in its result backend's Redis, kept as long
+    as its results (``result_expires``, from ``SANDRUN_RESULT_TTL``). ``app`` is a Celery
+    app (not imported here: the scheduling plugin reads this without loading Celery)."""
+    ttl: Any = app.conf.result_expires or 86400
+    seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else float(ttl)
+    return Revocations(redis_client(str(app.conf.result_backend)), int(seconds))
