@@ -5,7 +5,8 @@ scenario about publishing runs this inside a host (``Host.command``) so that its
 publishes cross that host's link to the broker host. It submits ``COUNT`` ledger jobs
 (the code read from ``CODE_FILE``), ``PAUSE`` seconds apart, and writes one JSON line
 per submit to ``OUT`` as it returns (flushed, so the test can follow the loop):
-``{"job": id, "outcome": "accepted" | "unavailable" | "<other error>", "at": time}``.
+``{"job": id, "outcome": "accepted" | "unavailable" | "<other error>", "sent": time,
+"at": time}`` (``time.time()`` when the submit began and when it returned).
 Only :class:`~worker.errors.BrokerUnavailable` is "unavailable": anything else a
 submit raises is written as what it is, and the scenario fails on it.
 """
@@ -27,6 +28,7 @@ def main(url: str, code_file: str, count: int, pause: float, out: str) -> None:
     with open(out, "a", encoding="utf-8") as fh:
         for _ in range(count):
             job = client.job().code(code).timeout(20).build()
+            sent = time.time()
             try:
                 client.submit(job)
                 outcome = "accepted"
@@ -34,7 +36,8 @@ def main(url: str, code_file: str, count: int, pause: float, out: str) -> None:
                 outcome = "unavailable"
             except Exception as exc:  # reported to the test, which fails on it
                 outcome = f"{type(exc).__name__}: {exc}"[:300]
-            fh.write(json.dumps({"job": job.id, "outcome": outcome, "at": time.time()}) + "\n")
+            fh.write(json.dumps({"job": job.id, "outcome": outcome, "sent": sent,
+                                 "at": time.time()}) + "\n")
             fh.flush()
             time.sleep(pause)
         fh.write(json.dumps({"done": True}) + "\n")
