@@ -73,7 +73,11 @@ class StorageError(SandrunError):
 
 
 class BrokerUnavailable(SandrunError):
-    """Publishing failed because the broker stayed unreachable for the whole retry window."""
+    """Publishing failed because the broker stayed unreachable for the whole retry window.
+
+    The message is not queued, except in one window: a request the broker received just
+    as the connection failed, its reply lost. Retry by submitting the same job (same id):
+    a delivery of a job whose result is stored returns it instead of running again."""
 
 
 class WaitTimeout(SandrunError):

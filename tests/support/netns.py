@@ -68,6 +68,24 @@ def unavailable() -> str | None:
     return None
 
 
+def netem_unavailable() -> str | None:
+    """Why ``tc netem`` cannot shape a test host's link here, or None when it can (the
+    kernel needs sch_netem; some VM kernels are built without it)."""
+    if shutil.which("tc") is None:
+        return "tc netem needs iproute2's tc (Debian: apt-get install iproute2)"
+    probe = f"srnetem{os.getpid()}"
+    ip("netns", "add", probe)
+    try:
+        done = subprocess.run(["ip", "netns", "exec", probe, "tc", "qdisc", "add", "dev",
+                               "lo", "root", "netem", "delay", "1ms"],
+                              capture_output=True, text=True, timeout=30, check=False)
+    finally:
+        ip("netns", "delete", probe)
+    if done.returncode != 0:
+        return f"this kernel cannot run tc netem ({done.stderr.strip()}: no sch_netem)"
+    return None
+
+
 def in_namespace(name: str, make: Callable[[], T]) -> T:
     """``make()`` called in a thread that joined namespace ``name`` (a socket it creates
     stays in that namespace; the calling thread's own namespace is never changed)."""
@@ -156,6 +174,23 @@ class HostNetwork:
         """Bring a partitioned ``host``'s link back up."""
         ip("-n", host.name, "link", "set", "eth0", "up")
         ip("-n", self.broker.name, "link", "set", host.link, "up")
+
+    def slow(self, host: Host, *netem: str) -> None:
+        """Give ``host``'s own end of its link a ``tc netem`` discipline (``netem`` its
+        arguments, e.g. ``"delay", "200ms", "loss", "1%"``): what it sends is delayed
+        and dropped; :meth:`close` takes it away with the namespace."""
+        done = subprocess.run(host.command(["tc", "qdisc", "add", "dev", "eth0", "root",
+                                            "netem", *netem]),
+                              capture_output=True, text=True, timeout=30, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"tc netem {' '.join(netem)} on {host.name}: "
+                               f"{done.stderr.strip()} (Debian: apt-get install iproute2; "
+                               "the kernel needs sch_netem)")
+
+    def flap(self, down: bool) -> None:
+        """Take the broker host's own link (its bridge, which every worker host's link
+        joins) down, or bring it back up: the broker is unreachable from every host."""
+        ip("-n", self.broker.name, "link", "set", "br0", "down" if down else "up")
 
     def remove(self, host: Host) -> None:
         """Delete ``host``'s link (both ends go; the namespace stays until close)."""

@@ -42,7 +42,9 @@ class Publisher:
             raise BrokerUnavailable(
                 f"cannot publish job {publication.task_id}: the broker stayed unreachable for "
                 f"{self.retry_seconds:g}s ({exc}); check SANDRUN_BROKER_URL and that the "
-                "broker is running") from exc
+                "broker is running. The job is not queued unless the broker received it just "
+                "as the connection failed: to retry, submit the same job (same id) again "
+                "rather than a new one") from exc
 
     def _prepare_delay(self, publication: Publication) -> None:
         """On RabbitMQ's native delayed delivery: make sure the delay exchanges exist and

@@ -22,7 +22,13 @@ connection) is noticed instead of waited on forever:
   whose reply is overdue by more than 1 s + this, so a consumer on a dead connection
   reconnects within about 1 s + 2 x this.
 * TCP keepalive (TCP URLs only; a unix socket has no peer to lose): probes after 10 s
-  idle, every 5 s, 3 unanswered close the connection (about 25 s).
+  idle, every 5 s, 3 unanswered close the connection (about 25 s, or the socket timeout
+  if longer: the user timeout below bounds it).
+* ``TCP_USER_TIMEOUT`` (TCP URLs, Linux) of the socket timeout: data the peer has not
+  acknowledged within it is dropped with the connection. Without it a command that
+  timed out while the link was down stays in the closed socket's send buffer and the
+  kernel delivers it once the link is back: a job whose publish raised
+  BrokerUnavailable would be queued after all (tests/reliability/test_host_links.py).
 """
 
 from __future__ import annotations
@@ -105,8 +111,18 @@ def redis_socket_options(url: str) -> dict[str, Any]:
         "health_check_interval": int(_seconds("SANDRUN_REDIS_HEALTH_CHECK_INTERVAL", 10.0)),
     }
     if is_tcp(redis_url(url)):
-        options.update(socket_keepalive=True, socket_keepalive_options=KEEPALIVE_OPTIONS)
+        options.update(socket_keepalive=True,
+                       socket_keepalive_options=tcp_options(options["socket_timeout"]))
     return options
+
+
+def tcp_options(socket_timeout: float) -> dict[int, int]:
+    """The TCP-level options of a Redis connection over TCP: keepalive, and a user
+    timeout equal to ``socket_timeout`` (see the module docstring)."""
+    user_timeout = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if user_timeout is None:
+        return dict(KEEPALIVE_OPTIONS)
+    return {**KEEPALIVE_OPTIONS, user_timeout: int(socket_timeout * 1000)}
 
 
 def celery_redis_settings(broker_url: str, result_backend: str,

@@ -49,6 +49,9 @@ def assert_keepalive(sock: socket.socket) -> None:
     for option, value in KEEPALIVE_OPTIONS.items():
         assert sock.getsockopt(socket.IPPROTO_TCP, option) == value
     assert sock.gettimeout() == 30.0
+    # unacknowledged data is dropped with the connection after the socket timeout, so a
+    # command that timed out is not delivered later (a refused publish queued after all)
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 30_000
 
 
 def test_sandrun_clients_over_tcp_get_keepalive_and_timeouts(proxy: CuttableProxy) -> None:
@@ -101,6 +104,7 @@ def test_the_timeouts_are_tunable_and_checked(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("SANDRUN_REDIS_HEALTH_CHECK_INTERVAL", "3")
     options = redis_socket_options("redis://broker:6379/0")
     assert options["socket_timeout"] == 45.0 and options["health_check_interval"] == 3
+    assert options["socket_keepalive_options"][socket.TCP_USER_TIMEOUT] == 45_000
     monkeypatch.setenv("SANDRUN_REDIS_SOCKET_TIMEOUT", "soon")
     with pytest.raises(ValueError, match="SANDRUN_REDIS_SOCKET_TIMEOUT='soon' is not a "
                                          "positive number of seconds"):
