@@ -149,11 +149,11 @@ def test_a_running_job_is_cancelled_over_remote_control(client: Sandrun) -> None
     assert run.wait(timeout=30).status == "cancelled"
 
 
-def test_sandrun_workers_lists_the_live_worker(stack: Stack, worker: Worker,
+def test_sandrun_workers_lists_the_worker(stack: Stack, worker: Worker,
                                                tmp_path: Path) -> None:
     listed = cli(stack, tmp_path, "workers")
     assert listed.returncode == 0, listed.stderr
-    assert "1 live worker(s)" in listed.stdout and "w1@" in listed.stdout
+    assert "1 worker(s), 0 late" in listed.stdout and "w1@" in listed.stdout
 
 
 def test_gpu_jobs_wait_in_their_queue_for_a_gpu_worker(
