@@ -7,7 +7,17 @@ ideal (N times the one-process throughput). A second table does the same with a
 user task that sleeps 0.1 s in the pool process (no sandbox), which isolates the
 broker and Celery from the cost of starting an interpreter per job.
 
-Run: ``.venv/bin/python benchmarks/scaling.py`` (``--quick`` for a short run).
+``--hosts`` (root, Debian ``iproute2``) measures across test hosts instead
+(``tests.support.fleet``: network namespaces joined by veth pairs) with jobs that sleep
+``--sleep`` seconds (0.1): the Redis runs on
+the broker host and 1, 2, then 3 worker hosts run one ``celery worker -c 1`` each,
+whose broker, results and stores all cross their host's link (the producer submits
+over a unix socket). Besides efficiency it prints the broker's CPU share at each step
+(the redis-server's user+system CPU seconds over the step's wall time, in % of one
+core), which is what says when one Redis stops scaling.
+
+Run: ``.venv/bin/python benchmarks/scaling.py`` (``--quick`` for a short run,
+``--hosts`` for the hosts mode).
 """
 
 from __future__ import annotations
@@ -66,13 +76,79 @@ def measure(kind: str, url: str, env: dict[str, str], tmp: Path, *, counts: tupl
                   f"{rate / (base * n):>10.2f}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def hosts_mode(tmp: Path, *, counts: tuple[int, ...], jobs: int, sleep: float) -> None:
+    """Sandboxed jobs sleeping ``sleep`` s on 1, 2, 3 worker hosts of ``-c 1`` over veth."""
+    from tests.support.fleet import Fleet
+    from tests.support.netns import unavailable
+
+    why = unavailable()
+    if why:
+        raise SystemExit(f"--hosts cannot run here: {why}")
+    (tmp / "fleet").mkdir()
+    fleet = Fleet(tmp / "fleet", max(counts), ledger="unix")
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SANDRUN_")}
+        env.update(SANDRUN_BROKER_URL=fleet.url, SANDRUN_RESULT_BACKEND=fleet.url,
+                   BARE_BROKER_URL=fleet.url,
+                   PYTHONPATH=str(ROOT))
+        assert fleet.broker.process is not None
+        redis_pid = fleet.broker.process.pid
+
+        def submit() -> Callable[[], object]:
+            run = fleet.client.job().code(f"import time; time.sleep({sleep})").submit()
+            return lambda: run.wait(120)
+
+        print(f"\nsandbox jobs (sleep {sleep:g} s) across hosts, {jobs} per run")
+        print(f"{'hosts':>5} {'seconds':>8} {'jobs/s':>7} {'ideal':>7} {'efficiency':>10} "
+              f"{'broker CPU':>10}")
+        base = 0.0
+        for n in counts:
+            workers = []
+            for host in fleet.net.workers[:n]:
+                state = tmp / f"state-{host.name}-{n}"
+                workers.append(start(host.command(
+                    [sys.executable, "-m", "celery", "-A", "benchmarks.noop_apps:ours",
+                     "worker", "-c", "1", "-n", f"{host.name}-{n}@%h", "--without-mingle",
+                     "--without-gossip", "-l", "info"]),
+                    {**env, "SANDRUN_STATE_DIR": str(state)}, tmp / f"hosts-{n}-{host.name}.log"))
+            try:
+                run_batch(submit, 2 * n)  # warm-up: every worker has started a job
+                cpu = cpu_seconds(redis_pid)
+                seconds = run_batch(submit, jobs)
+                share = (cpu_seconds(redis_pid) - cpu) / seconds
+            finally:
+                for proc in workers:
+                    stop(proc)
+            rate = jobs / seconds
+            base = base or rate
+            print(f"{n:>5} {seconds:>8.2f} {rate:>7.1f} {base * n:>7.1f} "
+                  f"{rate / (base * n):>10.2f} {share:>9.1%}")
+    finally:
+        fleet.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="40 jobs, 1 and 2 workers")
+    parser.add_argument("--hosts", action="store_true",
+                        help="across 1, 2, 3 test hosts (network namespaces; root)")
+    parser.add_argument("--sleep", type=float, default=0.1,
+                        help="seconds each --hosts job sleeps (default 0.1)")
     opts = parser.parse_args()
     counts, jobs = ((1, 2), 40) if opts.quick else ((1, 2, 4), 200)
     for name in [k for k in os.environ if k.startswith("SANDRUN_")]:
         del os.environ[name]
+    if opts.hosts:
+        with tempfile.TemporaryDirectory(prefix="sandrun-scaling-") as tmp_dir:
+            hosts_mode(Path(tmp_dir), counts=(1, 2) if opts.quick else (1, 2, 3), jobs=jobs,
+                       sleep=opts.sleep)
+        return
     with tempfile.TemporaryDirectory(prefix="sandrun-scaling-") as tmp_dir:
         tmp = Path(tmp_dir)
         with bench_broker(tmp) as (url, env):
