@@ -14,7 +14,10 @@ the broker host and 1, 2, then 3 worker hosts run one ``celery worker -c 1`` eac
 whose broker, results and stores all cross their host's link (the producer submits
 over a unix socket). Besides efficiency it prints the broker's CPU share at each step
 (the redis-server's user+system CPU seconds over the step's wall time, in % of one
-core), which is what says when one Redis stops scaling.
+core), which is what says when one Redis stops scaling; then the same with a no-op
+task (five times as many). That table is bounded by its one producer (one thread that
+submits, then waits for each result), not by the workers: read its broker CPU column
+(the broker's cost of a job), not its efficiency.
 
 Run: ``.venv/bin/python benchmarks/scaling.py`` (``--quick`` for a short run,
 ``--hosts`` for the hosts mode).
@@ -24,11 +27,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -82,8 +87,53 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def host_workers(fleet: Any, n: int, env: dict[str, str], tmp: Path
+                 ) -> list[subprocess.Popen[bytes]]:
+    """One ``celery worker -c 1`` in each of the first ``n`` worker hosts of ``fleet``."""
+    return [start(host.command([sys.executable, "-m", "celery", "-A", "benchmarks.noop_apps:ours",
+                                "worker", "-c", "1", "-n", f"{host.name}-{n}@%h",
+                                "--without-mingle", "--without-gossip", "-l", "info"]),
+                  {**env, "SANDRUN_STATE_DIR": str(tmp / f"state-{host.name}")},
+                  tmp / f"hosts-{n}-{host.name}.log")
+            for host in fleet.net.workers[:n]]
+
+
+def hosts_table(fleet: Any, kind: str, env: dict[str, str], tmp: Path, *,
+                counts: tuple[int, ...], jobs: int, sleep: float) -> None:
+    """One table: ``kind`` (``sandbox``: sleep jobs; ``noop``: a no-op task) per step."""
+    assert fleet.broker.process is not None
+    redis_pid = fleet.broker.process.pid
+
+    def submit() -> Callable[[], object]:
+        if kind == "sandbox":
+            run = fleet.client.job().code(f"import time; time.sleep({sleep})").submit()
+            return lambda: run.wait(120)
+        handle = fleet.client.app.send_task("bench.noop")
+        return lambda: handle.get(timeout=120)
+
+    what = f"sandbox jobs (sleep {sleep:g} s)" if kind == "sandbox" else "no-op tasks"
+    print(f"\n{what} across hosts, {jobs} per run")
+    print(f"{'hosts':>5} {'seconds':>8} {'jobs/s':>7} {'ideal':>7} {'efficiency':>10} "
+          f"{'broker CPU':>10}")
+    base = 0.0
+    for n in counts:
+        workers = host_workers(fleet, n, env, tmp)
+        try:
+            run_batch(submit, 2 * n)  # warm-up: every worker has started a job
+            cpu = cpu_seconds(redis_pid)
+            seconds = run_batch(submit, jobs)
+            share = (cpu_seconds(redis_pid) - cpu) / seconds
+        finally:
+            for proc in workers:
+                stop(proc)
+        rate = jobs / seconds
+        base = base or rate
+        print(f"{n:>5} {seconds:>8.2f} {rate:>7.1f} {base * n:>7.1f} "
+              f"{rate / (base * n):>10.2f} {share:>9.1%}")
+
+
 def hosts_mode(tmp: Path, *, counts: tuple[int, ...], jobs: int, sleep: float) -> None:
-    """Sandboxed jobs sleeping ``sleep`` s on 1, 2, 3 worker hosts of ``-c 1`` over veth."""
+    """Both tables on 1, 2, 3 worker hosts of ``-c 1``, their broker over veth links."""
     from tests.support.fleet import Fleet
     from tests.support.netns import unavailable
 
@@ -95,40 +145,9 @@ def hosts_mode(tmp: Path, *, counts: tuple[int, ...], jobs: int, sleep: float) -
     try:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SANDRUN_")}
         env.update(SANDRUN_BROKER_URL=fleet.url, SANDRUN_RESULT_BACKEND=fleet.url,
-                   BARE_BROKER_URL=fleet.url,
-                   PYTHONPATH=str(ROOT))
-        assert fleet.broker.process is not None
-        redis_pid = fleet.broker.process.pid
-
-        def submit() -> Callable[[], object]:
-            run = fleet.client.job().code(f"import time; time.sleep({sleep})").submit()
-            return lambda: run.wait(120)
-
-        print(f"\nsandbox jobs (sleep {sleep:g} s) across hosts, {jobs} per run")
-        print(f"{'hosts':>5} {'seconds':>8} {'jobs/s':>7} {'ideal':>7} {'efficiency':>10} "
-              f"{'broker CPU':>10}")
-        base = 0.0
-        for n in counts:
-            workers = []
-            for host in fleet.net.workers[:n]:
-                state = tmp / f"state-{host.name}-{n}"
-                workers.append(start(host.command(
-                    [sys.executable, "-m", "celery", "-A", "benchmarks.noop_apps:ours",
-                     "worker", "-c", "1", "-n", f"{host.name}-{n}@%h", "--without-mingle",
-                     "--without-gossip", "-l", "info"]),
-                    {**env, "SANDRUN_STATE_DIR": str(state)}, tmp / f"hosts-{n}-{host.name}.log"))
-            try:
-                run_batch(submit, 2 * n)  # warm-up: every worker has started a job
-                cpu = cpu_seconds(redis_pid)
-                seconds = run_batch(submit, jobs)
-                share = (cpu_seconds(redis_pid) - cpu) / seconds
-            finally:
-                for proc in workers:
-                    stop(proc)
-            rate = jobs / seconds
-            base = base or rate
-            print(f"{n:>5} {seconds:>8.2f} {rate:>7.1f} {base * n:>7.1f} "
-                  f"{rate / (base * n):>10.2f} {share:>9.1%}")
+                   BARE_BROKER_URL=fleet.url, PYTHONPATH=str(ROOT))
+        hosts_table(fleet, "sandbox", env, tmp, counts=counts, jobs=jobs, sleep=sleep)
+        hosts_table(fleet, "noop", env, tmp, counts=counts, jobs=5 * jobs, sleep=sleep)
     finally:
         fleet.close()
 
