@@ -68,6 +68,7 @@ def _heartbeat_cell(listed: Listed, override: float | None) -> str:
 
 def print_table(fleet: list[Listed], override: float | None) -> None:
     """The fleet as a table, late workers marked."""
+    from rich.markup import escape
     from rich.table import Table
 
     late = sum(is_late(listed, override) for listed in fleet)
@@ -79,11 +80,13 @@ def print_table(fleet: list[Listed], override: float | None) -> None:
         table.add_column(column, overflow="fold")
     for listed in fleet:
         info, beat = listed.info, listed.beat
-        table.add_row(info.hostname, beat.host if beat else "?", ", ".join(info.queues),
+        # what a worker (or anyone who can write to the broker) advertised is never markup
+        table.add_row(escape(info.hostname), escape(beat.host) if beat else "?",
+                      escape(", ".join(info.queues)),
                       ", ".join(card.spec() for card in info.gpus) or "-",
                       str(info.concurrency) if info.concurrency is not None else "?",
                       str(beat.running) if beat else "?", _heartbeat_cell(listed, override),
-                      info.extra.get("metrics_url", "-"))
+                      escape(info.extra.get("metrics_url", "-")))
     console().print(table)
 
 

@@ -3,9 +3,10 @@ on the broker's clock (its expiry less what remains), and what cannot be read is
 
 from __future__ import annotations
 
+import pytest
 import redis
 
-from worker.cli.workers import as_json, is_late
+from worker.cli.workers import as_json, is_late, print_table
 from worker.models import WorkerInfo
 from worker.models.gpus import GPUCard
 from worker.stores import registry
@@ -61,3 +62,14 @@ def test_unregister_withdraws_the_entry_and_its_heartbeat(redis_client: redis.Re
     registry.beat(redis_client, INFO, heartbeat())
     registry.unregister(redis_client, INFO.hostname)
     assert registry.fleet(redis_client) == [] and redis_client.keys("sandrun:*") == []
+
+
+def test_the_table_shows_advertised_text_as_text_not_markup(
+        redis_client: redis.Redis, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "300")  # no folding of the cells
+    registry.beat(redis_client, INFO.replace(hostname="[bold]w9[/bold]@h",
+                                             extra={"metrics_url": "[red]x[/]"}), heartbeat())
+    print_table(registry.fleet(redis_client), None)
+    out = capsys.readouterr().out
+    assert "[bold]w9[/bold]@h" in out and "[red]x[/]" in out and "1 worker(s), 0 late" in out
