@@ -21,6 +21,8 @@ from tests.integration.conftest import ROOT, Worker, WorkerFactory, broker_url, 
 from tests.integration.test_metrics import free_port
 from worker.client.client import Sandrun
 
+pytestmark = pytest.mark.slow
+
 BEAT = {"SANDRUN_HEARTBEAT_INTERVAL": "1"}
 CARDS = "t4:16:7.5:12.0*2"
 
