@@ -150,7 +150,11 @@ class Settings(BaseSettings):
                                         "health/<worker name>.heartbeat")
     ready_file: Path | None = Field(default=None, description="default: <state_dir>/health/"
                                     "<worker name>.ready")
-    heartbeat_interval: float = Field(default=5.0, gt=0)
+    heartbeat_interval: float = Field(default=5.0, gt=0, description=(
+        "seconds between a worker's heartbeats: its health file and its registry entry"))
+    registry_ttl: float = Field(default=3600.0, gt=0, allow_inf_nan=False, description=(
+        "seconds a worker that stopped beating (killed, hung, cut off) stays in the "
+        "registry, listed as late by 'sandrun workers', before it is forgotten"))
     hook_timeout: float = Field(default=30.0, ge=0, allow_inf_nan=False, description=(
         "seconds a plugin hook call may run before it is abandoned and counted as a "
         "timeout, for plugins that set no hook_timeout of their own; 0: no limit"))

@@ -165,11 +165,11 @@ def test_a_job_cancelled_while_queued_is_skipped_by_a_worker_started_later(
     assert run.wait(timeout=10).status == "cancelled" and not mark.exists()
 
 
-def test_sandrun_workers_lists_the_live_worker(stack: Stack, worker: Worker,
+def test_sandrun_workers_lists_the_worker(stack: Stack, worker: Worker,
                                                tmp_path: Path) -> None:
     listed = cli(stack, tmp_path, "workers")
     assert listed.returncode == 0, listed.stderr
-    assert "1 live worker(s)" in listed.stdout and "w1@" in listed.stdout
+    assert "1 worker(s), 0 late" in listed.stdout and "w1@" in listed.stdout
 
 
 def test_gpu_jobs_wait_in_their_queue_for_a_gpu_worker(

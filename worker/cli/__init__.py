@@ -42,7 +42,7 @@ BUILTIN_COMMANDS = {
     "broker": "worker.cli.ops:broker",
     "demo": "worker.cli.ops:demo",
     "plugins": "worker.cli.plugins:plugins",
-    "workers": "worker.cli.fleet:workers",
+    "workers": "worker.cli.workers:workers",
     "dead": "worker.cli.fleet:dead",
     "schedule": "worker.cli.schedules:schedule",
     "environments": "worker.cli.environments:environments",

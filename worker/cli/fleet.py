@@ -1,4 +1,4 @@
-"""``sandrun workers`` and ``sandrun dead list|show|replay``: watching the fleet.
+"""``sandrun dead list|show|replay``: jobs that will not be tried again.
 
 Every command talks to the broker; the stores, the models and rich are imported
 inside them, so that ``sandrun --help`` does not pay for them.
@@ -14,43 +14,11 @@ import click
 
 from worker.cli.common import EXIT_JOB_FAILED, console, fail
 from worker.cli.jobs import client
-from worker.errors import ConfigurationError, SandrunError
+from worker.errors import SandrunError
 
 if TYPE_CHECKING:
     from worker.client.client import Sandrun
     from worker.stores.deadletter import DeadLetter
-
-
-@click.command()
-@click.option("--timeout", default=2.0, show_default=True, help="Seconds to wait for replies.")
-def workers(timeout: float) -> None:
-    """List live workers: queues, concurrency, GPU cards and metrics URL."""
-    from rich.table import Table
-
-    from worker.broker.urls import is_redis, redis_client
-    from worker.stores import registry
-
-    with client() as sandrun:
-        backend = str(sandrun.app.conf.result_backend)
-        if not is_redis(backend):
-            fail(ConfigurationError("listing workers needs a Redis broker; the embedded "
-                                    "filesystem transport cannot reach workers"))
-        replies = sandrun.app.control.ping(timeout=timeout) or []
-        alive = {name for reply in replies for name in reply}
-        redis = redis_client(backend)
-        assert redis is not None  # is_redis(backend) was checked above
-        known = registry.advertised(redis)
-    table = Table(title=f"{len(alive)} live worker(s)")
-    for column in ("worker", "queues", "concurrency", "gpus", "metrics"):
-        table.add_column(column, overflow="fold")
-    for name in sorted(alive):
-        info = known.get(name)
-        table.add_row(name, ", ".join(info.queues) if info else "?",
-                      str(info.concurrency) if info else "?",
-                      ", ".join(card.spec() for card in info.gpus) if info and info.gpus
-                      else "-",
-                      (info.extra.get("metrics_url", "-") if info else "-"))
-    console().print(table)
 
 
 @click.group()

@@ -74,7 +74,7 @@ class StartupChecks(bootsteps.Step):
         info = rt.manager.on_worker_start(info, WorkerContext(hostname=info.hostname, pid=info.pid))
         rt.worker = info
         if rt.redis is not None:
-            registry.register(rt.redis, info)
+            registry.register(rt.redis, info, rt.settings.registry_ttl)
         log.info("worker_starting", queues=info.queues, concurrency=info.concurrency,
                  gpus=[f"{g.index}:{g.type}" for g in rt.gpus], isolation=rt.isolation,
                  **info.extra)
