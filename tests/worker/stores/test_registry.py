@@ -68,8 +68,14 @@ def test_the_table_shows_advertised_text_as_text_not_markup(
         redis_client: redis.Redis, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLUMNS", "300")  # no folding of the cells
+    from worker.cli import common  # the console is made once per process: make it anew
+
+    common.console.cache_clear()
     registry.beat(redis_client, INFO.replace(hostname="[bold]w9[/bold]@h",
                                              extra={"metrics_url": "[red]x[/]"}), heartbeat())
-    print_table(registry.fleet(redis_client), None)
+    try:
+        print_table(registry.fleet(redis_client), None)
+    finally:
+        common.console.cache_clear()  # later tests get a console of their own width
     out = capsys.readouterr().out
     assert "[bold]w9[/bold]@h" in out and "[red]x[/]" in out and "1 worker(s), 0 late" in out
