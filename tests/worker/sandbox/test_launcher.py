@@ -45,6 +45,11 @@ def test_helper_processes_die_with_their_starter(tmp_path: Path) -> None:
             assert time.monotonic() < deadline
             time.sleep(0.05)
         child = int(pidfile.read_text())
+        # setpriv sets the death signal, then execs sleep: kill the starter only after
+        # that (before it, the starter's death would reach no death signal yet)
+        while Path(f"/proc/{child}/comm").read_text().strip() != "sleep":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         deadline = time.monotonic() + 10
