@@ -44,6 +44,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py
 	$(BIN)/python benchmarks/logs.py
 	$(BIN)/python benchmarks/consensus.py
+	$(BIN)/python benchmarks/environments.py
+	$(BIN)/python benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -128,3 +128,14 @@ def test_consensus_benchmark_prints_both_latencies_and_the_difference() -> None:
     for name in ("plain print(1)", "2-of-3 print(1)"):
         assert re.search(rf"submit to result  {re.escape(name)} +p50 ", proc.stdout), proc.stdout
     assert re.search(r"added by 2-of-3   p50 [+-][0-9.]+ ms   ratio [0-9.]+x", proc.stdout)
+
+
+def test_make_bench_runs_every_benchmark() -> None:
+    """`make bench` is the one command that runs them all (issue 15): a benchmark with a
+    ``__main__`` block that the Makefile does not list would silently never run."""
+    makefile = (ROOT / "Makefile").read_text()
+    bench = makefile.split("\nbench:", 1)[1].split("\n\n", 1)[0]
+    listed = set(re.findall(r"benchmarks/(\w+)\.py", bench))
+    runnable = {path.stem for path in (ROOT / "benchmarks").glob("*.py")
+                if 'if __name__ == "__main__":' in path.read_text()}
+    assert runnable - listed == set(), "add these to the Makefile's bench target"
