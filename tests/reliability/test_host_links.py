@@ -20,8 +20,8 @@ from tests.reliability.conftest import ScenarioReport
 from tests.reliability.test_host_faults import FAULT_ENV, JOBS, conclude, submit
 from tests.support.fleet import Fleet
 from tests.support.ledger import job_code
-from tests.support.netns import Host, netem_unavailable
-from tests.support.slowlink import DelayRelay
+from tests.support.netns import Host, loss_unavailable, netem_unavailable
+from tests.support.slowlink import RELAY_PORT, DelayRelay
 from worker.client.client import JobExecution
 from worker.sandbox.launcher import dying_with_parent
 
@@ -37,8 +37,9 @@ def throughput(fleet: Fleet, runs: list[JobExecution], since: float) -> float:
 
 class SlowLink:
     """What makes one host's link to the broker slow: ``tc netem`` on its side of the
-    link when the kernel has it, else a :class:`DelayRelay` its worker connects through
-    (delay only; ``how`` says which)."""
+    link when the kernel has it; else a :class:`DelayRelay` its worker connects through
+    for the delay, and iptables dropping 1% of the packets between the host and the
+    relay for the loss (``how`` says which)."""
 
     def __init__(self, fleet: Fleet, host: Host) -> None:
         self.fleet, self.host = fleet, host
@@ -47,14 +48,27 @@ class SlowLink:
             fleet.net.broker.name, fleet.net.broker.address, fleet.broker.socket)
         self.env = {} if self.relay is None else {"SANDRUN_BROKER_URL": self.relay.url,
                                                   "SANDRUN_RESULT_BACKEND": self.relay.url}
-        self.how = ("netem delay 200ms loss 1%" if self.relay is None else
-                    "a relay adding 100 ms each way, no loss (this kernel has no sch_netem)")
+        self.lossless = None if self.relay is None else loss_unavailable()
+        if self.relay is None:
+            self.how = "netem delay 200ms loss 1%"
+        else:
+            loss = (f"no loss ({self.lossless})" if self.lossless else
+                    "iptables dropping 1% of its packets each way")
+            self.how = f"a relay adding 100 ms each way and {loss} (no sch_netem here)"
 
     def slow_down(self) -> None:
         if self.relay is None:
             self.fleet.net.slow(self.host, *NETEM)
-        else:
-            self.relay.delay = 0.1
+            return
+        self.relay.delay = 0.1
+        if self.lossless is None:
+            self.fleet.net.lossy(self.host, 1.0, RELAY_PORT)
+
+    def dropped(self) -> int | None:
+        """Packets the loss rules dropped (None: netem, or no loss)."""
+        if self.relay is None or self.lossless is not None:
+            return None
+        return self.fleet.net.dropped(self.host)
 
     def close(self) -> None:
         if self.relay is not None:
@@ -63,8 +77,8 @@ class SlowLink:
 
 def test_a_slow_worker_link_costs_about_its_hosts_share_and_no_job(
         fleet: Fleet, scenario_report: ScenarioReport) -> None:
-    """One of three ``-c 1`` worker hosts gets 200 ms more round trip (and 1% loss, with
-    netem) to the broker: the jobs still complete once each; the fleet's rate is measured
+    """One of three ``-c 1`` worker hosts gets 200 ms more round trip and 1% packet loss
+    to the broker: the jobs still complete once each; the fleet's rate is measured
     before and with it (reported, not asserted: at worst that host's third is lost, so
     the ideal ratio is at least 0.67)."""
     slow, *_ = fleet.net.workers
@@ -82,13 +96,15 @@ def test_a_slow_worker_link_costs_about_its_hosts_share_and_no_job(
         after = submit(fleet, JOBS - baseline, linger=LINGER)
         second = conclude(fleet, after)
         slow_rate = throughput(fleet, after, since)
+        dropped = link.dropped()
     finally:
         link.close()
     slow_pid = fleet.workers[slow.name].proc.pid
     on_slow = sum(1 for run in after for r in fleet.ledger.of(run.id) if r.worker == slow_pid)
     note = (f"{fast_rate:.2f} jobs/s, then {slow_rate:.2f} with {link.how} on 1 of 3 "
             f"hosts: ratio {slow_rate / fast_rate:.2f} (ideal >= 0.67); the slow host ran "
-            f"{on_slow} of {len(after)}")
+            f"{on_slow} of {len(after)}"
+            + (f"; {dropped} packets dropped" if dropped is not None else ""))
     print(note)
     lost = len(first.lost) + len(second.lost)
     duplicated = len(first.duplicated) + len(second.duplicated)

@@ -86,6 +86,24 @@ def netem_unavailable() -> str | None:
     return None
 
 
+def loss_unavailable() -> str | None:
+    """Why :meth:`HostNetwork.lossy` cannot drop a test host's packets here, or None."""
+    if shutil.which("iptables") is None:
+        return "packet loss needs iptables (Debian: apt-get install iptables)"
+    probe = f"srloss{os.getpid()}"
+    ip("netns", "add", probe)
+    try:
+        done = subprocess.run(["ip", "netns", "exec", probe, "iptables", "-w", "-A", "OUTPUT",
+                               "-m", "statistic", "--mode", "random", "--probability",
+                               "0.01", "-j", "DROP"],
+                              capture_output=True, text=True, timeout=30, check=False)
+    finally:
+        ip("netns", "delete", probe)
+    if done.returncode != 0:
+        return f"iptables cannot drop packets at random here ({done.stderr.strip()})"
+    return None
+
+
 def in_namespace(name: str, make: Callable[[], T]) -> T:
     """``make()`` called in a thread that joined namespace ``name`` (a socket it creates
     stays in that namespace; the calling thread's own namespace is never changed)."""
@@ -186,6 +204,32 @@ class HostNetwork:
             raise RuntimeError(f"tc netem {' '.join(netem)} on {host.name}: "
                                f"{done.stderr.strip()} (Debian: apt-get install iproute2; "
                                "the kernel needs sch_netem)")
+
+    def lossy(self, host: Host, percent: float, port: int) -> None:
+        """Drop ``percent`` of the TCP packets ``host`` sends to or receives from
+        ``port`` of the broker host, at random (iptables' ``statistic`` match, in the
+        host's own namespace): where the kernel has no sch_netem, the loss half of
+        ``netem loss``. TCP retransmits what is dropped, as it would on a lossy link;
+        :meth:`close` takes the rules away with the namespace."""
+        chance = f"{percent / 100:.4f}"
+        for chain, side in (("OUTPUT", "--dport"), ("INPUT", "--sport")):
+            rule = [chain, "-p", "tcp", "-s" if chain == "INPUT" else "-d",
+                    self.broker.address, side, str(port),
+                    "-m", "statistic", "--mode", "random", "--probability", chance,
+                    "-j", "DROP"]
+            done = subprocess.run(host.command(["iptables", "-w", "-A", *rule]),
+                                  capture_output=True, text=True, timeout=30, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"iptables -A {' '.join(rule)} on {host.name}: "
+                                   f"{done.stderr.strip()} (Debian: apt-get install "
+                                   "iptables; the kernel needs xt_statistic)")
+
+    def dropped(self, host: Host) -> int:
+        """How many packets the :meth:`lossy` rules of ``host`` have dropped so far."""
+        done = subprocess.run(host.command(["iptables", "-w", "-L", "-v", "-n", "-x"]),
+                              capture_output=True, text=True, timeout=30, check=True)
+        return sum(int(line.split()[0]) for line in done.stdout.splitlines()
+                   if "statistic mode random" in line)
 
     def flap(self, down: bool) -> None:
         """Take the broker host's own link (its bridge, which every worker host's link

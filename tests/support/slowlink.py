@@ -6,7 +6,8 @@ between one worker host and the broker: it listens inside the broker host (on it
 address, port 6380) and relays each connection to the broker's unix socket, holding
 what it reads in either direction for ``delay`` seconds before passing it on (0.1 s
 each way: 200 ms more round trip, as netem's 200 ms on one side). It cannot drop
-packets (TCP hides loss from a relay), so it stands in for the delay only.
+packets (TCP hides loss from a relay), so it stands in for the delay only; the loss is
+made below TCP, by iptables in the worker host (:meth:`tests.support.netns.HostNetwork.lossy`).
 """
 
 from __future__ import annotations
