@@ -126,6 +126,23 @@ def broker_url(broker: RedisServer) -> str:
 WorkerFactory = Callable[..., Worker]
 
 
+@pytest.fixture
+def processes(broker: RedisServer, tmp_path: Path) -> Iterator[Callable[..., Worker]]:
+    """Other ``sandrun`` processes of one test (``processes("beat")``), on the module's
+    broker: stopped at the end of the test, whatever happened."""
+    started: list[Worker] = []
+
+    def start(*args: str, **env: str) -> Worker:
+        argv = [sys.executable, "-m", "worker.cli", "--log-level", "info", *args]
+        started.append(Worker(argv, worker_env(broker, tmp_path, **env),
+                              tmp_path / f"proc-{len(started)}.log"))
+        return started[-1]
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
 @pytest.fixture(scope="module")
 def start_worker(broker: RedisServer, tmp_path_factory: pytest.TempPathFactory
                  ) -> Iterator[WorkerFactory]:

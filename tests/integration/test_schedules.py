@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,20 +27,6 @@ SIGN = {"name": "auth", "config": {"provider": {"type": "hmac", "key_id": "k1", 
                                    "auto_refresh": False}}
 SCHEDULING = {"name": "scheduling"}
 
-
-@pytest.fixture
-def processes(broker: RedisServer, tmp_path: Path) -> Iterator[Callable[..., Worker]]:
-    started: list[Worker] = []
-
-    def start(*args: str, **env: str) -> Worker:
-        argv = [sys.executable, "-m", "worker.cli", "--log-level", "info", *args]
-        started.append(Worker(argv, worker_env(broker, tmp_path, **env),
-                              tmp_path / f"proc-{len(started)}.log"))
-        return started[-1]
-
-    yield start
-    for proc in started:
-        proc.stop()
 
 
 def lines(path: Path) -> list[str]:

@@ -74,21 +74,6 @@ def client(broker: RedisServer) -> Iterator[Client]:
         producer.close()
 
 
-@pytest.fixture
-def processes(broker: RedisServer, tmp_path: Path) -> Iterator[Callable[..., Worker]]:
-    """Other sandrun processes (beats): stopped at the end of the test, whatever happened."""
-    started: list[Worker] = []
-
-    def start(*args: str, **env: str) -> Worker:
-        argv = [sys.executable, "-m", "worker.cli", "--log-level", "info", *args]
-        started.append(Worker(argv, worker_env(broker, tmp_path, **env),
-                              tmp_path / f"proc-{len(started)}.log"))
-        return started[-1]
-
-    yield start
-    for proc in started:
-        proc.stop()
-
 
 def test_priority_first_drains_a_backlog_most_urgent_first(
         client: Client, start_worker: WorkerFactory, tmp_path: Path) -> None:
