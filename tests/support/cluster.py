@@ -37,6 +37,20 @@ from worker.sandbox.launcher import dying_with_parent
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def final_results(client: Sandrun, runs: Iterable[JobExecution], timeout: float
+                  ) -> dict[str, Any]:
+    """Wait (one deadline for all) for every job's final result; the stored JSON form,
+    or None for a job that had none in time."""
+    deadline = time.monotonic() + timeout
+    out: dict[str, Any] = {}
+    for run in runs:
+        with contextlib.suppress(Exception):
+            run.wait(timeout=max(0.5, deadline - time.monotonic()))
+        meta: Mapping[str, Any] = client.app.backend.get_task_meta(run.id)
+        out[run.id] = meta.get("result") if meta.get("status") == "SUCCESS" else None
+    return out
+
+
 class Broker:
     """A private redis-server; ``kill`` (SIGKILL) and ``start`` again keep socket and data."""
 
@@ -150,16 +164,8 @@ class Cluster:
         worker.proc.wait()
 
     def finals(self, runs: Iterable[JobExecution], timeout: float) -> dict[str, Any]:
-        """Wait (one deadline for all) for every job's final result; the stored JSON form,
-        or None for a job that had none in time."""
-        deadline = time.monotonic() + timeout
-        out: dict[str, Any] = {}
-        for run in runs:
-            with contextlib.suppress(Exception):
-                run.wait(timeout=max(0.5, deadline - time.monotonic()))
-            meta: Mapping[str, Any] = self.client.app.backend.get_task_meta(run.id)
-            out[run.id] = meta.get("result") if meta.get("status") == "SUCCESS" else None
-        return out
+        """Every job's final result (:func:`final_results`)."""
+        return final_results(self.client, runs, timeout)
 
     def close(self) -> None:
         for worker in self.workers:

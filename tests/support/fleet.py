@@ -16,13 +16,12 @@ import contextlib
 import shutil
 import socket
 import sys
-import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from tests.integration.conftest import Worker, worker_env
-from tests.support.cluster import Broker
+from tests.support.cluster import Broker, final_results
 from tests.support.ledger import LedgerServer, UnixLedgerServer, parent_of
 from tests.support.netns import Host, HostNetwork, socket_in
 from tests.support.results import ResultWatch
@@ -109,16 +108,8 @@ class Fleet:
         return worker
 
     def finals(self, runs: Iterable[JobExecution], timeout: float) -> dict[str, Any]:
-        """Wait (one deadline for all) for every job's final result; the stored JSON form,
-        or None for a job that had none in time."""
-        deadline = time.monotonic() + timeout
-        out: dict[str, Any] = {}
-        for run in runs:
-            with contextlib.suppress(Exception):
-                run.wait(timeout=max(0.5, deadline - time.monotonic()))
-            meta: Mapping[str, Any] = self.client.app.backend.get_task_meta(run.id)
-            out[run.id] = meta.get("result") if meta.get("status") == "SUCCESS" else None
-        return out
+        """Every job's final result (:func:`~tests.support.cluster.final_results`)."""
+        return final_results(self.client, runs, timeout)
 
     def close(self) -> None:
         for worker in self.workers.values():
