@@ -17,7 +17,7 @@ Sandrun's own (below). The reasons for the reliability settings:
 
 Sandrun's own two are ``sandrun_worker_gossip`` and ``sandrun_worker_mingle``, read by
 the worker's consumer (``worker_consumer``) since Celery has only command-line flags
-for them; their comments say why gossip is off and mingle on.
+for them; their comments say why both are off.
 """
 
 import os
@@ -55,13 +55,16 @@ _ON = {"1", "true", "yes", "on"}
 # `sandrun workers` pings through remote control and reads the registry, cancel is a
 # revoke broadcast (remote control), Flower reads the event stream.
 sandrun_worker_gossip = os.environ.get("SANDRUN_WORKER_GOSSIP", "").lower() in _ON
-# Mingle stays on (SANDRUN_WORKER_MINGLE=0 turns it off; --without-mingle too): it costs
-# a worker about 1 s at start and only syncs revoked task ids and the logical clock with
-# the workers already running, but that sync is what keeps a job cancelled while queued
-# from running on a worker that joins later (a scale-up, a restart), as `sandrun cancel`
-# promises, until revoked ids are kept elsewhere. Tests, benchmarks and the demo pass
-# --without-mingle to start faster; none of them cancels a job before a worker joins.
-sandrun_worker_mingle = os.environ.get("SANDRUN_WORKER_MINGLE", "1").lower() in _ON
+# Mingle is off too (SANDRUN_WORKER_MINGLE=1 turns it on): it costs a worker about 1 s at
+# start and only syncs revoked task ids and the logical clock with the workers already
+# running. Sandrun's cancel writes a record to Redis before it broadcasts
+# (worker/stores/revoked.py) and every worker reads it before it runs a delivery, so a
+# worker that joins later (a scale-up, a restart) skips a cancelled job without mingle
+# (tests/integration/test_cancel.py runs both ways). Mingle would only carry revokes made
+# with Celery's own tools (`celery control revoke`) to a joining worker. Every broker it
+# can run on (Redis, RabbitMQ) comes with the Redis that remembers; Celery never mingles
+# over the embedded filesystem:// transport.
+sandrun_worker_mingle = os.environ.get("SANDRUN_WORKER_MINGLE", "").lower() in _ON
 
 _visibility_timeout = int(os.environ.get("SANDRUN_VISIBILITY_TIMEOUT", "7200"))
 _visibility = {"visibility_timeout": _visibility_timeout}

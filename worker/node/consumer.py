@@ -57,7 +57,7 @@ class SandrunConsumer(Consumer):
         options = dict(kwargs.get("worker_options") or {})
         if not conf.get("sandrun_worker_gossip", False):
             options["without_gossip"] = True
-        if not conf.get("sandrun_worker_mingle", True):
+        if not conf.get("sandrun_worker_mingle", False):
             options["without_mingle"] = True
         super().__init__(*args, **{**kwargs, "worker_options": options})
 

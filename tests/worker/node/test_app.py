@@ -34,11 +34,11 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 @pytest.mark.parametrize(("env", "gossip", "mingle"), [
-    ({}, False, True),
+    ({}, False, False),
     ({"SANDRUN_WORKER_GOSSIP": "1", "SANDRUN_WORKER_MINGLE": "0"}, True, False),
     ({"SANDRUN_WORKER_GOSSIP": "true", "SANDRUN_WORKER_MINGLE": "yes"}, True, True),
 ])
-def test_gossip_is_off_and_mingle_on_unless_the_environment_says(
+def test_gossip_and_mingle_are_off_unless_the_environment_says(
         monkeypatch: pytest.MonkeyPatch, env: dict[str, str], gossip: bool, mingle: bool) -> None:
     for name in ("SANDRUN_WORKER_GOSSIP", "SANDRUN_WORKER_MINGLE"):
         monkeypatch.delenv(name, raising=False)

@@ -28,13 +28,19 @@ def enabled(conf: dict[str, Any], **flags: bool) -> dict[str, bool]:
     return {label: bool(steps[label].enabled) for label in ("Gossip", "Mingle")}
 
 
-def test_by_default_gossip_is_off_and_mingle_on_even_without_flags() -> None:
-    assert enabled({}, without_gossip=False, without_mingle=False) == {
-        "Gossip": False, "Mingle": True}
+def test_by_default_gossip_and_mingle_are_off_even_without_flags() -> None:
+    """Redis remembers cancelled jobs (worker/stores/revoked.py): mingle is not needed."""
+    import celeryconfig
+
+    assert enabled({"sandrun_worker_gossip": celeryconfig.sandrun_worker_gossip,
+                    "sandrun_worker_mingle": celeryconfig.sandrun_worker_mingle},
+                   without_gossip=False, without_mingle=False) == {
+        "Gossip": False, "Mingle": False}
 
 
 @pytest.mark.parametrize(("conf", "flags", "expected"), [
-    ({"sandrun_worker_gossip": True}, {}, {"Gossip": True, "Mingle": True}),
+    ({"sandrun_worker_gossip": True}, {}, {"Gossip": True, "Mingle": False}),
+    ({"sandrun_worker_mingle": True}, {}, {"Gossip": False, "Mingle": True}),
     ({"sandrun_worker_mingle": False}, {}, {"Gossip": False, "Mingle": False}),
     ({"sandrun_worker_gossip": True}, {"without_gossip": True, "without_mingle": True},
      {"Gossip": False, "Mingle": False}),  # the command line still turns them off
