@@ -66,7 +66,8 @@ class LaunchSpec:
     #: main process ends, and bwrap's own pid 1, still exiting then, is not the job's stray.
     wrapped: bool = False
     #: A warm launch (:mod:`worker.sandbox.warm`): the job's stdin (the script the shell
-    #: reads), the pipe the go line arrives on, and the write end of bwrap's --block-fd.
+    #: or pre-started interpreter reads), the pipe the go line arrives on, and the write
+    #: end of bwrap's --block-fd (-1: bwrap runs a pre-started interpreter at once).
     stdin_fd: int | None = None
     control_fd: int = -1
     block_fd: int = -1
@@ -233,15 +234,27 @@ def _start(spec: LaunchSpec, report: LaunchReport) -> subprocess.Popen[bytes] | 
     return None
 
 
-def _await_go(control_fd: int) -> float | None:
+def _await_go(control_fd: int, child: int) -> float | None:
     """The job's timeout from the go line, or None when the pool process closed the
-    control pipe without one (the warm sandbox is discarded)."""
+    control pipe without one (the warm sandbox is discarded) or the view's process
+    ``child`` died first (killed, the host's OOM killer): the launcher then reports, so
+    the pool process sees the warm sandbox is gone and launches its job cold."""
+    try:
+        died = os.pidfd_open(child)
+    except OSError:
+        died = -1
     line = b""
-    while not line.endswith(b"\n"):
-        chunk = os.read(control_fd, 64)
-        if not chunk:
-            return None
-        line += chunk
+    try:
+        while not line.endswith(b"\n"):
+            if died >= 0 and control_fd not in select.select([control_fd, died], [], [])[0]:
+                return None
+            chunk = os.read(control_fd, 64)
+            if not chunk:
+                return None
+            line += chunk
+    finally:
+        if died >= 0:
+            os.close(died)
     return float(json.loads(line)["timeout"])
 
 
@@ -263,13 +276,14 @@ def _become_launcher(tree: _Tree) -> None:
     prctl(PR_SET_DUMPABLE, 0)
 
 
-def _let_go(spec: LaunchSpec) -> float | None:
-    """Warm: the view is built; wait for the job's go line, then unblock bwrap. Returns
-    the job's timeout, or None when no job comes."""
+def _let_go(spec: LaunchSpec, child: int) -> float | None:
+    """Warm: the view is built; wait for the job's go line, then unblock bwrap (unless
+    it runs a pre-started interpreter, which waits for its job itself). Returns the
+    job's timeout, or None when no job comes."""
     if spec.stdin_fd is not None:
         os.close(spec.stdin_fd)
-    timeout = _await_go(spec.control_fd)
-    if timeout is not None:
+    timeout = _await_go(spec.control_fd, child)
+    if timeout is not None and spec.block_fd >= 0:
         os.write(spec.block_fd, b"g")
     return timeout
 
@@ -283,7 +297,7 @@ def _run(spec: LaunchSpec, report: LaunchReport) -> None:
         return
     timeout = spec.timeout
     if spec.control_fd >= 0:
-        go = _let_go(spec)
+        go = _let_go(spec, proc.pid)
         if go is None:
             report.error = "the warm sandbox was abandoned before a job came"
             tree.kill_all()
