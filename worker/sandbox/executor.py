@@ -341,11 +341,19 @@ def prestart_pending() -> None:
     """Pre-start the sandbox a ``run_in_sandbox(..., warm_next=False)`` left for later: the
     worker calls it once the job's result is stored, off the job's round trip."""
     pending = _pending.pop(os.getpid(), None)
-    if pending is not None and os.getpid() not in _warm:  # one waits already: keep it
-        _prestart(*pending)
+    if pending is None or os.getpid() in _warm:  # one waits already: keep it
+        return
+    config, slot, root, python = pending
+    try:
+        plan = _plan(None, config, root, slot)
+    except IsolationError:
+        return  # a plain job could not run here: nothing to pre-start
+    _prestart(config, slot, plan, python)
 
 
-_pending: dict[int, tuple[SandboxConfig, jobdirs.Slot | None, Plan, str | None]] = {}
+#: The next job's sandbox to pre-start: the config, slot, directory and interpreter of the
+#: last job (its plan is made at the pre-start, off the job's round trip).
+_pending: dict[int, tuple[SandboxConfig, jobdirs.Slot | None, Path, str | None]] = {}
 
 
 def run_in_sandbox(job: Job, config: SandboxConfig | None = None,
@@ -412,9 +420,6 @@ def _leave_pending(config: SandboxConfig, slot: jobdirs.Slot | None, root: Path,
                    now: bool, python: str | None) -> None:
     """Note the next job's sandbox to pre-start (``now``, or at :func:`prestart_pending`),
     with ``python`` pre-started in it when this job could use one (jobs come in kinds)."""
-    try:
-        _pending[os.getpid()] = (config, slot, _plan(None, config, root, slot), python)
-    except IsolationError:
-        return  # a plain job could not run here: nothing to pre-start
+    _pending[os.getpid()] = (config, slot, root, python)
     if now:
         prestart_pending()

@@ -120,9 +120,12 @@ def _user_site(interpreter: str) -> str:
     return str(PurePosixPath(done.stdout.strip()).relative_to(home))
 
 
+_PLAIN = Job(code="pass")  # a code job without env: what the start-up environment is of
+
+
 def startup_env(root: Path) -> dict[str, str]:
     """The environment the pre-started interpreter starts with: a code job's, less its id."""
-    base = job_environment(Job(code="pass"), str(root))
+    base = job_environment(_PLAIN, str(root))
     return {key: value for key, value in base.items() if key != "SANDRUN_JOB_ID"}
 
 
