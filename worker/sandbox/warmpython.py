@@ -94,10 +94,17 @@ def _sandrun_wait(path):
             find("usercustomize", None)
 
 
-_sandrun_wait(__file__)
+try:
+    _sandrun_wait(__file__)
+except BaseException as exc:  # never run the job without its limits and env
+    import os
+    os.write(2, f"sandrun: the pre-started interpreter could not take its job: {exc!r}\\n"
+             .encode(errors="replace"))
+    os._exit(70)
 del _sandrun_wait
 raise ModuleNotFoundError("No module named 'usercustomize'", name="usercustomize")
 '''
+compile(HOOK, "usercustomize.py", "exec")  # a hook that cannot run would leave jobs unlimited
 
 
 @dataclass(frozen=True, slots=True)
