@@ -16,6 +16,13 @@ job runs with exactly the environment, argv, limits and progress descriptor
 in a view built from the same arguments. A job then costs a shell and ``env``
 (about a millisecond) plus its own interpreter start.
 
+For Python code jobs the view holds more: the job's interpreter itself, started at
+pre-start and waiting in a hook for the job's rlimits and env
+(:mod:`worker.sandbox.warmpython`), so such a job costs neither the shell nor its
+interpreter's start. Which kind is pre-started follows the last job (jobs come in
+kinds); a job a pre-started interpreter cannot run as a cold start would discards it
+and launches cold, and the next box is a shell.
+
 A warm sandbox serves one job only and is never reused: what a job leaves in its
 namespaces dies with them. One that died meanwhile (killed, the host's OOM
 killer) is noticed before use and replaced by a cold launch, so no job is lost.
