@@ -298,6 +298,10 @@ def _run(spec: LaunchSpec, report: LaunchReport) -> None:
     _become_launcher(tree)
     started = time.monotonic()
     proc = _start(spec, report)
+    # The job holds its own copies: the pool process then sees its output end as the job's
+    # processes end, while this one still reaps them, not after the report.
+    os.close(spec.stdout_fd)
+    os.close(spec.stderr_fd)
     if proc is None:
         return
     timeout = spec.timeout
@@ -345,8 +349,6 @@ def launch(spec: LaunchSpec) -> tuple[int, int]:
                 _run(spec, report)
             except Exception as exc:
                 report.error = f"launcher failed: {type(exc).__name__}: {exc}"
-            os.close(spec.stdout_fd)
-            os.close(spec.stderr_fd)
             os.write(report_w, json.dumps(asdict(report)).encode())
             # Close before exiting: the kernel tears down the address space before it
             # closes descriptors, and the worker should not wait for that to see EOF.
