@@ -21,7 +21,6 @@ from __future__ import annotations
 import atexit
 import hashlib
 import os
-import shutil
 import subprocess
 import threading
 from dataclasses import dataclass, field
@@ -224,11 +223,11 @@ def _take_warm(config: SandboxConfig, job: Job) -> warm.Warm | None:
 
 
 def _prestart(config: SandboxConfig, slot: jobdirs.Slot | None, plan: Plan,
-              python: str | None) -> None:
+              python: str | None) -> bool:
     """Build the next job's sandbox now (:mod:`worker.sandbox.warm`), for jobs planned
     like this one, with the interpreter ``python`` pre-started in it
-    (:mod:`worker.sandbox.warmpython`) or, None, a shell; a failure only means the next
-    job launches cold."""
+    (:mod:`worker.sandbox.warmpython`) or, None, a shell; a failure (False) only means
+    the next job launches cold."""
     parent = slot.base if slot else jobdirs.jobs_root(config.workdir_root)
     root = jobdirs.new_jobdir(parent, None)
     try:
@@ -248,26 +247,10 @@ def _prestart(config: SandboxConfig, slot: jobdirs.Slot | None, plan: Plan,
             for fd in view.fds:
                 os.close(fd)
     except (OSError, IsolationError, subprocess.SubprocessError) as exc:
-        log.warning("warm_sandbox_failed", error=str(exc))
+        log.warning("warm_sandbox_failed", error=str(exc), interpreter=python)
         remove_tree(root)
-
-
-def _python_for(job: Job, config: SandboxConfig, root: Path, extra_env: dict[str, str] | None,
-                setup: Setup) -> str | None:
-    """The interpreter a pre-started one in ``root`` could be for ``job`` (its path), or
-    None: the job is not one :func:`warmpython.fits` (or the config turns it off)."""
-    if not (config.warm_python and warmpython.eligible(job)):
-        return None
-    interpreter = job.interpreter or "python3"
-    path = shutil.which(interpreter, path=setup.search_path)
-    if path is None or interpreter not in config.interpreters:
-        return None
-    try:
-        env = setup.apply(job_environment(job, str(root), extra_env), job)
-    except SandboxError:
-        return None
-    started = warmpython.WarmPython(path, warmpython.startup_env(root), root)
-    return path if warmpython.fits(job, path, env, started) else None
+        return False
+    return True
 
 
 def _plan(job: Job | None, config: SandboxConfig, root: Path, slot: jobdirs.Slot | None
@@ -348,7 +331,8 @@ def prestart_pending() -> None:
         plan = _plan(None, config, root, slot)
     except IsolationError:
         return  # a plain job could not run here: nothing to pre-start
-    _prestart(config, slot, plan, python)
+    if not _prestart(config, slot, plan, python) and python is not None:
+        _prestart(config, slot, plan, None)  # a shell still takes the view off the job's path
 
 
 #: The next job's sandbox to pre-start: the config, slot, directory and interpreter of the
@@ -392,7 +376,10 @@ def _run_alone(job: Job, config: SandboxConfig, extra_env: dict[str, str] | None
             plan = _plan(job, config, root, slot)
             setup = job_setup(job, environments_dir=config.environments_dir,
                               wheel_cache=config.wheel_cache, layers_dir=config.layers_dir)
-            python = _python_for(job, config, root, extra_env, setup)
+            python = warmpython.interpreter_for(
+                job, root, setup.apply(job_environment(job, str(root), extra_env), job),
+                search_path=setup.search_path, allowed=config.interpreters,
+            ) if config.warm_python else None
             if box is not None and (box.key != (config, plan) or (
                     box.python is not None and box.python.interpreter != python)):
                 box.discard(wait=True)  # not for this job; its directory serves a cold launch

@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -190,3 +191,18 @@ def message(env: dict[str, str], cpu_seconds: int, memory: tuple[str, int] | Non
     fields = [b"go", str(cpu_seconds).encode(), kind.encode(), str(size).encode()]
     fields += [os.fsencode(key) + b"=" + os.fsencode(value) for key, value in env.items()]
     return b"\0".join(fields)
+
+
+def interpreter_for(job: Job, root: Path, env: dict[str, str], *, search_path: str,
+                    allowed: frozenset[str]) -> str | None:
+    """The path of the interpreter a pre-started one in ``root`` would be for ``job``
+    (``env``: its whole environment, ``search_path`` where its interpreter is looked
+    up), or None when ``job`` is not one :func:`fits` such an interpreter."""
+    if not eligible(job):
+        return None
+    interpreter = job.interpreter or "python3"
+    path = shutil.which(interpreter, path=search_path)
+    if path is None or interpreter not in allowed:
+        return None
+    started = WarmPython(path, startup_env(root), root)
+    return path if fits(job, path, env, started) else None
