@@ -14,7 +14,9 @@
    no-op round trip of the bare Celery app in ``benchmarks/noop_apps.py``; with
    ``--baseline DIR`` (a checkout of an earlier commit, its ``make install`` done
    or not: it runs with this interpreter) also through that code's worker,
-   alternating job by job, so both are measured in one run.
+   alternating job by job, so both are measured in one run; each trip starts
+   ``--gap`` seconds after the last ended (default 0.03), so that no worker is still
+   pre-starting its next sandbox on the shared cores when another's trip starts.
 3. Jobs per second: the same job drained through a ``-c 2`` worker (and the baseline's),
    beside ``subprocess.run`` of it from two threads (the box's physical limit).
 
@@ -150,7 +152,7 @@ def bench_broker(tmp: Path) -> Iterator[tuple[str, dict[str, str]]]:
         redis.wait()
 
 
-def latency(count: int, tmp: Path, baseline: Path | None) -> None:
+def latency(count: int, tmp: Path, baseline: Path | None, gap: float = 0.03) -> None:
     from worker.client.client import Sandrun
 
     common = ["-c", "1", "--without-mingle", "--without-gossip", "-l", "info"]
@@ -183,6 +185,7 @@ def latency(count: int, tmp: Path, baseline: Path | None) -> None:
                 samples: dict[str, list[float]] = {name: [] for name in runs}
                 for _ in range(count):
                     for name, run in runs.items():
+                        time.sleep(gap)
                         samples[name].append(timed(run))
             for name, values in samples.items():
                 print(f"round trip {name:<32} {percentiles(values)}   (n={count})")
@@ -248,11 +251,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer rounds (smoke test)")
     parser.add_argument("--baseline", type=Path, default=None,
                         help="a checkout of earlier code whose worker is measured alongside")
+    parser.add_argument("--gap", type=float, default=0.03,
+                        help="seconds between round trips (0: back to back)")
     opts = parser.parse_args()
     configure_logging("warning")
     executor_overhead(5 if opts.quick else 60)
     with tempfile.TemporaryDirectory(prefix="sandrun-bench-") as tmp:
-        latency(10 if opts.quick else 200, Path(tmp), opts.baseline)
+        latency(10 if opts.quick else 200, Path(tmp), opts.baseline, opts.gap)
     with tempfile.TemporaryDirectory(prefix="sandrun-bench-") as tmp:
         drain_rate(20 if opts.quick else 300, Path(tmp), opts.baseline)
 
