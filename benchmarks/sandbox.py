@@ -5,17 +5,20 @@
    this process: medians and the differences, for the hardened defaults (view,
    uid slot, no network, seccomp, cgroup, tmpfs disk) and for the layers the
    sandbox had before them (Landlock and a user namespace, jobs as ``nobody``),
-   cold (bwrap started per job) and warm (the view pre-started, ``worker.sandbox.warm``;
-   in the executor the pre-start of the next job is part of each call, in a worker it
-   runs after the result is stored).
+   cold (bwrap started per job) and warm (the view pre-started, ``worker.sandbox.warm``,
+   with a shell or with the job's interpreter, ``worker.sandbox.warmpython``, waiting in
+   it): a warm call is timed alone, its box pre-started untimed before it (in a worker
+   the pre-start runs after the result is stored).
 2. Submit-to-result latency of that job through a private ``redis-server`` and
-   one idle ``celery worker`` (prefork, concurrency 1): p50 and p99, next to the
+   one idle ``celery worker`` (prefork, concurrency 1): p50, p90 and p99, next to the
    no-op round trip of the bare Celery app in ``benchmarks/noop_apps.py``; with
    ``--baseline DIR`` (a checkout of an earlier commit, its ``make install`` done
    or not: it runs with this interpreter) also through that code's worker,
-   alternating job by job, so both are measured in one run.
-3. Jobs per second: the same job drained through a ``-c 2`` worker, beside
-   ``subprocess.run`` of it from two threads (the box's physical limit).
+   alternating job by job, so both are measured in one run; each trip starts
+   ``--gap`` seconds after the last ended (default 0.03), so that no worker is still
+   pre-starting its next sandbox on the shared cores when another's trip starts.
+3. Jobs per second: the same job drained through a ``-c 2`` worker (and the baseline's),
+   beside ``subprocess.run`` of it from two threads (the box's physical limit).
 
 Run: ``.venv/bin/python benchmarks/sandbox.py`` (``--quick`` for a short run).
 """
@@ -41,7 +44,11 @@ sys.path.insert(0, str(ROOT))
 
 from worker.logs import configure_logging  # noqa: E402
 from worker.models import Job  # noqa: E402
-from worker.sandbox.executor import SandboxConfig, run_in_sandbox  # noqa: E402
+from worker.sandbox.executor import (  # noqa: E402
+    SandboxConfig,
+    prestart_pending,
+    run_in_sandbox,
+)
 from worker.sandbox.isolation import job_user_ids, probe  # noqa: E402
 from worker.sandbox.launcher import dying_with_parent  # noqa: E402
 from worker.sandbox.plan import Policy  # noqa: E402
@@ -66,7 +73,8 @@ def executor_overhead(rounds: int) -> None:
     python = shutil.which("python3", path=BASE_PATH) or "python3"
     job = Job(code="print(1)")
     configs = {"before the view": unhardened(), "hardened, cold": SandboxConfig(warm=False),
-               "hardened, warm": SandboxConfig()}
+               "hardened, warm shell": SandboxConfig(warm_python=False),
+               "hardened, warm python": SandboxConfig()}
     labels = {name: run_in_sandbox(job, config).isolation for name, config in configs.items()}
     plain: list[float] = []
     runs: dict[str, list[float]] = {name: [] for name in configs}
@@ -74,12 +82,17 @@ def executor_overhead(rounds: int) -> None:
         plain.append(timed(lambda: subprocess.run([python, "-c", "print(1)"],
                                                   capture_output=True, check=True)))
         for name, config in configs.items():
-            runs[name].append(timed(lambda config=config: run_in_sandbox(job, config)))
+            if config.warm:  # a box built for this config (the last call's was for another)
+                run_in_sandbox(job, config, warm_next=False)
+                prestart_pending()
+                time.sleep(0.05)  # ready, as between a worker's jobs
+            runs[name].append(timed(lambda config=config: run_in_sandbox(
+                job, config, warm_next=False)))
     base = statistics.median(plain) * 1000
     print(f"executor print(1), medians of {rounds}: subprocess.run {base:6.1f} ms")
     for name, samples in runs.items():
         ms = statistics.median(samples) * 1000
-        print(f"  run_in_sandbox {name:<16} {ms:6.1f} ms   difference {ms - base:+5.1f} ms   "
+        print(f"  run_in_sandbox {name:<21} {ms:6.1f} ms   difference {ms - base:+5.1f} ms   "
               f"({labels[name]})")
 
 
@@ -110,8 +123,8 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 def percentiles(samples: list[float]) -> str:
     ordered = sorted(samples)
     p50 = statistics.median(ordered) * 1000
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
-    return f"p50 {p50:6.1f} ms   p99 {p99:6.1f} ms"
+    p90, p99 = (ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1000 for q in (0.9, 0.99))
+    return f"p50 {p50:6.1f} ms   p90 {p90:6.1f} ms   p99 {p99:6.1f} ms"
 
 
 @contextlib.contextmanager
@@ -139,7 +152,7 @@ def bench_broker(tmp: Path) -> Iterator[tuple[str, dict[str, str]]]:
         redis.wait()
 
 
-def latency(count: int, tmp: Path, baseline: Path | None) -> None:
+def latency(count: int, tmp: Path, baseline: Path | None, gap: float = 0.03) -> None:
     from worker.client.client import Sandrun
 
     common = ["-c", "1", "--without-mingle", "--without-gossip", "-l", "info"]
@@ -172,6 +185,7 @@ def latency(count: int, tmp: Path, baseline: Path | None) -> None:
                 samples: dict[str, list[float]] = {name: [] for name in runs}
                 for _ in range(count):
                     for name, run in runs.items():
+                        time.sleep(gap)
                         samples[name].append(timed(run))
             for name, values in samples.items():
                 print(f"round trip {name:<32} {percentiles(values)}   (n={count})")
@@ -180,37 +194,56 @@ def latency(count: int, tmp: Path, baseline: Path | None) -> None:
                 stop(proc)
 
 
-def drain_rate(count: int, tmp: Path) -> None:
-    """Sandboxed ``print(1)`` jobs per second through a ``-c 2`` worker, beside
-    ``subprocess.run`` of the same interpreter and code from two threads (the most this
-    box does without any sandbox, broker or Celery)."""
+def drain_rate(count: int, tmp: Path, baseline: Path | None) -> None:
+    """Sandboxed ``print(1)`` jobs per second through a ``-c 2`` worker (and the
+    baseline's, on its own queue), beside ``subprocess.run`` of the same interpreter and
+    code from two threads (the most this box does without any sandbox, broker or Celery);
+    each measured twice, alternating, with one worker started at a time."""
     from concurrent.futures import ThreadPoolExecutor
 
     from worker.client.client import Sandrun
 
     python = shutil.which("python3", path=BASE_PATH) or "python3"
-    with ThreadPoolExecutor(2) as pool:
-        started = time.perf_counter()
-        list(pool.map(lambda _: subprocess.run([python, "-c", "print(1)"], capture_output=True,
-                                               check=True), range(count)))
-        plain = count / (time.perf_counter() - started)
-    with bench_broker(tmp) as (url, env):
+
+    def plain() -> float:
+        with ThreadPoolExecutor(2) as pool:
+            started = time.perf_counter()
+            list(pool.map(lambda _: subprocess.run([python, "-c", "print(1)"],
+                                                   capture_output=True, check=True),
+                          range(count)))
+            return count / (time.perf_counter() - started)
+
+    def sandboxed(url: str, env: dict[str, str], queue: str, code: Path) -> float:
         proc = start([sys.executable, "-m", "celery", "-A", "worker", "worker", "-c", "2",
-                      "--without-mingle", "--without-gossip", "-l", "info"], env,
-                     tmp / "drain.log")
+                      "-Q", queue, "--without-mingle", "--without-gossip", "-l", "info"],
+                     {**env, "PYTHONPATH": str(code)}, tmp / f"drain-{queue}.log", cwd=code)
         try:
             with Sandrun.create(broker_url=url, plugins=[]) as client:
-                for run in [client.job().code("print(1)").submit() for _ in range(4)]:
+                for run in [client.job().code("print(1)").queue(queue).submit()
+                            for _ in range(4)]:
                     run.wait(30)
                 started = time.perf_counter()
-                runs = [client.job().code("print(1)").submit() for _ in range(count)]
+                runs = [client.job().code("print(1)").queue(queue).submit()
+                        for _ in range(count)]
                 for run in runs:
                     run.wait(60)
-                rate = count / (time.perf_counter() - started)
+                return count / (time.perf_counter() - started)
         finally:
             stop(proc)
-    print(f"drain {count} print(1): subprocess.run x2 threads {plain:6.1f}/s   "
-          f"sandrun -c 2 {rate:6.1f}/s   ratio {rate / plain:.2f}")
+
+    rates: dict[str, list[float]] = {"subprocess.run x2 threads": []}
+    with bench_broker(tmp) as (url, env):
+        for _ in range(2):
+            rates["subprocess.run x2 threads"].append(plain())
+            rates.setdefault("sandrun -c 2", []).append(sandboxed(url, env, "sandrun", ROOT))
+            if baseline is not None:
+                rates.setdefault(f"baseline {baseline.name} -c 2", []).append(
+                    sandboxed(url, env, "baseline", baseline))
+    limit = statistics.median(rates["subprocess.run x2 threads"])
+    for name, values in rates.items():
+        each = " ".join(f"{v:6.1f}" for v in values)
+        print(f"drain {count} print(1): {name:<28} {each} /s   ratio to subprocess.run "
+              f"{statistics.median(values) / limit:.2f}")
 
 
 def main() -> None:
@@ -218,13 +251,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer rounds (smoke test)")
     parser.add_argument("--baseline", type=Path, default=None,
                         help="a checkout of earlier code whose worker is measured alongside")
+    parser.add_argument("--gap", type=float, default=0.03,
+                        help="seconds between round trips (0: back to back)")
     opts = parser.parse_args()
     configure_logging("warning")
     executor_overhead(5 if opts.quick else 60)
     with tempfile.TemporaryDirectory(prefix="sandrun-bench-") as tmp:
-        latency(10 if opts.quick else 200, Path(tmp), opts.baseline)
+        latency(10 if opts.quick else 200, Path(tmp), opts.baseline, opts.gap)
     with tempfile.TemporaryDirectory(prefix="sandrun-bench-") as tmp:
-        drain_rate(20 if opts.quick else 300, Path(tmp))
+        drain_rate(20 if opts.quick else 300, Path(tmp), opts.baseline)
 
 
 if __name__ == "__main__":

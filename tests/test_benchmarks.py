@@ -30,11 +30,14 @@ def test_sandbox_benchmark_prints_overhead_and_latency() -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sandbox.py"), "--quick"],
                           capture_output=True, text=True, timeout=180, check=False, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for row in ("before the view", "hardened, cold", "hardened, warm"):
+    for row in ("before the view", "hardened, cold", "hardened, warm shell",
+                "hardened, warm python"):
         assert f"run_in_sandbox {row}" in proc.stdout and "difference" in proc.stdout
     assert re.search(r"round trip sandrun print\(1\) job +p50 ", proc.stdout), proc.stdout
     assert re.search(r"round trip bare Celery no-op +p50 ", proc.stdout), proc.stdout
-    assert re.search(r"drain 20 print\(1\): .* sandrun -c 2 +[0-9.]+/s", proc.stdout)
+    assert re.search(r"round trip sandrun print\(1\) job .* p90 +[0-9.]+ ms", proc.stdout)
+    assert re.search(r"drain 20 print\(1\): sandrun -c 2 +[0-9.]+ +[0-9.]+ /s +ratio to "
+                     r"subprocess\.run [0-9.]+", proc.stdout), proc.stdout
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ from __future__ import annotations
 import atexit
 import hashlib
 import os
+import subprocess
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from pathlib import Path
 import structlog
 
 from worker.models import MAX_CPU_SECONDS, Job
-from worker.sandbox import bwrap, cgroups, jobdirs, seccomp, warm
+from worker.sandbox import bwrap, cgroups, jobdirs, seccomp, warm, warmpython
 from worker.sandbox.capture import execute
 from worker.sandbox.collect import CollectLimits, collect_outputs, remove_tree
 from worker.sandbox.confine import IsolationError
@@ -77,6 +78,8 @@ class SandboxConfig:
     disk_bytes: int = 256 << 20  # per job (the slot's tmpfs); 0: no cap
     tmp_bytes: int = 64 << 20  # the job's private /tmp and /dev/shm, each
     warm: bool = True  # pre-start the next job's view after each job (worker.sandbox.warm)
+    #: in it, the interpreter of a Python code job (worker.sandbox.warmpython)
+    warm_python: bool = True
     support: HostSupport | None = None  # None: probe this host
     environments_dir: str | None = None  # prepared environments (worker.sandbox.environments)
     wheel_cache: str | None = None  # wheels requirement layers are installed from
@@ -219,27 +222,35 @@ def _take_warm(config: SandboxConfig, job: Job) -> warm.Warm | None:
     return None
 
 
-def _prestart(config: SandboxConfig, slot: jobdirs.Slot | None, plan: Plan) -> None:
+def _prestart(config: SandboxConfig, slot: jobdirs.Slot | None, plan: Plan,
+              python: str | None) -> bool:
     """Build the next job's sandbox now (:mod:`worker.sandbox.warm`), for jobs planned
-    like this one; a failure only means the next job launches cold."""
+    like this one, with the interpreter ``python`` pre-started in it
+    (:mod:`worker.sandbox.warmpython`) or, None, a shell; a failure (False) only means
+    the next job launches cold."""
     parent = slot.base if slot else jobdirs.jobs_root(config.workdir_root)
     root = jobdirs.new_jobdir(parent, None)
     try:
+        pre = warmpython.place(root, python) if python is not None else None
         hand_over(root, plan.confinement.user)
-        shell = _view(config, root, plan, [warm.SHELL, "-s"], gpu=False)
+        argv = [python, warmpython.SCRIPT] if python is not None else [warm.SHELL, "-s"]
+        view = _view(config, root, plan, argv, gpu=False)
         limits = Limits(None, "as", MAX_CPU_SECONDS, config.file_size_limit_bytes,
                         config.open_files)
-        spec = LaunchSpec(shell.argv, str(root), {"PATH": BASE_PATH}, limits, -1, -1, 0.0,
-                          plan.confinement, tuple(shell.fds), wrapped=True)
+        env = pre.startup_env if pre is not None else {"PATH": BASE_PATH}
+        spec = LaunchSpec(view.argv, str(root), env, limits, -1, -1, 0.0,
+                          plan.confinement, tuple(view.fds), wrapped=True)
         try:
             _release_at_exit()
-            _warm[os.getpid()] = warm.prestart((config, plan), root, spec)
+            _warm[os.getpid()] = warm.prestart((config, plan), root, spec, pre)
         finally:
-            for fd in shell.fds:
+            for fd in view.fds:
                 os.close(fd)
-    except (OSError, IsolationError) as exc:
-        log.warning("warm_sandbox_failed", error=str(exc))
+    except (OSError, IsolationError, subprocess.SubprocessError) as exc:
+        log.warning("warm_sandbox_failed", error=str(exc), interpreter=python)
         remove_tree(root)
+        return False
+    return True
 
 
 def _plan(job: Job | None, config: SandboxConfig, root: Path, slot: jobdirs.Slot | None
@@ -292,8 +303,9 @@ def _launch(job: Job, config: SandboxConfig, root: Path, plan: Plan, *, ready: _
     if box is not None:
         rlimit = (limits.memory_kind, limits.memory_bytes) if limits.memory_bytes else None
         env = {**ready.env, PROGRESS_ENV: str(box.progress_fd)}
-        return box.run(warm.script(ready.argv, env, job.cpu_seconds, rlimit), job.timeout,
-                       config.stream_cap_bytes, tee)
+        line = warmpython.message(env, job.cpu_seconds, rlimit) if box.python is not None \
+            else warm.script(ready.argv, env, job.cpu_seconds, rlimit)
+        return box.run(line, job.timeout, config.stream_cap_bytes, tee)
     return execute(
         lambda out, err, progress: LaunchSpec(
             ready.argv, str(root), {**ready.env, PROGRESS_ENV: str(progress)}, limits, out,
@@ -312,11 +324,20 @@ def prestart_pending() -> None:
     """Pre-start the sandbox a ``run_in_sandbox(..., warm_next=False)`` left for later: the
     worker calls it once the job's result is stored, off the job's round trip."""
     pending = _pending.pop(os.getpid(), None)
-    if pending is not None and os.getpid() not in _warm:  # one waits already: keep it
-        _prestart(*pending)
+    if pending is None or os.getpid() in _warm:  # one waits already: keep it
+        return
+    config, slot, root, python = pending
+    try:
+        plan = _plan(None, config, root, slot)
+    except IsolationError:
+        return  # a plain job could not run here: nothing to pre-start
+    if not _prestart(config, slot, plan, python) and python is not None:
+        _prestart(config, slot, plan, None)  # a shell still takes the view off the job's path
 
 
-_pending: dict[int, tuple[SandboxConfig, jobdirs.Slot | None, Plan]] = {}
+#: The next job's sandbox to pre-start: the config, slot, directory and interpreter of the
+#: last job (its plan is made at the pre-start, off the job's round trip).
+_pending: dict[int, tuple[SandboxConfig, jobdirs.Slot | None, Path, str | None]] = {}
 
 
 def run_in_sandbox(job: Job, config: SandboxConfig | None = None,
@@ -349,14 +370,20 @@ def _run_alone(job: Job, config: SandboxConfig, extra_env: dict[str, str] | None
     except (IsolationError, OSError, ValueError) as exc:
         return SandboxRun(outcome="failed", error=f"cannot make the job's directory: {exc}")
     plan: Plan | None = None
+    python: str | None = None  # the interpreter to pre-start for the next job like this one
     try:
         try:
             plan = _plan(job, config, root, slot)
-            if box is not None and box.key != (config, plan):
-                box.discard(wait=True)  # another plan; its directory serves a cold launch
-                box = None
             setup = job_setup(job, environments_dir=config.environments_dir,
                               wheel_cache=config.wheel_cache, layers_dir=config.layers_dir)
+            python = warmpython.interpreter_for(
+                job, root, setup.apply(job_environment(job, str(root), extra_env), job),
+                search_path=setup.search_path, allowed=config.interpreters,
+            ) if config.warm_python else None
+            if box is not None and (box.key != (config, plan) or (
+                    box.python is not None and box.python.interpreter != python)):
+                box.discard(wait=True)  # not for this job; its directory serves a cold launch
+                box = None
             ready = _prepare(job, config, root, plan, extra_env=extra_env, warm_box=box,
                              setup=setup)
         except IsolationUnavailable as exc:
@@ -373,15 +400,13 @@ def _run_alone(job: Job, config: SandboxConfig, extra_env: dict[str, str] | None
             log.warning("job_directory_left", path=str(root))
         reap_finished_launchers()
         if plan is not None and plan.view and config.warm:
-            _leave_pending(config, slot, root, warm_next)
+            _leave_pending(config, slot, root, warm_next, python)
 
 
 def _leave_pending(config: SandboxConfig, slot: jobdirs.Slot | None, root: Path,
-                   now: bool) -> None:
-    """Note the next job's sandbox to pre-start (``now``, or at :func:`prestart_pending`)."""
-    try:
-        _pending[os.getpid()] = (config, slot, _plan(None, config, root, slot))
-    except IsolationError:
-        return  # a plain job could not run here: nothing to pre-start
+                   now: bool, python: str | None) -> None:
+    """Note the next job's sandbox to pre-start (``now``, or at :func:`prestart_pending`),
+    with ``python`` pre-started in it when this job could use one (jobs come in kinds)."""
+    _pending[os.getpid()] = (config, slot, root, python)
     if now:
         prestart_pending()

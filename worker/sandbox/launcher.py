@@ -66,7 +66,8 @@ class LaunchSpec:
     #: main process ends, and bwrap's own pid 1, still exiting then, is not the job's stray.
     wrapped: bool = False
     #: A warm launch (:mod:`worker.sandbox.warm`): the job's stdin (the script the shell
-    #: reads), the pipe the go line arrives on, and the write end of bwrap's --block-fd.
+    #: or pre-started interpreter reads), the pipe the go line arrives on, and the write
+    #: end of bwrap's --block-fd (-1: bwrap runs a pre-started interpreter at once).
     stdin_fd: int | None = None
     control_fd: int = -1
     block_fd: int = -1
@@ -176,24 +177,28 @@ def _peak_rss(pid: int) -> int:
     return 0
 
 
-def _wait_main(pid: int, deadline: float) -> tuple[bool, int]:
+def _wait_main(pid: int, deadline: float, sample: bool = True) -> tuple[bool, int]:
     """Wait for the job's main process until ``deadline``, sampling its peak RSS.
 
     Returns whether it exited in time and the highest VmHWM seen. The sample is
     taken from the process itself because ``ru_maxrss`` would also count the
     memory of the forked interpreter before ``exec``. Samples start 1 ms apart and
     slow down to SAMPLE_SECONDS, so that a job of a few milliseconds is seen too.
+    Without ``sample`` (bwrap: its own VmHWM is not the job's, whose peak the memory
+    cgroup gives) it only waits, so the launcher takes no CPU from the job meanwhile.
     """
     try:
         fd = os.pidfd_open(pid)
     except OSError:
         fd = -1
-    peak, interval = _peak_rss(pid), 0.001
+    peak, interval = _peak_rss(pid) if sample else 0, 0.001
     try:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False, peak
+            if not sample and fd >= 0:
+                interval = remaining
             wait, interval = min(remaining, interval), min(interval * 2, SAMPLE_SECONDS)
             if fd >= 0:
                 if select.select([fd], [], [], wait)[0]:
@@ -202,7 +207,8 @@ def _wait_main(pid: int, deadline: float) -> tuple[bool, int]:
                 return True, peak
             else:
                 time.sleep(wait)
-            peak = max(peak, _peak_rss(pid))
+            if sample:
+                peak = max(peak, _peak_rss(pid))
     finally:
         if fd >= 0:
             os.close(fd)
@@ -233,15 +239,27 @@ def _start(spec: LaunchSpec, report: LaunchReport) -> subprocess.Popen[bytes] | 
     return None
 
 
-def _await_go(control_fd: int) -> float | None:
+def _await_go(control_fd: int, child: int) -> float | None:
     """The job's timeout from the go line, or None when the pool process closed the
-    control pipe without one (the warm sandbox is discarded)."""
+    control pipe without one (the warm sandbox is discarded) or the view's process
+    ``child`` died first (killed, the host's OOM killer): the launcher then reports, so
+    the pool process sees the warm sandbox is gone and launches its job cold."""
+    try:
+        died = os.pidfd_open(child)
+    except OSError:
+        died = -1
     line = b""
-    while not line.endswith(b"\n"):
-        chunk = os.read(control_fd, 64)
-        if not chunk:
-            return None
-        line += chunk
+    try:
+        while not line.endswith(b"\n"):
+            if died >= 0 and control_fd not in select.select([control_fd, died], [], [])[0]:
+                return None
+            chunk = os.read(control_fd, 64)
+            if not chunk:
+                return None
+            line += chunk
+    finally:
+        if died >= 0:
+            os.close(died)
     return float(json.loads(line)["timeout"])
 
 
@@ -263,13 +281,14 @@ def _become_launcher(tree: _Tree) -> None:
     prctl(PR_SET_DUMPABLE, 0)
 
 
-def _let_go(spec: LaunchSpec) -> float | None:
-    """Warm: the view is built; wait for the job's go line, then unblock bwrap. Returns
-    the job's timeout, or None when no job comes."""
+def _let_go(spec: LaunchSpec, child: int) -> float | None:
+    """Warm: the view is built; wait for the job's go line, then unblock bwrap (unless
+    it runs a pre-started interpreter, which waits for its job itself). Returns the
+    job's timeout, or None when no job comes."""
     if spec.stdin_fd is not None:
         os.close(spec.stdin_fd)
-    timeout = _await_go(spec.control_fd)
-    if timeout is not None:
+    timeout = _await_go(spec.control_fd, child)
+    if timeout is not None and spec.block_fd >= 0:
         os.write(spec.block_fd, b"g")
     return timeout
 
@@ -279,17 +298,21 @@ def _run(spec: LaunchSpec, report: LaunchReport) -> None:
     _become_launcher(tree)
     started = time.monotonic()
     proc = _start(spec, report)
+    # The job holds its own copies: the pool process then sees its output end as the job's
+    # processes end, while this one still reaps them, not after the report.
+    os.close(spec.stdout_fd)
+    os.close(spec.stderr_fd)
     if proc is None:
         return
     timeout = spec.timeout
     if spec.control_fd >= 0:
-        go = _let_go(spec)
+        go = _let_go(spec, proc.pid)
         if go is None:
             report.error = "the warm sandbox was abandoned before a job came"
             tree.kill_all()
             return
         timeout, started = go, time.monotonic()
-    finished, main_peak = _wait_main(proc.pid, started + timeout)
+    finished, main_peak = _wait_main(proc.pid, started + timeout, sample=not spec.wrapped)
     if not finished:
         report.timed_out = True
         with contextlib.suppress(ProcessLookupError):
@@ -326,8 +349,6 @@ def launch(spec: LaunchSpec) -> tuple[int, int]:
                 _run(spec, report)
             except Exception as exc:
                 report.error = f"launcher failed: {type(exc).__name__}: {exc}"
-            os.close(spec.stdout_fd)
-            os.close(spec.stderr_fd)
             os.write(report_w, json.dumps(asdict(report)).encode())
             # Close before exiting: the kernel tears down the address space before it
             # closes descriptors, and the worker should not wait for that to see EOF.
