@@ -6,7 +6,9 @@ sink this module makes, in the pool process running the job:
 
 * output chunks go to the job's bounded stream (:class:`~worker.stores.livelogs.LiveLog`),
   which ``run.logs(follow=True)`` and ``sandrun logs -f`` read, written by a thread
-  of the pool process so that the pump never waits on Redis;
+  of the pool process so that the pump never waits on Redis; the chunks are views of
+  an arena (:mod:`worker.sandbox.arena`) the sink leases for the job and recycles only
+  once the writer has sent them all;
 * a progress report is stored as the task's state, ``update_state(state="PROGRESS",
   meta=...)``, which ``run.progress()`` and ``sandrun status`` read, and sent as a
   ``task-progress`` event, which Flower shows as the task's state with the report's
@@ -18,6 +20,7 @@ output. Without a Redis result backend there is no stream, and no sink.
 
 from __future__ import annotations
 
+import _thread
 import queue
 import threading
 from collections.abc import Sequence
@@ -30,6 +33,8 @@ from celery import Task
 from worker.models import Progress
 from worker.node.runtime import Runtime
 from worker.protocol import PROGRESS_STATE
+from worker.sandbox.arena import Arena, lease
+from worker.sandbox.live import Data
 from worker.stores.livelogs import LiveLog
 
 END_WAIT_SECONDS = 30.0  # for the writer to send what is queued when the job ends
@@ -37,7 +42,7 @@ WRITE_SECONDS = 0.1  # between two writes of one job's stream
 log = structlog.get_logger("sandrun.live")
 
 
-class _Writer(threading.Thread):
+class _Writer:
     """Appends a job's output chunks to its stream off the thread that pumps the job's
     pipes, so that a round trip to Redis never keeps the pump from reading.
 
@@ -46,37 +51,54 @@ class _Writer(threading.Thread):
     can does not share its CPU with a round trip per batch, and one that prints for less
     than that long is written after it ended. The queue is bounded by the tee's budget.
     A Redis error stops the writes for the rest of the job (logged once, without the
-    output)."""
+    output).
+
+    The thread is started with :func:`_thread.start_new_thread`, not
+    :class:`threading.Thread`, whose ``start`` blocks until the new thread has been
+    scheduled and has run: on a busy host that held the pump, mid-job, for milliseconds
+    while the job's pipe filled (a job printing 10 MB in 64 KiB writes ran 8-20% slower;
+    ``benchmarks/logs.py``). This one starts without waiting; :meth:`finish` waits for
+    it to have written what is queued and stopped."""
 
     def __init__(self, live: LiveLog, job_id: str) -> None:
-        super().__init__(name=f"sandrun-live-{job_id[:12]}", daemon=True)
         self.live, self.job_id = live, job_id
-        self.queue: queue.SimpleQueue[list[tuple[str, bytes]] | None] = queue.SimpleQueue()
+        self.queue: queue.SimpleQueue[list[tuple[str, Data]] | None] = queue.SimpleQueue()
         self.failed = False
         self._hurry = threading.Event()
+        self._stopped = threading.Event()
+
+    def start(self) -> None:
+        """Start the thread, without waiting for it to run."""
+        _thread.start_new_thread(self._run, ())
 
     def finish(self, timeout: float) -> bool:
         """Write what is queued now and stop; whether everything was written in time."""
         self.queue.put(None)
         self._hurry.set()
-        self.join(timeout)
-        return not (self.failed or self.is_alive())
+        return self._stopped.wait(timeout) and not self.failed
 
-    def run(self) -> None:
-        done = False
-        while not done:
-            # wake on a timer, not per batch: a thread woken for every batch would take the
-            # GIL from the pump each time, and the pump is what keeps the job's pipes empty
-            self._hurry.wait(WRITE_SECONDS)
-            batch = []
-            while not self.queue.empty():
-                batch.append(self.queue.get_nowait())
-            done = None in batch
-            chunks = [chunk for item in batch if item is not None for chunk in item]
-            if chunks and not self.failed:
-                self._append(chunks)
+    def _run(self) -> None:
+        try:
+            done = False
+            while not done:
+                # wake on a timer, not per batch: a thread woken for every batch would take
+                # the GIL from the pump each time, and the pump keeps the job's pipes empty
+                self._hurry.wait(WRITE_SECONDS)
+                batch = []
+                while not self.queue.empty():
+                    batch.append(self.queue.get_nowait())
+                done = None in batch
+                chunks = [chunk for item in batch if item is not None for chunk in item]
+                if chunks and not self.failed:
+                    self._append(chunks)
+        except Exception as exc:  # never the pool process's end; the follower misses output
+            self.failed = True
+            log.warning("live_output_dropped", job_id=self.job_id,
+                        error_type=type(exc).__name__)
+        finally:
+            self._stopped.set()
 
-    def _append(self, chunks: list[tuple[str, bytes]]) -> None:
+    def _append(self, chunks: list[tuple[str, Data]]) -> None:
         try:
             self.live.append(self.job_id, chunks)
         except redis.RedisError as exc:
@@ -92,8 +114,15 @@ class JobFeed:
                  task_id: str | None) -> None:
         self.live, self.job_id, self.task, self.task_id = live, job_id, task, task_id
         self._writer: _Writer | None = None
+        self._arena: Arena | None = None
 
-    def output(self, chunks: Sequence[tuple[str, bytes]]) -> None:
+    def arena(self) -> Arena:
+        """This process's arena, for this job (recycled at :meth:`end`)."""
+        if self._arena is None:
+            self._arena = lease()
+        return self._arena
+
+    def output(self, chunks: Sequence[tuple[str, Data]]) -> None:
         """Queue the chunks for the job's stream (written by a thread of this process).
 
         The thread starts with the job's first output, so that it never exists when the
@@ -120,8 +149,11 @@ class JobFeed:
         """Write what is queued, then mark the end of this attempt's output (a follower
         then waits for the result, which is stored after this returns)."""
         writer, self._writer = self._writer, None
+        arena, self._arena = self._arena, None
         if writer is not None and not writer.finish(END_WAIT_SECONDS):
-            return
+            return  # the arena is dropped: a writer still sending may hold views of it
+        if arena is not None:
+            arena.recycle()
         try:
             self.live.end(self.job_id)
         except redis.RedisError as exc:

@@ -27,6 +27,7 @@ from worker.sandbox.reaping import release
 
 GRACE_SECONDS = 5.0
 PIPE_BYTES = 1 << 20
+READ_BYTES = 65536
 PROGRESS_DRAIN_READS = 16  # reads of the progress pipe after the job ended (64 KiB each)
 STRAYS_MARKER = "\n[sandrun: killed {count} process(es) the job left running]\n"
 
@@ -46,9 +47,19 @@ class _Live:
             left = min(left, due - self.tee.clock())
         return max(0.0, left)
 
-    def output(self, stream: str, chunk: bytes) -> None:
+    def read(self, fd: int, stream: str) -> bytes | memoryview:
+        """Read what the job wrote on ``fd``, into the tee's arena when it has room, and
+        hand it to the tee; empty at end of file."""
+        into = self.tee.space(READ_BYTES) if self.tee is not None else None
+        if into is None:
+            chunk = os.read(fd, READ_BYTES)
+            if self.tee is not None:
+                self.tee.output(stream, chunk)
+            return chunk
+        count = os.readv(fd, [into])
         if self.tee is not None:
-            self.tee.output(stream, chunk)
+            self.tee.took(stream, count)
+        return into[:count]
 
     def progress(self, chunk: bytes) -> None:
         if self.tee is not None:
@@ -95,19 +106,18 @@ def _pump(streams: dict[int, bytearray], report_fd: int, cap: int, deadline: flo
         while open_fds and time.monotonic() < deadline:
             for key, _ in sel.select(timeout=live.wait(deadline)):
                 fd = int(key.fd)
-                chunk = os.read(fd, 65536)
+                chunk = live.read(fd, names[fd]) if fd in names else os.read(fd, READ_BYTES)
                 if not chunk:
                     sel.unregister(fd)
                     open_fds -= fd != live.progress_fd
                 elif fd == report_fd:
                     report += chunk
                 elif fd == live.progress_fd:
-                    live.progress(chunk)
+                    live.progress(bytes(chunk))
                 else:
                     room = max(0, cap - len(streams[fd]))
                     streams[fd] += chunk[:room]
                     dropped[fd] += len(chunk) - min(room, len(chunk))
-                    live.output(names[fd], chunk)
             live.tick()
     finally:
         sel.close()

@@ -38,6 +38,9 @@ class Sink:
     def progress(self, report: Progress) -> None:
         self.calls.append(report)
 
+    def arena(self) -> None:
+        return None
+
 
 def tee(sink: Sink, budget: int = 1 << 20) -> tuple[Tee, Clock]:
     clock = Clock()
