@@ -61,7 +61,6 @@ def one(code: str, config: SandboxConfig, live: LiveLog | None) -> tuple[float, 
     if feed is not None:
         feed.end()  # as the worker does before it stores the result: part of the call
     took = time.perf_counter() - started
-    prestart_pending()  # as the worker does once the result is stored: not part of it
     if run.outcome != "completed":
         raise SystemExit(f"the benchmark job did not complete: {run.outcome} {run.error}")
     streamed = 0
@@ -69,6 +68,10 @@ def one(code: str, config: SandboxConfig, live: LiveLog | None) -> tuple[float, 
         entries = live.client.xrange(live_key(job.id))
         streamed = sum(len(fields.get(b"d", b"")) for _, fields in entries)
         live.client.delete(live_key(job.id))
+    # As the worker does once the result is stored, and last: every job then goes as
+    # soon after its sandbox's pre-start (a streamed one's reading back its stream
+    # would give the next job's sandbox longer to settle than a capture-only one's).
+    prestart_pending()
     return run.wall_seconds, took, streamed
 
 

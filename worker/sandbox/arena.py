@@ -11,8 +11,10 @@ An :class:`Arena` is one anonymous mapping marked ``MADV_DONTFORK``: a forked la
 gets no copy of it, so its pages are never shared and, once touched, stay this
 process's. The pump reads the job's output straight into it (``readv``, no allocation
 and no copy) and the tee hands views of it on, so the next job that streams touches no
-new page. The cost: a pool process keeps as much of it resident as the most one job
-streamed (at most :data:`ARENA_BYTES`); output past that is kept as ordinary bytes.
+new page (huge pages where the host has them: 10 MB kept is written to memory, not to
+cache, and larger pages make that cheaper). The cost: a pool process keeps as much of
+it resident as the most one job streamed (at most :data:`ARENA_BYTES`); output past
+that is kept as ordinary bytes.
 
 Who may reuse it: :func:`lease` gives this process's arena to one job's sink, which
 gives it back (:meth:`Arena.recycle`) only once it has sent every chunk, so that no
@@ -24,12 +26,15 @@ made has no mapping of it: leases are per process id.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 
 ARENA_BYTES = 16 << 20
+READ_BYTES = 1 << 20  # a pipe's most (``PIPE_BYTES``): one read empties it
 
 _spare: dict[int, Arena] = {}  # by process id: the arena no job holds
+_reads: dict[int, memoryview] = {}  # by process id: its read buffer
 
 
 class Arena:
@@ -38,6 +43,8 @@ class Arena:
     def __init__(self, size: int = ARENA_BYTES) -> None:
         self._map = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self._map.madvise(mmap.MADV_DONTFORK)
+        with contextlib.suppress(OSError):  # a host without transparent huge pages
+            self._map.madvise(mmap.MADV_HUGEPAGE)  # fewer, larger pages to write into
         self._view = memoryview(self._map)
         self.pid = os.getpid()
         self.used = 0
@@ -67,3 +74,12 @@ class Arena:
 def lease() -> Arena:
     """This process's spare arena, or a new one: for one job, until it is recycled."""
     return _spare.pop(os.getpid(), None) or Arena()
+
+
+def read_buffer() -> memoryview:
+    """This process's buffer of :data:`READ_BYTES` to read a job's pipes into, for what
+    is not streamed: valid until the next read (one job at a time reads in a process)."""
+    pid = os.getpid()
+    if pid not in _reads:
+        _reads[pid] = Arena(READ_BYTES).view((0, READ_BYTES))
+    return _reads[pid]

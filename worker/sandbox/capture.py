@@ -21,13 +21,13 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from worker.models import cap_text
+from worker.sandbox.arena import READ_BYTES, read_buffer
 from worker.sandbox.launcher import LaunchReport, LaunchSpec, launch, parse_report
 from worker.sandbox.live import Tee
 from worker.sandbox.reaping import release
 
 GRACE_SECONDS = 5.0
 PIPE_BYTES = 1 << 20
-READ_BYTES = 65536
 PROGRESS_DRAIN_READS = 16  # reads of the progress pipe after the job ended (64 KiB each)
 STRAYS_MARKER = "\n[sandrun: killed {count} process(es) the job left running]\n"
 
@@ -47,14 +47,16 @@ class _Live:
             left = min(left, due - self.tee.clock())
         return max(0.0, left)
 
-    def read(self, fd: int, stream: str) -> bytes | memoryview:
-        """Read what the job wrote on ``fd``, into the tee's arena when it has room, and
-        hand it to the tee; empty at end of file."""
+    def read(self, fd: int, stream: str) -> memoryview:
+        """Read what the job wrote on ``fd`` (as much as the pipe holds), into the tee's
+        arena when it has room, else into this process's read buffer, and hand it to the
+        tee; empty at end of file, valid until the next read."""
         into = self.tee.space(READ_BYTES) if self.tee is not None else None
         if into is None:
-            chunk = os.read(fd, READ_BYTES)
-            if self.tee is not None:
-                self.tee.output(stream, chunk)
+            buffer = read_buffer()
+            chunk = buffer[:os.readv(fd, [buffer])]
+            if self.tee is not None and chunk:
+                self.tee.output(stream, bytes(chunk))  # the buffer is read into again
             return chunk
         count = os.readv(fd, [into])
         if self.tee is not None:
@@ -106,7 +108,7 @@ def _pump(streams: dict[int, bytearray], report_fd: int, cap: int, deadline: flo
         while open_fds and time.monotonic() < deadline:
             for key, _ in sel.select(timeout=live.wait(deadline)):
                 fd = int(key.fd)
-                chunk = live.read(fd, names[fd]) if fd in names else os.read(fd, READ_BYTES)
+                chunk = live.read(fd, names[fd]) if fd in names else os.read(fd, 65536)
                 if not chunk:
                     sel.unregister(fd)
                     open_fds -= fd != live.progress_fd

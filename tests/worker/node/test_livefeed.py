@@ -16,6 +16,7 @@ from tests.conftest import RedisServer
 from worker.broker.factory import make_app
 from worker.models import Progress
 from worker.node.livefeed import JobFeed
+from worker.sandbox.arena import lease
 from worker.stores.livelogs import LiveLog, live_key
 
 
@@ -65,3 +66,20 @@ def test_a_failing_redis_is_logged_once_without_the_output() -> None:
         feed.end()
     assert [entry["event"] for entry in logs] == ["live_output_dropped"]
     assert "SECRET-OUTPUT" not in repr(logs)
+
+
+def test_the_arena_is_recycled_once_written_and_dropped_when_redis_fails(
+        redis_client: redis.Redis) -> None:
+    feed = JobFeed(LiveLog(redis_client), "j4", None, None)
+    arena = feed.arena()
+    feed.output([("out", b"x")])
+    feed.end()
+    assert lease() is arena  # the next job of this process reads into it again
+    arena.recycle()
+    dead = JobFeed(LiveLog(redis.Redis.from_url("unix:///nonexistent/redis.sock")), "j5",
+                   None, None)
+    held = dead.arena()
+    assert held is arena
+    dead.output([("out", b"x")])
+    dead.end()  # not written: a writer may still hold views of it
+    assert lease() is not held
