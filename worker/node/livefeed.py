@@ -128,8 +128,9 @@ class JobFeed:
         The thread starts with the job's first output, so that it never exists when the
         launcher is forked (a fork copies no thread, but would copy a lock one holds)."""
         if self._writer is None:
-            self._writer = _Writer(self.live, self.job_id)
-            self._writer.start()
+            writer = _Writer(self.live, self.job_id)
+            writer.start()  # one that cannot start raises: the tee drops this sink
+            self._writer = writer
         self._writer.queue.put(list(chunks))
 
     def progress(self, report: Progress) -> None:

@@ -42,7 +42,8 @@ class Arena:
 
     def __init__(self, size: int = ARENA_BYTES) -> None:
         self._map = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        self._map.madvise(mmap.MADV_DONTFORK)
+        with contextlib.suppress(OSError):  # a kernel without it: forks share the pages
+            self._map.madvise(mmap.MADV_DONTFORK)  # (copied on write, never used there)
         with contextlib.suppress(OSError):  # a host without transparent huge pages
             self._map.madvise(mmap.MADV_HUGEPAGE)  # fewer, larger pages to write into
         self._view = memoryview(self._map)

@@ -2,9 +2,11 @@
 
 stdout and stderr are pipes read as the job writes them, keeping ``cap`` bytes
 of each and counting the rest, so a job printing gigabytes costs the worker no
-more memory than the cap. The launcher's report comes on a third pipe, the job's
-progress reports (:mod:`worker.sandbox.progress`) on a fourth. What the job prints
-and reports is also teed, as it arrives, to the live output of
+more memory than the cap. Each read takes what the pipe holds (up to 1 MiB) into
+memory the process reuses (:mod:`worker.sandbox.arena`): one system call and no
+allocation however fast the job prints. The launcher's report comes on a third
+pipe, the job's progress reports (:mod:`worker.sandbox.progress`) on a fourth. What
+the job prints and reports is also teed, as it arrives, to the live output of
 :mod:`worker.sandbox.live` when the node asked for it. A launcher that has not
 reported by the job's timeout plus a grace period is told to kill its tree.
 """

@@ -66,7 +66,11 @@ class Tee:
         self.sink: LiveSink | None = sink
         self.budget, self.clock = budget, clock
         self.sent = 0  # output bytes handed on or pending, against the budget
-        self._arena = sink.arena()
+        try:
+            self._arena = sink.arena()
+        except Exception as exc:  # no arena (no memory to map): the tee keeps bytes
+            log.warning("live_arena_unavailable", error_type=type(exc).__name__)
+            self._arena = None
         self._pending: list[tuple[str, bytes | bytearray | memoryview]] = []
         self._run: tuple[int, int] | None = None  # the arena span of the last piece
         self._pending_bytes = 0

@@ -148,3 +148,17 @@ def test_a_real_job_streams_past_a_small_arena_in_order() -> None:
     assert {memoryview, bytes} <= set(sink.kinds)  # the arena first, then bytes
     assert result.stdout_truncated  # the result keeps the first part, the stream all
     assert out.startswith(result.stdout.split("\n[sandrun: output truncated")[0].encode())
+
+
+class NoArena(ArenaSink):
+    def arena(self) -> Arena:
+        raise OSError(12, "Cannot allocate memory")
+
+
+def test_a_sink_whose_arena_fails_still_gets_the_output_as_bytes() -> None:
+    sink = NoArena(Arena(1))
+    tee = Tee(sink, 1 << 20)
+    assert tee.space(64) is None and tee.sink is sink
+    read_into(tee, "out", b"hello")
+    tee.close()
+    assert sink.chunks == [("out", b"hello")] and sink.kinds == [bytes]
