@@ -23,7 +23,8 @@ from __future__ import annotations
 import _thread
 import queue
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -34,8 +35,8 @@ from worker.models import Progress
 from worker.node.runtime import Runtime
 from worker.protocol import PROGRESS_STATE
 from worker.sandbox.arena import Arena, lease
-from worker.sandbox.live import Data
-from worker.stores.livelogs import LiveLog
+from worker.sandbox.live import FLUSH_BYTES, Data
+from worker.stores.livelogs import END, LiveLog
 
 END_WAIT_SECONDS = 30.0  # for the writer to send what is queued when the job ends
 WRITE_SECONDS = 0.1  # between two writes of one job's stream
@@ -46,10 +47,10 @@ class _Writer:
     """Appends a job's output chunks to its stream off the thread that pumps the job's
     pipes, so that a round trip to Redis never keeps the pump from reading.
 
-    It wakes every :data:`WRITE_SECONDS` (at once when the job has ended, :meth:`finish`)
-    and writes everything queued by then in one round trip: a job printing as fast as it
-    can does not share its CPU with a round trip per batch, and one that prints for less
-    than that long is written after it ended. The queue is bounded by the tee's budget.
+    It writes what is queued when it starts, then wakes every :data:`WRITE_SECONDS` (at
+    once when the job has ended, :meth:`finish`) and writes everything queued by then in
+    one round trip: a job printing as fast as it can does not share its CPU with a round
+    trip per batch. The queue is bounded by the tee's budget.
     A Redis error stops the writes for the rest of the job (logged once, without the
     output).
 
@@ -81,9 +82,6 @@ class _Writer:
         try:
             done = False
             while not done:
-                # wake on a timer, not per batch: a thread woken for every batch would take
-                # the GIL from the pump each time, and the pump keeps the job's pipes empty
-                self._hurry.wait(WRITE_SECONDS)
                 batch = []
                 while not self.queue.empty():
                     batch.append(self.queue.get_nowait())
@@ -91,6 +89,10 @@ class _Writer:
                 chunks = [chunk for item in batch if item is not None for chunk in item]
                 if chunks and not self.failed:
                     self._append(chunks)
+                if not done:
+                    # wake on a timer, not per batch: a thread woken for every batch would
+                    # take the GIL from the pump each time, and the pump keeps the pipes empty
+                    self._hurry.wait(WRITE_SECONDS)
         except Exception as exc:  # never the pool process's end; the follower misses output
             self.failed = True
             log.warning("live_output_dropped", job_id=self.job_id,
@@ -111,10 +113,13 @@ class JobFeed:
     """The live sink of one job attempt (a :class:`~worker.sandbox.live.LiveSink`)."""
 
     def __init__(self, live: LiveLog, job_id: str, task: Task[Any, Any] | None,
-                 task_id: str | None) -> None:
+                 task_id: str | None, clock: Callable[[], float] = time.monotonic) -> None:
         self.live, self.job_id, self.task, self.task_id = live, job_id, task, task_id
+        self.clock = clock
         self._writer: _Writer | None = None
         self._arena: Arena | None = None
+        self._held: list[tuple[str, Data]] = []  # output before the writer started
+        self._first: float | None = None  # when the first output came
 
     def arena(self) -> Arena:
         """This process's arena, for this job (recycled at :meth:`end`)."""
@@ -126,12 +131,26 @@ class JobFeed:
         """Queue the chunks for the job's stream (written by a thread of this process).
 
         The thread starts with the job's first output, so that it never exists when the
-        launcher is forked (a fork copies no thread, but would copy a lock one holds)."""
-        if self._writer is None:
-            writer = _Writer(self.live, self.job_id)
-            writer.start()  # one that cannot start raises: the tee drops this sink
-            self._writer = writer
-        self._writer.queue.put(list(chunks))
+        launcher is forked (a fork copies no thread, but would copy a lock one holds),
+        unless the job is printing fast (a hand-over of ``FLUSH_BYTES`` or more): then
+        the output is held until it has printed for :data:`WRITE_SECONDS`, paused (the
+        tee says so) or ended, since starting a thread mid-burst costs the pump more
+        than writing it all at the end (``benchmarks/logs.py``). Followers see it no
+        later than the writer's first write would have shown it."""
+        if self._writer is not None:
+            if chunks:
+                self._writer.queue.put(list(chunks))
+            return
+        now = self.clock()
+        self._first = now if self._first is None else self._first
+        self._held.extend(chunks)
+        burst = sum(len(data) for _, data in chunks) >= FLUSH_BYTES
+        if not self._held or (burst and now - self._first < WRITE_SECONDS):
+            return
+        writer = _Writer(self.live, self.job_id)
+        writer.queue.put(self._held)
+        writer.start()  # one that cannot start raises: the tee drops this sink
+        self._writer, self._held = writer, []
 
     def progress(self, report: Progress) -> None:
         """Store the report as the task's PROGRESS state, and tell Flower."""
@@ -151,15 +170,20 @@ class JobFeed:
         then waits for the result, which is stored after this returns)."""
         writer, self._writer = self._writer, None
         arena, self._arena = self._arena, None
+        held, self._held = self._held, []
         if writer is not None and not writer.finish(END_WAIT_SECONDS):
             return  # the arena is dropped: a writer still sending may hold views of it
-        if arena is not None:
-            arena.recycle()
         try:
-            self.live.end(self.job_id)
+            if held:  # never started: all of it and the end in one round trip, from here
+                self.live.append(self.job_id, [*held, (END, b"")])
+            else:
+                self.live.end(self.job_id)
         except redis.RedisError as exc:
-            log.warning("live_output_end_not_written", job_id=self.job_id,
-                        error_type=type(exc).__name__)
+            log.warning("live_output_dropped" if held else "live_output_end_not_written",
+                        job_id=self.job_id, error_type=type(exc).__name__)
+        finally:
+            if arena is not None:
+                arena.recycle()  # no thread holds a view of it any more
 
 
 def job_feed(rt: Runtime, job_id: str, task: Task[Any, Any] | None = None,

@@ -12,7 +12,9 @@ thread of its own, :mod:`worker.node.livefeed`). When the sink lends an arena
 (:meth:`Tee.space`, :meth:`Tee.took`) and the chunks are views of it, joined while they
 are adjacent: keeping 10 MB costs no allocation, copy or page fault. Progress reports
 (:mod:`worker.sandbox.progress`) are handed on at most every :data:`PROGRESS_SECONDS`
-(the latest wins) and once more at the end.
+(the latest wins) and once more at the end. After a hand-over forced by size the sink
+hears once more, with nothing, if the job then pauses: a sink may hold back output
+while the job prints fast (the node's does, not to start its writer mid-burst).
 
 A job may print without end: after ``budget`` bytes the tee hands on one ``note`` and
 then nothing more (the result still keeps the first ``stream_cap_bytes`` of each
@@ -47,7 +49,9 @@ class LiveSink(Protocol):
     def output(self, chunks: Sequence[tuple[str, Data]]) -> None:
         """Hand on ``(stream, data)`` chunks in the order the job wrote them; ``stream``
         is ``out``, ``err`` or ``note`` (a line of the worker's own, about the stream).
-        A view of the arena is valid until the sink recycles the arena."""
+        A view of the arena is valid until the sink recycles the arena. A hand-over of
+        :data:`FLUSH_BYTES` or more means the job is printing fast and more follows
+        soon: if nothing does, an empty one comes :data:`FLUSH_SECONDS` later."""
 
     def arena(self) -> Arena | None:
         """Memory for the tee to read the job's output into, which the sink recycles only
@@ -75,6 +79,7 @@ class Tee:
         self._run: tuple[int, int] | None = None  # the arena span of the last piece
         self._pending_bytes = 0
         self._since: float | None = None  # when the oldest pending byte arrived
+        self._nudge_at: float | None = None  # when to tell the sink the job paused
         self._reader = ProgressReader()
         self._report: Progress | None = None  # read, not yet handed on
         self._reported_at = float("-inf")
@@ -107,6 +112,7 @@ class Tee:
             self._add("note", BUDGET_NOTE.format(budget=self.budget).encode())
         if self._pending_bytes >= FLUSH_BYTES:
             self._flush()
+            self._nudge_at = self.clock() + FLUSH_SECONDS
 
     def progress(self, chunk: bytes) -> None:
         """Take bytes the job wrote on its progress descriptor."""
@@ -118,6 +124,8 @@ class Tee:
     def due(self) -> float | None:
         """When :meth:`tick` has something to hand on (a ``clock`` time), or None."""
         times = [self._since + FLUSH_SECONDS] if self._since is not None else []
+        if self._nudge_at is not None:
+            times.append(self._nudge_at)
         if self._report is not None:
             times.append(self._reported_at + PROGRESS_SECONDS)
         return min(times) if times else None
@@ -127,6 +135,9 @@ class Tee:
         now = self.clock()
         if self._since is not None and now >= self._since + FLUSH_SECONDS:
             self._flush()
+        if self._nudge_at is not None and now >= self._nudge_at:
+            self._nudge_at = None
+            self._call(lambda sink: sink.output([]))
         if self._report is not None and now >= self._reported_at + PROGRESS_SECONDS:
             self._send_report(now)
 
@@ -173,7 +184,7 @@ class Tee:
 
     def _flush(self) -> None:
         pending, self._pending, self._pending_bytes, self._since = self._pending, [], 0, None
-        self._run = None
+        self._run = self._nudge_at = None
         chunks: list[tuple[str, Data]] = [
             (stream, data[i:i + CHUNK_BYTES] if isinstance(data, memoryview)
              else bytes(data[i:i + CHUNK_BYTES]))
