@@ -88,7 +88,8 @@ def compare(shape: str, size: int, rounds: int, live: LiveLog, workdir: Path) ->
         wall, call, sent = one(code, config, live)
         streamed.append((wall, call))
     print(f"\n{shape}: a job printing {size / 1e6:.0f} MB, {rounds} rounds each, "
-          f"alternating; {sent / 1e6:.1f} MB reached the stream per streamed job")
+          f"alternating; {sent / 1e6:.1f} MB reached the stream per streamed job; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(f"{'median':<22}{'capture only':>14}{'streaming':>12}{'ratio':>8}")
     for index, name in ((0, "job wall time"), (1, "whole call")):
         base = statistics.median(sample[index] for sample in plain)
