@@ -135,8 +135,9 @@ class JobFeed:
         unless the job is printing fast (a hand-over of ``FLUSH_BYTES`` or more): then
         the output is held until it has printed for :data:`WRITE_SECONDS`, paused (the
         tee says so) or ended, since starting a thread mid-burst costs the pump more
-        than writing it all at the end (``benchmarks/logs.py``). Followers see it no
-        later than the writer's first write would have shown it."""
+        than writing it all at the end (``benchmarks/logs.py``). Followers see it at
+        most :data:`~worker.sandbox.live.FLUSH_SECONDS` later than a writer started at
+        once would have shown it (its first write waited :data:`WRITE_SECONDS`)."""
         if self._writer is not None:
             if chunks:
                 self._writer.queue.put(list(chunks))
