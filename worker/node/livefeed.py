@@ -135,9 +135,9 @@ class JobFeed:
         unless the job is printing fast (a hand-over of ``FLUSH_BYTES`` or more): then
         the output is held until it has printed for :data:`WRITE_SECONDS`, paused (the
         tee says so) or ended, since starting a thread mid-burst costs the pump more
-        than writing it all at the end (``benchmarks/logs.py``). Followers see it at
-        most :data:`~worker.sandbox.live.FLUSH_SECONDS` later than a writer started at
-        once would have shown it (its first write waited :data:`WRITE_SECONDS`)."""
+        than writing it all at the end (``benchmarks/logs.py``). A follower sees a burst
+        at most :data:`WRITE_SECONDS` plus the tee's ``FLUSH_SECONDS`` after it began
+        (the writer writes at once when it starts, then every :data:`WRITE_SECONDS`)."""
         if self._writer is not None:
             if chunks:
                 self._writer.queue.put(list(chunks))
