@@ -136,7 +136,8 @@ class JobFeed:
         the output is held until it has printed for :data:`WRITE_SECONDS`, paused (the
         tee says so) or ended, since starting a thread mid-burst costs the pump more
         than writing it all at the end (``benchmarks/logs.py``). A follower sees a burst
-        at most :data:`WRITE_SECONDS` plus the tee's ``FLUSH_SECONDS`` after it began
+        at most :data:`WRITE_SECONDS` plus twice the tee's ``FLUSH_SECONDS`` (0.2 s)
+        after its first byte, 0.05 s later than a writer started at its first output
         (the writer writes at once when it starts, then every :data:`WRITE_SECONDS`)."""
         if self._writer is not None:
             if chunks:
