@@ -9,7 +9,11 @@ measured in one run on the same machine state. Two shapes of printing: ``lines``
 most hand-overs per byte), and ``blocks``, 64 KiB writes. Reported: the medians of
 the job's own wall time (what a slower pipe reader would slow down) and of the whole
 call (``run_in_sandbox`` and, streaming, the sink's ``end``, which a worker waits for
-before it stores the result), and streaming/capture-only ratios (the bar: 1.10).
+before it stores the result), and streaming/capture-only ratios (the bar: 1.10). Each
+job is run as a worker runs it: ``warm_next=False``, the sink's end, then the next job's
+sandbox pre-started (``prestart_pending``, which a worker calls once the result is
+stored, outside the call), so that both kinds of job wait alike for their sandbox and
+no pre-start overlaps the stream's writes.
 
 Run: ``.venv/bin/python benchmarks/logs.py`` (``--quick`` for a short run).
 """
@@ -33,7 +37,12 @@ from benchmarks.sandbox import bench_broker  # noqa: E402
 from worker.logs import configure_logging  # noqa: E402
 from worker.models import Job  # noqa: E402
 from worker.node.livefeed import JobFeed  # noqa: E402
-from worker.sandbox.executor import SandboxConfig, release_slots, run_in_sandbox  # noqa: E402
+from worker.sandbox.executor import (  # noqa: E402
+    SandboxConfig,
+    prestart_pending,
+    release_slots,
+    run_in_sandbox,
+)
 from worker.stores.livelogs import LiveLog, live_key  # noqa: E402
 
 SHAPES = {
@@ -48,7 +57,7 @@ def one(code: str, config: SandboxConfig, live: LiveLog | None) -> tuple[float, 
     job = Job(code=code, timeout=120)
     feed = JobFeed(live, job.id, None, None) if live is not None else None
     started = time.perf_counter()
-    run = run_in_sandbox(job, config, live=feed)
+    run = run_in_sandbox(job, config, warm_next=False, live=feed)
     if feed is not None:
         feed.end()  # as the worker does before it stores the result: part of the call
     took = time.perf_counter() - started
@@ -59,6 +68,10 @@ def one(code: str, config: SandboxConfig, live: LiveLog | None) -> tuple[float, 
         entries = live.client.xrange(live_key(job.id))
         streamed = sum(len(fields.get(b"d", b"")) for _, fields in entries)
         live.client.delete(live_key(job.id))
+    # As the worker does once the result is stored, and last: every job then goes as
+    # soon after its sandbox's pre-start (a streamed one's reading back its stream
+    # would give the next job's sandbox longer to settle than a capture-only one's).
+    prestart_pending()
     return run.wall_seconds, took, streamed
 
 
@@ -75,7 +88,8 @@ def compare(shape: str, size: int, rounds: int, live: LiveLog, workdir: Path) ->
         wall, call, sent = one(code, config, live)
         streamed.append((wall, call))
     print(f"\n{shape}: a job printing {size / 1e6:.0f} MB, {rounds} rounds each, "
-          f"alternating; {sent / 1e6:.1f} MB reached the stream per streamed job")
+          f"alternating; {sent / 1e6:.1f} MB reached the stream per streamed job; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(f"{'median':<22}{'capture only':>14}{'streaming':>12}{'ratio':>8}")
     for index, name in ((0, "job wall time"), (1, "whole call")):
         base = statistics.median(sample[index] for sample in plain)

@@ -6,7 +6,9 @@ sink this module makes, in the pool process running the job:
 
 * output chunks go to the job's bounded stream (:class:`~worker.stores.livelogs.LiveLog`),
   which ``run.logs(follow=True)`` and ``sandrun logs -f`` read, written by a thread
-  of the pool process so that the pump never waits on Redis;
+  of the pool process so that the pump never waits on Redis; the chunks are views of
+  an arena (:mod:`worker.sandbox.arena`) the sink leases for the job and recycles only
+  once the writer has sent them all;
 * a progress report is stored as the task's state, ``update_state(state="PROGRESS",
   meta=...)``, which ``run.progress()`` and ``sandrun status`` read, and sent as a
   ``task-progress`` event, which Flower shows as the task's state with the report's
@@ -18,9 +20,11 @@ output. Without a Redis result backend there is no stream, and no sink.
 
 from __future__ import annotations
 
+import _thread
 import queue
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -30,53 +34,73 @@ from celery import Task
 from worker.models import Progress
 from worker.node.runtime import Runtime
 from worker.protocol import PROGRESS_STATE
-from worker.stores.livelogs import LiveLog
+from worker.sandbox.arena import Arena, lease
+from worker.sandbox.live import FLUSH_BYTES, Data
+from worker.stores.livelogs import END, LiveLog
 
 END_WAIT_SECONDS = 30.0  # for the writer to send what is queued when the job ends
 WRITE_SECONDS = 0.1  # between two writes of one job's stream
 log = structlog.get_logger("sandrun.live")
 
 
-class _Writer(threading.Thread):
+class _Writer:
     """Appends a job's output chunks to its stream off the thread that pumps the job's
     pipes, so that a round trip to Redis never keeps the pump from reading.
 
-    It wakes every :data:`WRITE_SECONDS` (at once when the job has ended, :meth:`finish`)
-    and writes everything queued by then in one round trip: a job printing as fast as it
-    can does not share its CPU with a round trip per batch, and one that prints for less
-    than that long is written after it ended. The queue is bounded by the tee's budget.
+    It writes what is queued when it starts, then wakes every :data:`WRITE_SECONDS` (at
+    once when the job has ended, :meth:`finish`) and writes everything queued by then in
+    one round trip: a job printing as fast as it can does not share its CPU with a round
+    trip per batch. The queue is bounded by the tee's budget.
     A Redis error stops the writes for the rest of the job (logged once, without the
-    output)."""
+    output).
+
+    The thread is started with :func:`_thread.start_new_thread`, not
+    :class:`threading.Thread`, whose ``start`` blocks until the new thread has been
+    scheduled and has run: on a busy host that held the pump, mid-job, for milliseconds
+    while the job's pipe filled (a job printing 10 MB in 64 KiB writes ran 8-20% slower;
+    ``benchmarks/logs.py``). This one starts without waiting; :meth:`finish` waits for
+    it to have written what is queued and stopped."""
 
     def __init__(self, live: LiveLog, job_id: str) -> None:
-        super().__init__(name=f"sandrun-live-{job_id[:12]}", daemon=True)
         self.live, self.job_id = live, job_id
-        self.queue: queue.SimpleQueue[list[tuple[str, bytes]] | None] = queue.SimpleQueue()
+        self.queue: queue.SimpleQueue[list[tuple[str, Data]] | None] = queue.SimpleQueue()
         self.failed = False
         self._hurry = threading.Event()
+        self._stopped = threading.Event()
+
+    def start(self) -> None:
+        """Start the thread, without waiting for it to run."""
+        _thread.start_new_thread(self._run, ())
 
     def finish(self, timeout: float) -> bool:
         """Write what is queued now and stop; whether everything was written in time."""
         self.queue.put(None)
         self._hurry.set()
-        self.join(timeout)
-        return not (self.failed or self.is_alive())
+        return self._stopped.wait(timeout) and not self.failed
 
-    def run(self) -> None:
-        done = False
-        while not done:
-            # wake on a timer, not per batch: a thread woken for every batch would take the
-            # GIL from the pump each time, and the pump is what keeps the job's pipes empty
-            self._hurry.wait(WRITE_SECONDS)
-            batch = []
-            while not self.queue.empty():
-                batch.append(self.queue.get_nowait())
-            done = None in batch
-            chunks = [chunk for item in batch if item is not None for chunk in item]
-            if chunks and not self.failed:
-                self._append(chunks)
+    def _run(self) -> None:
+        try:
+            done = False
+            while not done:
+                batch = []
+                while not self.queue.empty():
+                    batch.append(self.queue.get_nowait())
+                done = None in batch
+                chunks = [chunk for item in batch if item is not None for chunk in item]
+                if chunks and not self.failed:
+                    self._append(chunks)
+                if not done:
+                    # wake on a timer, not per batch: a thread woken for every batch would
+                    # take the GIL from the pump each time, and the pump keeps the pipes empty
+                    self._hurry.wait(WRITE_SECONDS)
+        except Exception as exc:  # never the pool process's end; the follower misses output
+            self.failed = True
+            log.warning("live_output_dropped", job_id=self.job_id,
+                        error_type=type(exc).__name__)
+        finally:
+            self._stopped.set()
 
-    def _append(self, chunks: list[tuple[str, bytes]]) -> None:
+    def _append(self, chunks: list[tuple[str, Data]]) -> None:
         try:
             self.live.append(self.job_id, chunks)
         except redis.RedisError as exc:
@@ -89,19 +113,46 @@ class JobFeed:
     """The live sink of one job attempt (a :class:`~worker.sandbox.live.LiveSink`)."""
 
     def __init__(self, live: LiveLog, job_id: str, task: Task[Any, Any] | None,
-                 task_id: str | None) -> None:
+                 task_id: str | None, clock: Callable[[], float] = time.monotonic) -> None:
         self.live, self.job_id, self.task, self.task_id = live, job_id, task, task_id
+        self.clock = clock
         self._writer: _Writer | None = None
+        self._arena: Arena | None = None
+        self._held: list[tuple[str, Data]] = []  # output before the writer started
+        self._first: float | None = None  # when the first output came
 
-    def output(self, chunks: Sequence[tuple[str, bytes]]) -> None:
+    def arena(self) -> Arena:
+        """This process's arena, for this job (recycled at :meth:`end`)."""
+        if self._arena is None:
+            self._arena = lease()
+        return self._arena
+
+    def output(self, chunks: Sequence[tuple[str, Data]]) -> None:
         """Queue the chunks for the job's stream (written by a thread of this process).
 
         The thread starts with the job's first output, so that it never exists when the
-        launcher is forked (a fork copies no thread, but would copy a lock one holds)."""
-        if self._writer is None:
-            self._writer = _Writer(self.live, self.job_id)
-            self._writer.start()
-        self._writer.queue.put(list(chunks))
+        launcher is forked (a fork copies no thread, but would copy a lock one holds),
+        unless the job is printing fast (a hand-over of ``FLUSH_BYTES`` or more): then
+        the output is held until it has printed for :data:`WRITE_SECONDS`, paused (the
+        tee says so) or ended, since starting a thread mid-burst costs the pump more
+        than writing it all at the end (``benchmarks/logs.py``). A follower sees a burst
+        at most :data:`WRITE_SECONDS` plus twice the tee's ``FLUSH_SECONDS`` (0.2 s)
+        after its first byte, 0.05 s later than a writer started at its first output
+        (the writer writes at once when it starts, then every :data:`WRITE_SECONDS`)."""
+        if self._writer is not None:
+            if chunks:
+                self._writer.queue.put(list(chunks))
+            return
+        now = self.clock()
+        self._first = now if self._first is None else self._first
+        self._held.extend(chunks)
+        burst = sum(len(data) for _, data in chunks) >= FLUSH_BYTES
+        if not self._held or (burst and now - self._first < WRITE_SECONDS):
+            return
+        writer = _Writer(self.live, self.job_id)
+        writer.queue.put(self._held)
+        writer.start()  # one that cannot start raises: the tee drops this sink
+        self._writer, self._held = writer, []
 
     def progress(self, report: Progress) -> None:
         """Store the report as the task's PROGRESS state, and tell Flower."""
@@ -120,13 +171,21 @@ class JobFeed:
         """Write what is queued, then mark the end of this attempt's output (a follower
         then waits for the result, which is stored after this returns)."""
         writer, self._writer = self._writer, None
+        arena, self._arena = self._arena, None
+        held, self._held = self._held, []
         if writer is not None and not writer.finish(END_WAIT_SECONDS):
-            return
+            return  # the arena is dropped: a writer still sending may hold views of it
         try:
-            self.live.end(self.job_id)
+            if held:  # never started: all of it and the end in one round trip, from here
+                self.live.append(self.job_id, [*held, (END, b"")])
+            else:
+                self.live.end(self.job_id)
         except redis.RedisError as exc:
-            log.warning("live_output_end_not_written", job_id=self.job_id,
-                        error_type=type(exc).__name__)
+            log.warning("live_output_dropped" if held else "live_output_end_not_written",
+                        job_id=self.job_id, error_type=type(exc).__name__)
+        finally:
+            if arena is not None:
+                arena.recycle()  # no thread holds a view of it any more
 
 
 def job_feed(rt: Runtime, job_id: str, task: Task[Any, Any] | None = None,

@@ -2,9 +2,11 @@
 
 stdout and stderr are pipes read as the job writes them, keeping ``cap`` bytes
 of each and counting the rest, so a job printing gigabytes costs the worker no
-more memory than the cap. The launcher's report comes on a third pipe, the job's
-progress reports (:mod:`worker.sandbox.progress`) on a fourth. What the job prints
-and reports is also teed, as it arrives, to the live output of
+more memory than the cap. Each read takes what the pipe holds (up to 1 MiB) into
+memory the process reuses (:mod:`worker.sandbox.arena`): one system call and no
+allocation however fast the job prints. The launcher's report comes on a third
+pipe, the job's progress reports (:mod:`worker.sandbox.progress`) on a fourth. What
+the job prints and reports is also teed, as it arrives, to the live output of
 :mod:`worker.sandbox.live` when the node asked for it. A launcher that has not
 reported by the job's timeout plus a grace period is told to kill its tree.
 """
@@ -21,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from worker.models import cap_text
+from worker.sandbox.arena import READ_BYTES, read_buffer
 from worker.sandbox.launcher import LaunchReport, LaunchSpec, launch, parse_report
 from worker.sandbox.live import Tee
 from worker.sandbox.reaping import release
@@ -46,9 +49,21 @@ class _Live:
             left = min(left, due - self.tee.clock())
         return max(0.0, left)
 
-    def output(self, stream: str, chunk: bytes) -> None:
+    def read(self, fd: int, stream: str) -> memoryview:
+        """Read what the job wrote on ``fd`` (as much as the pipe holds), into the tee's
+        arena when it has room, else into this process's read buffer, and hand it to the
+        tee; empty at end of file, valid until the next read."""
+        into = self.tee.space(READ_BYTES) if self.tee is not None else None
+        if into is None:
+            buffer = read_buffer()
+            chunk = buffer[:os.readv(fd, [buffer])]
+            if self.tee is not None and chunk:
+                self.tee.output(stream, bytes(chunk))  # the buffer is read into again
+            return chunk
+        count = os.readv(fd, [into])
         if self.tee is not None:
-            self.tee.output(stream, chunk)
+            self.tee.took(stream, count)
+        return into[:count]
 
     def progress(self, chunk: bytes) -> None:
         if self.tee is not None:
@@ -95,19 +110,18 @@ def _pump(streams: dict[int, bytearray], report_fd: int, cap: int, deadline: flo
         while open_fds and time.monotonic() < deadline:
             for key, _ in sel.select(timeout=live.wait(deadline)):
                 fd = int(key.fd)
-                chunk = os.read(fd, 65536)
+                chunk = live.read(fd, names[fd]) if fd in names else os.read(fd, 65536)
                 if not chunk:
                     sel.unregister(fd)
                     open_fds -= fd != live.progress_fd
                 elif fd == report_fd:
                     report += chunk
                 elif fd == live.progress_fd:
-                    live.progress(chunk)
+                    live.progress(bytes(chunk))
                 else:
                     room = max(0, cap - len(streams[fd]))
                     streams[fd] += chunk[:room]
                     dropped[fd] += len(chunk) - min(room, len(chunk))
-                    live.output(names[fd], chunk)
             live.tick()
     finally:
         sel.close()

@@ -49,7 +49,7 @@ class LiveLog:
                  ttl: int = LIVE_TTL_SECONDS) -> None:
         self.client, self.max_entries, self.ttl = client, max_entries, ttl
 
-    def append(self, job_id: str, chunks: Sequence[tuple[str, bytes]]) -> None:
+    def append(self, job_id: str, chunks: Sequence[tuple[str, bytes | memoryview]]) -> None:
         """Add ``(kind, data)`` chunks in order, trim and renew the TTL: one round trip."""
         key = live_key(job_id)
         pipe = self.client.pipeline(transaction=False)

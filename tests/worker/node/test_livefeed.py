@@ -15,7 +15,9 @@ from celery import Celery
 from tests.conftest import RedisServer
 from worker.broker.factory import make_app
 from worker.models import Progress
-from worker.node.livefeed import JobFeed
+from worker.node.livefeed import WRITE_SECONDS, JobFeed
+from worker.sandbox.arena import lease
+from worker.sandbox.live import FLUSH_BYTES
 from worker.stores.livelogs import LiveLog, live_key
 
 
@@ -65,3 +67,62 @@ def test_a_failing_redis_is_logged_once_without_the_output() -> None:
         feed.end()
     assert [entry["event"] for entry in logs] == ["live_output_dropped"]
     assert "SECRET-OUTPUT" not in repr(logs)
+
+
+def test_the_arena_is_recycled_once_written_and_dropped_when_redis_fails(
+        redis_client: redis.Redis) -> None:
+    feed = JobFeed(LiveLog(redis_client), "j4", None, None)
+    arena = feed.arena()
+    feed.output([("out", b"x")])
+    feed.end()
+    assert lease() is arena  # the next job of this process reads into it again
+    arena.recycle()
+    dead = JobFeed(LiveLog(redis.Redis.from_url("unix:///nonexistent/redis.sock")), "j5",
+                   None, None)
+    held = dead.arena()
+    assert held is arena
+    dead.output([("out", b"x")])
+    dead.end()  # not written: a writer may still hold views of it
+    assert lease() is not held
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 50.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_burst_is_held_until_the_job_pauses_then_written_in_order(
+        redis_client: redis.Redis) -> None:
+    clock = Clock()
+    feed = JobFeed(LiveLog(redis_client), "j6", None, None, clock)
+    burst = [("out", b"a" * (FLUSH_BYTES // 2)), ("out", b"b" * (FLUSH_BYTES // 2))]
+    feed.output(burst)
+    clock.now += WRITE_SECONDS / 2
+    feed.output(burst)
+    assert feed._writer is None and entries(redis_client, "j6") == []  # printing fast
+    feed.output([])  # the tee: the job paused
+    assert feed._writer is not None
+    feed.output([("err", b"late")])
+    feed.end()
+    assert entries(redis_client, "j6") == [
+        (b"out", b"a" * (FLUSH_BYTES // 2)), (b"out", b"b" * (FLUSH_BYTES // 2))] * 2 + [
+        (b"err", b"late"), (b"end", b"")]
+
+
+def test_a_burst_that_ends_with_the_job_is_written_at_the_end_in_one_go(
+        redis_client: redis.Redis) -> None:
+    clock = Clock()
+    feed = JobFeed(LiveLog(redis_client), "j7", None, None, clock)
+    feed.output([("out", b"x" * FLUSH_BYTES)])
+    feed.end()
+    assert entries(redis_client, "j7") == [(b"out", b"x" * FLUSH_BYTES), (b"end", b"")]
+    feed = JobFeed(LiveLog(redis_client), "j8", None, None, clock)
+    feed.output([("out", b"x" * FLUSH_BYTES)])
+    clock.now += WRITE_SECONDS
+    feed.output([("out", b"y" * FLUSH_BYTES)])  # printing fast for long enough: written
+    assert feed._writer is not None
+    feed.end()
+    assert [kind for kind, _ in entries(redis_client, "j8")] == [b"out", b"out", b"end"]

@@ -38,6 +38,9 @@ class Sink:
     def progress(self, report: Progress) -> None:
         self.calls.append(report)
 
+    def arena(self) -> None:
+        return None
+
 
 def tee(sink: Sink, budget: int = 1 << 20) -> tuple[Tee, Clock]:
     clock = Clock()
@@ -70,6 +73,25 @@ def test_a_full_batch_goes_at_once_in_capped_chunks() -> None:
     assert isinstance(chunks, list)
     assert all(len(data) <= CHUNK_BYTES for _, data in chunks)
     assert b"".join(data for _, data in chunks) == b"x" * FLUSH_BYTES
+
+
+def test_after_a_batch_forced_by_size_the_sink_hears_once_when_the_job_pauses() -> None:
+    sink = Sink()
+    live, clock = tee(sink)
+    live.output("out", b"x" * FLUSH_BYTES)
+    assert len(sink.calls) == 1
+    assert live.due() == pytest.approx(100.0 + FLUSH_SECONDS)
+    clock.now += FLUSH_SECONDS
+    live.tick()
+    live.tick()
+    assert sink.calls[1:] == [[]] and live.due() is None
+    live.output("out", b"x" * FLUSH_BYTES)
+    live.output("out", b"y")  # more came: no empty hand-over, the batch goes in time
+    clock.now += FLUSH_SECONDS
+    live.tick()
+    batch, last = sink.calls[2:]
+    assert isinstance(batch, list) and b"".join(data for _, data in batch) == b"x" * FLUSH_BYTES
+    assert last == [("out", b"y")]
 
 
 def test_past_the_budget_one_note_then_nothing() -> None:
