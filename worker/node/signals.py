@@ -48,7 +48,7 @@ from worker.models import WorkerInfo
 from worker.node import runtime
 from worker.plugin.context import WorkerContext
 from worker.protocol import RUN_JOB
-from worker.sandbox.executor import prestart_pending
+from worker.sandbox.warmpool import prestart_pending
 from worker.settings import check_visibility_timeout
 from worker.stores import registry
 

@@ -12,11 +12,11 @@ import os
 from pathlib import Path
 
 from worker.sandbox import cgroups, jobdirs
-from worker.sandbox.executor import SandboxConfig
 from worker.sandbox.isolation import job_user_ids, probe
 from worker.sandbox.jobdirs import UidRange
 from worker.sandbox.plan import Policy, plan_confinement
 from worker.sandbox.prepare import DEFAULT_INTERPRETERS
+from worker.sandbox.runspec import SandboxConfig
 from worker.settings import Settings
 
 

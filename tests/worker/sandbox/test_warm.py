@@ -12,9 +12,10 @@ import time
 import pytest
 
 from worker.models import Job
-from worker.sandbox import executor, warm
-from worker.sandbox.executor import SandboxConfig, SandboxRun, run_in_sandbox
+from worker.sandbox import warm, warmpool
+from worker.sandbox.executor import SandboxConfig, SandboxRun, release_slots, run_in_sandbox
 from worker.sandbox.isolation import probe
+from worker.sandbox.plan import Policy
 
 SUPPORT = probe((200000, 200000)) if os.geteuid() == 0 else probe()
 VIEW = pytest.mark.skipif(not SUPPORT.view, reason=f"no filesystem view here: {SUPPORT.notes}")
@@ -91,7 +92,7 @@ def _through_warm(config: SandboxConfig, job: Job, *, python: bool) -> SandboxRu
     """Run ``job`` through the warm sandbox a plain job leaves behind, checking it went
     through it, with a pre-started interpreter (``python``) or the shell."""
     run_in_sandbox(Job(code="pass"), config)  # leaves a warm sandbox behind
-    box = executor._warm[os.getpid()]
+    box = warmpool._warm[os.getpid()]
     assert (box.python is not None) == python
     result = run_in_sandbox(job, config)
     assert box.used and not (box.workdir / ".local").exists()
@@ -103,7 +104,7 @@ def test_a_warm_launch_gives_the_job_what_a_cold_one_does() -> None:
     cold = _look(SandboxConfig(warm=False))
     config = SandboxConfig(warm_python=False)
     run_in_sandbox(Job(code="pass"), config)  # leaves a warm sandbox behind
-    assert executor._warm[os.getpid()].python is None
+    assert warmpool._warm[os.getpid()].python is None
     warmed = _look(config)
     assert warmed == cold
     assert warmed["seccomp"] == "2" and warmed["nnp"] == "1" and warmed["stdin"] == "/dev/null"
@@ -140,13 +141,13 @@ def test_a_job_a_pre_started_interpreter_cannot_run_as_a_cold_start_launches_col
     cold = run_in_sandbox(job, SandboxConfig(warm=False))
     config = SandboxConfig()
     run_in_sandbox(Job(code="pass"), config)
-    box = executor._warm[os.getpid()]
+    box = warmpool._warm[os.getpid()]
     assert box.python is not None
     result = run_in_sandbox(job, config)
     assert result.outcome == "completed", result
     assert result.stdout == cold.stdout == f"{shows}\n"
     assert not box.used
-    assert executor._warm[os.getpid()].python is None  # the next one is for jobs like it
+    assert warmpool._warm[os.getpid()].python is None  # the next one is for jobs like it
 
 
 def _child_of(pid: int) -> int:
@@ -168,7 +169,7 @@ def test_a_warm_sandbox_that_died_is_replaced_without_losing_the_job(
         python: bool, victim: str) -> None:
     config = SandboxConfig(warm_python=python)
     run_in_sandbox(Job(code="pass"), config)
-    box = executor._warm[os.getpid()]
+    box = warmpool._warm[os.getpid()]
     if victim == "launcher":
         os.kill(box.pid, signal.SIGKILL)
     else:  # bwrap, and the interpreter in it: the launcher notices and reports
@@ -184,7 +185,7 @@ def test_a_warm_sandbox_that_died_is_replaced_without_losing_the_job(
 @VIEW
 @pytest.mark.parametrize("python", [True, False], ids=["interpreter", "shell"])
 def test_limits_and_timeouts_hold_on_the_warm_path(python: bool) -> None:
-    config = SandboxConfig(warm_python=python, policy=executor.Policy(cgroups="off"))
+    config = SandboxConfig(warm_python=python, policy=Policy(cgroups="off"))
     spin = _through_warm(config, Job(code="while True: pass", cpu_seconds=1, timeout=20),
                          python=python)
     assert spin.outcome == "cpu_limit", spin
@@ -200,23 +201,23 @@ def test_limits_and_timeouts_hold_on_the_warm_path(python: bool) -> None:
 
 @VIEW
 def test_a_job_needing_the_network_leaves_the_warm_sandbox_for_the_next_job() -> None:
-    config = SandboxConfig(policy=executor.Policy(allow_job_network=True))
+    config = SandboxConfig(policy=Policy(allow_job_network=True))
     run_in_sandbox(Job(code="pass"), config)
-    box = executor._warm[os.getpid()]
+    box = warmpool._warm[os.getpid()]
     assert run_in_sandbox(Job(code="pass", network=True), config).outcome == "completed"
-    assert executor._warm[os.getpid()] is box and box.alive()
-    executor.release_slots()
-    assert os.getpid() not in executor._warm and not box.workdir.exists()
+    assert warmpool._warm[os.getpid()] is box and box.alive()
+    release_slots()
+    assert os.getpid() not in warmpool._warm and not box.workdir.exists()
 
 
 @VIEW
 def test_a_job_refused_before_it_runs_does_not_leave_the_warm_sandbox_running() -> None:
     config = SandboxConfig()
     run_in_sandbox(Job(code="pass"), config)
-    box = executor._warm[os.getpid()]
+    box = warmpool._warm[os.getpid()]
     bad = run_in_sandbox(Job(code="pass", interpreter="no-such-lang"), config)
     assert bad.outcome == "failed" and "not allowed" in (bad.error or "")
-    assert executor._warm[os.getpid()] is not box
+    assert warmpool._warm[os.getpid()] is not box
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:  # its launcher was told to go, and goes
         try:
