@@ -28,7 +28,8 @@ runs the task. It only translates:
 Once Celery stored the outcome, Celery's own handlers (``on_success``,
 ``on_failure``, ``on_retry``) log it as one event of :mod:`worker.node.joblog`
 (``job_finished``, ``job_failed``, ``job_retried``), in place of Celery's lines that
-carry the whole result. A job message this class publishes again (deferred,
+carry the whole result (and apply what plugins asked to write with a result that Celery
+did not store: :mod:`worker.node.resultwrites`). A job message this class publishes again (deferred,
 retried) shows a summary of the job, not the job (:func:`~worker.protocol.job_reprs`).
 """
 
@@ -52,7 +53,7 @@ from worker.broker.policies import TRANSIENT_STORAGE_ERRORS
 from worker.errors import InvalidJob, JobFailed
 from worker.models import ErrorInfo, Execution, Job, JobContext, JobResult
 from worker.models.context import EMPTY
-from worker.node import joblog, runtime
+from worker.node import joblog, resultwrites, runtime
 from worker.node.lifecycle import (
     Deferred,
     Dropped,
@@ -110,7 +111,8 @@ class SandrunTask(Task[Any, Any]):
                                 self._context(rt, execution, attempt, travelled),
                                 self._run_body,
                                 max_attempts=rt.settings.max_attempts, stored=stored,
-                                passthrough=CELERY_CONTROL)
+                                passthrough=CELERY_CONTROL,
+                                writes_with_result=resultwrites.wanted(self, rt.redis))
         return self._to_celery(outcome, execution)
 
     def sent_on(self, rt: runtime.Runtime, execution: Execution) -> bool:
@@ -233,7 +235,8 @@ class SandrunTask(Task[Any, Any]):
     def _to_celery(self, outcome: Outcome, execution: Execution) -> Any:
         """Tell Celery how this delivery ended, with its own mechanisms."""
         match outcome:
-            case Finished(result):
+            case Finished(result, writes):
+                resultwrites.hand_over(self, writes)
                 return self._returned(result, execution)
             case Stored(value):
                 self.request.update(sandrun_already_finished=True)
@@ -281,6 +284,7 @@ class SandrunTask(Task[Any, Any]):
     def on_success(self, retval: Any, task_id: str, args: tuple[Any, ...],
                    kwargs: dict[str, Any]) -> None:
         """``job_finished``: a job's result in sizes and timings, a user task's status."""
+        resultwrites.store_left(self)
         fields: dict[str, Any] = (joblog.result_fields(retval) if self.name == RUN_JOB
                                   else {"status": "completed", "outcome": "completed"})
         if self.request.get("sandrun_already_finished"):
@@ -290,6 +294,7 @@ class SandrunTask(Task[Any, Any]):
     def on_failure(self, exc: Exception, task_id: str, args: tuple[Any, ...],
                    kwargs: dict[str, Any], einfo: ExceptionInfo) -> None:
         """``job_failed``: the exception Celery stored, without the task's arguments."""
+        resultwrites.store_left(self)
         joblog.failed(self._where(), self.name, exc, self._wall())
 
     def on_retry(self, exc: Exception, task_id: str, args: tuple[Any, ...],
