@@ -18,7 +18,9 @@ on what this module stored itself in the plugin's storage:
     how many deliveries of that attempt verified.
 
 Both are read and written by one atomic storage batch per delivery (one Redis round
-trip), and the record once more when the job finishes.
+trip), and the record once more when the job finishes: on a worker, in the script
+that stores the job's result (``ResultContext.store_with_result``), so the record and
+the result land together and cost no round trip of their own.
 
 A delivery is a replay when its nonce was first used under another task or job id,
 or when that job has finished, whatever the flag and the retry count say. A job
@@ -43,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from plugins.auth.signing import AuthFailure
 from plugins.auth.tokens import Clock
-from worker import Get, Incr, PluginStorage, SetDefault
+from worker import Get, Incr, PluginStorage, ResultContext, Set, SetDefault
 
 
 class NonceRecord(BaseModel):
@@ -111,18 +113,22 @@ class Nonces:
         an earlier one (deferred or dropped by a later hook) is never finished by it."""
         self._running.claim = None
 
-    def finish(self, task_id: str, attempt: int) -> None:
+    def finish(self, task_id: str, attempt: int, context: ResultContext | None = None) -> None:
         """Record that the job this thread's delivery ran reached a final result, so that
-        no copy of its message runs again. Called from ``on_result``, and from
-        ``on_error`` when no plugin retries the failure; a call for an attempt this
-        thread did not claim does nothing."""
+        no copy of its message runs again. Called from ``on_result`` (with its
+        ``context``: the record is written with the result, in its script where the host
+        can), and from ``on_error`` when no plugin retries the failure (written now); a
+        call for an attempt this thread did not claim does nothing."""
         claim: Claim | None = getattr(self._running, "claim", None)
         if claim is None or (claim.record.task_id, claim.attempt) != (task_id, attempt):
             return
         self.forget()
-        finished = claim.record.model_copy(update={"finished": True})
-        self.storage.set(f"nonce:{claim.nonce}", finished.model_dump(),
-                         ttl=self._ttl(claim.expires_at))
+        finished = Set(f"nonce:{claim.nonce}", {**claim.record.model_dump(), "finished": True},
+                       ttl=self._ttl(claim.expires_at))
+        if context is None:
+            self.storage.set(finished.key, finished.value, finished.ttl)
+        else:
+            context.store_with_result(self.storage, finished)
 
     @staticmethod
     def _record(nonce: str, stored: Any) -> NonceRecord:

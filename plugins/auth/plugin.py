@@ -253,8 +253,9 @@ class AuthPlugin(BasePlugin):
 
     @hook(priority=FINISH_PRIORITY)
     def on_result(self, result: JobResult, context: ResultContext) -> None:
-        """The attempt ended with the result about to be stored: no copy runs again."""
-        self._finish(context.task_id, context.attempt)
+        """The attempt ended with the result about to be stored: no copy runs again (the
+        record lands with the result where the host can)."""
+        self._finish(context.task_id, context.attempt, context)
 
     @hook(priority=FINISH_PRIORITY)
     def on_error(self, error: BaseException, context: ErrorContext) -> None:
@@ -262,11 +263,11 @@ class AuthPlugin(BasePlugin):
         if context.operation == "execute" and context.task_id is not None:
             self._finish(context.task_id, context.attempt)
 
-    def _finish(self, task_id: str, attempt: int) -> None:
+    def _finish(self, task_id: str, attempt: int, context: ResultContext | None = None) -> None:
         if self.nonces is None:
             return
         try:
-            self.nonces.finish(task_id, attempt)
+            self.nonces.finish(task_id, attempt, context)
         except StorageError as exc:  # the job has ended; only replay protection is weaker
             self.logger.warning("job_auth_finish_unrecorded", task_id=task_id, error=str(exc))
 

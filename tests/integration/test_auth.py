@@ -223,6 +223,29 @@ def test_a_finished_job_copied_as_a_redelivery_or_retry_never_runs_again(
     assert outcome(client, original.task_id)[0] == copy.state  # no STARTED written over it
 
 
+def test_a_finished_job_whose_message_ignored_its_result_is_still_finished(
+        make_client: type[Sandrun], tmp_path: Path, worker: Worker) -> None:
+    """The worker writes the finished nonce with the stored result; a message that asks
+    Celery to store no result (an unsigned option) must not leave its job unfinished,
+    so that a copy of it would run again."""
+    side_effects = tmp_path / "side-effects"
+    plugin = producer()
+    client = make_client(plugin)  # type: ignore[call-arg]
+    original = touch(side_effects, "once")
+    plugin.sign(original)
+    client.app.send_task(original.task, args=original.args, kwargs=original.kwargs,
+                         ignore_result=True, **original.options())
+    deadline = time.monotonic() + 30
+    while not any("job_finished" in line and original.task_id in line
+                  for line in worker.output().splitlines()):  # logged once it has ended
+        assert time.monotonic() < deadline, "the original never finished"
+        time.sleep(0.05)
+    copied_by_a_broker_writer(client, original, redelivered=False, retries=1)
+    letter = replay_letter(client, original.task_id, side_effects)
+    assert lines(side_effects) == ["once"]
+    assert letter is not None and "already reached a final result" in letter.reason
+
+
 def test_rotation_retires_a_removed_key(make_client: type[Sandrun], keys_file: Path) -> None:
     old, new = make_client(producer("k1", K1)), make_client(producer("k2", K2))  # type: ignore[call-arg]
     keys_file.write_text(json.dumps({"k2": K2}))

@@ -11,6 +11,10 @@ connection retries) is Celery's own. Only the JSON serializer is read by the scr
 (the only one ``celeryconfig`` accepts); with another it falls back to Celery's code.
 :func:`~worker.broker.factory.make_app` installs it for ``redis://``, ``rediss://``
 and ``redis+socket://`` result backends.
+
+A final result can take writes along (:data:`WRITES_ATTRIBUTE` on the task's request:
+records that mean "this job has its result", such as the ``auth`` plugin's finished
+nonce) into the same script: one round trip, and never one without the other.
 """
 
 from __future__ import annotations
@@ -23,9 +27,19 @@ from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.objects import cached_property
 
-#: KEYS[1]: the result key. ARGV: the encoded meta, seconds to keep it (0: forever).
-#: Returns 0 when a SUCCESS is already stored (nothing written), else 1.
+#: KEYS[1]: the result key, KEYS[2..]: keys written with it. ARGV: the encoded meta,
+#: seconds to keep it (0: forever), then per written key its value and TTL in ms ("": none).
+#: The writes land whatever is stored (a finished job's records hold either way).
+#: Returns 0 when a SUCCESS is already stored (no meta written), else 1.
 _STORE_UNLESS_SUCCEEDED = """
+for i = 2, #KEYS do
+  local value, px = ARGV[2 * i - 1], ARGV[2 * i]
+  if px == '' then
+    redis.call('SET', KEYS[i], value)
+  else
+    redis.call('SET', KEYS[i], value, 'PX', px)
+  end
+end
 local current = redis.call('GET', KEYS[1])
 if current then
   local ok, meta = pcall(cjson.decode, current)
@@ -40,6 +54,9 @@ end
 redis.call('PUBLISH', KEYS[1], ARGV[1])
 return 1
 """
+#: The request attribute a task sets to have writes land with its final result: a list
+#: of (key, value, TTL in ms or "") that the store takes (and empties) as it writes.
+WRITES_ATTRIBUTE = "sandrun_writes"
 
 #: The aliases :func:`~worker.broker.factory.make_app` points at this backend.
 BACKENDS = {scheme: f"{__name__}:GuardedRedisBackend" for scheme in ("redis", "rediss")}
@@ -70,8 +87,38 @@ class GuardedRedisBackend(RedisBackend):
                                     task_id=task_id)
         expires = getattr(self, "failure_expires", None) if state == states.FAILURE else None
         expires = celery.expires if expires is None else expires
-        self.ensure(self._store, (self.get_key_for_task(task_id), value, expires))
+        writes = getattr(request, WRITES_ATTRIBUTE, None) if state in states.READY_STATES \
+            else None
+        self.ensure(self._store, (self.get_key_for_task(task_id), value, expires,
+                                  tuple(writes or ())))
+        if writes:  # stored: the request's no more, so what is left was not (store_writes)
+            setattr(request, WRITES_ATTRIBUTE, None)
         return result
 
-    def _store(self, key: bytes, value: Any, expires: Any) -> None:
-        self._store_unless_succeeded(keys=[key], args=[value, int(expires or 0)])
+    def shares_server(self, client: Any) -> bool:
+        """Whether redis-py ``client`` talks to the Redis (and database) results go to, so
+        that its keys can be written in the result's script."""
+        def where(c: Any) -> tuple[Any, ...]:
+            kwargs = c.connection_pool.connection_kwargs
+            return (kwargs.get("host"), kwargs.get("port"), kwargs.get("path"),
+                    int(kwargs.get("db") or 0))  # redis-py leaves db None for a socket URL
+        return where(client) == where(self.client)
+
+    def store_writes(self, writes: list[tuple[str, str, str]]) -> None:
+        """Writes meant to land with a result that was not stored (the message asked to
+        ignore results, say), in one atomic round trip of their own."""
+        self.ensure(self._set_all, (writes,))
+
+    def _set_all(self, writes: list[tuple[str, str, str]]) -> None:
+        pipe = self.client.pipeline(transaction=True)  # built anew for each try
+        for key, value, px in writes:
+            pipe.set(key, value, px=int(px) if px else None)
+        pipe.execute()
+
+    def _store(self, key: bytes, value: Any, expires: Any,
+               writes: tuple[tuple[str, str, str], ...] = ()) -> None:
+        keys: list[Any] = [key, *(k for k, _, _ in writes)]
+        args: list[Any] = [value, int(expires or 0)]
+        for _, stored, px in writes:
+            args += [stored, px]
+        self._store_unless_succeeded(keys=keys, args=args)

@@ -39,6 +39,8 @@ from worker.models.context import job_context_bound
 from worker.plugin.context import ErrorContext, ExecutionContext, ResultContext
 from worker.plugin.manager import PluginManager
 from worker.stores.attempts import Attempt
+from worker.stores.ops import Set
+from worker.stores.storage import PluginStorage
 
 #: The task's own work: gets the parsed execution and its context, returns a JobResult
 #: (a job) or any value (a user task).
@@ -49,9 +51,12 @@ log = structlog.get_logger("sandrun.task")
 
 @dataclass(frozen=True, slots=True)
 class Finished:
-    """The attempt ended with ``result`` (after ``on_result``): store it."""
+    """The attempt ended with ``result`` (after ``on_result``): store it, and with it the
+    ``writes`` plugins asked to land with it (``ResultContext.store_with_result``; only
+    when :func:`run_lifecycle` was given ``writes_with_result``)."""
 
     result: JobResult
+    writes: tuple[tuple[PluginStorage, Set], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +101,8 @@ def error_info(exc: BaseException) -> ErrorInfo:
 
 def run_lifecycle(manager: PluginManager, attempt: Attempt, execution: Execution,
                   context: ExecutionContext, body: Body, *, max_attempts: int,
-                  stored: Any = None, passthrough: tuple[type[BaseException], ...] = ()
-                  ) -> Outcome:
+                  stored: Any = None, passthrough: tuple[type[BaseException], ...] = (),
+                  writes_with_result: bool = False) -> Outcome:
     """Run one delivery of ``execution`` through its hooks and ``body``; called by the
     task adapter once per delivery, with the attempt it began and a stored final result
     if it found one (see the module docstring for what each outcome asks of it).
@@ -113,7 +118,10 @@ def run_lifecycle(manager: PluginManager, attempt: Attempt, execution: Execution
     6. a result other than completed, rejected or expired goes through ``on_error`` as
        :class:`~worker.errors.JobFailed`; ``on_result`` then decides what is stored.
 
-    The attempt is finished whenever the delivery ends on its own terms.
+    The attempt is finished whenever the delivery ends on its own terms. With
+    ``writes_with_result`` (the caller stores the result where plugin storage lives) the
+    writes ``on_result`` hooks hand to ``store_with_result`` come back in ``Finished``
+    for the caller to store with the result; without, they are applied at once.
     """
     if stored is not None:
         attempt.finish()
@@ -121,7 +129,8 @@ def run_lifecycle(manager: PluginManager, attempt: Attempt, execution: Execution
     travelled = JobContext.model_construct(  # validated from its headers by the adapter
         correlation_id=context.correlation_id, tenant=context.tenant,
         baggage=dict(context.baggage))
-    delivery = _Delivery(manager, attempt, execution, context, travelled)
+    delivery = _Delivery(manager, attempt, execution, context, travelled,
+                         writes=writes_with_result)
     with bound_contextvars(job_id=context.job_id or context.task_id, task_id=context.task_id,
                            attempt=attempt.number, queue=context.queue, node=context.node_id,
                            **travelled.log_fields()), job_context_bound(travelled):
@@ -142,12 +151,13 @@ def run_lifecycle(manager: PluginManager, attempt: Attempt, execution: Execution
 class _Delivery:
     """The steps of :func:`run_lifecycle`, over the inputs they share."""
 
-    __slots__ = ("attempt", "context", "execution", "manager", "travelled")
+    __slots__ = ("attempt", "context", "execution", "manager", "travelled", "writes")
 
     def __init__(self, manager: PluginManager, attempt: Attempt, execution: Execution,
-                 context: ExecutionContext, travelled: JobContext) -> None:
+                 context: ExecutionContext, travelled: JobContext, *, writes: bool) -> None:
         self.manager, self.attempt = manager, attempt
         self.execution, self.context, self.travelled = execution, context, travelled
+        self.writes = writes
 
     @property
     def result_id(self) -> str:
@@ -225,9 +235,10 @@ class _Delivery:
             result = result.model_copy(update={"context": self.travelled})
         context = ResultContext(node_id=self.context.node_id, task_id=self.context.task_id,
                                 attempt=self.attempt.number, job=self.execution.job,
-                                provenance=list(self.context.provenance))
+                                provenance=list(self.context.provenance),
+                                result_writes=[] if self.writes else None)
         result = self.manager.on_result(result, context)
         if context.provenance:  # which plugins changed the job and its result, in order
             result = result.replace(provenance=context.provenance)
         self.attempt.finish()
-        return Finished(result)
+        return Finished(result, tuple(context.result_writes or ()))

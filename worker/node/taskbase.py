@@ -11,8 +11,9 @@ runs the task. It only translates:
    a GPU job this worker's cards cannot run) ends here, with no attempt used;
 2. begin the attempt (Celery's ``retries`` + 1): a redelivered message counts a
    delivery; a job or a redelivered message looks for a stored final result in
-   the same round trip; when Redis cannot be reached for it, the message goes back
-   to the queue (``Reject(requeue=True)``) and nothing is stored;
+   the round trip that looks for its cancel record (step 4); when Redis cannot be
+   reached for either, the message goes back to the queue (``Reject(requeue=True)``)
+   and nothing is stored;
 3. build the :class:`~worker.plugin.context.ExecutionContext` from the request
    (headers, args, eta, redelivered, queue, node, and the job's context: correlation
    id, tenant and baggage from their headers, each dropped and logged when not valid);
@@ -28,7 +29,8 @@ runs the task. It only translates:
 Once Celery stored the outcome, Celery's own handlers (``on_success``,
 ``on_failure``, ``on_retry``) log it as one event of :mod:`worker.node.joblog`
 (``job_finished``, ``job_failed``, ``job_retried``), in place of Celery's lines that
-carry the whole result. A job message this class publishes again (deferred,
+carry the whole result (and apply what plugins asked to write with a result that Celery
+did not store: :mod:`worker.node.resultwrites`). A job message this class publishes again (deferred,
 retried) shows a summary of the job, not the job (:func:`~worker.protocol.job_reprs`).
 """
 
@@ -52,7 +54,7 @@ from worker.broker.policies import TRANSIENT_STORAGE_ERRORS
 from worker.errors import InvalidJob, JobFailed
 from worker.models import ErrorInfo, Execution, Job, JobContext, JobResult
 from worker.models.context import EMPTY
-from worker.node import joblog, runtime
+from worker.node import joblog, resultwrites, runtime
 from worker.node.lifecycle import (
     Deferred,
     Dropped,
@@ -99,18 +101,19 @@ class SandrunTask(Task[Any, Any]):
             return self._invalid(exc)
         if execution.job is not None:
             self.request.update(sandrun_job_id=execution.job.id)
-        job_id = execution.job.id if execution.job is not None else None
-        if self._or_requeue(execution, lambda: rt.revocations.revoked(
-                (str(self.request.id), job_id))):
+        cancelled, key, raw = self._or_requeue(execution, lambda: self._look(rt, execution))
+        if cancelled:
             return self._cancelled(execution)
         if self.sent_on(rt, execution):
             raise Ignore()
-        attempt, stored = self._or_requeue(execution, lambda: self._begin(rt, execution))
+        attempt, stored = self._or_requeue(execution,
+                                           lambda: self._begin(rt, execution, key, raw))
         outcome = run_lifecycle(rt.manager, attempt, execution,
                                 self._context(rt, execution, attempt, travelled),
                                 self._run_body,
                                 max_attempts=rt.settings.max_attempts, stored=stored,
-                                passthrough=CELERY_CONTROL)
+                                passthrough=CELERY_CONTROL,
+                                writes_with_result=resultwrites.wanted(self, rt.redis))
         return self._to_celery(outcome, execution)
 
     def sent_on(self, rt: runtime.Runtime, execution: Execution) -> bool:
@@ -163,25 +166,37 @@ class SandrunTask(Task[Any, Any]):
             time.sleep(REQUEUE_PAUSE_SECONDS)
             raise Reject(exc, requeue=True) from exc
 
-    def _begin(self, rt: runtime.Runtime, execution: Execution) -> tuple[Attempt, Any]:
-        """This delivery's attempt, and a stored final result if there is one.
+    def _look(self, rt: runtime.Runtime, execution: Execution
+              ) -> tuple[bool, str | None, bytes | None]:
+        """Whether this delivery was cancelled, and for one that looks for a stored final
+        result on Redis (a job, under its id, or a redelivered message: a possible crash
+        loop, or a result stored before the ack was lost) the result's key and raw value,
+        read in the same round trip."""
+        ids = (str(self.request.id), execution.job.id if execution.job is not None else None)
+        redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+        key_for = getattr(self.backend, "get_key_for_task", None)
+        if not (execution.job is not None or redelivered) or rt.redis is None or not key_for:
+            return rt.revocations.revoked(ids), None, None
+        key = key_for(str(self.request.id)).decode()
+        cancelled, raw = rt.revocations.revoked_and_get(ids, key)
+        return cancelled, key, raw
 
-        Only a job (a result may exist under its id) or a redelivered message (a
-        possible crash loop, or a result stored before the ack was lost) looks; on
-        Redis the look shares the delivery count's round trip."""
+    def _begin(self, rt: runtime.Runtime, execution: Execution, key: str | None,
+               raw: bytes | None) -> tuple[Attempt, Any]:
+        """This delivery's attempt (a redelivery counts one more delivery), and a stored
+        final result if :meth:`_look` found one (or, on a result backend that is not
+        Redis, reads it now for a job or a redelivered message)."""
         task_id = str(self.request.id)
         redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
-        look = execution.job is not None or redelivered
-        key_for = getattr(self.backend, "get_key_for_task", None)
-        key = key_for(task_id).decode() if look and rt.redis is not None and key_for else None
         attempt = rt.attempts.begin(task_id, int(self.request.retries or 0) + 1,
-                                    redelivered=redelivered, result_key=key)
-        if not look:
-            return attempt, None
-        if key is None:
+                                    redelivered=redelivered)
+        if key is not None:
+            attempt.stored = raw
+            meta = self.backend.decode_result(raw) if raw else {}
+        elif execution.job is not None or redelivered:
             meta = self.backend.get_task_meta(task_id)
         else:
-            meta = self.backend.decode_result(attempt.stored) if attempt.stored else {}
+            return attempt, None
         return attempt, meta.get("result") if meta.get("status") == "SUCCESS" else None
 
     def _travelled(self) -> JobContext:
@@ -233,7 +248,8 @@ class SandrunTask(Task[Any, Any]):
     def _to_celery(self, outcome: Outcome, execution: Execution) -> Any:
         """Tell Celery how this delivery ended, with its own mechanisms."""
         match outcome:
-            case Finished(result):
+            case Finished(result, writes):
+                resultwrites.hand_over(self, writes)
                 return self._returned(result, execution)
             case Stored(value):
                 self.request.update(sandrun_already_finished=True)
@@ -281,6 +297,7 @@ class SandrunTask(Task[Any, Any]):
     def on_success(self, retval: Any, task_id: str, args: tuple[Any, ...],
                    kwargs: dict[str, Any]) -> None:
         """``job_finished``: a job's result in sizes and timings, a user task's status."""
+        resultwrites.store_left(self)
         fields: dict[str, Any] = (joblog.result_fields(retval) if self.name == RUN_JOB
                                   else {"status": "completed", "outcome": "completed"})
         if self.request.get("sandrun_already_finished"):
@@ -290,6 +307,7 @@ class SandrunTask(Task[Any, Any]):
     def on_failure(self, exc: Exception, task_id: str, args: tuple[Any, ...],
                    kwargs: dict[str, Any], einfo: ExceptionInfo) -> None:
         """``job_failed``: the exception Celery stored, without the task's arguments."""
+        resultwrites.store_left(self)
         joblog.failed(self._where(), self.name, exc, self._wall())
 
     def on_retry(self, exc: Exception, task_id: str, args: tuple[Any, ...],

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from worker.models import Execution, Job, Transform
     from worker.plugin.impl import HookTimer
     from worker.stores.deadletter import DeadLetterStore
+    from worker.stores.ops import Set
     from worker.stores.storage import PluginStorage
     from worker.tracing import Tracer
 
@@ -150,7 +151,10 @@ class ExecutionContext:
 
 @dataclass(slots=True)
 class ResultContext:
-    """Given to ``on_result`` before the result is stored."""
+    """Given to ``on_result`` before the result is stored.
+
+    ``result_writes`` is set by a host that stores the result in the same Redis as
+    plugin storage (a worker's task adapter): :meth:`store_with_result` collects there."""
 
     node_id: str
     task_id: str
@@ -159,10 +163,21 @@ class ResultContext:
     metadata: dict[str, Any] = field(default_factory=dict)
     job_id: str | None = None
     provenance: list[Transform] = field(default_factory=list)
+    result_writes: list[tuple[PluginStorage, Set]] | None = None
 
     def __post_init__(self) -> None:
         if self.job_id is None and self.job is not None:
             self.job_id = self.job.id
+
+    def store_with_result(self, storage: PluginStorage, write: Set) -> None:
+        """Apply ``write`` to ``storage`` as the result is stored: in the same atomic
+        step and round trip where the host can (so a crash never leaves one without the
+        other), else now, as ``storage.set`` would (StorageError included).
+        For records that mean "this job has its result", such as a finished nonce."""
+        if self.result_writes is None:
+            storage.set(write.key, write.value, write.ttl)
+        else:
+            self.result_writes.append((storage, write))
 
 
 @dataclass(slots=True)

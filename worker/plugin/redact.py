@@ -21,6 +21,7 @@ values a plugin reaches outside what it is handed (the process environment).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from collections.abc import Callable, Mapping
 from types import CoroutineType
@@ -36,6 +37,7 @@ REDACTED = "<redacted>"
 SECRET_HEADER_WORDS = ("auth", "token", "secret", "password", "signature", "credential")
 
 
+@functools.lru_cache(maxsize=4096)  # a message carries ~20 names, nearly always the same
 def secret_header(name: str) -> bool:
     """Whether a header named ``name`` carries auth material."""
     lowered = name.lower()
@@ -64,9 +66,8 @@ def _kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _headers(headers: dict[str, Any]) -> dict[str, Any]:
-    if not any(secret_header(k) for k in headers):
-        return headers
-    return {k: REDACTED if secret_header(k) else v for k, v in headers.items()}
+    secret = [k for k in headers if secret_header(k)]
+    return {**headers, **dict.fromkeys(secret, REDACTED)} if secret else headers
 
 
 def _job(job: Job | None) -> Job | None:

@@ -223,6 +223,18 @@ class RedisStorage(PluginStorage):
         self.prefix = f"{KEY_PREFIX}{name}:"
         self._batch = client.register_script(_BATCH)
 
+    @property
+    def client(self) -> redis.Redis[bytes]:
+        """The Redis this namespace lives in."""
+        return self._client
+
+    def raw_write(self, op: Set) -> tuple[str, str, str]:
+        """``op`` as the key, the stored text and the TTL in ms ("" for none) that a
+        script writing it beside something else sets (the result store does:
+        :meth:`~worker.plugin.context.ResultContext.store_with_result`)."""
+        px = _px(op.ttl)
+        return self.prefix + op.key, _encode(op.value), "" if px is None else str(px)
+
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
         try:
             return _POLICY(fn)

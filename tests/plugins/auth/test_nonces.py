@@ -239,3 +239,20 @@ def test_a_delivery_costs_one_batch_and_its_end_one_write(producer: AuthPlugin,
     assert storage.calls == ["batch", "batch"]
     finished(manager, publication, attempt=2)
     assert storage.calls == ["batch", "batch", "set"]
+
+
+def test_a_host_that_stores_the_result_gets_the_finish_to_write_with_it(
+        producer: AuthPlugin, worker: Any) -> None:
+    """A worker's adapter collects the record for the result's own script: until that
+    lands nothing says finished, and once it does a copy is refused."""
+    manager, plugin = worker
+    publication = signed(producer, job_publication())
+    run(manager, publication)
+    context = ResultContext(node_id="n", task_id=publication.task_id, result_writes=[])
+    manager.on_result(JobResult(id=publication.task_id, status="completed",
+                                outcome="completed"), context)
+    [(storage, write)] = context.result_writes or []
+    assert storage is plugin.nonces.storage and write.value["finished"] is True
+    assert record(plugin, publication)["finished"] is False  # not written by the hook
+    storage.set(write.key, write.value, write.ttl)  # what the result's script does
+    refused(manager, publication, "already reached a final result", redelivered=True)

@@ -77,3 +77,46 @@ def test_an_unreadable_stored_value_is_overwritten(backend: Any,
     redis_client.set(backend.get_key_for_task("t4"), b"not json")
     backend.store_result("t4", 1, states.SUCCESS)
     assert stored(redis_client, backend, "t4")["status"] == "SUCCESS"
+
+
+class Request:
+    """What Celery hands the store as ``request``: attributes, the writes among them."""
+
+    def __init__(self, writes: list[tuple[str, str, str]] | None) -> None:
+        self.sandrun_writes = writes
+        self.id = "t"
+
+
+def test_a_final_result_takes_its_writes_along_and_drops_them(
+        backend: Any, redis_client: redis.Redis) -> None:
+    request = Request([("w:a", '"x"', "60000"), ("w:b", "1", "")])
+    backend.store_result("t5", "ok", states.SUCCESS, request=request)
+    assert stored(redis_client, backend, "t5")["status"] == "SUCCESS"
+    assert (redis_client.get("w:a"), redis_client.get("w:b")) == (b'"x"', b"1")
+    assert 0 < redis_client.pttl("w:a") <= 60000 and redis_client.ttl("w:b") == -1
+    assert request.sandrun_writes is None  # taken: nothing is left to apply
+
+
+def test_writes_land_even_where_a_success_is_kept(backend: Any,
+                                                  redis_client: redis.Redis) -> None:
+    """A copy's late FAILURE leaves the stored SUCCESS; its job has finished either way."""
+    backend.store_result("t6", "ok", states.SUCCESS)
+    backend.store_result("t6", RuntimeError("late"), states.FAILURE,
+                         request=Request([("w:c", '"done"', "")]))
+    assert stored(redis_client, backend, "t6")["status"] == "SUCCESS"
+    assert redis_client.get("w:c") == b'"done"'
+
+
+def test_a_state_that_is_not_final_leaves_the_writes_to_the_result(
+        backend: Any, redis_client: redis.Redis) -> None:
+    request = Request([("w:d", '"x"', "")])
+    backend.store_result("t7", {"pid": 1}, states.STARTED, request=request)
+    assert redis_client.get("w:d") is None and request.sandrun_writes
+    backend.store_writes(request.sandrun_writes)  # what a task does when none was stored
+    assert redis_client.get("w:d") == b'"x"'
+
+
+def test_shares_server_tells_the_result_redis_from_another(
+        backend: Any, redis_client: redis.Redis) -> None:
+    assert backend.shares_server(backend.client)
+    assert not backend.shares_server(redis.Redis(host="127.0.0.1", port=1))
