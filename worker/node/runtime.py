@@ -29,6 +29,7 @@ from worker.sandbox.gpu import GPUDevice, detect_gpus
 from worker.settings import Settings, load_settings
 from worker.stores.attempts import Attempts
 from worker.stores.deadletter import dead_letter_store_for
+from worker.stores.leases import Leases
 from worker.stores.outputs import OutputStore, output_store_for
 from worker.stores.revoked import Revocations
 from worker.stores.storage import MemoryStorageBackend, RedisStorageBackend, StorageBackend
@@ -51,6 +52,8 @@ class Runtime:
     sandbox_notes: tuple[str, ...] = ()  # what the host lacks, and why
     #: cancelled jobs, remembered in the result backend's Redis
     revocations: Revocations = field(default_factory=lambda: Revocations(None, 1))
+    #: jobs' running leases (off: no Redis, or SANDRUN_RUNNING_LEASE_SECONDS=0)
+    leases: Leases = field(default_factory=lambda: Leases(None, 1))
 
     @property
     def lock_dir(self) -> Path:
@@ -80,7 +83,9 @@ def build_runtime(settings: Settings | None = None, *, load_plugins: bool = True
     return Runtime(settings, manager, Attempts(client), outputs, sandbox,
                    detect_gpus(settings.gpus), socket.gethostname(), client,
                    isolation=isolation, sandbox_notes=notes,
-                   revocations=Revocations(client, settings.result_ttl))
+                   revocations=Revocations(client, settings.result_ttl),
+                   leases=Leases(client if settings.running_lease_seconds else None,
+                                 settings.running_lease_seconds or 1))
 
 
 class _ProcessRuntime:
