@@ -61,11 +61,17 @@ class Runtime:
         return self.settings.state_dir / "gpu-locks"
 
 
+def store_url(settings: Settings) -> str:
+    """The URL of the Redis (or other store) that results, attempts and leases live in:
+    the result backend, else the broker."""
+    broker = os.environ.get("SANDRUN_BROKER_URL", settings.broker_url or "")
+    return os.environ.get("SANDRUN_RESULT_BACKEND") or settings.result_backend or broker
+
+
 def build_runtime(settings: Settings | None = None, *, load_plugins: bool = True) -> Runtime:
     """Create the runtime from settings and load the configured plugins (``on_init``)."""
     settings = settings or load_settings()
-    broker = os.environ.get("SANDRUN_BROKER_URL", settings.broker_url or "")
-    backend = os.environ.get("SANDRUN_RESULT_BACKEND") or settings.result_backend or broker
+    backend = store_url(settings)
     client = redis_client(backend)
     storage: StorageBackend = RedisStorageBackend(client) if client else MemoryStorageBackend()
     manager = PluginManager(storage=storage, dead_letters=dead_letter_store_for(
