@@ -41,8 +41,11 @@ from typing import Any
 
 import redis
 import structlog
+from billiard.exceptions import WorkerLostError
 from celery import bootsteps
+from celery.exceptions import Terminated
 from celery.worker import state
+from celery.worker.request import Request
 
 from worker.broker.urls import bounded_redis_client
 from worker.node import runtime
@@ -126,6 +129,9 @@ class Keeper:
         """One call: renew what runs, release what ended."""
         sent = self.clock()
         running = {t: k.token for t, k in self.kept.items() if not k.fenced}
+        if not (running or self.ended):  # only fenced jobs, on their way out
+            self.next_renewal = sent + self.interval
+            return
         try:
             replies = self.leases.keep(running, self.ended, client=self.client)
         except redis.RedisError as exc:
@@ -215,7 +221,8 @@ class LeaseKeeping(bootsteps.StartStopStep):
             return
         timeout = rt.leases.ttl / 12  # a quarter of the renewal period
         client = bounded_redis_client(runtime.store_url(rt.settings), timeout)
-        self.thread = LeaseThread(Keeper(rt.leases, client, call_timeout=timeout))
+        keeper = _ACTIVE["keeper"] = Keeper(rt.leases, client, call_timeout=timeout)
+        self.thread = LeaseThread(keeper)
         self.thread.start()
 
     def shutdown(self, parent: Any) -> None:
@@ -223,3 +230,33 @@ class LeaseKeeping(bootsteps.StartStopStep):
             self.thread.halt.set()
             self.thread.join(5)
             self.thread = None
+        _ACTIVE.pop("keeper", None)
+
+
+#: The keeper of this worker's main process, once its consumer started.
+_ACTIVE: dict[str, Keeper] = {}
+#: What a pool process that died while running a task is reported as (SystemExit and
+#: KeyboardInterrupt: billiard may report the exit before the process is gone).
+DIED = (WorkerLostError, Terminated, SystemExit, KeyboardInterrupt)
+
+
+class LeasedRequest(Request):
+    """Celery's request in the worker's main process (the task base class names it), which
+    releases the running lease of a job whose pool process died under it (killed by the
+    job, the OOM killer, a cancel or a fence) *before* Celery sends the message back to
+    the queue, so that its next delivery runs at once instead of waiting for the lease.
+    The keeper's thread would not have seen a job that died within its first second."""
+
+    def on_failure(self, exc_info: Any, send_failed_event: bool = True,
+                   return_ok: bool = False) -> Any:
+        exc = getattr(exc_info, "exception", None)
+        exc = getattr(exc, "exc", exc)  # Celery's ExceptionWithTraceback
+        keeper, pid = _ACTIVE.get("keeper"), getattr(self, "worker_pid", None)
+        if keeper is not None and pid and self.task_name == RUN_JOB and isinstance(exc, DIED):
+            token = token_for(str(self.hostname), int(pid))
+            try:
+                keeper.leases.keep({}, {str(self.id): token}, client=keeper.client)
+            except redis.RedisError as error:  # it lapses by itself, or the keeper frees it
+                log.warning("lease_not_released", task_id=str(self.id), error=repr(error))
+        return super().on_failure(exc_info, send_failed_event=send_failed_event,
+                                  return_ok=return_ok)

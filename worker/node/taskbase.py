@@ -101,6 +101,8 @@ class SandrunTask(Task[Any, Any]):
     #: copies: a FAILURE is overwritten freely, and Celery's guard of a SUCCESS is a read
     #: then a write, which a copy's write can slip between as the original's result lands.
     track_started = False
+    #: The main process's request releases the lease of a job whose pool process died.
+    Request = "worker.node.leasekeeper:LeasedRequest"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.request.update(sandrun_started=time.monotonic())
