@@ -153,10 +153,11 @@ def test_a_partitioned_worker_host_rejoins_and_no_job_is_lost_or_doubled(
         "the reconnected worker did not take the jobs submitted after the partition")
 
 
-#: A removed host's jobs come back after the visibility timeout: keep it short here.
+#: A removed host's jobs come back after the visibility timeout, and run once the dead
+#: host's running leases lapse: keep both short here (the lease at its 10 s minimum).
 REMOVAL_ENV = {"SANDRUN_VISIBILITY_TIMEOUT": "12", "SANDRUN_MAX_JOB_TIMEOUT": "7",
                "SANDRUN_VISIBILITY_MARGIN": "3", "SANDRUN_REDIS_HEALTH_CHECK_INTERVAL": "2",
-               "SANDRUN_REDIS_SOCKET_TIMEOUT": "5"}
+               "SANDRUN_REDIS_SOCKET_TIMEOUT": "5", "SANDRUN_RUNNING_LEASE_SECONDS": "10"}
 
 
 def test_a_worker_host_removed_mid_stream_loses_no_job(

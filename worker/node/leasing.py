@@ -39,13 +39,17 @@ def waits(headers: Mapping[str, Any] | None) -> int:
     return 0
 
 
-def countdown(claim: Claim, waited: int, ttl: float) -> float:
+def countdown(claim: Claim, waited: int, ttl: float, visibility: float | None = None
+              ) -> float:
     """Seconds before a delivery that found the lease held looks again: doubling from
     :data:`FIRST_WAIT_SECONDS` with each wait, never past the holder's lease (plus a
-    tenth of a second) nor a third of the lease. A holder that finishes stores its
+    tenth of a second), a third of the lease, nor half the Redis ``visibility`` timeout
+    (a worker holds a countdown message unacknowledged until it is due; held longer than
+    that timeout, kombu would hand it out again). A holder that finishes stores its
     result before it releases, so the look that follows finds that result."""
     doubling = FIRST_WAIT_SECONDS * float(1 << min(waited, 16))
-    return round(max(0.5, min(doubling, claim.remaining + 0.1, ttl / 3)), 3)
+    longest = min(ttl / 3, visibility / 2 if visibility else ttl)
+    return round(max(0.5, min(doubling, claim.remaining + 0.1, longest)), 3)
 
 
 def release(leases: Leases, task_id: str, token: str) -> None:

@@ -122,6 +122,7 @@ class SandrunTask(Task[Any, Any]):
             raise Ignore()
         attempt, stored = self._or_requeue(execution, lambda: self._begin(rt, execution))
         if stored is None and not attempt.claim.ours:
+            self._or_requeue(execution, attempt.uncount)
             self._wait_for_lease(rt, execution, attempt.claim)
         try:
             outcome = run_lifecycle(rt.manager, attempt, execution,
@@ -219,11 +220,12 @@ class SandrunTask(Task[Any, Any]):
                         ) -> NoReturn:
         """Another delivery runs this job (it holds the job's lease): publish this message
         again to look after a countdown, and end this delivery (acknowledged), unrun and
-        with its attempt's delivery count kept (a crash loop is still counted). A broker
-        that cannot take the publish sends this delivery back to the queue instead."""
+        not counted as a delivery of its attempt (it started nothing). A broker that
+        cannot take the publish sends this delivery back to the queue instead."""
         headers = dict(self.request.headers or {})
         waited = leasing.waits(headers)
-        wait = leasing.countdown(claim, waited, rt.leases.ttl)
+        visibility = (self.app.conf.broker_transport_options or {}).get("visibility_timeout")
+        wait = leasing.countdown(claim, waited, rt.leases.ttl, visibility)
         headers[LEASE_WAITS_HEADER] = waited + 1
         log.info("delivery_waits_for_lease", task_id=str(self.request.id),
                  job_id=execution.job.id if execution.job else None, holder=claim.held_by,

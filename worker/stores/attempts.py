@@ -60,6 +60,13 @@ class Attempt:
             self._finished = True
             self._store.forget(self)
 
+    def uncount(self) -> None:
+        """Take this delivery out of the count again: it started nothing (it found the
+        job's running lease held and waits), so a copy that a broker redelivers while it
+        waits (kombu's sweep, a dropped connection) never counts as a crashed run."""
+        if self.deliveries > 1 and not self._finished:
+            self._store.uncount(self)
+
     def __repr__(self) -> str:
         return (f"Attempt({self.task_id!r}, number={self.number}, "
                 f"deliveries={self.deliveries}, finished={self._finished})")
@@ -115,6 +122,14 @@ class Attempts:
         if result_key is not None:
             attempt.stored = replies[-1]
         return attempt
+
+    def uncount(self, attempt: Attempt) -> None:
+        """Undo the count of ``attempt``'s delivery; :meth:`Attempt.uncount` calls this."""
+        if self._client is None:
+            with self._lock:
+                self._local[attempt.key] = max(0, self._local.get(attempt.key, 1) - 1)
+        else:
+            self._client.decr(attempt.key)
 
     def forget(self, attempt: Attempt) -> None:
         """Delete ``attempt``'s count (nothing was written for a first delivery);
