@@ -100,7 +100,9 @@ result_backend_transport_options = {
 
 # RabbitMQ's settings (publisher confirms, topic exchanges, the queue layout) are applied by
 # worker/broker/factory.py's make_app whenever the app's broker is amqp://, also when a
-# producer passes its URL explicitly: see worker/broker/amqp.py (amqp_settings).
+# producer passes its URL explicitly: see worker/broker/amqp.py (amqp_settings). Among
+# them broker_heartbeat (30 s, not Celery's 120): a consumer on a partitioned host holds
+# a half-open connection that only missed heartbeats reveal (HEARTBEAT_SECONDS says why).
 
 # The filesystem fallback (worker/broker/embedded.py) keeps everything under the state
 # directory: messages in SANDRUN_BROKER_FOLDER, kombu's exchange routing tables beside it

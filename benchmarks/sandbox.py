@@ -11,7 +11,9 @@
    the pre-start runs after the result is stored).
 2. Submit-to-result latency of that job through a private ``redis-server`` and
    one idle ``celery worker`` (prefork, concurrency 1): p50, p90 and p99, next to the
-   no-op round trip of the bare Celery app in ``benchmarks/noop_apps.py``; with
+   no-op round trip of the bare Celery app in ``benchmarks/noop_apps.py`` and the same
+   job through a worker whose running leases are off (``SANDRUN_RUNNING_LEASE_SECONDS=0``:
+   what a job's lease costs); with
    ``--baseline DIR`` (a checkout of an earlier commit, its ``make install`` done
    or not: it runs with this interpreter) also through that code's worker,
    alternating job by job, so both are measured in one run; each trip starts
@@ -163,6 +165,10 @@ def latency(count: int, tmp: Path, baseline: Path | None, gap: float = 0.03) -> 
                                 *common], env, tmp / "ours.log"))
             procs.append(start([sys.executable, "-m", "celery", "-A", "benchmarks.noop_apps:bare",
                                 "worker", "-Q", "bare", *common], env, tmp / "bare.log"))
+            procs.append(start([sys.executable, "-m", "celery", "-A", "worker", "worker",
+                                "-Q", "nolease", *common],
+                               {**env, "SANDRUN_RUNNING_LEASE_SECONDS": "0"},
+                               tmp / "nolease.log"))
             if baseline is not None:
                 procs.append(start([sys.executable, "-m", "celery", "-A", "worker", "worker",
                                     "-Q", "baseline", *common],
@@ -174,6 +180,8 @@ def latency(count: int, tmp: Path, baseline: Path | None, gap: float = 0.03) -> 
                 runs: dict[str, Callable[[], object]] = {
                     "sandrun print(1) job": lambda: client.job().code("print(1)").submit()
                     .wait(30),
+                    "same, running leases off": lambda: client.job().code("print(1)")
+                    .queue("nolease").submit().wait(30),
                     "bare Celery no-op": lambda: bare_app.send_task(
                         "bench.noop", queue="bare").get(timeout=30)}
                 if baseline is not None:

@@ -28,6 +28,9 @@ from worker.models.gpus import VRAM_BUCKETS, GPUCard, needed_vram_gb, vram_bucke
 RUN_JOB = "sandrun.run_job"
 #: Message header: how often a worker whose cards could not run a GPU job re-routed it.
 GPU_REROUTES_HEADER = "sandrun_gpu_reroutes"
+#: Message header: how often a delivery found its job's running lease held by another
+#: delivery and was published again to wait (:mod:`worker.node.leasing`).
+LEASE_WAITS_HEADER = "sandrun_lease_waits"
 #: Headers of a signature that covers the message's queue (the ``auth`` plugin's): a
 #: worker re-routing a GPU job never moves such a message to another queue, where it
 #: would no longer verify; it goes back to its own queue.

@@ -37,6 +37,12 @@ VISIBILITY_MARGIN_SECONDS = 600
 RESULT_TTL_SECONDS = 24 * 3600
 OUTPUT_TTL_SECONDS = 24 * 3600
 DEAD_LETTER_TTL_SECONDS = 7 * 24 * 3600
+#: ``SANDRUN_RUNNING_LEASE_SECONDS``: a partition shorter than a minute runs a job once;
+#: a host that dies holds its jobs' leases (their copies wait) at most that long.
+RUNNING_LEASE_SECONDS = 60.0
+#: Below this, the margin a worker keeps to stop a job before its lease lapses (two
+#: bounded renewal calls and a second) would eat most of the lease.
+MIN_RUNNING_LEASE_SECONDS = 10.0
 
 
 def default_state_dir() -> Path:
@@ -155,9 +161,26 @@ class Settings(BaseSettings):
     registry_ttl: float = Field(default=3600.0, gt=0, allow_inf_nan=False, description=(
         "seconds a worker that stopped beating (killed, hung, cut off) stays in the "
         "registry, listed as late by 'sandrun workers', before it is forgotten"))
+    running_lease_seconds: float = Field(
+        default=RUNNING_LEASE_SECONDS, ge=0, le=86400, allow_inf_nan=False, description=(
+            "seconds a job's running lease lives past its last renewal (renewed every "
+            "third of it while the job runs; worker.stores.leases): a second delivery of a "
+            "running job waits instead of running. A worker cut off from Redis for less "
+            f"than this runs its jobs once; at least {MIN_RUNNING_LEASE_SECONDS:g}, or 0 to "
+            "turn leases off"))
     hook_timeout: float = Field(default=30.0, ge=0, allow_inf_nan=False, description=(
         "seconds a plugin hook call may run before it is abandoned and counted as a "
         "timeout, for plugins that set no hook_timeout of their own; 0: no limit"))
+
+    @field_validator("running_lease_seconds")
+    @classmethod
+    def _lease_long_enough(cls, value: float) -> float:
+        """0 (off) or at least MIN_RUNNING_LEASE_SECONDS."""
+        if 0 < value < MIN_RUNNING_LEASE_SECONDS:
+            raise ValueError(f"a running lease of {value:g}s leaves no time to renew it; use "
+                             f"at least {MIN_RUNNING_LEASE_SECONDS:g} (default "
+                             f"{RUNNING_LEASE_SECONDS:g}), or 0 to turn leases off")
+        return value
 
 
 def health_file(settings: Settings, kind: str, hostname: str | None = None) -> Path:

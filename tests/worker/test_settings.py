@@ -46,6 +46,29 @@ def test_bad_settings_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None
         load_settings()
 
 
+@pytest.mark.parametrize(("raw", "problem"), [
+    ("5", "leaves no time to renew it; use at least 10"), ("-1", "greater than or equal"),
+    ("nan", "finite number"), ("1e9", "less than or equal")])
+def test_a_running_lease_is_off_or_long_enough_to_renew(
+        monkeypatch: pytest.MonkeyPatch, raw: str, problem: str) -> None:
+    assert load_settings().running_lease_seconds == 60
+    for good in ("0", "10", "600"):
+        monkeypatch.setenv("SANDRUN_RUNNING_LEASE_SECONDS", good)
+        assert load_settings().running_lease_seconds == float(good)
+    monkeypatch.setenv("SANDRUN_RUNNING_LEASE_SECONDS", raw)
+    with pytest.raises(ConfigurationError, match=f"SANDRUN_RUNNING_LEASE_SECONDS.*{problem}"):
+        load_settings()
+
+
+def test_leases_are_off_without_redis_or_at_zero(monkeypatch: pytest.MonkeyPatch,
+                                                 redis_server: RedisServer) -> None:
+    for name in ("SANDRUN_BROKER_URL", "SANDRUN_RESULT_BACKEND"):
+        monkeypatch.setenv(name, f"redis+socket://{redis_server.socket}")
+    assert build_runtime(load_plugins=False).leases.client is not None
+    monkeypatch.setenv("SANDRUN_RUNNING_LEASE_SECONDS", "0")
+    assert build_runtime(load_plugins=False).leases.client is None
+
+
 def test_visibility_timeout_follows_the_longest_job_this_deployment_allows(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SANDRUN_MAX_JOB_TIMEOUT", "5")

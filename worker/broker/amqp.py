@@ -49,6 +49,15 @@ from worker.errors import ConfigurationError
 DEAD_EXCHANGE = "sandrun.dead"
 DEAD_QUEUE = "sandrun.dead"
 LAYOUTS = ("quorum", "priority")
+#: Celery's ``broker_heartbeat`` on RabbitMQ, set here rather than left to Celery's 120 s:
+#: a consumer whose host is partitioned keeps a half-open TCP connection that neither
+#: end sees fail until heartbeats go missing. py-amqp gives up after two missed beats,
+#: the broker after two of its own, so at 30 s the worker reconnects, and RabbitMQ hands
+#: the cut consumer's unacked jobs to others, within about a minute (not four); those
+#: copies wait on the jobs' running leases (worker.stores.leases) instead of running
+#: beside the original. Only the worker's consumer connection beats (Celery opens
+#: producers' connections without heartbeats).
+HEARTBEAT_SECONDS = 30
 MAX_PRIORITY = 10
 
 
@@ -70,6 +79,7 @@ def amqp_settings(environ: Mapping[str, str], visibility_timeout: int) -> dict[s
             "least 1 (the deliveries after which RabbitMQ dead-letters a job)")
     return {"broker_transport_options": {"visibility_timeout": visibility_timeout,
                                          "confirm_publish": True},
+            "broker_heartbeat": HEARTBEAT_SECONDS,
             "task_default_exchange_type": "topic",
             "task_create_missing_queue_exchange_type": "topic",
             "sandrun_amqp_queues": layout,

@@ -38,6 +38,8 @@ import socket
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 #: Schemes served by Redis, in either spelling.
 REDIS_SCHEMES = ("redis://", "rediss://", "redis+socket://", "unix://")
@@ -75,6 +77,18 @@ def redis_client(url: str) -> redis.Redis[bytes] | None:
     if not is_redis(url):
         return None
     return redis.Redis.from_url(redis_url(url), **redis_socket_options(url))
+
+
+def bounded_redis_client(url: str, timeout: float) -> redis.Redis[bytes] | None:
+    """A client of ``url`` (as :func:`redis_client`) whose every call ends within about
+    ``timeout`` to connect plus ``timeout`` to answer, never retried: for a caller that
+    must keep its own clock while Redis is out of reach (a worker renewing the leases of
+    its running jobs, :mod:`worker.node.leasekeeper`)."""
+    if not is_redis(url):
+        return None
+    options = {**redis_socket_options(url), "socket_timeout": timeout,
+               "socket_connect_timeout": timeout, "retry": Retry(NoBackoff(), 0)}
+    return redis.Redis.from_url(redis_url(url), **options)
 
 
 #: TCP keepalive: first probe after 10 s idle, then every 5 s; 3 unanswered end it.

@@ -12,6 +12,7 @@ from worker import logs
 from worker.broker.factory import make_app
 from worker.node.deadletters import BrokerDeadLetters
 from worker.node.health import HealthFiles
+from worker.node.leasekeeper import LeaseKeeping
 from worker.node.run_job import register as register_run_job
 from worker.node.signals import StartupChecks
 from worker.node.taskbase import SandrunTask
@@ -33,6 +34,7 @@ register_run_job(app)
 app.steps["worker"].add(StartupChecks)
 app.steps["consumer"].add(HealthFiles)
 app.steps["consumer"].add(BrokerDeadLetters)
+app.steps["consumer"].add(LeaseKeeping)
 # Celery's end-of-task lines carry a job's whole result (its stdout) and a failure's
 # exception; the app's tasks log job_finished, job_failed and job_retried instead.
 logs.quiet_celery_task_lines(lambda name: isinstance(app.tasks.get(name), SandrunTask))

@@ -29,6 +29,7 @@ from worker.sandbox.gpu import GPUDevice, detect_gpus
 from worker.settings import Settings, load_settings
 from worker.stores.attempts import Attempts
 from worker.stores.deadletter import dead_letter_store_for
+from worker.stores.leases import Leases
 from worker.stores.outputs import OutputStore, output_store_for
 from worker.stores.revoked import Revocations
 from worker.stores.storage import MemoryStorageBackend, RedisStorageBackend, StorageBackend
@@ -51,6 +52,8 @@ class Runtime:
     sandbox_notes: tuple[str, ...] = ()  # what the host lacks, and why
     #: cancelled jobs, remembered in the result backend's Redis
     revocations: Revocations = field(default_factory=lambda: Revocations(None, 1))
+    #: jobs' running leases (off: no Redis, or SANDRUN_RUNNING_LEASE_SECONDS=0)
+    leases: Leases = field(default_factory=lambda: Leases(None, 1))
 
     @property
     def lock_dir(self) -> Path:
@@ -58,11 +61,17 @@ class Runtime:
         return self.settings.state_dir / "gpu-locks"
 
 
+def store_url(settings: Settings) -> str:
+    """The URL of the Redis (or other store) that results, attempts and leases live in:
+    the result backend, else the broker."""
+    broker = os.environ.get("SANDRUN_BROKER_URL", settings.broker_url or "")
+    return os.environ.get("SANDRUN_RESULT_BACKEND") or settings.result_backend or broker
+
+
 def build_runtime(settings: Settings | None = None, *, load_plugins: bool = True) -> Runtime:
     """Create the runtime from settings and load the configured plugins (``on_init``)."""
     settings = settings or load_settings()
-    broker = os.environ.get("SANDRUN_BROKER_URL", settings.broker_url or "")
-    backend = os.environ.get("SANDRUN_RESULT_BACKEND") or settings.result_backend or broker
+    backend = store_url(settings)
     client = redis_client(backend)
     storage: StorageBackend = RedisStorageBackend(client) if client else MemoryStorageBackend()
     manager = PluginManager(storage=storage, dead_letters=dead_letter_store_for(
@@ -80,7 +89,9 @@ def build_runtime(settings: Settings | None = None, *, load_plugins: bool = True
     return Runtime(settings, manager, Attempts(client), outputs, sandbox,
                    detect_gpus(settings.gpus), socket.gethostname(), client,
                    isolation=isolation, sandbox_notes=notes,
-                   revocations=Revocations(client, settings.result_ttl))
+                   revocations=Revocations(client, settings.result_ttl),
+                   leases=Leases(client if settings.running_lease_seconds else None,
+                                 settings.running_lease_seconds or 1))
 
 
 class _ProcessRuntime:

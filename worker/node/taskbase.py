@@ -10,10 +10,13 @@ runs the task. It only translates:
    dead-lettered, never run); a delivery the task sends on (:meth:`SandrunTask.sent_on`:
    a GPU job this worker's cards cannot run) ends here, with no attempt used;
 2. begin the attempt (Celery's ``retries`` + 1): a redelivered message counts a
-   delivery; a job or a redelivered message looks for a stored final result in
-   the round trip that looks for its cancel record (step 4); when Redis cannot be
-   reached for either, the message goes back to the queue (``Reject(requeue=True)``)
-   and nothing is stored;
+   delivery; a job claims its running lease and, after that, a job or a redelivered
+   message looks for a stored final result, all in the same round trip; when Redis
+   cannot be reached for it, the message goes back to the queue
+   (``Reject(requeue=True)``) and nothing is stored. A job whose lease another
+   delivery holds is published again to wait, and not run (:mod:`worker.node.leasing`);
+   the lease is released once the outcome is stored (``after_return``) or the delivery
+   ended storing nothing;
 3. build the :class:`~worker.plugin.context.ExecutionContext` from the request
    (headers, args, eta, redelivered, queue, node, and the job's context: correlation
    id, tenant and baggage from their headers, each dropped and logged when not valid);
@@ -41,7 +44,7 @@ import os
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar, assert_never
+from typing import Any, NoReturn, TypeVar, assert_never
 
 import structlog
 from billiard.einfo import ExceptionInfo
@@ -50,11 +53,11 @@ from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded, Term
 from pydantic import ValidationError
 
 from worker.broker.amqp import redelivery_options
-from worker.broker.policies import TRANSIENT_STORAGE_ERRORS
+from worker.broker.policies import TRANSIENT_PUBLISH_ERRORS, TRANSIENT_STORAGE_ERRORS
 from worker.errors import InvalidJob, JobFailed
 from worker.models import ErrorInfo, Execution, Job, JobContext, JobResult
 from worker.models.context import EMPTY
-from worker.node import joblog, resultwrites, runtime
+from worker.node import joblog, leasing, resultwrites, runtime
 from worker.node.lifecycle import (
     Deferred,
     Dropped,
@@ -67,9 +70,16 @@ from worker.node.lifecycle import (
 )
 from worker.plugin.context import ErrorContext, ExecutionContext
 from worker.plugin.provenance import PROVENANCE_HEADER, from_header
-from worker.protocol import RUN_JOB, SUBMITTED_HEADER, context_from_headers, job_reprs
+from worker.protocol import (
+    LEASE_WAITS_HEADER,
+    RUN_JOB,
+    SUBMITTED_HEADER,
+    context_from_headers,
+    job_reprs,
+)
 from worker.stores.attempts import Attempt
 from worker.stores.deadletter import DeadLetter
+from worker.stores.leases import Claim, token_for
 from worker.stores.revoked import cancelled_result
 
 RAW_LIMIT = 64 * 1024
@@ -79,6 +89,8 @@ REQUEUE_PAUSE_SECONDS = 1.0
 log = structlog.get_logger("sandrun.task")
 #: Celery's own control flow raised in a body: it reaches Celery untouched.
 CELERY_CONTROL = (Ignore, Reject, Retry, SoftTimeLimitExceeded, Terminated)
+#: The ends of a delivery after which Celery stores nothing and calls no ``after_return``.
+UNSTORED_ENDS = (Ignore, Reject, Retry)
 
 
 class SandrunTask(Task[Any, Any]):
@@ -90,6 +102,8 @@ class SandrunTask(Task[Any, Any]):
     #: copies: a FAILURE is overwritten freely, and Celery's guard of a SUCCESS is a read
     #: then a write, which a copy's write can slip between as the original's result lands.
     track_started = False
+    #: The main process's request releases the lease of a job whose pool process died.
+    Request = "worker.node.leasekeeper:LeasedRequest"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.request.update(sandrun_started=time.monotonic())
@@ -101,20 +115,27 @@ class SandrunTask(Task[Any, Any]):
             return self._invalid(exc)
         if execution.job is not None:
             self.request.update(sandrun_job_id=execution.job.id)
-        cancelled, key, raw = self._or_requeue(execution, lambda: self._look(rt, execution))
-        if cancelled:
+        job_id = execution.job.id if execution.job is not None else None
+        if self._or_requeue(execution, lambda: rt.revocations.revoked(
+                (str(self.request.id), job_id))):
             return self._cancelled(execution)
         if self.sent_on(rt, execution):
             raise Ignore()
-        attempt, stored = self._or_requeue(execution,
-                                           lambda: self._begin(rt, execution, key, raw))
-        outcome = run_lifecycle(rt.manager, attempt, execution,
-                                self._context(rt, execution, attempt, travelled),
-                                self._run_body,
-                                max_attempts=rt.settings.max_attempts, stored=stored,
-                                passthrough=CELERY_CONTROL,
-                                writes_with_result=resultwrites.wanted(self, rt.redis))
-        return self._to_celery(outcome, execution)
+        attempt, stored = self._or_requeue(execution, lambda: self._begin(rt, execution))
+        if stored is None and not attempt.claim.ours:
+            self._or_requeue(execution, attempt.uncount)
+            self._wait_for_lease(rt, execution, attempt.claim)
+        try:
+            outcome = run_lifecycle(rt.manager, attempt, execution,
+                                    self._context(rt, execution, attempt, travelled),
+                                    self._run_body,
+                                    max_attempts=rt.settings.max_attempts, stored=stored,
+                                    passthrough=CELERY_CONTROL,
+                                    writes_with_result=resultwrites.wanted(self, rt.redis))
+            return self._to_celery(outcome, execution)
+        except UNSTORED_ENDS:
+            self._release_lease(rt)
+            raise
 
     def sent_on(self, rt: runtime.Runtime, execution: Execution) -> bool:
         """Whether this delivery was published on to another worker before its attempt
@@ -160,44 +181,70 @@ class SandrunTask(Task[Any, Any]):
         try:
             return step()
         except TRANSIENT_STORAGE_ERRORS as exc:
-            log.warning("delivery_requeued", task_id=str(self.request.id),
-                        job_id=execution.job.id if execution.job else None,
-                        reason=f"{type(exc).__name__}: {exc}", pause=REQUEUE_PAUSE_SECONDS)
-            time.sleep(REQUEUE_PAUSE_SECONDS)
-            raise Reject(exc, requeue=True) from exc
+            self._requeue(execution, exc)
 
-    def _look(self, rt: runtime.Runtime, execution: Execution
-              ) -> tuple[bool, str | None, bytes | None]:
-        """Whether this delivery was cancelled, and for one that looks for a stored final
-        result on Redis (a job, under its id, or a redelivered message: a possible crash
-        loop, or a result stored before the ack was lost) the result's key and raw value,
-        read in the same round trip."""
-        ids = (str(self.request.id), execution.job.id if execution.job is not None else None)
-        redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
-        key_for = getattr(self.backend, "get_key_for_task", None)
-        if not (execution.job is not None or redelivered) or rt.redis is None or not key_for:
-            return rt.revocations.revoked(ids), None, None
-        key = key_for(str(self.request.id)).decode()
-        cancelled, raw = rt.revocations.revoked_and_get(ids, key)
-        return cancelled, key, raw
+    def _requeue(self, execution: Execution, exc: Exception) -> NoReturn:
+        """Back to the broker after a pause (see :meth:`_or_requeue`), storing nothing."""
+        log.warning("delivery_requeued", task_id=str(self.request.id),
+                    job_id=execution.job.id if execution.job else None,
+                    reason=f"{type(exc).__name__}: {exc}", pause=REQUEUE_PAUSE_SECONDS)
+        time.sleep(REQUEUE_PAUSE_SECONDS)
+        raise Reject(exc, requeue=True) from exc
 
-    def _begin(self, rt: runtime.Runtime, execution: Execution, key: str | None,
-               raw: bytes | None) -> tuple[Attempt, Any]:
-        """This delivery's attempt (a redelivery counts one more delivery), and a stored
-        final result if :meth:`_look` found one (or, on a result backend that is not
-        Redis, reads it now for a job or a redelivered message)."""
+    def _begin(self, rt: runtime.Runtime, execution: Execution) -> tuple[Attempt, Any]:
+        """This delivery's attempt, and a stored final result if there is one.
+
+        Only a job (a result may exist under its id) or a redelivered message (a
+        possible crash loop, or a result stored before the ack was lost) looks; on
+        Redis the look shares the delivery count's round trip."""
         task_id = str(self.request.id)
         redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+        look = execution.job is not None or redelivered
+        key_for = getattr(self.backend, "get_key_for_task", None)
+        key = key_for(task_id).decode() if look and rt.redis is not None and key_for else None
+        token = None
+        if execution.job is not None and rt.leases.client is not None:
+            token = token_for(str(self.request.hostname or rt.node_id), os.getpid())
         attempt = rt.attempts.begin(task_id, int(self.request.retries or 0) + 1,
-                                    redelivered=redelivered)
-        if key is not None:
-            attempt.stored = raw
-            meta = self.backend.decode_result(raw) if raw else {}
-        elif execution.job is not None or redelivered:
+                                    redelivered=redelivered, result_key=key,
+                                    leases=rt.leases, token=token)
+        if token is not None and attempt.claim.ours:
+            self.request.update(sandrun_lease=token)
+        if not look:
+            return attempt, None
+        if key is None:
             meta = self.backend.get_task_meta(task_id)
         else:
-            return attempt, None
+            meta = self.backend.decode_result(attempt.stored) if attempt.stored else {}
         return attempt, meta.get("result") if meta.get("status") == "SUCCESS" else None
+
+    def _wait_for_lease(self, rt: runtime.Runtime, execution: Execution, claim: Claim
+                        ) -> NoReturn:
+        """Another delivery runs this job (it holds the job's lease): publish this message
+        again to look after a countdown, and end this delivery (acknowledged), unrun and
+        not counted as a delivery of its attempt (it started nothing). A broker that
+        cannot take the publish sends this delivery back to the queue instead."""
+        headers = dict(self.request.headers or {})
+        waited = leasing.waits(headers)
+        visibility = (self.app.conf.broker_transport_options or {}).get("visibility_timeout")
+        wait = leasing.countdown(claim, waited, rt.leases.ttl, visibility)
+        headers[LEASE_WAITS_HEADER] = waited + 1
+        log.info("delivery_waits_for_lease", task_id=str(self.request.id),
+                 job_id=execution.job.id if execution.job else None, holder=claim.held_by,
+                 countdown=wait, waits=waited + 1)
+        try:
+            self.signature_from_request(headers=headers, **self._again(wait),
+                                        **self._reprs()).apply_async()
+        except TRANSIENT_PUBLISH_ERRORS as exc:
+            self._requeue(execution, exc)
+        raise Ignore()
+
+    def _release_lease(self, rt: runtime.Runtime) -> None:
+        """Release this delivery's running lease, if it holds one (once)."""
+        token = self.request.get("sandrun_lease")
+        if token:
+            self.request.update(sandrun_lease=None)
+            leasing.release(rt.leases, str(self.request.id), token)
 
     def _travelled(self) -> JobContext:
         """The job's context from the message's headers (kept on the request for the log
@@ -303,6 +350,13 @@ class SandrunTask(Task[Any, Any]):
         if self.request.get("sandrun_already_finished"):
             fields["already_finished"] = True
         joblog.finished(self._where(), self.name, fields, self._wall())
+
+    def after_return(self, *args: Any, **kwargs: Any) -> None:
+        """Once Celery stored the outcome (a success or a failure): release the job's
+        running lease, so that a copy that comes to look finds the result first."""
+        rt = runtime.active()
+        if rt is not None:
+            self._release_lease(rt)
 
     def on_failure(self, exc: Exception, task_id: str, args: tuple[Any, ...],
                    kwargs: dict[str, Any], einfo: ExceptionInfo) -> None:

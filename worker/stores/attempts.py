@@ -15,6 +15,8 @@ import threading
 
 import redis
 
+from worker.stores.leases import GRANTED, Claim, Leases
+
 ATTEMPT_TTL_SECONDS = 7 * 24 * 3600
 KEY_PREFIX = "sandrun:attempts:"
 
@@ -25,10 +27,11 @@ class Attempt:
     ``deliveries`` is how many times the broker has handed this attempt to a
     worker, this time included (1 first); ``stored`` is the raw value read at the
     ``result_key`` given to :meth:`Attempts.begin`, in the same round trip (None
-    when absent or not asked for).
+    when absent or not asked for); ``claim`` what the claim of the job's running lease
+    in that round trip found (granted when none was asked for).
     """
 
-    __slots__ = ("_finished", "_store", "deliveries", "number", "stored", "task_id")
+    __slots__ = ("_finished", "_store", "claim", "deliveries", "number", "stored", "task_id")
 
     def __init__(self, store: Attempts, task_id: str, number: int, deliveries: int = 1,
                  stored: bytes | None = None) -> None:
@@ -38,6 +41,7 @@ class Attempt:
         self.number = number
         self.deliveries = deliveries
         self.stored = stored
+        self.claim: Claim = GRANTED
 
     @property
     def key(self) -> str:
@@ -55,6 +59,13 @@ class Attempt:
         if not self._finished:
             self._finished = True
             self._store.forget(self)
+
+    def uncount(self) -> None:
+        """Take this delivery out of the count again: it started nothing (it found the
+        job's running lease held and waits), so a copy that a broker redelivers while it
+        waits (kombu's sweep, a dropped connection) never counts as a crashed run."""
+        if self.deliveries > 1 and not self._finished:
+            self._store.uncount(self)
 
     def __repr__(self) -> str:
         return (f"Attempt({self.task_id!r}, number={self.number}, "
@@ -75,13 +86,16 @@ class Attempts:
         self._lock = threading.Lock()
 
     def begin(self, task_id: str, number: int, *, redelivered: bool,
-              result_key: str | None = None) -> Attempt:
+              result_key: str | None = None, leases: Leases | None = None,
+              token: str | None = None) -> Attempt:
         """Count this delivery of attempt ``number`` of ``task_id`` and, in the same round
-        trip, read the raw value at ``result_key`` (a stored result).
+        trip, claim its running lease for ``token`` (when ``leases`` and ``token`` are
+        given: :mod:`worker.stores.leases`) and read the raw value at ``result_key`` (a
+        stored result), in that order.
 
         A first delivery is not counted: only a message the broker marks as
         redelivered can be part of a crash loop, so the common path costs no write
-        (and, with no ``result_key`` either, no round trip).
+        (and, with no ``result_key`` or lease either, no round trip).
         """
         attempt = Attempt(self, task_id, number)
         if self._client is None:
@@ -91,17 +105,31 @@ class Attempts:
                     attempt.deliveries = self._local[attempt.key] + 1
             return attempt
         pipe = self._client.pipeline(transaction=False)
+        claimed = None
+        if leases is not None and token is not None and leases.client is not None:
+            claimed = leases.queue_claim(pipe, task_id, token)  # before the result's read
         if redelivered:
             pipe.incr(attempt.key)
             pipe.expire(attempt.key, ATTEMPT_TTL_SECONDS)
         if result_key is not None:
             pipe.get(result_key)
         replies = pipe.execute() if len(pipe) else []
+        if claimed is not None:
+            attempt.claim = claimed(replies)
+            replies = replies[3:]
         if redelivered:
             attempt.deliveries = int(replies[0]) + 1
         if result_key is not None:
             attempt.stored = replies[-1]
         return attempt
+
+    def uncount(self, attempt: Attempt) -> None:
+        """Undo the count of ``attempt``'s delivery; :meth:`Attempt.uncount` calls this."""
+        if self._client is None:
+            with self._lock:
+                self._local[attempt.key] = max(0, self._local.get(attempt.key, 1) - 1)
+        else:
+            self._client.decr(attempt.key)
 
     def forget(self, attempt: Attempt) -> None:
         """Delete ``attempt``'s count (nothing was written for a first delivery);

@@ -76,19 +76,6 @@ class Revocations:
             return False
         return int(self.client.exists(*keys)) > 0
 
-    def revoked_and_get(self, ids: Iterable[str | None], key: str) -> tuple[bool, bytes | None]:
-        """:meth:`revoked`, and the raw value at ``key`` (a stored result) read in the same
-        round trip: a job's delivery asks both before it starts."""
-        if self.client is None:
-            return False, None
-        keys = _keys(ids)
-        pipe = self.client.pipeline(transaction=False)
-        if keys:
-            pipe.exists(*keys)
-        pipe.get(key)
-        replies = pipe.execute()
-        return bool(keys) and int(replies[0]) > 0, replies[-1]
-
 
 def _keys(ids: Iterable[str | None]) -> list[str]:
     return [KEY_PREFIX + i for i in ids if isinstance(i, str) and TASK_ID.fullmatch(i)]

@@ -12,6 +12,7 @@ import pytest
 from tests.support.rabbit import private_vhost
 from worker.broker.amqp import (
     DEAD_EXCHANGE,
+    HEARTBEAT_SECONDS,
     delayed_countdown,
     queue_arguments,
     queue_depth,
@@ -63,6 +64,17 @@ def test_an_amqp_broker_needs_a_redis_result_backend_and_known_settings(
     monkeypatch.setenv("SANDRUN_AMQP_DELIVERY_LIMIT", "0")
     with pytest.raises(ConfigurationError, match="SANDRUN_AMQP_DELIVERY_LIMIT='0'"):
         make_app(vhost, BACKEND)
+
+
+def test_an_amqp_connection_negotiates_the_heartbeat_that_reveals_a_half_open_one(
+        vhost: str) -> None:
+    """The worker's consumer opens its connection with ``broker_heartbeat`` (producers
+    send none); RabbitMQ agrees to it (its own default is 60 s: the lower wins)."""
+    app = make_app(vhost, BACKEND)
+    assert app.conf.broker_heartbeat == HEARTBEAT_SECONDS < 120  # Celery's default: 4 min
+    with app.connection_for_read(heartbeat=app.conf.broker_heartbeat) as connection:
+        connection.connect()
+        assert connection.connection.heartbeat == HEARTBEAT_SECONDS
 
 
 def test_countdowns_under_a_second_are_rounded_up_only_for_native_delays(vhost: str) -> None:

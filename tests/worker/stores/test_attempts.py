@@ -57,3 +57,13 @@ def test_a_stored_result_is_read_beside_the_count(redis_client: redis.Redis) -> 
                        result_key="celery-task-meta-t").stored == b'{"status": "SUCCESS"}'
     assert store.begin("t", 1, redelivered=True, result_key="missing").stored is None
     assert store.begin("t", 1, redelivered=True).stored is None
+
+
+def test_a_delivery_that_started_nothing_is_taken_out_of_the_count(store: Attempts) -> None:
+    store.begin("w", 1, redelivered=True)  # a crashed run's redelivery: counted
+    waiting = store.begin("w", 1, redelivered=True)
+    assert waiting.deliveries == 3
+    waiting.uncount()  # it found the job's lease held and waits: not a crashed run
+    assert store.begin("w", 1, redelivered=True).deliveries == 3
+    store.begin("v", 1, redelivered=False).uncount()  # a first delivery was never counted
+    assert store.begin("v", 1, redelivered=True).deliveries == 2

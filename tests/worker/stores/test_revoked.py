@@ -40,13 +40,3 @@ def test_without_redis_nothing_is_remembered() -> None:
 def test_a_cancelled_result_says_cancelled() -> None:
     result = cancelled_result("job-1")
     assert (result.id, result.status, result.outcome) == ("job-1", "cancelled", "cancelled")
-
-
-def test_a_job_asks_both_questions_in_one_round_trip(redis_client: redis.Redis) -> None:
-    revocations = Revocations(redis_client, ttl=60)
-    redis_client.set("result-key", b"stored")
-    assert revocations.revoked_and_get(["t1", None], "result-key") == (False, b"stored")
-    revocations.add("t1")
-    assert revocations.revoked_and_get(["t1", "j1"], "nothing") == (True, None)
-    assert revocations.revoked_and_get(["not an id!"], "result-key") == (False, b"stored")
-    assert Revocations(None, ttl=60).revoked_and_get(["t1"], "result-key") == (False, None)
