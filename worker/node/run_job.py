@@ -23,7 +23,7 @@ from worker.models import (
     current_job_context,
 )
 from worker.models.gpus import describe_need
-from worker.node import gpuroute
+from worker.node import gpuroute, taskrequest
 from worker.node.livefeed import JobFeed, job_feed
 from worker.node.runtime import Runtime, current
 from worker.node.taskbase import SandrunTask
@@ -135,7 +135,7 @@ class RunJobTask(SandrunTask):
         headers[GPU_REROUTES_HEADER] = done + 1
         bound = any(name in headers for name in QUEUE_BINDING_HEADERS)  # signed with it
         target = None if bound else gpuroute.narrower_queue(
-            job, rt.redis, rt.settings.default_queue, self._consumed_queues())
+            job, rt.redis, rt.settings.default_queue, taskrequest.consumed_queues(self.app))
         options: dict[str, Any]
         if target is not None:
             wait, options = 0.0, {"queue": target}

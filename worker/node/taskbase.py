@@ -39,11 +39,9 @@ retried) shows a summary of the job, not the job (:func:`~worker.protocol.job_re
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any, NoReturn, TypeVar, assert_never
 
 import structlog
@@ -54,10 +52,9 @@ from pydantic import ValidationError
 
 from worker.broker.amqp import redelivery_options
 from worker.broker.policies import TRANSIENT_PUBLISH_ERRORS, TRANSIENT_STORAGE_ERRORS
-from worker.errors import InvalidJob, JobFailed
-from worker.models import ErrorInfo, Execution, Job, JobContext, JobResult
-from worker.models.context import EMPTY
-from worker.node import joblog, leasing, resultwrites, runtime
+from worker.errors import JobFailed
+from worker.models import ErrorInfo, Execution, Job, JobResult
+from worker.node import joblog, leasing, resultwrites, runtime, taskends, taskrequest
 from worker.node.lifecycle import (
     Deferred,
     Dropped,
@@ -65,24 +62,17 @@ from worker.node.lifecycle import (
     Outcome,
     RetryLater,
     Stored,
-    error_info,
     run_lifecycle,
 )
-from worker.plugin.context import ErrorContext, ExecutionContext
-from worker.plugin.provenance import PROVENANCE_HEADER, from_header
+from worker.plugin.context import ExecutionContext
 from worker.protocol import (
     LEASE_WAITS_HEADER,
     RUN_JOB,
-    SUBMITTED_HEADER,
-    context_from_headers,
     job_reprs,
 )
 from worker.stores.attempts import Attempt
-from worker.stores.deadletter import DeadLetter
 from worker.stores.leases import Claim, token_for
-from worker.stores.revoked import cancelled_result
 
-RAW_LIMIT = 64 * 1024
 T = TypeVar("T")
 #: How long a delivery that could not reach Redis waits before going back to the queue.
 REQUEUE_PAUSE_SECONDS = 1.0
@@ -108,17 +98,17 @@ class SandrunTask(Task[Any, Any]):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.request.update(sandrun_started=time.monotonic())
         rt = runtime.current()
-        travelled = self._travelled()
+        travelled = taskrequest.travelled(self.request)
         try:
             execution = self._execution(args, kwargs)
         except (ValidationError, KeyError, IndexError, TypeError) as exc:
-            return self._invalid(exc)
+            return taskends.invalid(self, exc)
         if execution.job is not None:
             self.request.update(sandrun_job_id=execution.job.id)
         job_id = execution.job.id if execution.job is not None else None
         if self._or_requeue(execution, lambda: rt.revocations.revoked(
                 (str(self.request.id), job_id))):
-            return self._cancelled(execution)
+            return taskends.cancelled(self.request, execution)
         if self.sent_on(rt, execution):
             raise Ignore()
         attempt, stored = self._or_requeue(execution, lambda: self._begin(rt, execution))
@@ -127,7 +117,8 @@ class SandrunTask(Task[Any, Any]):
             self._wait_for_lease(rt, execution, attempt.claim)
         try:
             outcome = run_lifecycle(rt.manager, attempt, execution,
-                                    self._context(rt, execution, attempt, travelled),
+                                    taskrequest.delivery_context(self, rt, execution,
+                                                                 attempt, travelled),
                                     self._run_body,
                                     max_attempts=rt.settings.max_attempts, stored=stored,
                                     passthrough=CELERY_CONTROL,
@@ -154,7 +145,7 @@ class SandrunTask(Task[Any, Any]):
         stored (as Celery's ``task_track_started`` would), then :meth:`body`; a job past
         its deadline gets an ``expired`` result instead, and never starts."""
         if execution.job is not None and execution.job.expired():
-            return self._expired(execution.job)
+            return taskends.expired(execution.job)
         request = self.request
         if self.app.conf.task_track_started and not request.is_eager and not self.ignore_result:
             where = {"pid": os.getpid(), "hostname": request.hostname}
@@ -246,52 +237,6 @@ class SandrunTask(Task[Any, Any]):
             self.request.update(sandrun_lease=None)
             leasing.release(rt.leases, str(self.request.id), token)
 
-    def _travelled(self) -> JobContext:
-        """The job's context from the message's headers (kept on the request for the log
-        events of its end); a header that is not valid is dropped and logged, by name."""
-        travelled, problems = context_from_headers(self.request.headers or {})
-        for problem in problems:
-            log.warning("job_context_dropped", task_id=str(self.request.id), problem=problem)
-        self.request.update(sandrun_context=travelled)
-        return travelled
-
-    def _context(self, rt: runtime.Runtime, execution: Execution, attempt: Attempt,
-                 travelled: JobContext) -> ExecutionContext:
-        """What ``on_execute`` is told about this delivery and its message."""
-        request = self.request
-        delivery = request.delivery_info or {}
-        submitted = getattr(request, SUBMITTED_HEADER, None)
-        return ExecutionContext(
-            node_id=str(request.hostname or rt.node_id), pool_id=str(os.getpid()),
-            task_id=attempt.task_id, attempt=attempt.number, deliveries=attempt.deliveries,
-            queue=delivery.get("routing_key"),
-            submitted_at=datetime.fromtimestamp(float(submitted), UTC) if submitted else None,
-            job_id=execution.job.id if execution.job else None,
-            headers=dict(request.headers or {}), args=list(request.args or ()),
-            kwargs=dict(request.kwargs or {}), eta=str(request.eta) if request.eta else None,
-            redelivered=bool(delivery.get("redelivered")),
-            consumed_queues=self._consumed_queues(), correlation_id=travelled.correlation_id,
-            tenant=travelled.tenant, baggage=dict(travelled.baggage),
-            provenance=self._provenance(getattr(request, PROVENANCE_HEADER, None)))
-
-    @staticmethod
-    def _provenance(raw: Any) -> list[Any]:
-        """The producer's record of the plugins that changed the job (the sender's word:
-        a record, never a control); a malformed one is dropped and logged."""
-        if raw is None:
-            return []
-        entries = from_header(raw)
-        if entries is None:
-            log.warning("provenance_header_dropped", size=len(str(raw)))
-            return []
-        return list(entries)
-
-    def _consumed_queues(self) -> tuple[str, ...]:
-        """The queues this worker consumes (its own -Q, or every declared queue): unlike
-        the message's routing key, nothing a broker writer sends can change them."""
-        queues = self.app.amqp.queues
-        return tuple(sorted(queues.consume_from or queues))
-
     def _to_celery(self, outcome: Outcome, execution: Execution) -> Any:
         """Tell Celery how this delivery ended, with its own mechanisms."""
         match outcome:
@@ -349,7 +294,8 @@ class SandrunTask(Task[Any, Any]):
                                   else {"status": "completed", "outcome": "completed"})
         if self.request.get("sandrun_already_finished"):
             fields["already_finished"] = True
-        joblog.finished(self._where(), self.name, fields, self._wall())
+        request = self.request
+        joblog.finished(taskrequest.where(request), self.name, fields, taskrequest.wall(request))
 
     def after_return(self, *args: Any, **kwargs: Any) -> None:
         """Once Celery stored the outcome (a success or a failure): release the job's
@@ -362,7 +308,8 @@ class SandrunTask(Task[Any, Any]):
                    kwargs: dict[str, Any], einfo: ExceptionInfo) -> None:
         """``job_failed``: the exception Celery stored, without the task's arguments."""
         resultwrites.store_left(self)
-        joblog.failed(self._where(), self.name, exc, self._wall())
+        request = self.request
+        joblog.failed(taskrequest.where(request), self.name, exc, taskrequest.wall(request))
 
     def on_retry(self, exc: Exception, task_id: str, args: tuple[Any, ...],
                  kwargs: dict[str, Any], einfo: ExceptionInfo) -> None:
@@ -370,61 +317,5 @@ class SandrunTask(Task[Any, Any]):
         reason: Any = einfo.exception
         if not isinstance(reason, Retry):  # billiard wraps it with its traceback
             reason = getattr(reason, "exc", None)
-        joblog.retried(self._where(), self.name, exc,
+        joblog.retried(taskrequest.where(self.request), self.name, exc,
                        reason.when if isinstance(reason, Retry) else None)
-
-    def _where(self) -> dict[str, Any]:
-        """The log context of this delivery, as :func:`run_lifecycle` binds it."""
-        request = self.request
-        task_id = str(request.id)
-        travelled: JobContext = request.get("sandrun_context") or EMPTY
-        return {"job_id": request.get("sandrun_job_id") or task_id, "task_id": task_id,
-                "attempt": int(request.retries or 0) + 1,
-                "queue": (request.delivery_info or {}).get("routing_key"),
-                "node": request.hostname, **travelled.log_fields()}
-
-    def _wall(self) -> float | None:
-        """Seconds since this delivery reached the task, to its outcome stored."""
-        started = self.request.get("sandrun_started")
-        return None if started is None else round(time.monotonic() - started, 6)
-
-    def _expired(self, job: Job) -> JobResult:
-        """A job delivered after its deadline is never run. Celery's ``expires`` stops
-        most of them before this task is called; this catches a message that lost it (a
-        hand-built publish, a broker writer's copy): the job's own deadline, checked after
-        ``on_execute`` so that only a verified message (``auth``) can store a result."""
-        assert job.deadline is not None
-        log.info("job_expired", job_id=job.id, deadline=job.deadline.isoformat())
-        return JobResult(id=job.id, status="expired", outcome="expired",
-                         error=ErrorInfo(type="JobExpired", message=(
-                             f"the job's deadline {job.deadline.isoformat()} passed before "
-                             "it started")))
-
-    def _cancelled(self, execution: Execution) -> Any:
-        """A delivery of a cancelled job (or of one of its replicas, or a cancelled user
-        task) is never run, whoever started after the cancel: it stores the ``cancelled``
-        JobResult, as ``cancel`` did (a user task's caller reads that dict)."""
-        task_id = str(self.request.id)
-        log.info("job_cancelled_skipped", task_id=task_id,
-                 job_id=execution.job.id if execution.job else task_id)
-        return cancelled_result(task_id).model_dump(mode="json", exclude={"provenance"})
-
-    def _invalid(self, exc: Exception) -> dict[str, Any]:
-        """A ``sandrun.run_job`` message whose payload is not a valid Job: rejected."""
-        rt = runtime.current()
-        task_id = str(self.request.id)
-        if isinstance(exc, ValidationError):
-            problems = [(".".join(map(str, e["loc"])) or "job", e["msg"]) for e in exc.errors()]
-            error: Exception = InvalidJob(problems, source=f"job payload of task {task_id}")
-        else:
-            error = InvalidJob([("job", f"missing or malformed argument ({exc!r})")])
-        log.error("job_payload_invalid", task_id=task_id, error=str(error))
-        rt.manager.on_error(error, ErrorContext(operation="parse", task_id=task_id))
-        if rt.manager.dead_letters is not None:
-            travelled: JobContext = self.request.get("sandrun_context") or EMPTY
-            rt.manager.dead_letters.add(DeadLetter(
-                id=task_id, task=self.name, reason=str(error), source="broker",
-                context=travelled if travelled != EMPTY else None,
-                raw=json.dumps(self.request.args, default=str)[:RAW_LIMIT]))
-        return JobResult(id=task_id, status="rejected", outcome="rejected",
-                         error=error_info(error)).model_dump(mode="json")
