@@ -100,8 +100,11 @@ def test_pool_process_killed_during_jobs(cluster: Cluster,
 
 
 #: Jobs of a dead worker come back after the visibility timeout: keep it short here.
+#: A killed worker's jobs come back soon: Redis hands them out again after the visibility
+#: timeout, and their copies (on RabbitMQ at once) wait for the dead worker's running
+#: leases to lapse, which nobody renews or releases any more: keep both short here.
 SHORT_VISIBILITY = {"SANDRUN_VISIBILITY_TIMEOUT": "8", "SANDRUN_MAX_JOB_TIMEOUT": "5",
-                    "SANDRUN_VISIBILITY_MARGIN": "3"}
+                    "SANDRUN_VISIBILITY_MARGIN": "3", "SANDRUN_RUNNING_LEASE_SECONDS": "10"}
 
 
 def test_worker_main_process_killed_while_another_runs(
