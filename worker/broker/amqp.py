@@ -41,6 +41,7 @@ from kombu.transport.native_delayed_delivery import (
     declare_native_delayed_delivery_exchanges_and_queues,
 )
 
+from worker.broker.redistransport import SandrunConnection
 from worker.broker.urls import is_amqp
 from worker.errors import ConfigurationError
 
@@ -130,9 +131,13 @@ class SandrunQueues(Queues):
 
 class SandrunAMQP(AMQP):
     """Celery's AMQP helper with :class:`SandrunQueues`; the default queue is declared as
-    every other job queue. Installed by :func:`~worker.broker.factory.make_app`."""
+    every other job queue. Its connections are :class:`SandrunConnection`, whose Redis
+    transport builds one redis-py client per channel instead of one per acknowledgement
+    (:mod:`worker.broker.redistransport`). Installed by
+    :func:`~worker.broker.factory.make_app`."""
 
     queues_cls = SandrunQueues
+    Connection = SandrunConnection
 
     def Queues(self, queues: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N802 (Celery's name)
         conf = self.app.conf
