@@ -97,6 +97,8 @@ def test_cancelled_while_queued_is_skipped_by_a_worker_started_later(
     finally:
         worker.stop()
     ended_cancelled(run, mark)
+    # the record was read in the round trip that claims the job's lease: given back
+    assert not redis.Redis(unix_socket_path=str(broker.socket)).exists(f"sandrun:lease:{run.id}")
 
 
 @pytest.mark.parametrize("mingle", ["1", "0"], ids=["mingle-on", "mingle-off"])

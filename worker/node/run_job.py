@@ -128,6 +128,8 @@ class RunJobTask(SandrunTask):
         job = execution.job
         if job is None or not gpuroute.misdelivered(job, rt.gpus):
             return False
+        if self._or_requeue(execution, lambda: rt.revocations.revoked(self.cancel_ids(execution))):
+            return False  # not sent on: its attempt begins, finds it cancelled and ends
         headers = dict(self.request.headers or {})
         done = gpuroute.reroutes(headers)
         if done >= gpuroute.MAX_REROUTES:

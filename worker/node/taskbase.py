@@ -9,8 +9,9 @@ runs the task. It only translates:
    ``sandrun.run_job`` payload that is not a valid Job is rejected and
    dead-lettered, never run); a delivery the task sends on (:meth:`SandrunTask.sent_on`:
    a GPU job this worker's cards cannot run) ends here, with no attempt used;
-2. begin the attempt (Celery's ``retries`` + 1): a redelivered message counts a
-   delivery; a job claims its running lease and, after that, a job or a redelivered
+2. begin the attempt (Celery's ``retries`` + 1): the cancel records of the task and
+   its job are looked up (:mod:`worker.stores.revoked`), a redelivered message counts a
+   delivery, a job claims its running lease and, after that, a job or a redelivered
    message looks for a stored final result, all in the same round trip; when Redis
    cannot be reached for it, the message goes back to the queue
    (``Reject(requeue=True)``) and nothing is stored. A job whose lease another
@@ -23,8 +24,8 @@ runs the task. It only translates:
 4. :func:`~worker.node.lifecycle.run_lifecycle` runs the hooks and the body
    (:meth:`SandrunTask.body`, after storing STARTED; a job past its ``deadline`` ends
    ``expired`` instead, unrun) and says how the delivery ended; a delivery whose task
-   or job was cancelled (:mod:`worker.stores.revoked`) ends ``cancelled`` before
-   step 2, with no hook and nothing run;
+   or job was cancelled ends ``cancelled`` after step 2 (its count taken back, its
+   lease released as any once its result is stored), with no hook and nothing run;
 5. that outcome becomes Celery's: a result to store, ``Ignore`` (dropped, or
    deferred after publishing the same message again with a countdown), or
    ``Task.retry(countdown=...)`` so no worker slot sleeps.
@@ -105,13 +106,12 @@ class SandrunTask(Task[Any, Any]):
             return taskends.invalid(self, exc)
         if execution.job is not None:
             self.request.update(sandrun_job_id=execution.job.id)
-        job_id = execution.job.id if execution.job is not None else None
-        if self._or_requeue(execution, lambda: rt.revocations.revoked(
-                (str(self.request.id), job_id))):
-            return taskends.cancelled(self.request, execution)
         if self.sent_on(rt, execution):
             raise Ignore()
         attempt, stored = self._or_requeue(execution, lambda: self._begin(rt, execution))
+        if attempt.revoked:
+            self._or_requeue(execution, attempt.uncount)  # its lease goes in after_return
+            return taskends.cancelled(self.request, execution)
         if stored is None and not attempt.claim.ours:
             self._or_requeue(execution, attempt.uncount)
             self._wait_for_lease(rt, execution, attempt.claim)
@@ -131,8 +131,13 @@ class SandrunTask(Task[Any, Any]):
     def sent_on(self, rt: runtime.Runtime, execution: Execution) -> bool:
         """Whether this delivery was published on to another worker before its attempt
         began, so this one ends here (``sandrun.run_job`` does it for a GPU job this
-        worker's cards cannot run: :mod:`worker.node.gpuroute`)."""
+        worker's cards cannot run, unless it was cancelled: :mod:`worker.node.gpuroute`)."""
         return False
+
+    def cancel_ids(self, execution: Execution) -> tuple[str, str | None]:
+        """The ids whose cancel records stop this delivery: the task's, and the job's in
+        its body (a consensus replica's job is the job cancelled)."""
+        return str(self.request.id), execution.job.id if execution.job is not None else None
 
     def body(self, execution: Execution, context: ExecutionContext) -> Any:
         """The task's own work, which the lifecycle runs between ``on_execute`` and
@@ -183,11 +188,12 @@ class SandrunTask(Task[Any, Any]):
         raise Reject(exc, requeue=True) from exc
 
     def _begin(self, rt: runtime.Runtime, execution: Execution) -> tuple[Attempt, Any]:
-        """This delivery's attempt, and a stored final result if there is one.
+        """This delivery's attempt (whether it was cancelled, its count, its lease), and a
+        stored final result if there is one, in one round trip on Redis.
 
         Only a job (a result may exist under its id) or a redelivered message (a
-        possible crash loop, or a result stored before the ack was lost) looks; on
-        Redis the look shares the delivery count's round trip."""
+        possible crash loop, or a result stored before the ack was lost) looks for a
+        result; a cancelled one's is not read (it ends ``cancelled`` all the same)."""
         task_id = str(self.request.id)
         redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
         look = execution.job is not None or redelivered
@@ -198,10 +204,12 @@ class SandrunTask(Task[Any, Any]):
             token = token_for(str(self.request.hostname or rt.node_id), os.getpid())
         attempt = rt.attempts.begin(task_id, int(self.request.retries or 0) + 1,
                                     redelivered=redelivered, result_key=key,
-                                    leases=rt.leases, token=token)
+                                    leases=rt.leases, token=token,
+                                    revocations=rt.revocations,
+                                    cancel_ids=self.cancel_ids(execution))
         if token is not None and attempt.claim.ours:
             self.request.update(sandrun_lease=token)
-        if not look:
+        if not look or attempt.revoked:
             return attempt, None
         if key is None:
             meta = self.backend.get_task_meta(task_id)

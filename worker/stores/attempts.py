@@ -12,10 +12,15 @@ of one attempt, which owns its counter key and forgets it with
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import redis
 
 from worker.stores.leases import GRANTED, Claim, Leases
+
+if TYPE_CHECKING:
+    from worker.stores.revoked import Revocations
 
 ATTEMPT_TTL_SECONDS = 7 * 24 * 3600
 KEY_PREFIX = "sandrun:attempts:"
@@ -28,10 +33,12 @@ class Attempt:
     worker, this time included (1 first); ``stored`` is the raw value read at the
     ``result_key`` given to :meth:`Attempts.begin`, in the same round trip (None
     when absent or not asked for); ``claim`` what the claim of the job's running lease
-    in that round trip found (granted when none was asked for).
+    in that round trip found (granted when none was asked for); ``revoked`` whether the
+    cancel records looked up in that round trip say the task or job was cancelled.
     """
 
-    __slots__ = ("_finished", "_store", "claim", "deliveries", "number", "stored", "task_id")
+    __slots__ = ("_finished", "_store", "claim", "deliveries", "number", "revoked", "stored",
+                 "task_id")
 
     def __init__(self, store: Attempts, task_id: str, number: int, deliveries: int = 1,
                  stored: bytes | None = None) -> None:
@@ -42,6 +49,7 @@ class Attempt:
         self.deliveries = deliveries
         self.stored = stored
         self.claim: Claim = GRANTED
+        self.revoked = False
 
     @property
     def key(self) -> str:
@@ -87,24 +95,31 @@ class Attempts:
 
     def begin(self, task_id: str, number: int, *, redelivered: bool,
               result_key: str | None = None, leases: Leases | None = None,
-              token: str | None = None) -> Attempt:
+              token: str | None = None, revocations: Revocations | None = None,
+              cancel_ids: Iterable[str | None] = ()) -> Attempt:
         """Count this delivery of attempt ``number`` of ``task_id`` and, in the same round
-        trip, claim its running lease for ``token`` (when ``leases`` and ``token`` are
-        given: :mod:`worker.stores.leases`) and read the raw value at ``result_key`` (a
-        stored result), in that order.
+        trip, look up the cancel records of ``cancel_ids`` in ``revocations``
+        (:attr:`Attempt.revoked`), claim the job's running lease for ``token`` (when
+        ``leases`` and ``token`` are given: :mod:`worker.stores.leases`) and read the raw
+        value at ``result_key`` (a stored result), in that order.
 
         A first delivery is not counted: only a message the broker marks as
-        redelivered can be part of a crash loop, so the common path costs no write
-        (and, with no ``result_key`` or lease either, no round trip).
+        redelivered can be part of a crash loop, so the common path costs no write.
+        A cancelled delivery has counted and claimed all the same, and its caller takes
+        both back (:meth:`Attempt.uncount`, the lease's release once it stored the
+        ``cancelled`` result): cancels are rare, a round trip of their own for every
+        delivery is not.
         """
         attempt = Attempt(self, task_id, number)
+        if revocations is not None and revocations.client is not self._client:
+            attempt.revoked = revocations.revoked(cancel_ids)  # kept elsewhere: its own look
+            revocations = None
         if self._client is None:
             if redelivered:
-                with self._lock:
-                    self._local[attempt.key] = self._local.get(attempt.key, 0) + 1
-                    attempt.deliveries = self._local[attempt.key] + 1
+                self._count_locally(attempt)
             return attempt
         pipe = self._client.pipeline(transaction=False)
+        cancelled = revocations.queue_check(pipe, cancel_ids) if revocations else None
         claimed = None
         if leases is not None and token is not None and leases.client is not None:
             claimed = leases.queue_claim(pipe, task_id, token)  # before the result's read
@@ -113,15 +128,14 @@ class Attempts:
             pipe.expire(attempt.key, ATTEMPT_TTL_SECONDS)
         if result_key is not None:
             pipe.get(result_key)
-        replies = pipe.execute() if len(pipe) else []
-        if claimed is not None:
-            attempt.claim = claimed(replies)
-            replies = replies[3:]
-        if redelivered:
-            attempt.deliveries = int(replies[0]) + 1
-        if result_key is not None:
-            attempt.stored = replies[-1]
+        _read(attempt, pipe.execute() if len(pipe) else [], cancelled, claimed,
+              counted=redelivered, looked=result_key is not None)
         return attempt
+
+    def _count_locally(self, attempt: Attempt) -> None:
+        with self._lock:
+            self._local[attempt.key] = self._local.get(attempt.key, 0) + 1
+            attempt.deliveries = self._local[attempt.key] + 1
 
     def uncount(self, attempt: Attempt) -> None:
         """Undo the count of ``attempt``'s delivery; :meth:`Attempt.uncount` calls this."""
@@ -141,3 +155,19 @@ class Attempts:
                 self._local.pop(attempt.key, None)
         else:
             self._client.delete(attempt.key)
+
+
+def _read(attempt: Attempt, replies: list[Any], cancelled: Callable[[list[Any]], bool] | None,
+          claimed: Callable[[list[Any]], Claim] | None, *, counted: bool, looked: bool) -> None:
+    """Fill ``attempt`` from the replies of :meth:`Attempts.begin`'s pipeline, in the order
+    it queued them: cancel records, lease claim (three replies), count, stored result."""
+    if cancelled is not None:
+        attempt.revoked = cancelled(replies)
+        replies = replies[1:]
+    if claimed is not None:
+        attempt.claim = claimed(replies)
+        replies = replies[3:]
+    if counted:
+        attempt.deliveries = int(replies[0]) + 1
+    if looked:
+        attempt.stored = replies[-1]

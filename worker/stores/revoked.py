@@ -21,7 +21,7 @@ remember and :meth:`Revocations.revoked` says False.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -75,6 +75,17 @@ class Revocations:
         if self.client is None or not keys:
             return False
         return int(self.client.exists(*keys)) > 0
+
+    def queue_check(self, pipe: Any, ids: Iterable[str | None]
+                    ) -> Callable[[list[Any]], bool] | None:
+        """Queue :meth:`revoked`'s EXISTS on ``pipe`` (a pipeline of this store's client
+        that the caller runs); returns what reads the answer from the pipeline's first
+        reply, or None when no id can be looked up (nothing queued)."""
+        keys = _keys(ids)
+        if not keys:
+            return None
+        pipe.exists(*keys)
+        return lambda replies: int(replies[0]) > 0
 
 
 def _keys(ids: Iterable[str | None]) -> list[str]:

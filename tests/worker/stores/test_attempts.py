@@ -6,6 +6,8 @@ import pytest
 import redis
 
 from worker.stores.attempts import ATTEMPT_TTL_SECONDS, Attempts
+from worker.stores.leases import Leases
+from worker.stores.revoked import Revocations
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -67,3 +69,37 @@ def test_a_delivery_that_started_nothing_is_taken_out_of_the_count(store: Attemp
     assert store.begin("w", 1, redelivered=True).deliveries == 3
     store.begin("v", 1, redelivered=False).uncount()  # a first delivery was never counted
     assert store.begin("v", 1, redelivered=True).deliveries == 2
+
+
+def test_cancel_records_share_the_round_trip_of_the_count_lease_and_result(
+        redis_client: redis.Redis) -> None:
+    revocations = Revocations(redis_client, ttl=60)
+    leases = Leases(redis_client, 30)
+    redis_client.set("celery-task-meta-job-c", b'{"status": "STARTED"}')
+    store = Attempts(redis_client)
+    before = redis_client.info("stats")["total_reads_processed"]
+    plain = store.begin("job-c", 1, redelivered=True, result_key="celery-task-meta-job-c",
+                        leases=leases, token="host:1", revocations=revocations,
+                        cancel_ids=("job-c.0.replica-1", "job-c"))
+    assert redis_client.info("stats")["total_reads_processed"] - before == 2  # + INFO's own
+    assert (plain.revoked, plain.claim.ours, plain.deliveries) == (False, True, 2)
+    assert plain.stored == b'{"status": "STARTED"}'
+    revocations.add("job-c")  # the job of a replica
+    leases.release("job-c", "host:1")
+    cancelled = store.begin("job-c.0.replica-1", 1, redelivered=False, revocations=revocations,
+                            cancel_ids=("job-c.0.replica-1", "job-c", None, "../bad id"))
+    assert cancelled.revoked
+    assert not store.begin("other", 1, redelivered=False, revocations=revocations,
+                           cancel_ids=("other", None)).revoked
+
+
+def test_cancel_records_kept_in_another_store_are_looked_up_there(
+        redis_client: redis.Redis) -> None:
+    revocations = Revocations(redis_client, ttl=60)
+    revocations.add("t-x")
+    memory = Attempts(None)  # counts in this process, cancel records in Redis
+    assert memory.begin("t-x", 1, redelivered=True, revocations=revocations,
+                        cancel_ids=("t-x",)).revoked
+    assert not memory.begin("t-y", 1, redelivered=True, revocations=revocations,
+                            cancel_ids=("t-y",)).revoked
+    assert not Attempts(None).begin("t-x", 1, redelivered=False).revoked  # none asked for
