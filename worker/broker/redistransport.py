@@ -9,9 +9,11 @@ for each one (about 50 µs here), which was 8 % of a worker's time per no-op tas
 pool and hands the same one out: redis-py clients are safe to share between threads,
 and each command still takes a connection from the pool, as before.
 
-:class:`SandrunConnection` swaps the transport in wherever kombu would pick its own
-Redis transport (``redis://``, ``rediss://``, ``redis+socket://``); Sandrun's apps use it
-through :class:`~worker.broker.amqp.SandrunAMQP`. Everything else is kombu's.
+:class:`SandrunConnection` resolves to this transport wherever kombu would resolve its
+own Redis transport (``redis://``, ``rediss://``, ``redis+socket://``), as do its clones
+and the connections of its pool (every publish takes one); its URL and options stay as
+given. Sandrun's apps use it through :class:`~worker.broker.amqp.SandrunAMQP`.
+Everything else is kombu's.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import kombu
+from kombu.connection import ConnectionPool, PooledConnection
 from kombu.transport import redis as kombu_redis
 
 
@@ -49,10 +52,33 @@ class Transport(kombu_redis.Transport):
     Channel = Channel
 
 
-class SandrunConnection(kombu.Connection):
-    """A kombu connection that uses :class:`Transport` where kombu would use its Redis
-    transport; clones (failover, pools) keep the class, and so the transport."""
+class _WithTransport:
+    """Resolves to :class:`Transport` where kombu would resolve its own Redis transport;
+    everything else about the connection (its URL, name, options) stays kombu's."""
 
     def get_transport_cls(self) -> Any:
-        transport = super().get_transport_cls()
+        kombus: Any = super()
+        transport = kombus.get_transport_cls()
         return Transport if transport is kombu_redis.Transport else transport
+
+
+class _PooledConnection(_WithTransport, PooledConnection):
+    """A connection of a :class:`_ConnectionPool`."""
+
+
+class _ConnectionPool(ConnectionPool):
+    """kombu's connection pool, whose connections keep :class:`Transport`: kombu's builds
+    plain ones from the URL, which names kombu's Redis transport again."""
+
+    def new(self) -> Any:
+        kombus: Any = self
+        return _PooledConnection(self, **dict(kombus.connection._info(resolve=False)))
+
+
+class SandrunConnection(_WithTransport, kombu.Connection):
+    """A kombu connection that uses :class:`Transport` where kombu would use its Redis
+    transport, as do its clones (failover) and the connections of its pool (the
+    producer pool's, which every publish takes one of)."""
+
+    def Pool(self, limit: int | None = None, **kwargs: Any) -> Any:  # noqa: N802 (kombu's)
+        return _ConnectionPool(self, limit=limit, **kwargs)

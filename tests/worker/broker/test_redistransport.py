@@ -21,7 +21,9 @@ def test_every_redis_url_of_a_sandrun_app_gets_the_transport(url: str) -> None:
     connection = app.connection_for_write()
     assert isinstance(connection, SandrunConnection)
     assert connection.get_transport_cls() is Transport
-    assert connection.clone().get_transport_cls() is Transport  # failover, pools
+    assert connection.clone().get_transport_cls() is Transport  # failover
+    with app.pool.acquire() as pooled:  # the producer pool's own connections
+        assert pooled.get_transport_cls() is Transport
 
 
 def test_other_transports_are_kombus_own() -> None:
@@ -47,6 +49,15 @@ def test_a_channel_reuses_one_client_until_its_pool_is_dropped(
             assert rebuilt is not first
             assert rebuilt.connection_pool is channel.pool
             assert rebuilt.ping()
+
+
+def test_a_producer_publishes_through_the_transport(redis_server: RedisServer,
+                                                    redis_client: redis.Redis) -> None:
+    app = make_app(kombu_url(redis_server.url))
+    with app.producer_or_acquire() as producer:
+        assert isinstance(producer.channel, Channel)
+        producer.publish("hello", routing_key="published-test")
+    assert redis_client.llen("published-test") == 1
 
 
 def test_messages_are_acknowledged_and_restored_through_the_shared_client(
