@@ -19,8 +19,11 @@ nonce) into the same script: one round trip, and never one without the other.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import redis
+import structlog
 from celery import states
 from celery.backends.redis import RedisBackend
 from celery.exceptions import BackendStoreError
@@ -57,6 +60,7 @@ return 1
 #: The request attribute a task sets to have writes land with its final result: a list
 #: of (key, value, TTL in ms or "") that the store takes (and empties) as it writes.
 WRITES_ATTRIBUTE = "sandrun_writes"
+log = structlog.get_logger("sandrun.results")
 
 #: The aliases :func:`~worker.broker.factory.make_app` points at this backend.
 BACKENDS = {scheme: f"{__name__}:GuardedRedisBackend" for scheme in ("redis", "rediss")}
@@ -65,6 +69,9 @@ BACKENDS = {scheme: f"{__name__}:GuardedRedisBackend" for scheme in ("redis", "r
 class GuardedRedisBackend(RedisBackend):
     """Celery's Redis result backend; a stored SUCCESS is kept in the same script that
     writes, instead of by a read before the write (see the module docstring)."""
+
+    #: Whether this process has seen Redis run the script (send_state relies on it).
+    _script_loaded = False
 
     @cached_property
     def _store_unless_succeeded(self) -> Any:
@@ -77,6 +84,20 @@ class GuardedRedisBackend(RedisBackend):
             inherited: Any = super()
             return inherited._store_result(task_id, result, state, traceback, request,
                                            **kwargs)
+        value, expires = self._encoded(task_id, result, state, traceback, request)
+        writes = getattr(request, WRITES_ATTRIBUTE, None) if state in states.READY_STATES \
+            else None
+        self.ensure(self._store, (self.get_key_for_task(task_id), value, expires,
+                                  tuple(writes or ())))
+        if writes:  # stored: the request's no more, so what is left was not (store_writes)
+            setattr(request, WRITES_ATTRIBUTE, None)
+        return result
+
+    def _encoded(self, task_id: Any, result: Any, state: str, traceback: Any,
+                 request: Any) -> tuple[Any, Any]:
+        """The stored meta of ``state``, encoded as Celery's own backend does, and its
+        expiry."""
+        celery: Any = self
         meta = celery._get_result_meta(result=result, state=state, traceback=traceback,
                                        request=request)
         meta["task_id"] = bytes_to_str(task_id)
@@ -86,14 +107,52 @@ class GuardedRedisBackend(RedisBackend):
             raise BackendStoreError("value too large for Redis backend", state=state,
                                     task_id=task_id)
         expires = getattr(self, "failure_expires", None) if state == states.FAILURE else None
-        expires = celery.expires if expires is None else expires
-        writes = getattr(request, WRITES_ATTRIBUTE, None) if state in states.READY_STATES \
-            else None
-        self.ensure(self._store, (self.get_key_for_task(task_id), value, expires,
-                                  tuple(writes or ())))
-        if writes:  # stored: the request's no more, so what is left was not (store_writes)
-            setattr(request, WRITES_ATTRIBUTE, None)
-        return result
+        return value, celery.expires if expires is None else expires
+
+    def send_state(self, task_id: str, result: Any, state: str, request: Any = None
+                   ) -> Callable[[], None]:
+        """Store ``state``, a state that is not final (STARTED), without waiting for Redis:
+        the script is sent now and its reply read by the function returned, which the
+        caller calls before it stores anything else for the task (its final result).
+
+        A job's STARTED costs its round trip while the sandbox starts instead of before
+        it. A send that fails is retried as Celery's own store would be, at once; a reply
+        that is an error (a Redis that restarted and forgot the script, a dropped
+        connection) is logged when read: STARTED is what ``status()`` shows while the
+        job runs, and the job's result is stored after it all the same."""
+        celery: Any = self
+        if celery.serializer != "json" or not self._script_loaded:
+            self.store_result(task_id, result, state, request=request)  # loads the script
+            return _nothing
+        value, expires = self._encoded(task_id, result, state, None, request)
+        pool = self.client.connection_pool
+        try:
+            connection = pool.get_connection()
+        except redis.RedisError:
+            self.store_result(task_id, result, state, request=request)  # with retries
+            return _nothing
+        try:
+            connection.send_command("EVALSHA", self._store_unless_succeeded.sha, 1,
+                                    self.get_key_for_task(task_id), value, int(expires or 0))
+        except redis.RedisError:
+            pool.release(connection)
+            self.store_result(task_id, result, state, request=request)
+            return _nothing
+
+        def reply() -> None:
+            try:
+                connection.read_response()
+            except redis.exceptions.NoScriptError:  # a Redis restarted since
+                self._script_loaded = False  # the next store loads it again
+                log.info("state_not_stored", task_id=task_id, state=state,
+                         reason="the result store had forgotten its script")
+            except redis.RedisError as exc:
+                connection.disconnect()
+                log.warning("state_not_stored", task_id=task_id, state=state,
+                            error=repr(exc))
+            finally:
+                pool.release(connection)
+        return reply
 
     def shares_server(self, client: Any) -> bool:
         """Whether redis-py ``client`` talks to the Redis (and database) results go to, so
@@ -122,3 +181,8 @@ class GuardedRedisBackend(RedisBackend):
         for _, stored, px in writes:
             args += [stored, px]
         self._store_unless_succeeded(keys=keys, args=args)
+        self._script_loaded = True  # redis-py loaded it if Redis did not know it
+
+
+def _nothing() -> None:
+    """What :meth:`GuardedRedisBackend.send_state` returns when it stored at once."""

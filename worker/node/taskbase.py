@@ -147,15 +147,26 @@ class SandrunTask(Task[Any, Any]):
 
     def _run_body(self, execution: Execution, context: ExecutionContext) -> Any:
         """What the lifecycle runs once the hooks let this delivery run: STARTED is
-        stored (as Celery's ``task_track_started`` would), then :meth:`body`; a job past
-        its deadline gets an ``expired`` result instead, and never starts."""
+        stored (as Celery's ``task_track_started`` would; our result store sends it and
+        reads the reply once the body ended, so its round trip overlaps the body's start),
+        then :meth:`body`; a job past its deadline gets an ``expired`` result instead, and
+        never starts."""
         if execution.job is not None and execution.job.expired():
             return taskends.expired(execution.job)
         request = self.request
-        if self.app.conf.task_track_started and not request.is_eager and not self.ignore_result:
-            where = {"pid": os.getpid(), "hostname": request.hostname}
+        if not (self.app.conf.task_track_started and not request.is_eager
+                and not self.ignore_result):
+            return self.body(execution, context)
+        where = {"pid": os.getpid(), "hostname": request.hostname}
+        send = getattr(self.backend, "send_state", None)  # ours: its reply read after
+        if send is None:
             self.backend.store_result(str(request.id), where, states.STARTED, request=request)
-        return self.body(execution, context)
+            return self.body(execution, context)
+        stored = send(str(request.id), where, states.STARTED, request=request)
+        try:
+            return self.body(execution, context)
+        finally:
+            stored()  # before anything else is stored for it
 
     def _execution(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Execution:
         """The message as the lifecycle sees it; a job's payload is parsed here, once."""

@@ -120,3 +120,43 @@ def test_shares_server_tells_the_result_redis_from_another(
         backend: Any, redis_client: redis.Redis) -> None:
     assert backend.shares_server(backend.client)
     assert not backend.shares_server(redis.Redis(host="127.0.0.1", port=1))
+
+
+def test_a_sent_state_lands_once_its_reply_is_read_and_keeps_a_success(
+        backend: Any, redis_client: redis.Redis) -> None:
+    first = backend.send_state("t8", {"pid": 1}, states.STARTED)  # loads the script
+    first()
+    assert stored(redis_client, backend, "t8")["status"] == "STARTED"
+    pool = backend.client.connection_pool
+    reply = backend.send_state("t9", {"pid": 3}, states.STARTED)  # sent, not waited for
+    assert len(pool._in_use_connections) == 1  # its connection holds the reply
+    reply()
+    assert not pool._in_use_connections
+    meta = stored(redis_client, backend, "t9")
+    assert (meta["status"], meta["result"]) == ("STARTED", {"pid": 3})
+    backend.store_result("t9", "ok", states.SUCCESS)
+    backend.send_state("t9", {"pid": 4}, states.STARTED)()  # a copy's, late
+    assert stored(redis_client, backend, "t9")["status"] == "SUCCESS"
+
+
+def test_a_sent_state_whose_script_redis_forgot_is_logged_and_the_next_store_reloads(
+        backend: Any, redis_client: redis.Redis, capsys: pytest.CaptureFixture[str]) -> None:
+    backend.store_result("t10", 1, states.SUCCESS)
+    redis_client.script_flush()  # as a Redis that restarted
+    backend.send_state("t11", {"pid": 1}, states.STARTED)()
+    assert redis_client.get(backend.get_key_for_task("t11")) is None
+    logged = capsys.readouterr()
+    assert "state_not_stored" in logged.out + logged.err
+    backend.send_state("t11", {"pid": 1}, states.STARTED)()  # stored at once: reloads
+    assert stored(redis_client, backend, "t11")["status"] == "STARTED"
+    backend.send_state("t12", {"pid": 1}, states.STARTED)()  # and sends again
+    assert stored(redis_client, backend, "t12")["status"] == "STARTED"
+
+
+def test_a_state_sent_to_a_redis_out_of_reach_fails_as_a_store_would() -> None:
+    app = make_app("redis://127.0.0.1:1/0")
+    app.conf.result_backend_transport_options = {"retry_policy": {"max_retries": 0}}
+    backend = app.backend
+    backend._script_loaded = True  # as after a first store
+    with pytest.raises(redis.exceptions.ConnectionError):
+        backend.send_state("t13", {"pid": 1}, states.STARTED)
