@@ -73,7 +73,9 @@ class _Writer:
         _thread.start_new_thread(self._run, ())
 
     def finish(self, timeout: float) -> bool:
-        """Write what is queued now and stop; whether everything was written in time."""
+        """Write what is queued now and the end of the output, in one round trip, and stop;
+        whether everything was written in time."""
+        self.queue.put([(END, b"")])
         self.queue.put(None)
         self._hurry.set()
         return self._stopped.wait(timeout) and not self.failed
@@ -127,7 +129,7 @@ class JobFeed:
             self._arena = lease()
         return self._arena
 
-    def output(self, chunks: Sequence[tuple[str, Data]]) -> None:
+    def output(self, chunks: Sequence[tuple[str, Data]], last: bool = False) -> None:
         """Queue the chunks for the job's stream (written by a thread of this process).
 
         The thread starts with the job's first output, so that it never exists when the
@@ -138,7 +140,10 @@ class JobFeed:
         than writing it all at the end (``benchmarks/logs.py``). A follower sees a burst
         at most :data:`WRITE_SECONDS` plus twice the tee's ``FLUSH_SECONDS`` (0.2 s)
         after its first byte, 0.05 s later than a writer started at its first output
-        (the writer writes at once when it starts, then every :data:`WRITE_SECONDS`)."""
+        (the writer writes at once when it starts, then every :data:`WRITE_SECONDS`).
+        The ``last`` output of a job whose writer never started is held too: :meth:`end`
+        sends all of it with the end, in one round trip, and no thread ever starts (what
+        most short jobs cost)."""
         if self._writer is not None:
             if chunks:
                 self._writer.queue.put(list(chunks))
@@ -147,7 +152,7 @@ class JobFeed:
         self._first = now if self._first is None else self._first
         self._held.extend(chunks)
         burst = sum(len(data) for _, data in chunks) >= FLUSH_BYTES
-        if not self._held or (burst and now - self._first < WRITE_SECONDS):
+        if last or not self._held or (burst and now - self._first < WRITE_SECONDS):
             return
         writer = _Writer(self.live, self.job_id)
         writer.queue.put(self._held)
@@ -173,13 +178,12 @@ class JobFeed:
         writer, self._writer = self._writer, None
         arena, self._arena = self._arena, None
         held, self._held = self._held, []
-        if writer is not None and not writer.finish(END_WAIT_SECONDS):
-            return  # the arena is dropped: a writer still sending may hold views of it
-        try:
-            if held:  # never started: all of it and the end in one round trip, from here
-                self.live.append(self.job_id, [*held, (END, b"")])
-            else:
-                self.live.end(self.job_id)
+        if writer is not None:  # it writes the end with what is queued
+            if writer.finish(END_WAIT_SECONDS) and arena is not None:
+                arena.recycle()  # no thread holds a view of it any more
+            return  # else the arena is dropped: a writer still sending may hold views of it
+        try:  # never started: all of it and the end in one round trip, from here
+            self.live.append(self.job_id, [*held, (END, b"")])
         except redis.RedisError as exc:
             log.warning("live_output_dropped" if held else "live_output_end_not_written",
                         job_id=self.job_id, error_type=type(exc).__name__)

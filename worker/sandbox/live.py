@@ -46,12 +46,13 @@ Data = bytes | memoryview  # a chunk handed on: bytes, or a view of the sink's a
 class LiveSink(Protocol):
     """Where a running job's output and progress go (the node side implements it)."""
 
-    def output(self, chunks: Sequence[tuple[str, Data]]) -> None:
+    def output(self, chunks: Sequence[tuple[str, Data]], last: bool = False) -> None:
         """Hand on ``(stream, data)`` chunks in the order the job wrote them; ``stream``
         is ``out``, ``err`` or ``note`` (a line of the worker's own, about the stream).
         A view of the arena is valid until the sink recycles the arena. A hand-over of
         :data:`FLUSH_BYTES` or more means the job is printing fast and more follows
-        soon: if nothing does, an empty one comes :data:`FLUSH_SECONDS` later."""
+        soon: if nothing does, an empty one comes :data:`FLUSH_SECONDS` later. ``last``:
+        the job has ended and nothing follows (a sink may send it with its end)."""
 
     def arena(self) -> Arena | None:
         """Memory for the tee to read the job's output into, which the sink recycles only
@@ -142,8 +143,8 @@ class Tee:
             self._send_report(now)
 
     def close(self) -> None:
-        """The job ended: hand on everything still pending."""
-        self._flush()
+        """The job ended: hand on everything still pending, as the last output."""
+        self._flush(last=True)
         if self._report is not None:
             self._send_report(self.clock())
 
@@ -182,7 +183,7 @@ class Tee:
         self._pending[-1] = (stream, merged)
         return True
 
-    def _flush(self) -> None:
+    def _flush(self, last: bool = False) -> None:
         pending, self._pending, self._pending_bytes, self._since = self._pending, [], 0, None
         self._run = self._nudge_at = None
         chunks: list[tuple[str, Data]] = [
@@ -190,7 +191,7 @@ class Tee:
              else bytes(data[i:i + CHUNK_BYTES]))
             for stream, data in pending for i in range(0, len(data), CHUNK_BYTES)]
         if chunks:
-            self._call(lambda sink: sink.output(chunks))
+            self._call(lambda sink: sink.output(chunks, last))
 
     def _send_report(self, now: float) -> None:
         report, self._report, self._reported_at = self._report, None, now

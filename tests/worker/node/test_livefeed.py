@@ -126,3 +126,25 @@ def test_a_burst_that_ends_with_the_job_is_written_at_the_end_in_one_go(
     assert feed._writer is not None
     feed.end()
     assert [kind for kind, _ in entries(redis_client, "j8")] == [b"out", b"out", b"end"]
+
+
+def test_the_last_output_of_a_short_job_goes_with_the_end_in_one_round_trip(
+        redis_client: redis.Redis) -> None:
+    feed = JobFeed(LiveLog(redis_client), "j9", None, None)
+    feed.output([("out", b"1\n")], last=True)  # the tee's close: the job has ended
+    assert feed._writer is None and entries(redis_client, "j9") == []  # no thread
+    before = redis_client.info("stats")["total_reads_processed"]
+    feed.end()
+    assert redis_client.info("stats")["total_reads_processed"] - before == 2  # + INFO
+    assert entries(redis_client, "j9") == [(b"out", b"1\n"), (b"end", b"")]
+
+
+def test_a_started_writer_writes_the_last_output_and_the_end_together(
+        redis_client: redis.Redis) -> None:
+    feed = JobFeed(LiveLog(redis_client), "j10", None, None)
+    feed.output([("out", b"first\n")])  # printed while running: the writer starts
+    assert feed._writer is not None
+    feed.output([("err", b"last\n")], last=True)
+    feed.end()
+    assert entries(redis_client, "j10") == [(b"out", b"first\n"), (b"err", b"last\n"),
+                                            (b"end", b"")]

@@ -22,7 +22,7 @@ class ArenaSink:
         self.chunks: list[tuple[str, bytes]] = []
         self.kinds: list[type] = []
 
-    def output(self, chunks: Sequence[tuple[str, Data]]) -> None:
+    def output(self, chunks: Sequence[tuple[str, Data]], last: bool = False) -> None:
         self.kinds += [type(data) for _, data in chunks]
         self.chunks += [(stream, bytes(data)) for stream, data in chunks]
 

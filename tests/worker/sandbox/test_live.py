@@ -29,11 +29,13 @@ class Sink:
     def __init__(self, fail: bool = False) -> None:
         self.calls: list[object] = []
         self.fail = fail
+        self.lasts: list[bool] = []
 
-    def output(self, chunks: Sequence[tuple[str, bytes]]) -> None:
+    def output(self, chunks: Sequence[tuple[str, bytes]], last: bool = False) -> None:
         if self.fail:
             raise ConnectionError("redis is down")
         self.calls.append(list(chunks))
+        self.lasts.append(last)
 
     def progress(self, report: Progress) -> None:
         self.calls.append(report)
@@ -61,6 +63,9 @@ def test_output_waits_for_the_flush_interval_then_goes_in_order() -> None:
     live.tick()
     assert sink.calls == [[("out", b"a\nb\n"), ("err", b"oops\n"), ("out", b"c\n")]]
     assert live.due() is None
+    live.output("out", b"d\n")
+    live.close()  # the job ended: what is pending goes as the last output
+    assert sink.calls[-1] == [("out", b"d\n")] and sink.lasts == [False, True]
 
 
 def test_a_full_batch_goes_at_once_in_capped_chunks() -> None:
