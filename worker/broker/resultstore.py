@@ -14,7 +14,9 @@ and ``redis+socket://`` result backends.
 
 A final result can take writes along (:data:`WRITES_ATTRIBUTE` on the task's request:
 records that mean "this job has its result", such as the ``auth`` plugin's finished
-nonce) into the same script: one round trip, and never one without the other.
+nonce) into the same script: one round trip, and never one without the other. It can
+also take entries to append to a stream (:data:`STREAM_ATTRIBUTE`: a short job's last
+live output and its end marker), so that a follower who sees the result has seen them.
 """
 
 from __future__ import annotations
@@ -30,18 +32,34 @@ from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.objects import cached_property
 
-#: KEYS[1]: the result key, KEYS[2..]: keys written with it. ARGV: the encoded meta,
-#: seconds to keep it (0: forever), then per written key its value and TTL in ms ("": none).
+from worker.broker.streamwrites import StreamAppend
+
+#: KEYS[1]: the result key, KEYS[2..n+1]: keys SET with it, KEYS[n+2] (optional): a stream
+#: appended to with it. ARGV: the encoded meta, seconds to keep it (0: forever), n, then per
+#: SET key its value and TTL in ms ("": none); for the stream its MAXLEN (approximate), TTL
+#: in seconds and entry count, then per entry its field count and field/value pairs.
 #: The writes land whatever is stored (a finished job's records hold either way).
 #: Returns 0 when a SUCCESS is already stored (no meta written), else 1.
 _STORE_UNLESS_SUCCEEDED = """
-for i = 2, #KEYS do
-  local value, px = ARGV[2 * i - 1], ARGV[2 * i]
+local n = tonumber(ARGV[3])
+for i = 1, n do
+  local value, px = ARGV[2 + 2 * i], ARGV[3 + 2 * i]
   if px == '' then
-    redis.call('SET', KEYS[i], value)
+    redis.call('SET', KEYS[i + 1], value)
   else
-    redis.call('SET', KEYS[i], value, 'PX', px)
+    redis.call('SET', KEYS[i + 1], value, 'PX', px)
   end
+end
+if #KEYS > n + 1 then
+  local stream, at = KEYS[n + 2], 4 + 2 * n
+  local maxlen, ttl, count = ARGV[at], ARGV[at + 1], tonumber(ARGV[at + 2])
+  at = at + 3
+  for _ = 1, count do
+    local fields = tonumber(ARGV[at])
+    redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', unpack(ARGV, at + 1, at + 2 * fields))
+    at = at + 1 + 2 * fields
+  end
+  redis.call('EXPIRE', stream, ttl)
 end
 local current = redis.call('GET', KEYS[1])
 if current then
@@ -60,7 +78,13 @@ return 1
 #: The request attribute a task sets to have writes land with its final result: a list
 #: of (key, value, TTL in ms or "") that the store takes (and empties) as it writes.
 WRITES_ATTRIBUTE = "sandrun_writes"
+#: The request attribute a task sets to have entries appended to a stream with its final
+#: result (a job's last live output and its end): a :class:`StreamAppend`, taken (and
+#: emptied) as the store writes.
+STREAM_ATTRIBUTE = "sandrun_stream"
 log = structlog.get_logger("sandrun.results")
+
+
 
 #: The aliases :func:`~worker.broker.factory.make_app` points at this backend.
 BACKENDS = {scheme: f"{__name__}:GuardedRedisBackend" for scheme in ("redis", "rediss")}
@@ -85,12 +109,16 @@ class GuardedRedisBackend(RedisBackend):
             return inherited._store_result(task_id, result, state, traceback, request,
                                            **kwargs)
         value, expires = self._encoded(task_id, result, state, traceback, request)
-        writes = getattr(request, WRITES_ATTRIBUTE, None) if state in states.READY_STATES \
-            else None
+        final = state in states.READY_STATES
+        writes = getattr(request, WRITES_ATTRIBUTE, None) if final else None
+        stream = getattr(request, STREAM_ATTRIBUTE, None) if final else None
         self.ensure(self._store, (self.get_key_for_task(task_id), value, expires,
-                                  tuple(writes or ())))
-        if writes:  # stored: the request's no more, so what is left was not (store_writes)
+                                  tuple(writes or ()), stream))
+        # stored: the request's no more, so what is left was not (store_writes, store_stream)
+        if writes:
             setattr(request, WRITES_ATTRIBUTE, None)
+        if stream is not None:
+            setattr(request, STREAM_ATTRIBUTE, None)
         return result
 
     def _encoded(self, task_id: Any, result: Any, state: str, traceback: Any,
@@ -133,7 +161,8 @@ class GuardedRedisBackend(RedisBackend):
             return _nothing
         try:
             connection.send_command("EVALSHA", self._store_unless_succeeded.sha, 1,
-                                    self.get_key_for_task(task_id), value, int(expires or 0))
+                                    self.get_key_for_task(task_id), value, int(expires or 0),
+                                    0)
         except redis.RedisError:
             pool.release(connection)
             self.store_result(task_id, result, state, request=request)
@@ -174,12 +203,32 @@ class GuardedRedisBackend(RedisBackend):
             pipe.set(key, value, px=int(px) if px else None)
         pipe.execute()
 
+    def store_stream(self, stream: StreamAppend) -> None:
+        """Entries meant to land with a result that was not stored (a retried or deferred
+        delivery, a result not kept), in one round trip of their own."""
+        self.ensure(self._append_all, (stream,))
+
+    def _append_all(self, stream: StreamAppend) -> None:
+        pipe = self.client.pipeline(transaction=True)  # built anew for each try
+        for fields in stream.entries:
+            pipe.xadd(stream.key, dict(fields), maxlen=stream.maxlen, approximate=True)
+        pipe.expire(stream.key, stream.ttl)
+        pipe.execute()
+
     def _store(self, key: bytes, value: Any, expires: Any,
-               writes: tuple[tuple[str, str, str], ...] = ()) -> None:
+               writes: tuple[tuple[str, str, str], ...] = (),
+               stream: StreamAppend | None = None) -> None:
         keys: list[Any] = [key, *(k for k, _, _ in writes)]
-        args: list[Any] = [value, int(expires or 0)]
+        args: list[Any] = [value, int(expires or 0), len(writes)]
         for _, stored, px in writes:
             args += [stored, px]
+        if stream is not None:
+            keys.append(stream.key)
+            args += [stream.maxlen, stream.ttl, len(stream.entries)]
+            for fields in stream.entries:
+                args.append(len(fields))
+                for name, data in fields:
+                    args += [name, data]
         self._store_unless_succeeded(keys=keys, args=args)
         self._script_loaded = True  # redis-py loaded it if Redis did not know it
 

@@ -32,6 +32,7 @@ import structlog
 from celery import Task
 
 from worker.models import Progress
+from worker.node import resultwrites
 from worker.node.runtime import Runtime
 from worker.protocol import PROGRESS_STATE
 from worker.sandbox.arena import Arena, lease
@@ -40,6 +41,9 @@ from worker.stores.livelogs import END, LiveLog
 
 END_WAIT_SECONDS = 30.0  # for the writer to send what is queued when the job ends
 WRITE_SECONDS = 0.1  # between two writes of one job's stream
+#: At most this much held output rides in the script that stores the result (a copy of
+#: it is passed to Redis as the script's arguments); more is written before the result.
+WITH_RESULT_BYTES = 64 << 10
 log = structlog.get_logger("sandrun.live")
 
 
@@ -174,7 +178,10 @@ class JobFeed:
 
     def end(self) -> None:
         """Write what is queued, then mark the end of this attempt's output (a follower
-        then waits for the result, which is stored after this returns)."""
+        then waits for the result). Output a writer never sent (a short job's) goes with
+        the end in the script that stores the result, when our result store stores it
+        in the same Redis (:func:`~worker.node.resultwrites.hand_over_stream`), else now:
+        either way, a follower who sees the result has seen every entry."""
         writer, self._writer = self._writer, None
         arena, self._arena = self._arena, None
         held, self._held = self._held, []
@@ -182,8 +189,12 @@ class JobFeed:
             if writer.finish(END_WAIT_SECONDS) and arena is not None:
                 arena.recycle()  # no thread holds a view of it any more
             return  # else the arena is dropped: a writer still sending may hold views of it
-        try:  # never started: all of it and the end in one round trip, from here
-            self.live.append(self.job_id, [*held, (END, b"")])
+        entries = [*held, (END, b"")]
+        try:  # never started: all of it and the end in one round trip, with the result
+            if sum(len(data) for _, data in held) > WITH_RESULT_BYTES or \
+                    not resultwrites.hand_over_stream(self.task, self.live.client,
+                                                      self.live.entries(self.job_id, entries)):
+                self.live.append(self.job_id, entries)
         except redis.RedisError as exc:
             log.warning("live_output_dropped" if held else "live_output_end_not_written",
                         job_id=self.job_id, error_type=type(exc).__name__)

@@ -10,6 +10,10 @@ record without the result (or the result without the record). Anything else is
 written at once, as before; a write whose result Celery then did not store (the
 message asked to ignore its result) is applied from Celery's ``on_success`` /
 ``on_failure`` handlers, so the record is never lost.
+
+A short job's last live output and the end of its stream ride along the same way
+(:func:`hand_over_stream`), so that a follower who sees the result has every line; a
+delivery whose result is not stored (a retry, a deferral) appends them on its way out.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from typing import Any
 import redis
 import structlog
 
-from worker.broker.resultstore import WRITES_ATTRIBUTE, GuardedRedisBackend
+from worker.broker.resultstore import STREAM_ATTRIBUTE, WRITES_ATTRIBUTE, GuardedRedisBackend
+from worker.broker.streamwrites import StreamAppend
 from worker.errors import StorageError
 from worker.stores.ops import Set
 from worker.stores.storage import PluginStorage, RedisStorage
@@ -53,10 +58,29 @@ def hand_over(task: Any, writes: tuple[tuple[PluginStorage, Set], ...]) -> None:
         task.request.update({WRITES_ATTRIBUTE: raw})
 
 
+def hand_over_stream(task: Any, client: redis.Redis[bytes], stream: StreamAppend) -> bool:
+    """Give ``stream`` (entries for a stream in ``client``'s Redis) to the result store
+    through the request (:data:`~worker.broker.resultstore.STREAM_ATTRIBUTE`), when it
+    stores this delivery's result in that Redis; False when the caller must append the
+    entries itself."""
+    if task is None or not wanted(task, client) or not task.backend.shares_server(client):
+        return False
+    task.request.update({STREAM_ATTRIBUTE: stream})
+    return True
+
+
 def store_left(task: Any) -> None:
-    """The writes handed over with a result that Celery did not store, applied after all
+    """What was handed over with a result that Celery did not store (the message asked to
+    ignore results, or the delivery ended in a retry or a deferral), applied after all
     (Celery's handlers run once the outcome is stored, or was not)."""
     left = task.request.get(WRITES_ATTRIBUTE)
+    stream = task.request.get(STREAM_ATTRIBUTE)
+    if stream is not None:
+        task.request.update({STREAM_ATTRIBUTE: None})
+        try:
+            task.backend.store_stream(stream)
+        except Exception as exc:  # a follower then waits for the result instead of the end
+            log.warning("result_stream_write_failed", key=stream.key, error=str(exc))
     if not left:
         return
     task.request.update({WRITES_ATTRIBUTE: None})

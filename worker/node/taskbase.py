@@ -125,6 +125,7 @@ class SandrunTask(Task[Any, Any]):
                                     writes_with_result=resultwrites.wanted(self, rt.redis))
             return self._to_celery(outcome, execution)
         except UNSTORED_ENDS:
+            resultwrites.store_left(self)  # what was to ride with a result never stored
             self._release_lease(rt)
             raise
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import redis
 
+from worker.broker.streamwrites import StreamAppend
+
 LIVE_PREFIX = "sandrun:live:"
 LIVE_ENTRIES = 1000
 LIVE_TTL_SECONDS = 3600
@@ -57,6 +59,13 @@ class LiveLog:
             pipe.xadd(key, {"k": kind, "d": data}, maxlen=self.max_entries, approximate=True)
         pipe.expire(key, self.ttl)
         pipe.execute()
+
+    def entries(self, job_id: str, chunks: Sequence[tuple[str, bytes | memoryview]]
+                ) -> StreamAppend:
+        """What :meth:`append` would write, for another writer to write (the result
+        store, in the script that stores the job's result); the data is copied."""
+        return StreamAppend(live_key(job_id), self.max_entries, self.ttl,
+                            tuple((("k", kind), ("d", bytes(data))) for kind, data in chunks))
 
     def end(self, job_id: str) -> None:
         """Mark the end of this attempt's output (a follower then looks for the result)."""

@@ -14,6 +14,7 @@ from celery import states
 from tests.conftest import RedisServer
 from worker.broker.factory import make_app
 from worker.broker.resultstore import GuardedRedisBackend
+from worker.broker.streamwrites import StreamAppend
 from worker.broker.urls import kombu_url
 
 
@@ -160,3 +161,20 @@ def test_a_state_sent_to_a_redis_out_of_reach_fails_as_a_store_would() -> None:
     backend._script_loaded = True  # as after a first store
     with pytest.raises(redis.exceptions.ConnectionError):
         backend.send_state("t13", {"pid": 1}, states.STARTED)
+
+
+def test_a_final_result_appends_its_stream_entries_in_the_same_script(
+        backend: Any, redis_client: redis.Redis) -> None:
+    stream = StreamAppend("live:t14", 100, 60, ((("k", "out"), ("d", b"1\n")),
+                                                (("k", "end"), ("d", b""))))
+    request = Request([("w:e", "1", "")])
+    request.sandrun_stream = stream  # type: ignore[attr-defined]
+    backend.store_result("t14", {"pid": 1}, states.STARTED, request=request)
+    assert redis_client.xlen("live:t14") == 0  # not with a state that is not final
+    backend.store_result("t14", "ok", states.SUCCESS, request=request)
+    entries = [(f[b"k"], f[b"d"]) for _, f in redis_client.xrange("live:t14")]
+    assert entries == [(b"out", b"1\n"), (b"end", b"")]
+    assert 0 < redis_client.ttl("live:t14") <= 60 and redis_client.get("w:e") == b"1"
+    assert request.sandrun_stream is None and request.sandrun_writes is None  # type: ignore[attr-defined]
+    backend.store_stream(StreamAppend("live:t15", 100, 30, ((("k", "end"), ("d", b"")),)))
+    assert redis_client.xlen("live:t15") == 1 and 0 < redis_client.ttl("live:t15") <= 30

@@ -15,7 +15,8 @@ from celery import Celery
 from tests.conftest import RedisServer
 from worker.broker.factory import make_app
 from worker.models import Progress
-from worker.node.livefeed import WRITE_SECONDS, JobFeed
+from worker.node.livefeed import WITH_RESULT_BYTES, WRITE_SECONDS, JobFeed
+from worker.node.resultwrites import store_left
 from worker.sandbox.arena import lease
 from worker.sandbox.live import FLUSH_BYTES
 from worker.stores.livelogs import LiveLog, live_key
@@ -148,3 +149,29 @@ def test_a_started_writer_writes_the_last_output_and_the_end_together(
     feed.end()
     assert entries(redis_client, "j10") == [(b"out", b"first\n"), (b"err", b"last\n"),
                                             (b"end", b"")]
+
+
+def test_a_short_jobs_last_output_and_end_ride_in_the_script_that_stores_its_result(
+        app: Celery, redis_client: redis.Redis) -> None:
+    def noop() -> None:
+        """A task whose result our store keeps."""
+
+    task: Any = app.task(name="short")(noop)
+    task.push_request(id="j11")
+    try:
+        feed = JobFeed(LiveLog(redis_client), "j11", task, "j11")
+        feed.output([("out", b"1\n")], last=True)
+        feed.end()
+        assert entries(redis_client, "j11") == []  # nothing before the result
+        app.backend.store_result("j11", "done", "SUCCESS", request=task.request)
+        assert entries(redis_client, "j11") == [(b"out", b"1\n"), (b"end", b"")]
+        big = JobFeed(LiveLog(redis_client), "j12", task, "j12")
+        big.output([("out", b"z" * (WITH_RESULT_BYTES + 1))], last=True)
+        big.end()  # too much to pass as the script's arguments: written now
+        assert [kind for kind, _ in entries(redis_client, "j12")] == [b"out", b"end"]
+        left = JobFeed(LiveLog(redis_client), "j13", task, "j13")
+        left.end()  # then the delivery ends in a retry: no result stores it
+        store_left(task)
+        assert entries(redis_client, "j13") == [(b"end", b"")]
+    finally:
+        task.pop_request()
