@@ -76,7 +76,8 @@ def conclude(name: str, cluster: Cluster, runs: list[JobExecution], report: Scen
     report.record(name, counts.submitted, counts.completed, len(counts.lost),
                   len(counts.duplicated), note=f"{note}; {reruns}" if note else reruns,
                   broker=cluster.kind)
-    assert not counts.lost and not counts.duplicated, counts.explain()
+    assert not counts.lost and not counts.duplicated, counts.explain() + "\n" + cluster.trail(
+        [entry.split(":")[0] for entry in counts.lost + counts.duplicated])
     return counts
 
 

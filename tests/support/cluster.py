@@ -148,6 +148,20 @@ class Cluster:
                     "SANDRUN_RESULT_BACKEND": self.broker.url, **extra})
         return env
 
+    def trail(self, job_ids: list[str], lines: int = 12) -> str:
+        """The last log lines of every worker that name each of ``job_ids``: what a
+        failed reliability check prints, so that a lost job can be followed."""
+        parts = []
+        for job_id in job_ids:
+            for worker in self.workers:
+                named = [line for line in worker.output().splitlines() if job_id in line]
+                if named:
+                    parts.append(f"--- {job_id} in {worker.log.name}:")
+                    parts += [line[:400] for line in named[-lines:]]
+            if not any(job_id in part for part in parts):
+                parts.append(f"--- {job_id}: no worker logged it")
+        return "\n".join(parts)
+
     def start_worker(self, name: str, *, concurrency: int = 2, **env: str) -> Worker:
         """A ``celery worker`` (prefork) named ``name@%h`` on the default queue."""
         argv = [sys.executable, "-m", "celery", "-A", "worker", "worker", "-c", str(concurrency),

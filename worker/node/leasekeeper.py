@@ -8,7 +8,8 @@ a job's output pumping there (:mod:`worker.stores.leases` has the scripts).
 
 A worker that cannot renew a job's lease for long enough fences itself: once the
 lease may lapse before the next renewal could land, it ends the pool process that runs
-the job (SIGTERM, as a cancel does: the job's process tree goes with it). Celery sees a
+the job, if that process still runs it (:mod:`worker.node.fencing`: the process ends
+itself with SIGTERM, as a cancel does: the job's process tree goes with it). Celery sees a
 lost worker process: the message goes back to the queue (``task_reject_on_worker_lost``)
 and nothing is stored. So while a delivery runs, its lease is live, and two deliveries
 never run a job at the same time:
@@ -30,13 +31,12 @@ the consumer reconnects to a broker, which is exactly when a worker is cut off.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -48,7 +48,7 @@ from celery.worker import state
 from celery.worker.request import Request
 
 from worker.broker.urls import bounded_redis_client
-from worker.node import runtime
+from worker.node import fencing, runtime
 from worker.protocol import RUN_JOB
 from worker.stores.leases import Leases, token_for
 
@@ -173,8 +173,9 @@ def running_jobs() -> list[Running]:
     return jobs
 
 
-def fence(job: Running, fence_after: float) -> None:
-    """Stop the pool process running ``job``: its lease can no longer be renewed."""
+def fence(job: Running, fence_after: float, fences: Path) -> None:
+    """Stop ``job`` in the pool process running it (:mod:`worker.node.fencing`): its lease
+    can no longer be renewed."""
     if job.pid == os.getpid():  # solo and thread pools run jobs in this very process
         log.error("job_not_fenced", task_id=job.task_id, reason=(
             "its lease could not be renewed, but this pool runs jobs in the worker's own "
@@ -183,23 +184,22 @@ def fence(job: Running, fence_after: float) -> None:
     log.error("job_fenced", task_id=job.task_id, pid=job.pid, fence_after=round(fence_after, 1),
               reason="its running lease could not be renewed; stopping it before the lease "
                      "lapses, so that another delivery may run it alone")
-    with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
-        os.kill(job.pid, signal.SIGTERM)
+    fencing.send(fences, job.pid, job.task_id)
 
 
 class LeaseThread(threading.Thread):
     """The keeper's clock: a daemon thread of the worker's main process."""
 
-    def __init__(self, keeper: Keeper) -> None:
+    def __init__(self, keeper: Keeper, fences: Path) -> None:
         super().__init__(name="sandrun-leases", daemon=True)
-        self.keeper = keeper
+        self.keeper, self.fences = keeper, fences
         self.halt = threading.Event()
 
     def run(self) -> None:
         while not self.halt.wait(STEP_SECONDS):
             try:
                 for job in self.keeper.step(running_jobs()):
-                    fence(job, self.keeper.fence_after)
+                    fence(job, self.keeper.fence_after, self.fences)
             except Exception as exc:  # the keeper must outlive any one bad step
                 log.error("lease_keeper_failed", error=repr(exc))
 
@@ -222,7 +222,7 @@ class LeaseKeeping(bootsteps.StartStopStep):
         timeout = rt.leases.ttl / 12  # a quarter of the renewal period
         client = bounded_redis_client(runtime.store_url(rt.settings), timeout)
         keeper = _ACTIVE["keeper"] = Keeper(rt.leases, client, call_timeout=timeout)
-        self.thread = LeaseThread(keeper)
+        self.thread = LeaseThread(keeper, fencing.fences_dir(rt.settings.state_dir))
         self.thread.start()
 
     def shutdown(self, parent: Any) -> None:

@@ -55,7 +55,7 @@ from worker.broker.amqp import redelivery_options
 from worker.broker.policies import TRANSIENT_PUBLISH_ERRORS, TRANSIENT_STORAGE_ERRORS
 from worker.errors import JobFailed
 from worker.models import ErrorInfo, Execution, Job, JobResult
-from worker.node import joblog, leasing, resultwrites, runtime, taskends, taskrequest
+from worker.node import fencing, joblog, leasing, resultwrites, runtime, taskends, taskrequest
 from worker.node.lifecycle import (
     Deferred,
     Dropped,
@@ -221,6 +221,7 @@ class SandrunTask(Task[Any, Any]):
                                     cancel_ids=self.cancel_ids(execution))
         if token is not None and attempt.claim.ours:
             self.request.update(sandrun_lease=token)
+            fencing.arm(fencing.fences_dir(rt.settings.state_dir), task_id)  # fenced: it only
         if not look or attempt.revoked:
             return attempt, None
         if key is None:
@@ -251,9 +252,11 @@ class SandrunTask(Task[Any, Any]):
         raise Ignore()
 
     def _release_lease(self, rt: runtime.Runtime) -> None:
-        """Release this delivery's running lease, if it holds one (once)."""
+        """Release this delivery's running lease, if it holds one (once); a fence for its
+        job is too late from here on."""
         token = self.request.get("sandrun_lease")
         if token:
+            fencing.disarm()
             self.request.update(sandrun_lease=None)
             leasing.release(rt.leases, str(self.request.id), token)
 
