@@ -191,10 +191,18 @@ def redelivery_options(conf: Any, delivery_info: Mapping[str, Any] | None,
     are bound by their name) without the delay prefix."""
     options: dict[str, Any] = {"countdown": delayed_countdown(conf, countdown)}
     if delays_natively(conf):
-        key = _DELAY_PREFIX.sub("", str((delivery_info or {}).get("routing_key") or ""), 1)
+        key = delivered_queue(delivery_info)
         if key:
             options["queue"] = key
     return options
+
+
+def delivered_queue(delivery_info: Mapping[str, Any] | None) -> str | None:
+    """The queue a delivery came from: its routing key (job queues are bound by their
+    name), without the prefix Celery's native delayed delivery puts before it (a
+    countdown's message arrives as ``0.0.….1.sandrun``)."""
+    key = (delivery_info or {}).get("routing_key")
+    return _DELAY_PREFIX.sub("", str(key), 1) if key else None
 
 
 def declare_job_queues(app: Any) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from celery import Celery, Task
 
-from worker.broker.amqp import redelivery_options
+from worker.broker.amqp import delivered_queue, redelivery_options
 from worker.models import (
     ErrorInfo,
     Execution,
@@ -146,7 +146,7 @@ class RunJobTask(SandrunTask):
             options = redelivery_options(self.app.conf, self.request.delivery_info, wait)
             if not wait:
                 del options["countdown"]
-            target = str((self.request.delivery_info or {}).get("routing_key"))
+            target = str(delivered_queue(self.request.delivery_info))
         self.signature_from_request(headers=headers, **options, **self._reprs()).apply_async()
         gpuroute.logged(job, target, done, wait, rt.gpus)
         return True

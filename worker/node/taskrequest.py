@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 from celery import Task
 
+from worker.broker.amqp import delivered_queue
 from worker.models import Execution, JobContext
 from worker.models.context import EMPTY
 from worker.node import runtime
@@ -45,7 +46,7 @@ def delivery_context(task: Task[Any, Any], rt: runtime.Runtime, execution: Execu
     return ExecutionContext(
         node_id=str(request.hostname or rt.node_id), pool_id=str(os.getpid()),
         task_id=attempt.task_id, attempt=attempt.number, deliveries=attempt.deliveries,
-        queue=delivery.get("routing_key"),
+        queue=delivered_queue(delivery),
         submitted_at=datetime.fromtimestamp(float(submitted), UTC) if submitted else None,
         job_id=execution.job.id if execution.job else None,
         headers=dict(request.headers or {}), args=list(request.args or ()),
@@ -79,7 +80,7 @@ def where(request: Any) -> dict[str, Any]:
     travelled: JobContext = request.get("sandrun_context") or EMPTY
     return {"job_id": request.get("sandrun_job_id") or task_id, "task_id": task_id,
             "attempt": int(request.retries or 0) + 1,
-            "queue": (request.delivery_info or {}).get("routing_key"),
+            "queue": delivered_queue(request.delivery_info),
             "node": request.hostname, **travelled.log_fields()}
 
 def wall(request: Any) -> float | None:

@@ -14,6 +14,7 @@ from worker.broker.amqp import (
     DEAD_EXCHANGE,
     HEARTBEAT_SECONDS,
     delayed_countdown,
+    delivered_queue,
     queue_arguments,
     queue_depth,
     redelivery_options,
@@ -114,3 +115,9 @@ def test_a_redelivery_names_its_queue_only_on_native_delays(vhost: str) -> None:
     assert redelivery_options(amqp_conf, {}, 2) == {"countdown": 2.0}
     redis_conf = make_app("memory://", "cache+memory://").conf
     assert redelivery_options(redis_conf, delayed, 0.3) == {"countdown": 0.3}
+
+
+def test_the_queue_a_delivery_came_from_drops_the_delay_prefix() -> None:
+    assert delivered_queue({"routing_key": "0." * 27 + "1.cap"}) == "cap"
+    assert delivered_queue({"routing_key": "sandrun.gpu"}) == "sandrun.gpu"
+    assert delivered_queue({}) is None and delivered_queue(None) is None
