@@ -118,6 +118,21 @@ def test_an_expired_lease_lets_the_copy_take_it_and_run(
     released(store, job.id)
 
 
+def test_a_copy_that_waits_many_times_still_comes_back(
+        client: Sandrun, worker: Worker, store: redis.Redis, tmp_path: Path) -> None:
+    """On RabbitMQ each wait goes through the native delay queues (1 s, then 2 s, then
+    4 s, then what is left: a delay queue is passed through a second time), which drop a
+    message that carries their x-death headers back as a dead-letter cycle."""
+    runs, gate = tmp_path / "runs", tmp_path / "gate"
+    gate.write_text("open")
+    job = Job(code=gated(runs, gate), timeout=60)
+    store.set(f"sandrun:lease:{job.id}", "w9@gone:4243", px=9500)  # lapses in 9.5 s
+    result = client.submit(job).wait(timeout=60)
+    assert (result.status, runs.read_text()) == ("completed", "run\n")
+    assert len(events(worker, "delivery_waits_for_lease", job.id)) >= 4
+    released(store, job.id)
+
+
 def test_a_lease_held_by_another_live_delivery_is_renewed_by_nobody_else(
         client: Sandrun, worker: Worker, store: redis.Redis, tmp_path: Path) -> None:
     """A running job's lease is renewed by its own worker's main process: its ttl is

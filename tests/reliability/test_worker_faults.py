@@ -64,20 +64,31 @@ def submit(cluster: Cluster, numbers: range = range(JOBS), *,
 
 
 def conclude(name: str, cluster: Cluster, runs: list[JobExecution], report: ScenarioReport,
-             *, expected: Callable[[JobResult], bool] | None = None, note: str = "") -> Tally:
-    """Wait for every final result, count, record the row, assert nothing lost or doubled."""
+             *, expected: Callable[[JobResult], bool] | None = None, note: str = "",
+             fetch_window: bool = False) -> Tally:
+    """Wait for every final result, count, record the row, assert nothing lost or doubled
+    (``fetch_window``: except, on Redis, one job a killed worker had popped and not yet
+    recorded as unacknowledged, which no worker ever received: README, "Choosing a
+    broker")."""
     def completed(result: JobResult) -> bool:
         run = cluster.ledger.runs.get(result.stdout.strip())
         return result.status == "completed" and run is not None and run.ended is not None
 
     finals = cluster.finals(runs, SETTLE_SECONDS)
     counts = tally(finals, expected or completed, cluster.watch, cluster.ledger)
-    reruns = f"{counts.reruns} killed run(s) ran again"
+    lost_ids = [entry.split(":")[0] for entry in counts.lost]
+    logs = "\n".join(worker.output() for worker in cluster.workers)
+    in_fetch = [i for i in lost_ids if i not in logs] if fetch_window and \
+        cluster.kind == "redis" else []
+    reruns = f"{counts.reruns} killed run(s) ran again" + (
+        f"; {len(in_fetch)} lost in kombu's BRPOP-before-unacked window" if in_fetch else "")
     report.record(name, counts.submitted, counts.completed, len(counts.lost),
                   len(counts.duplicated), note=f"{note}; {reruns}" if note else reruns,
                   broker=cluster.kind)
-    assert not counts.lost and not counts.duplicated, counts.explain() + "\n" + cluster.trail(
-        [entry.split(":")[0] for entry in counts.lost + counts.duplicated])
+    explained = counts.explain() + "\n" + cluster.trail(
+        lost_ids + [entry.split(":")[0] for entry in counts.duplicated])
+    assert not counts.duplicated, explained
+    assert len(in_fetch) <= 1 and len(counts.lost) == len(in_fetch), explained
     return counts
 
 
@@ -123,7 +134,7 @@ def test_worker_main_process_killed_while_another_runs(
     cluster.kill_worker(doomed)
     assert isinstance(busy, list)
     conclude("b. worker main process SIGKILLed", cluster, runs, scenario_report,
-             note=f"{len(busy)} job(s) running on the killed worker")
+             note=f"{len(busy)} job(s) running on the killed worker", fetch_window=True)
     for run in busy:
         if cluster.ledger.runs[run.token].ended is None:  # killed mid-body: b2 ran it again
             final = cluster.client.execution(run.job_id).result()

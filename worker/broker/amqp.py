@@ -197,6 +197,27 @@ def redelivery_options(conf: Any, delivery_info: Mapping[str, Any] | None,
     return options
 
 
+#: Headers RabbitMQ writes on a message it dead-letters (native delayed delivery moves a
+#: message through its delay queues by dead-lettering) or counts the deliveries of
+#: (quorum queues), which :func:`republished_headers` leaves out.
+BROKER_HEADERS = frozenset({
+    "x-death", "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason",
+    "x-last-death-exchange", "x-last-death-queue", "x-last-death-reason",
+    "x-delivery-count"})
+
+
+def republished_headers(headers: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A delivery's headers for the copy of it a worker publishes again (a wait for the
+    job's lease, a GPU re-route), without those the broker wrote.
+
+    A copy that kept ``x-death`` would be dropped, silently, the second time it passed
+    through the same delay queue: RabbitMQ takes it for a dead-letter cycle (Celery's
+    own ``signature_from_request`` drops these headers for this reason; headers passed
+    to it explicitly bypass that). The copy is a new message, so its delivery count
+    starts anew too."""
+    return {key: value for key, value in (headers or {}).items() if key not in BROKER_HEADERS}
+
+
 def delivered_queue(delivery_info: Mapping[str, Any] | None) -> str | None:
     """The queue a delivery came from: its routing key (job queues are bound by their
     name), without the prefix Celery's native delayed delivery puts before it (a

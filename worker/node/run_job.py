@@ -13,7 +13,7 @@ from typing import Any
 
 from celery import Celery, Task
 
-from worker.broker.amqp import delivered_queue, redelivery_options
+from worker.broker.amqp import delivered_queue, redelivery_options, republished_headers
 from worker.models import (
     ErrorInfo,
     Execution,
@@ -130,7 +130,7 @@ class RunJobTask(SandrunTask):
             return False
         if self._or_requeue(execution, lambda: rt.revocations.revoked(self.cancel_ids(execution))):
             return False  # not sent on: its attempt begins, finds it cancelled and ends
-        headers = dict(self.request.headers or {})
+        headers = republished_headers(self.request.headers)
         done = gpuroute.reroutes(headers)
         if done >= gpuroute.MAX_REROUTES:
             return False

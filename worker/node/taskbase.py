@@ -51,7 +51,7 @@ from celery import Task, states
 from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded, Terminated
 from pydantic import ValidationError
 
-from worker.broker.amqp import redelivery_options
+from worker.broker.amqp import redelivery_options, republished_headers
 from worker.broker.policies import TRANSIENT_PUBLISH_ERRORS, TRANSIENT_STORAGE_ERRORS
 from worker.errors import JobFailed
 from worker.models import ErrorInfo, Execution, Job, JobResult
@@ -236,7 +236,7 @@ class SandrunTask(Task[Any, Any]):
         again to look after a countdown, and end this delivery (acknowledged), unrun and
         not counted as a delivery of its attempt (it started nothing). A broker that
         cannot take the publish sends this delivery back to the queue instead."""
-        headers = dict(self.request.headers or {})
+        headers = republished_headers(self.request.headers)
         waited = leasing.waits(headers)
         visibility = (self.app.conf.broker_transport_options or {}).get("visibility_timeout")
         wait = leasing.countdown(claim, waited, rt.leases.ttl, visibility)

@@ -18,6 +18,7 @@ from worker.broker.amqp import (
     queue_arguments,
     queue_depth,
     redelivery_options,
+    republished_headers,
 )
 from worker.broker.factory import make_app
 from worker.broker.publisher import Publisher
@@ -121,3 +122,11 @@ def test_the_queue_a_delivery_came_from_drops_the_delay_prefix() -> None:
     assert delivered_queue({"routing_key": "0." * 27 + "1.cap"}) == "cap"
     assert delivered_queue({"routing_key": "sandrun.gpu"}) == "sandrun.gpu"
     assert delivered_queue({}) is None and delivered_queue(None) is None
+
+
+def test_a_republished_copy_leaves_out_what_the_broker_wrote() -> None:
+    headers = {"x-death": [{"queue": "celery_delay_0", "reason": "expired", "count": 1}],
+               "x-first-death-queue": "celery_delay_0", "x-last-death-reason": "expired",
+               "x-delivery-count": 2, "sandrun_lease_waits": 1, "x-custom": "kept"}
+    assert republished_headers(headers) == {"sandrun_lease_waits": 1, "x-custom": "kept"}
+    assert republished_headers(None) == {}
