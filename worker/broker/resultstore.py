@@ -210,9 +210,7 @@ class GuardedRedisBackend(RedisBackend):
 
     def _append_all(self, stream: StreamAppend) -> None:
         pipe = self.client.pipeline(transaction=True)  # built anew for each try
-        for fields in stream.entries:
-            pipe.xadd(stream.key, dict(fields), maxlen=stream.maxlen, approximate=True)
-        pipe.expire(stream.key, stream.ttl)
+        stream.queue_on(pipe)
         pipe.execute()
 
     def _store(self, key: bytes, value: Any, expires: Any,

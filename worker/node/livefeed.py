@@ -191,9 +191,7 @@ class JobFeed:
             return  # else the arena is dropped: a writer still sending may hold views of it
         entries = [*held, (END, b"")]
         try:  # never started: all of it and the end in one round trip, with the result
-            if sum(len(data) for _, data in held) > WITH_RESULT_BYTES or \
-                    not resultwrites.hand_over_stream(self.task, self.live.client,
-                                                      self.live.entries(self.job_id, entries)):
+            if not self._with_result(entries):
                 self.live.append(self.job_id, entries)
         except redis.RedisError as exc:
             log.warning("live_output_dropped" if held else "live_output_end_not_written",
@@ -201,6 +199,15 @@ class JobFeed:
         finally:
             if arena is not None:
                 arena.recycle()  # no thread holds a view of it any more
+
+
+    def _with_result(self, entries: list[tuple[str, Data]]) -> bool:
+        """Hand ``entries`` to the result store, if they are small enough to be the
+        arguments of its script and it stores the result in this stream's Redis."""
+        if sum(len(data) for _, data in entries) > WITH_RESULT_BYTES:
+            return False
+        return resultwrites.hand_over_stream(self.task, self.live.client,
+                                             lambda: self.live.entries(self.job_id, entries))
 
 
 def job_feed(rt: Runtime, job_id: str, task: Task[Any, Any] | None = None,

@@ -18,6 +18,7 @@ delivery whose result is not stored (a retry, a deferral) appends them on its wa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -58,14 +59,15 @@ def hand_over(task: Any, writes: tuple[tuple[PluginStorage, Set], ...]) -> None:
         task.request.update({WRITES_ATTRIBUTE: raw})
 
 
-def hand_over_stream(task: Any, client: redis.Redis[bytes], stream: StreamAppend) -> bool:
-    """Give ``stream`` (entries for a stream in ``client``'s Redis) to the result store
-    through the request (:data:`~worker.broker.resultstore.STREAM_ATTRIBUTE`), when it
-    stores this delivery's result in that Redis; False when the caller must append the
-    entries itself."""
+def hand_over_stream(task: Any, client: redis.Redis[bytes],
+                     stream: Callable[[], StreamAppend]) -> bool:
+    """Give the entries ``stream()`` makes (for a stream in ``client``'s Redis) to the
+    result store through the request (:data:`~worker.broker.resultstore.STREAM_ATTRIBUTE`),
+    when it stores this delivery's result in that Redis; False (nothing made) when the
+    caller must append the entries itself."""
     if task is None or not wanted(task, client) or not task.backend.shares_server(client):
         return False
-    task.request.update({STREAM_ATTRIBUTE: stream})
+    task.request.update({STREAM_ATTRIBUTE: stream()})
     return True
 
 

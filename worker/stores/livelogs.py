@@ -53,19 +53,20 @@ class LiveLog:
 
     def append(self, job_id: str, chunks: Sequence[tuple[str, bytes | memoryview]]) -> None:
         """Add ``(kind, data)`` chunks in order, trim and renew the TTL: one round trip."""
-        key = live_key(job_id)
         pipe = self.client.pipeline(transaction=False)
-        for kind, data in chunks:
-            pipe.xadd(key, {"k": kind, "d": data}, maxlen=self.max_entries, approximate=True)
-        pipe.expire(key, self.ttl)
+        self._stream(job_id, chunks).queue_on(pipe)
         pipe.execute()
 
     def entries(self, job_id: str, chunks: Sequence[tuple[str, bytes | memoryview]]
                 ) -> StreamAppend:
         """What :meth:`append` would write, for another writer to write (the result
         store, in the script that stores the job's result); the data is copied."""
+        return self._stream(job_id, [(kind, bytes(data)) for kind, data in chunks])
+
+    def _stream(self, job_id: str, chunks: Sequence[tuple[str, bytes | memoryview]]
+                ) -> StreamAppend:
         return StreamAppend(live_key(job_id), self.max_entries, self.ttl,
-                            tuple((("k", kind), ("d", bytes(data))) for kind, data in chunks))
+                            tuple((("k", kind), ("d", data)) for kind, data in chunks))
 
     def end(self, job_id: str) -> None:
         """Mark the end of this attempt's output (a follower then looks for the result)."""
