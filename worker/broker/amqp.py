@@ -223,7 +223,9 @@ def delivered_queue(delivery_info: Mapping[str, Any] | None) -> str | None:
     name), without the prefix Celery's native delayed delivery puts before it (a
     countdown's message arrives as ``0.0.….1.sandrun``)."""
     key = (delivery_info or {}).get("routing_key")
-    return _DELAY_PREFIX.sub("", str(key), 1) if key else None
+    if not isinstance(key, str):  # on Redis the message says; a broker writer may lie
+        return None
+    return _DELAY_PREFIX.sub("", key, 1) or None
 
 
 def declare_job_queues(app: Any) -> None:

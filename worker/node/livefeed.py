@@ -41,9 +41,11 @@ from worker.stores.livelogs import END, LiveLog
 
 END_WAIT_SECONDS = 30.0  # for the writer to send what is queued when the job ends
 WRITE_SECONDS = 0.1  # between two writes of one job's stream
-#: At most this much held output rides in the script that stores the result (a copy of
-#: it is passed to Redis as the script's arguments); more is written before the result.
+#: At most this much held output, in this many entries, rides in the script that stores
+#: the result (a copy of it is passed to Redis as the script's arguments); more is
+#: written before the result.
 WITH_RESULT_BYTES = 64 << 10
+WITH_RESULT_ENTRIES = 64
 log = structlog.get_logger("sandrun.live")
 
 
@@ -202,9 +204,11 @@ class JobFeed:
 
 
     def _with_result(self, entries: list[tuple[str, Data]]) -> bool:
-        """Hand ``entries`` to the result store, if they are small enough to be the
-        arguments of its script and it stores the result in this stream's Redis."""
-        if sum(len(data) for _, data in entries) > WITH_RESULT_BYTES:
+        """Hand ``entries`` to the result store, if they are few and small enough to be
+        the arguments of its script (a job printing to both streams in turn makes an
+        entry per switch) and it stores the result in this stream's Redis."""
+        if len(entries) > WITH_RESULT_ENTRIES or \
+                sum(len(data) for _, data in entries) > WITH_RESULT_BYTES:
             return False
         return resultwrites.hand_over_stream(self.task, self.live.client,
                                              lambda: self.live.entries(self.job_id, entries))

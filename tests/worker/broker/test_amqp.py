@@ -122,6 +122,8 @@ def test_the_queue_a_delivery_came_from_drops_the_delay_prefix() -> None:
     assert delivered_queue({"routing_key": "0." * 27 + "1.cap"}) == "cap"
     assert delivered_queue({"routing_key": "sandrun.gpu"}) == "sandrun.gpu"
     assert delivered_queue({}) is None and delivered_queue(None) is None
+    for hostile in ({"routing_key": {"a": 1}}, {"routing_key": 7}, {"routing_key": "0." * 28}):
+        assert delivered_queue(hostile) is None  # not a queue name
 
 
 def test_a_republished_copy_leaves_out_what_the_broker_wrote() -> None:

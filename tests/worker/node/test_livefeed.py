@@ -15,7 +15,7 @@ from celery import Celery
 from tests.conftest import RedisServer
 from worker.broker.factory import make_app
 from worker.models import Progress
-from worker.node.livefeed import WITH_RESULT_BYTES, WRITE_SECONDS, JobFeed
+from worker.node.livefeed import WITH_RESULT_BYTES, WITH_RESULT_ENTRIES, WRITE_SECONDS, JobFeed
 from worker.node.resultwrites import store_left
 from worker.sandbox.arena import lease
 from worker.sandbox.live import FLUSH_BYTES
@@ -169,6 +169,11 @@ def test_a_short_jobs_last_output_and_end_ride_in_the_script_that_stores_its_res
         big.output([("out", b"z" * (WITH_RESULT_BYTES + 1))], last=True)
         big.end()  # too much to pass as the script's arguments: written now
         assert [kind for kind, _ in entries(redis_client, "j12")] == [b"out", b"end"]
+        switching = JobFeed(LiveLog(redis_client), "j14", task, "j14")
+        switching.output([("out" if i % 2 else "err", b"x") for i in range(WITH_RESULT_ENTRIES)],
+                         last=True)  # a byte to each stream in turn: an entry each
+        switching.end()  # too many entries for the script: written now
+        assert len(entries(redis_client, "j14")) == WITH_RESULT_ENTRIES + 1
         left = JobFeed(LiveLog(redis_client), "j13", task, "j13")
         left.end()  # then the delivery ends in a retry: no result stores it
         store_left(task)
