@@ -9,11 +9,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from tests.conftest import RedisServer
 from tests.integration.conftest import ROOT, Worker, WorkerFactory, broker_url, worker_env
 from worker.client.client import Sandrun
 from worker.models import Job, RetryPolicy
+from worker.stores.livelogs import live_key
 
 pytestmark = pytest.mark.slow
 
@@ -45,11 +47,18 @@ def cli(broker: RedisServer, tmp_path: Path, *args: str) -> subprocess.Completed
                           timeout=60, check=False)
 
 
-def test_failing_job_is_retried_until_it_succeeds(client: Sandrun, tmp_path: Path) -> None:
+def test_failing_job_is_retried_until_it_succeeds(client: Sandrun, broker: RedisServer,
+                                                  tmp_path: Path) -> None:
     counter = tmp_path / "runs"
-    result = client.job().code(flaky(counter, 3)).submit().wait(timeout=60)
+    run = client.job().code(flaky(counter, 3)).submit()
+    result = run.wait(timeout=60)
     assert (result.status, result.attempts, result.stdout) == ("completed", 3, "run 3\n")
     assert counter.read_text() == "3"
+    # every attempt's output and end reached the live stream, the retried ones included
+    # (their result is never stored, so what was to ride with it is written on their way out)
+    stream = redis.Redis(unix_socket_path=str(broker.socket)).xrange(live_key(run.id))
+    assert sorted((f[b"k"], f[b"d"]) for _, f in stream) == sorted(
+        pair for n in (1, 2, 3) for pair in ((b"out", f"run {n}\n".encode()), (b"end", b"")))
 
 
 def test_a_policy_of_more_than_four_attempts_gets_them_all(client: Sandrun,
